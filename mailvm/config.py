@@ -1,0 +1,224 @@
+"""Global configuration (``/etc/mailvm/mailvm.toml``): typed sections, validated once.
+
+Every section is a dataclass whose fields declare their type and, through
+``field(metadata=...)``, their bounds.  :func:`load_config` reads the TOML
+file, refuses unknown sections and keys, checks types and ranges, and raises
+:class:`ConfigError` naming the file, the key and the problem.  Code that
+handles mail only ever sees the parsed :class:`Config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("/etc/mailvm/mailvm.toml")
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A configuration or policy problem: which file, which key, what is wrong."""
+
+    def __init__(self, file: str | os.PathLike[str] | None, key: str, problem: str):
+        self.file = str(file) if file is not None else "<defaults>"
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{self.file}: {key}: {problem}")
+
+
+def _bounded(default: Any, lo: float | None = None, hi: float | None = None, doc: str = "") -> Any:
+    meta = {"min": lo, "max": hi, "doc": doc}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ExtractConfig:
+    """Limits for MIME walking and archive extraction (per message)."""
+
+    max_depth: int = _bounded(5, 1, 20, "archive/message nesting depth")
+    max_members: int = _bounded(1000, 1, 100000, "members read per archive")
+    max_artifacts: int = _bounded(2000, 1, 100000, "artifacts per message")
+    max_total_bytes: int = _bounded(256 * MiB, 1, 16 * 1024 * MiB, "expanded bytes per message")
+    max_file_bytes: int = _bounded(64 * MiB, 1, 16 * 1024 * MiB, "bytes per extracted file")
+    max_ratio: int = _bounded(200, 2, 100000, "expanded/compressed ratio per archive member")
+    time_budget_s: float = _bounded(30.0, 0.1, 3600, "wall time for extraction of one message")
+    max_message_bytes: int = _bounded(64 * MiB, 1024, 16 * 1024 * MiB, "raw message size accepted for scanning")
+    passwords: list[str] = _bounded(["infected", "malware", "virus", "password", "1234"], doc="archive passwords always tried")
+    max_password_tries: int = _bounded(50, 0, 10000, "passwords tried per encrypted archive")
+
+
+@dataclass
+class LinksConfig:
+    """Downloading the files behind links (SSRF-safe)."""
+
+    enabled: bool = True
+    max_links: int = _bounded(10, 0, 1000, "links downloaded per message")
+    max_bytes: int = _bounded(16 * MiB, 1, 1024 * MiB, "bytes kept per download")
+    timeout_s: float = _bounded(10.0, 0.1, 600, "connect+read timeout per download")
+    total_timeout_s: float = _bounded(30.0, 0.1, 3600, "wall time for all downloads of one message")
+    max_redirects: int = _bounded(3, 0, 10, "redirect hops followed")
+    allow_networks: list[str] = _bounded([], doc="CIDRs allowed despite being private/loopback (tests, intranets)")
+    user_agent: str = "Mozilla/5.0 (compatible; mailvm link checker)"
+
+
+@dataclass
+class TriageConfig:
+    """Static analyzers."""
+
+    yara_rules_dir: str = "/etc/mailvm/yara"
+    max_scan_bytes: int = _bounded(64 * MiB, 1, 16 * 1024 * MiB, "bytes scanned per file by the analyzers")
+
+
+@dataclass
+class ScanTableConfig:
+    """The persistent scanned table (diskcache)."""
+
+    path: str = "/var/lib/mailvm/scantable"
+    pending_ttl_s: float = _bounded(600.0, 1, 86400, "a pending claim older than this is stale")
+    verdict_ttl_s: float = _bounded(30 * 86400.0, 60, 3650 * 86400, "a verdict older than this is re-analysed")
+    size_limit_bytes: int = _bounded(1024 * MiB, MiB, 1024 * 1024 * MiB, "diskcache size limit")
+
+
+@dataclass
+class SpoolConfig:
+    """Where messages' files are written while they are analysed."""
+
+    dir: str = "/var/spool/mailvm"
+
+
+@dataclass
+class Config:
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    links: LinksConfig = field(default_factory=LinksConfig)
+    triage: TriageConfig = field(default_factory=TriageConfig)
+    scantable: ScanTableConfig = field(default_factory=ScanTableConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    source: str = "<defaults>"
+
+
+#: section name -> dataclass; the explicit registry of the global file's tables
+SECTIONS: dict[str, type] = {
+    "extract": ExtractConfig,
+    "links": LinksConfig,
+    "triage": TriageConfig,
+    "scantable": ScanTableConfig,
+    "spool": SpoolConfig,
+}
+
+
+def _check_value(file: str, key: str, f: dataclasses.Field, value: Any) -> Any:
+    hint = f.type if not isinstance(f.type, str) else _resolve(f.type)
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        if not isinstance(value, list) or not all(isinstance(v, inner) for v in value):
+            raise ConfigError(file, key, f"must be a list of {inner.__name__}")
+        return list(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(file, key, "must be true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(file, key, f"must be an integer, not {type(value).__name__}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(file, key, f"must be a number, not {type(value).__name__}")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(file, key, f"must be a string, not {type(value).__name__}")
+        return value
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if lo is not None and value < lo:
+        raise ConfigError(file, key, f"must be >= {lo} (got {value})")
+    if hi is not None and value > hi:
+        raise ConfigError(file, key, f"must be <= {hi} (got {value})")
+    return value
+
+
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list[str]": list[str]}
+
+
+def _resolve(name: str) -> Any:
+    try:
+        return _TYPES[name]
+    except KeyError:
+        raise TypeError(f"unsupported config field type {name!r}") from None
+
+
+def build_section(cls: type, data: Any, file: str, prefix: str, base: Any = None) -> Any:
+    """Build dataclass ``cls`` from a TOML table, over ``base`` (or the defaults)."""
+    if not isinstance(data, dict):
+        raise ConfigError(file, prefix, "must be a table")
+    obj = dataclasses.replace(base) if base is not None else cls()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            raise ConfigError(file, full, f"unknown key (known: {', '.join(sorted(fields))})")
+        setattr(obj, key, _check_value(file, full, fields[key], value))
+    return obj
+
+
+def validate_networks(file: str, key: str, values: list[str]) -> None:
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise ConfigError(file, key, f"{v!r} is not an IP network (CIDR)") from None
+
+
+def parse_config(data: dict[str, Any], file: str = "<string>") -> Config:
+    cfg = Config(source=file)
+    for name, value in data.items():
+        if name not in SECTIONS:
+            raise ConfigError(file, name, f"unknown section (known: {', '.join(SECTIONS)})")
+        setattr(cfg, name, build_section(SECTIONS[name], value, file, name))
+    validate_networks(file, "links.allow_networks", cfg.links.allow_networks)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load and validate the global config; ``None`` means the built-in defaults.
+
+    ``$MAILVM_CONFIG`` names the file when ``path`` is not given and it is set.
+    """
+    if path is None:
+        env = os.environ.get("MAILVM_CONFIG")
+        if not env:
+            return Config()
+        path = env
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, "-", f"cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(path, "-", f"not valid TOML: {exc}") from None
+    return parse_config(data, str(path))
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ExtractConfig",
+    "LinksConfig",
+    "TriageConfig",
+    "ScanTableConfig",
+    "SpoolConfig",
+    "SECTIONS",
+    "build_section",
+    "load_config",
+    "parse_config",
+]
