@@ -95,12 +95,35 @@ class SpoolConfig:
 
 
 @dataclass
+class PoolConfig:
+    """The detonation pool: backend, slots and per-job limits."""
+
+    backend: str = "auto"  # auto | qemu | process | xen
+    slots: int = _bounded(2, 1, 256, "pre-warmed slots")
+    accel: str = "auto"  # auto | kvm | tcg (qemu backend)
+    job_timeout_s: float = _bounded(60.0, 1, 3600, "time a sample may run in the guest")
+    idle_s: float = _bounded(3.0, 0.1, 600, "stop early when nothing happened for this long and every process exited")
+    stop_on_malicious: bool = True
+    page_bytes: int = _bounded(64 * MiB, MiB, 1024 * MiB, "shared page region per slot")
+    max_result_bytes: int = _bounded(4 * MiB, 4096, 64 * MiB, "largest result JSON accepted from a guest")
+    heartbeat_timeout_s: float = _bounded(10.0, 0.5, 600, "a slot whose heartbeat stops this long is destroyed")
+    ready_timeout_s: float = _bounded(60.0, 1, 3600, "time a new slot may take to report READY")
+    retries: int = _bounded(1, 0, 5, "retries on a fresh slot after a slot failure")
+    work_dir: str = "/var/lib/mailvm/pool"
+    detonate_kinds: list[str] = _bounded(
+        ["executable", "script", "office", "pdf", "html", "lnk", "disk_image", "unknown"],
+        doc="triage kinds that are detonated",
+    )
+
+
+@dataclass
 class Config:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     links: LinksConfig = field(default_factory=LinksConfig)
     triage: TriageConfig = field(default_factory=TriageConfig)
     scantable: ScanTableConfig = field(default_factory=ScanTableConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
     source: str = "<defaults>"
 
 
@@ -111,7 +134,11 @@ SECTIONS: dict[str, type] = {
     "triage": TriageConfig,
     "scantable": ScanTableConfig,
     "spool": SpoolConfig,
+    "pool": PoolConfig,
 }
+
+POOL_BACKENDS = ("auto", "qemu", "process", "xen")
+ACCELS = ("auto", "kvm", "tcg")
 
 
 def _check_value(file: str, key: str, f: dataclasses.Field, value: Any) -> Any:
@@ -184,6 +211,10 @@ def parse_config(data: dict[str, Any], file: str = "<string>") -> Config:
             raise ConfigError(file, name, f"unknown section (known: {', '.join(SECTIONS)})")
         setattr(cfg, name, build_section(SECTIONS[name], value, file, name))
     validate_networks(file, "links.allow_networks", cfg.links.allow_networks)
+    if cfg.pool.backend not in POOL_BACKENDS:
+        raise ConfigError(file, "pool.backend", f"must be one of {', '.join(POOL_BACKENDS)}")
+    if cfg.pool.accel not in ACCELS:
+        raise ConfigError(file, "pool.accel", f"must be one of {', '.join(ACCELS)}")
     return cfg
 
 
@@ -217,6 +248,7 @@ __all__ = [
     "TriageConfig",
     "ScanTableConfig",
     "SpoolConfig",
+    "PoolConfig",
     "SECTIONS",
     "build_section",
     "load_config",
