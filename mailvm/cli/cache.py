@@ -1,0 +1,93 @@
+"""``mvctl cache stats|show SHA256|forget SHA256``: the scanned table."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+
+from mailvm.cli.common import EXIT_BAD, EXIT_ERROR, EXIT_OK, config_from, open_table, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cache", help="inspect the scanned table (sha256 -> verdict)",
+                       description="Inspect and edit the persistent scanned table.")
+    csub = p.add_subparsers(dest="cache_command", metavar="ACTION")
+    csub.required = True
+    s = csub.add_parser("stats", help="entries, verdicts, hits and misses")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_stats)
+    s = csub.add_parser("show", help="the stored verdict of one file")
+    s.add_argument("sha256")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_show)
+    s = csub.add_parser("forget", help="remove a file's verdict so it is analysed again")
+    s.add_argument("sha256")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_forget)
+
+
+def _sha(text: str) -> str | None:
+    text = text.strip().lower()
+    if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+        return text
+    return None
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    table = open_table(config_from(args))
+    try:
+        stats = table.stats()
+    finally:
+        table.close()
+    if args.json:
+        print_json(stats)
+    else:
+        width = max(len(k) for k in stats) if stats else 0
+        for key, value in stats.items():
+            print(f"{key:<{width}}  {value}")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    sha = _sha(args.sha256)
+    if sha is None:
+        print("mvctl cache show: SHA256 must be 64 hex digits")
+        return EXIT_ERROR
+    table = open_table(config_from(args))
+    try:
+        verdict = table.get(sha)
+    finally:
+        table.close()
+    if verdict is None:
+        if args.json:
+            print_json({"sha256": sha, "found": False})
+        else:
+            print(f"{sha}: not in the scanned table")
+        return EXIT_BAD
+    if args.json:
+        print_json({"sha256": sha, "found": True, **verdict.to_dict()})
+        return EXIT_OK
+    when = dt.datetime.fromtimestamp(verdict.analyzed_at).isoformat(timespec="seconds")
+    print(f"{sha}\n  state     {verdict.state}\n  verdict   {verdict.verdict} (score {verdict.score})")
+    print(f"  source    {verdict.source}  slot {verdict.slot or '-'}  {verdict.duration_s:.2f}s")
+    print(f"  analyzed  {when}  engine {verdict.engine_version}")
+    for f in sorted(verdict.findings, key=lambda f: -f.severity):
+        print(f"  [{f.severity:2d}] {f.id}: {f.detail}")
+    return EXIT_OK
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    sha = _sha(args.sha256)
+    if sha is None:
+        print("mvctl cache forget: SHA256 must be 64 hex digits")
+        return EXIT_ERROR
+    table = open_table(config_from(args))
+    try:
+        gone = table.forget(sha)
+    finally:
+        table.close()
+    if args.json:
+        print_json({"sha256": sha, "forgotten": gone})
+    else:
+        print(f"{sha}: {'forgotten' if gone else 'was not in the table'}")
+    return EXIT_OK if gone else EXIT_BAD

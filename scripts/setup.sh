@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Install everything mailvm needs on Debian 12, idempotently: system packages
+# (apt-get) and a virtual environment with the package and its Python deps.
+# Usage: scripts/setup.sh            (run as root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  # build + runtime for the Python dependencies
+  python3 python3-venv python3-dev gcc make pkg-config ca-certificates
+  libmilter-dev libvirt-dev libmagic1 libmagic-mgc libarchive13
+  # archive tools used by tests (building fixtures) and by the guest image
+  p7zip-full xorriso gcab
+  # detonation sandbox (process backend and guest image)
+  strace bubblewrap iproute2 iptables procps psmisc
+  # the mail path
+  postfix miltertest
+)
+
+stamp=.venv/.setup-stamp
+want=$(cat scripts/setup.sh pyproject.toml | sha256sum | cut -c1-16)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup.sh: run as root (it installs Debian packages)" >&2
+  exit 2
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo ">> apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # Postfix must not ask questions or start a system instance we do not use.
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  echo "postfix postfix/mailname string $(hostname -f 2>/dev/null || hostname)" | debconf-set-selections
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo ">> creating .venv"
+  python3 -m venv .venv
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo ">> pip install -e .[test,bench]"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test,bench]'
+  echo "$want" > "$stamp"
+fi
+echo ">> setup done: $(.venv/bin/python --version), mailvm $(.venv/bin/python -c 'import mailvm,importlib.metadata as m; print(m.version("mailvm"))')"
