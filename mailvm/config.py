@@ -117,6 +117,31 @@ class PoolConfig:
 
 
 @dataclass
+class MilterConfig:
+    """``mailvm serve``: the milter socket, workers and where policies live."""
+
+    socket: str = "unix:/var/spool/postfix/mailvm/mailvm.sock"  # or inet:PORT@HOST
+    socket_owner: str = "postfix"
+    socket_group: str = "postfix"
+    socket_mode: str = "0660"
+    workers: int = _bounded(2, 1, 256, "scan worker processes")
+    timeout_s: int = _bounded(600, 10, 3600, "libmilter's I/O timeout towards the MTA")
+    policy_dir: str = "/etc/mailvm/policy.d"
+    pool_service: bool = True  # run the detonation pool inside `mailvm serve`
+
+
+@dataclass
+class QuarantineConfig:
+    """mailvm's own quarantine store and how released messages are re-injected."""
+
+    dir: str = "/var/lib/mailvm/quarantine"
+    release_key: str = "/var/lib/mailvm/release.key"
+    reinject_host: str = "127.0.0.1"
+    reinject_port: int = _bounded(25, 1, 65535, "SMTP port of the local MTA for released messages")
+    retention_days: float = _bounded(30.0, 0.01, 3650, "quarantined messages older than this are deleted")
+
+
+@dataclass
 class Config:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     links: LinksConfig = field(default_factory=LinksConfig)
@@ -124,6 +149,8 @@ class Config:
     scantable: ScanTableConfig = field(default_factory=ScanTableConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
+    milter: MilterConfig = field(default_factory=MilterConfig)
+    quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
     source: str = "<defaults>"
 
 
@@ -135,7 +162,12 @@ SECTIONS: dict[str, type] = {
     "scantable": ScanTableConfig,
     "spool": SpoolConfig,
     "pool": PoolConfig,
+    "milter": MilterConfig,
+    "quarantine": QuarantineConfig,
 }
+
+#: tables of mailvm.toml validated by another loader (mailvm.policy), not here
+DELEGATED_SECTIONS = ("policy",)
 
 POOL_BACKENDS = ("auto", "qemu", "process", "xen")
 ACCELS = ("auto", "kvm", "tcg")
@@ -207,6 +239,8 @@ def validate_networks(file: str, key: str, values: list[str]) -> None:
 def parse_config(data: dict[str, Any], file: str = "<string>") -> Config:
     cfg = Config(source=file)
     for name, value in data.items():
+        if name in DELEGATED_SECTIONS:
+            continue
         if name not in SECTIONS:
             raise ConfigError(file, name, f"unknown section (known: {', '.join(SECTIONS)})")
         setattr(cfg, name, build_section(SECTIONS[name], value, file, name))
@@ -215,7 +249,24 @@ def parse_config(data: dict[str, Any], file: str = "<string>") -> Config:
         raise ConfigError(file, "pool.backend", f"must be one of {', '.join(POOL_BACKENDS)}")
     if cfg.pool.accel not in ACCELS:
         raise ConfigError(file, "pool.accel", f"must be one of {', '.join(ACCELS)}")
+    _check_socket(file, cfg.milter.socket)
+    try:
+        if not 0 <= int(cfg.milter.socket_mode, 8) <= 0o777:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(file, "milter.socket_mode", "must be an octal mode such as \"0660\"") from None
     return cfg
+
+
+def _check_socket(file: str, spec: str) -> None:
+    kind, _, rest = spec.partition(":")
+    if kind == "unix" and rest.startswith("/"):
+        return
+    if kind in ("inet", "inet6"):
+        port, _, host = rest.partition("@")
+        if port.isdigit() and 0 < int(port) < 65536:
+            return
+    raise ConfigError(file, "milter.socket", "must be unix:/ABSOLUTE/PATH or inet:PORT@HOST")
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -249,6 +300,8 @@ __all__ = [
     "ScanTableConfig",
     "SpoolConfig",
     "PoolConfig",
+    "MilterConfig",
+    "QuarantineConfig",
     "SECTIONS",
     "build_section",
     "load_config",

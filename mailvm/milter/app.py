@@ -1,0 +1,189 @@
+"""The pymilter application: callbacks only collect, ``eom`` delegates.
+
+pymilter creates one :class:`MailvmMilter` per SMTP connection and calls it
+from that connection's thread.  The callbacks record the envelope, the raw
+header fields and the body (spooled to a size-capped temporary file); nothing
+here parses MIME or decides.  At end of message :meth:`eom` hands the spooled
+message to a worker process (:mod:`mailvm.milter.pipeline`), keeps Postfix
+waiting with ``progress()``, asks the pure :func:`mailvm.policy.decide_for_recipients`
+for a :class:`~mailvm.policy.Decision`, and lets :mod:`mailvm.milter.actions`
+carry it out.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import Milter
+
+from mailvm.milter import actions
+from mailvm.milter.service import MilterService
+
+log = logging.getLogger(__name__)
+
+#: header fields of ours that a message from outside must not carry
+OWN_HEADER_PREFIX = "x-mailvm-"
+MAX_HEADER_BYTES = 1024 * 1024
+MAX_RCPTS = 1000
+
+
+@dataclass
+class MessageState:
+    """Everything collected for one message (reset at MAIL FROM)."""
+
+    sender: str = ""
+    recipients: list[str] = field(default_factory=list)
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    header_bytes: int = 0
+    body: Any = None  # a temporary file
+    body_bytes: int = 0
+    truncated: bool = False
+    own_headers: dict[str, int] = field(default_factory=dict)  # lower-case name -> occurrences seen
+    release_header: str | None = None
+
+    def close(self) -> None:
+        if self.body is not None:
+            try:
+                self.body.close()
+            except OSError:
+                pass
+            self.body = None
+
+
+class MailvmMilter(Milter.Base):
+    """One instance per SMTP connection (pymilter's model)."""
+
+    service: MilterService  # set by the factory
+
+    def __init__(self, service: MilterService) -> None:
+        self.service = service
+        self.id = Milter.uniqueID()
+        self.client = ""
+        self.msg: MessageState | None = None
+
+    # -- collecting ----------------------------------------------------------
+    @Milter.noreply
+    def connect(self, IPname, family, hostaddr):  # noqa: N803 (pymilter's names)
+        self.client = f"{IPname} [{hostaddr[0] if hostaddr else '?'}]"
+        return Milter.CONTINUE
+
+    def envfrom(self, mailfrom, *params):
+        self._reset()
+        self.msg = MessageState(sender=_addr(mailfrom))
+        self.msg.body = tempfile.TemporaryFile(dir=self.service.spool_dir, prefix="body-")
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def envrcpt(self, to, *params):
+        if self.msg is not None and len(self.msg.recipients) < MAX_RCPTS:
+            self.msg.recipients.append(_addr(to))
+        return Milter.CONTINUE
+
+    @Milter.decode("bytes")
+    @Milter.noreply
+    def header(self, name, value):
+        msg = self.msg
+        if msg is None:
+            return Milter.CONTINUE
+        lname = name.lower()
+        if lname.startswith(OWN_HEADER_PREFIX):
+            msg.own_headers[name] = msg.own_headers.get(name, 0) + 1
+            if lname == "x-mailvm-release" and msg.release_header is None:
+                msg.release_header = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+            return Milter.CONTINUE  # not kept: removed at eom, never scanned as ours
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+        msg.header_bytes += len(name) + len(raw) + 4
+        if msg.header_bytes <= MAX_HEADER_BYTES:
+            msg.headers.append((name, raw))
+        else:
+            msg.truncated = True
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def body(self, chunk):
+        msg = self.msg
+        if msg is None or msg.body is None:
+            return Milter.CONTINUE
+        room = self.service.max_message_bytes - msg.body_bytes
+        if room <= 0:
+            msg.truncated = True
+            return Milter.CONTINUE
+        if len(chunk) > room:
+            chunk = chunk[:room]
+            msg.truncated = True
+        msg.body.write(chunk)
+        msg.body_bytes += len(chunk)
+        return Milter.CONTINUE
+
+    # -- deciding --------------------------------------------------------------
+    def eom(self):
+        msg = self.msg
+        if msg is None:
+            return Milter.TEMPFAIL
+        queue_id = self.getsymval("i") or ""
+        try:
+            raw = self._assemble(msg)
+            outcome = self.service.handle(
+                raw=raw,
+                sender=msg.sender,
+                recipients=list(msg.recipients),
+                queue_id=queue_id,
+                truncated=msg.truncated,
+                release_header=msg.release_header,
+                progress=self._progress,
+            )
+            return actions.apply(self, outcome, msg.own_headers)
+        except Exception:  # never lose a message: tempfail and log the reason
+            log.exception("%s: internal error at end of message; deferring", queue_id or self.id)
+            self.setreply("451", "4.7.1", "mailvm: temporary failure, please retry")
+            return Milter.TEMPFAIL
+        finally:
+            self._reset()
+
+    def _progress(self) -> None:
+        try:
+            self.progress()
+        except Exception as exc:  # the MTA went away: eom will fail to reply anyway
+            log.debug("progress() failed: %s", exc)
+
+    def _assemble(self, msg: MessageState) -> bytes:
+        head = b"".join(n.encode("ascii", "replace") + b": " + v + b"\r\n" for n, v in msg.headers)
+        msg.body.seek(0)
+        return head + b"\r\n" + msg.body.read()
+
+    def abort(self):
+        self._reset()
+        return Milter.CONTINUE
+
+    def close(self):
+        self._reset()
+        return Milter.CONTINUE
+
+    def _reset(self) -> None:
+        if self.msg is not None:
+            self.msg.close()
+        self.msg = None
+
+
+def _addr(value: Any) -> str:
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    text = text.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    return "".join(ch for ch in text if ch.isprintable())[:320]
+
+
+def make_factory(service: MilterService) -> Callable[[], MailvmMilter]:
+    def factory() -> MailvmMilter:
+        return MailvmMilter(service)
+
+    return factory
+
+
+def milter_flags() -> int:
+    return Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY | Milter.QUARANTINE
+
+

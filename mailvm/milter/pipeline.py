@@ -1,0 +1,83 @@
+"""The end-of-message pipeline, run in worker processes.
+
+pymilter runs one thread per connection in a single process, and Python's GIL
+would serialise MIME parsing and triage for every connection; so the milter
+passes little more than a file name to a process pool, and each worker runs
+:class:`mailvm.scan.Scanner` with its own compiled YARA rules, its own handle on
+the scanned table and the durable job queue of the pool service.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailvm.config import Config, load_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScanOptions:
+    """What the recipients' policies ask of this message's analysis."""
+
+    deadline: float  # time.monotonic() based (CLOCK_MONOTONIC is system-wide)
+    detonate: bool = True
+    detonate_kinds: list[str] = field(default_factory=list)
+    links: bool = True
+    max_links: int | None = None
+    passwords: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Worker:
+    cfg: Config
+    triage: Any
+    table: Any
+    detonator: Any
+
+
+_worker: _Worker | None = None  # set by init_worker() in each worker process only
+
+
+def init_worker(config_path: str | None) -> None:
+    """ProcessPoolExecutor initializer: build the heavy, reusable parts once per worker."""
+    global _worker
+    from mailvm.scantable import ScanTable
+    from mailvm.triage import Triage
+    from mailvm.vmpool.jobqueue import JobQueue, QueueDetonator
+
+    cfg = load_config(config_path)
+    queue = JobQueue(Path(cfg.pool.work_dir) / "jobs")
+    _worker = _Worker(cfg, Triage(cfg.triage), ScanTable(cfg.scantable), QueueDetonator(queue))
+    log.debug("scan worker %d ready", os.getpid())
+
+
+def scan_path(path: str, options: ScanOptions) -> dict[str, Any]:
+    """Scan the raw message stored at ``path``; returns ``ScanReport.to_dict()``."""
+    from mailvm.scan import Scanner
+
+    if _worker is None:
+        raise RuntimeError("scan worker not initialised")
+    w = _worker
+    links = dataclasses.replace(
+        w.cfg.links,
+        enabled=w.cfg.links.enabled and options.links,
+        max_links=min(w.cfg.links.max_links, options.max_links) if options.max_links is not None else w.cfg.links.max_links,
+    )
+    cfg = dataclasses.replace(w.cfg, links=links)
+    scanner = Scanner(
+        cfg,
+        w.triage,
+        w.table,
+        w.detonator if options.detonate else None,
+        detonate_kinds=options.detonate_kinds or cfg.pool.detonate_kinds,
+    )
+    with open(path, "rb") as fh:
+        raw = fh.read(cfg.extract.max_message_bytes + 1)
+    report = scanner.scan_message(raw, options.passwords, options.deadline)
+    return report.to_dict()

@@ -1,0 +1,257 @@
+"""What the milter's ``eom`` calls: run the pipeline, wait, decide, quarantine.
+
+One :class:`MilterService` per ``mailvm serve`` process, shared by every
+connection thread.  It owns the worker process pool, the current policy set
+(reloaded on request, keeping the last good one when a reload fails), the
+quarantine store and the release key.  :meth:`MilterService.handle` returns an
+:class:`Outcome`; applying it to the SMTP transaction is
+:mod:`mailvm.milter.actions`' job.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from mailvm.config import Config, ConfigError
+from mailvm.milter.pipeline import ScanOptions, init_worker, scan_path
+from mailvm.policy import ArtifactOutcome, Decision, PolicySet, decide_for_recipients, load_policies
+from mailvm.verdict import Finding
+
+log = logging.getLogger(__name__)
+
+#: extra time past the policy's maximum wait before the worker is given up on
+WORKER_GRACE_S = 10.0
+PROGRESS_EVERY_S = 10.0
+
+
+@dataclass
+class Outcome:
+    decision: Decision
+    report: dict[str, Any] | None
+    raw: bytes
+    sender: str = ""
+    recipients: list[str] = field(default_factory=list)
+    quarantine_id: str | None = None
+    released_id: str | None = None
+
+
+class MilterService:
+    def __init__(
+        self,
+        cfg: Config,
+        config_path: str | None,
+        policy_dir: str | None,
+        quarantine: Any,
+        release_key: bytes,
+        workers: int = 2,
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.policy_dir = policy_dir
+        self.quarantine = quarantine
+        self.release_key = release_key
+        self.workers = max(1, workers)
+        self.spool_dir = cfg.spool.dir
+        self.max_message_bytes = cfg.extract.max_message_bytes
+        self._policies: PolicySet = load_policies(config_path, policy_dir)
+        self._lock = threading.Lock()
+        self._executor: cf.ProcessPoolExecutor | None = None
+        self.counters: dict[str, int] = {}
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> cf.ProcessPoolExecutor:
+        import multiprocessing
+
+        # "forkserver": workers never inherit the milter's threads or sockets
+        ctx = multiprocessing.get_context("forkserver")
+        return cf.ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=ctx, initializer=init_worker, initargs=(self.config_path,)
+        )
+
+    def close(self) -> None:
+        ex, self._executor = self._executor, None
+        if ex is not None:
+            ex.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def policies(self) -> PolicySet:
+        return self._policies
+
+    def reload(self) -> bool:
+        """Reload the policies; on any error keep the last good set and say why."""
+        try:
+            new = load_policies(self.config_path, self.policy_dir)
+        except ConfigError as exc:
+            log.error("policy reload failed, keeping the last good policy: %s", exc)
+            return False
+        self._policies = new
+        log.info("policies reloaded")
+        return True
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.counters[key] = self.counters.get(key, 0) + 1
+
+    # -- one message ---------------------------------------------------------------
+    def handle(
+        self,
+        raw: bytes,
+        sender: str,
+        recipients: Sequence[str],
+        queue_id: str = "",
+        truncated: bool = False,
+        release_header: str | None = None,
+        progress: Callable[[], Any] | None = None,
+    ) -> Outcome:
+        policies = [p for _, p in self._policies.for_recipients(list(recipients))]
+        tag = queue_id or "-"
+        if release_header is not None:
+            released = self._check_release(raw, release_header)
+            if released is not None:
+                self._count("released")
+                log.info("%s: released quarantine item %s, delivered without a new scan", tag, released)
+                return Outcome(self._released_decision(policies, released), None, raw, sender, list(recipients),
+                               released_id=released)
+            log.warning("%s: invalid X-Mailvm-Release header ignored; scanning normally", tag)
+        message_findings: list[Finding] = []
+        if truncated:
+            message_findings.append(
+                Finding("message_truncated", 4, f"message larger than {self.max_message_bytes} bytes: only its head was scanned", "milter")
+            )
+        started = time.monotonic()
+        max_wait = max(p.max_wait_s for p in policies)
+        options = ScanOptions(
+            deadline=started + max_wait,
+            detonate=any(p.detonate for p in policies),
+            detonate_kinds=sorted({k for p in policies for k in p.detonate_kinds}),
+            links=any(p.links.enabled for p in policies),
+            max_links=max(p.links.max_links for p in policies),
+            passwords=sorted({pw for p in policies for pw in p.archive_passwords}),
+        )
+        report = self._run_pipeline(raw, options, progress, started + max_wait + WORKER_GRACE_S, tag)
+        if report is None:
+            outcomes = [ArtifactOutcome(sha256="", name="(message)", verdict="error", score=0,
+                                        findings=(Finding("scan_failed", 0, "the analysis did not complete", "milter"),))]
+        else:
+            outcomes = outcomes_from_report(report)
+            message_findings.extend(
+                Finding(f["id"], f["severity"], f.get("detail", ""), "extract") for f in report.get("findings", [])
+            )
+        decision = decide_for_recipients(policies, outcomes, message_findings)
+        self._count(f"action_{decision.action}")
+        log.info(
+            "%s: from=<%s> rcpts=%d verdict=%s score=%d action=%s in %.2fs (%s)",
+            tag, sender, len(recipients), decision.verdict, decision.score, decision.action,
+            time.monotonic() - started, decision.reason,
+        )
+        outcome = Outcome(decision, report, raw, sender, list(recipients))
+        if decision.action == "quarantine":
+            domain = recipients[0].rpartition("@")[2].lower() if recipients else ""
+            outcome.quarantine_id = self.quarantine.add(
+                raw, sender, list(recipients), {"decision": _decision_dict(decision), "report": report}, domain, queue_id
+            )
+            log.info("%s: quarantined as %s", tag, outcome.quarantine_id)
+        return outcome
+
+    def _run_pipeline(
+        self, raw: bytes, options: ScanOptions, progress: Callable[[], Any] | None, hard_deadline: float, tag: str
+    ) -> dict[str, Any] | None:
+        fd, path = tempfile.mkstemp(prefix="msg-", suffix=".eml", dir=self.spool_dir)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(raw)
+            executor = self._executor
+            if executor is None:
+                raise RuntimeError("service not started")
+            try:
+                fut = executor.submit(scan_path, path, options)
+            except BrokenProcessPool:
+                self._executor = self._new_executor()
+                fut = self._executor.submit(scan_path, path, options)
+            while True:
+                left = hard_deadline - time.monotonic()
+                if left <= 0:
+                    log.error("%s: scan worker did not answer in time", tag)
+                    fut.cancel()
+                    return None
+                try:
+                    return fut.result(timeout=min(PROGRESS_EVERY_S, left))
+                except cf.TimeoutError:
+                    if progress is not None:
+                        progress()
+                except BrokenProcessPool:
+                    log.error("%s: a scan worker died; restarting the worker pool", tag)
+                    self._executor = self._new_executor()
+                    return None
+                except Exception:
+                    log.exception("%s: scan failed", tag)
+                    return None
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    # -- release -------------------------------------------------------------------
+    def _check_release(self, raw: bytes, header: str) -> str | None:
+        from mailvm.release import body_sha256, verify_token
+
+        item_id = verify_token(self.release_key, header, body_sha256(raw))
+        if item_id is None:
+            return None
+        if not self.quarantine.is_released(item_id):
+            return None
+        return item_id
+
+    def _released_decision(self, policies: Sequence[Any], item_id: str) -> Decision:
+        name = policies[0].headers.verdict if policies else "X-Mailvm-Verdict"
+        return Decision(
+            action="accept",
+            verdict="released",
+            score=0,
+            reason=f"released from quarantine ({item_id})",
+            smtp_code=None,
+            smtp_ext=None,
+            smtp_text=None,
+            headers=((name, f"released id={item_id}"),),
+        )
+
+
+def outcomes_from_report(report: dict[str, Any]) -> list[ArtifactOutcome]:
+    """One outcome per artifact; ``part_id`` is the sha256 of the MIME part it came from.
+
+    An archive member's part is the attachment at the root of its origin chain,
+    so stripping a bad member removes the whole attachment that carried it.
+    """
+    artifacts = report.get("artifacts", [])
+    root_sha = {a.get("origin", ""): a["sha256"] for a in artifacts if " > " not in a.get("origin", "")}
+    result = []
+    for a in artifacts:
+        root = (a.get("origin") or "").split(" > ")[0]
+        result.append(
+            ArtifactOutcome(
+                sha256=a["sha256"],
+                name=a["name"],
+                verdict=a["verdict"],
+                score=int(a["score"]),
+                findings=tuple(Finding(f["id"], f["severity"], f.get("detail", "")) for f in a.get("findings", [])),
+                part_id=root_sha.get(root),
+            )
+        )
+    return result
+
+
+def _decision_dict(d: Decision) -> dict[str, Any]:
+    return {"action": d.action, "verdict": d.verdict, "score": d.score, "reason": d.reason}
