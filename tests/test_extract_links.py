@@ -206,6 +206,11 @@ def test_find_urls_html_attributes_entities_and_order():
     ]
 
 
+def test_find_urls_many_attributes_before_href():
+    junk = " ".join(f'data-x{i}="{i}"' for i in range(500))
+    assert find_urls("", f'<a {junk} href="http://late-attr.example/x">x</a>', 5) == ["http://late-attr.example/x"]
+
+
 def test_find_urls_base_href_resolves_relative_links():
     doc = '<base href="http://base.example/dir/"><a href="payload.exe">x</a><a href="/abs.zip">y</a>'
     assert find_urls("", doc, 10) == ["http://base.example/dir/payload.exe", "http://base.example/abs.zip"]
@@ -240,10 +245,11 @@ def test_find_urls_embedded_resources_do_not_crowd_out_links():
         "www." * 900_000,
         "<" * 3_000_000,
         "<a b='" + "x" * 3_000_000,
+        "<a " + "x=1 " * 700_000,
         "(http://x.example/" + ")" * 3_000_000,
         "".join(chr(c) for c in range(0x20, 0x3000)) * 300,
     ],
-    ids=["open-tags", "open-quotes", "comments", "schemes", "www", "lt", "unclosed", "parens", "unicode"],
+    ids=["open-tags", "open-quotes", "comments", "schemes", "www", "lt", "unclosed", "many-attrs", "parens", "unicode"],
 )
 def test_find_urls_garbage_is_bounded(garbage):
     start = time.monotonic()
