@@ -159,7 +159,7 @@ def test_threads_single_flight(table):
 @pytest.mark.slow
 def test_processes_single_flight(tmp_path):
     path = str(tmp_path / "st")
-    keys = [sha(f"p{i}") for i in range(6)]
+    keys = [sha(f"p{i}") for i in range(10)]
     n = 8
     out = _run_claimers(path, keys, n)
     for key in keys:
@@ -276,7 +276,7 @@ def test_wait_returns_early_on_release_and_forget(table):
 @pytest.mark.slow
 def test_stale_claim_is_reclaimed_by_exactly_one_process(tmp_path):
     path = str(tmp_path / "st")
-    keys = [sha(f"s{i}") for i in range(3)]
+    keys = [sha(f"s{i}") for i in range(10)]
     with ScanTable(ScanTableConfig(path=path, pending_ttl_s=0.5)) as t:
         for key in keys:
             assert t.claim(key, "crashed-dispatcher").won
