@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = csub.add_parser("stats", help="entries, verdicts, hits and misses")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_stats)
+    s = csub.add_parser("expire", help="remove stale claims and expired verdicts now")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_expire)
     s = csub.add_parser("show", help="the stored verdict of one file")
     s.add_argument("sha256")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -91,3 +94,16 @@ def cmd_forget(args: argparse.Namespace) -> int:
     else:
         print(f"{sha}: {'forgotten' if gone else 'was not in the table'}")
     return EXIT_OK if gone else EXIT_BAD
+
+
+def cmd_expire(args: argparse.Namespace) -> int:
+    table = open_table(config_from(args))
+    try:
+        removed = table.expire()
+    finally:
+        table.close()
+    if args.json:
+        print_json({"removed": removed})
+    else:
+        print(f"removed {removed} stale or expired entr{'y' if removed == 1 else 'ies'}")
+    return EXIT_OK

@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from mailvm.cli import cache, scan
+from mailvm.cli import cache, lab, scan
 from mailvm.config import ConfigError
 
 EXIT_OK = 0
@@ -28,6 +28,7 @@ EXIT_ERROR = 2
 GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     scan.register,
     cache.register,
+    lab.register,
 ]
 
 
