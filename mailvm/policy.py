@@ -1,0 +1,1036 @@
+"""Per-recipient-domain policy: the typed model, its loading, and ``decide()``.
+
+Two parts live here, and only these two:
+
+* **The policy model and its files.**  Global defaults come from the ``[policy]``
+  table of ``mailvm.toml``; ``policy.d/<domain>.toml`` holds partial policies per
+  recipient domain, merged key by key over the global defaults.  A lookup falls
+  back through parent domains (``a.b.example.com`` -> ``b.example.com`` ->
+  ``example.com`` -> ``com`` -> the default).  Unknown keys and bad values are
+  :class:`~mailvm.config.ConfigError` naming the file and the key;
+  :func:`check_policy_dir` collects every problem of a directory at once.
+
+* **decide()**: one pure function (no I/O, no clock, no globals changed) from a
+  policy and what the pipeline knows about each artifact to a :class:`Decision`:
+  the action, the SMTP reply for refusals, the parts to strip and the headers to
+  add.  :func:`decide_for_recipients` lets each recipient domain decide and keeps
+  the strictest action (order in :data:`ACTIONS`).
+
+The rules of ``decide()`` are documented in ``docs/policy.md`` (the decision
+table) and on the function itself.  Everything that reaches a header or an SMTP
+reply from a message (file names, finding ids) is sanitised and bounded here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import string
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from mailvm.config import ConfigError, build_section
+from mailvm.release import RELEASE_HEADER
+from mailvm.verdict import CLEAN, ERROR, MALICIOUS, PENDING, SUSPICIOUS, Finding, score_findings
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------
+# Actions, verdicts, replies
+# --------------------------------------------------------------------------------------
+
+ACCEPT = "accept"  # deliver unchanged, no headers
+TAG = "tag"  # deliver with the verdict and report headers
+STRIP = "strip"  # remove the offending MIME parts, deliver the rest with headers
+HOLD = "hold"  # Postfix hold queue (milter quarantine()); released with postsuper -H
+QUARANTINE = "quarantine"  # copy into mailvm's quarantine store, then discard from the MTA
+TEMPFAIL = "tempfail"  # 4xx: the sender retries later
+REJECT = "reject"  # 5xx: the sender gets a bounce
+DISCARD = "discard"  # accept and drop silently
+
+#: every action, from the least to the most strict; several recipient domains ->
+#: the action with the highest index wins (see :func:`decide_for_recipients`)
+ACTIONS: tuple[str, ...] = (ACCEPT, TAG, STRIP, HOLD, QUARANTINE, TEMPFAIL, REJECT, DISCARD)
+ACTION_RANK: dict[str, int] = {a: i for i, a in enumerate(ACTIONS)}
+#: actions after which the message (or what is left of it) reaches the recipient now
+DELIVERING_ACTIONS = frozenset({ACCEPT, TAG, STRIP})
+#: actions whose delivered (or held/stored) message carries the mailvm headers
+HEADER_ACTIONS = frozenset({TAG, STRIP, HOLD, QUARANTINE})
+
+#: verdict situations that have an action key (``actions.<situation>``)
+TIMEOUT = "timeout"
+SITUATIONS: tuple[str, ...] = (CLEAN, SUSPICIOUS, MALICIOUS, TIMEOUT, ERROR)
+
+#: which actions each situation may use.  ``strip`` needs offending parts, so it is
+#: only for suspicious/malicious.  A timeout or an error says nothing about the
+#: message itself, so only actions that lose nothing are allowed there (no
+#: reject, discard or strip: "a message is never lost").  Delivering malware with
+#: no mark at all (``accept`` for malicious) is refused; ``tag`` is the monitor mode.
+ALLOWED_ACTIONS: dict[str, tuple[str, ...]] = {
+    CLEAN: (ACCEPT, TAG, HOLD, QUARANTINE),
+    SUSPICIOUS: (ACCEPT, TAG, STRIP, HOLD, QUARANTINE, TEMPFAIL, REJECT, DISCARD),
+    MALICIOUS: (TAG, STRIP, HOLD, QUARANTINE, TEMPFAIL, REJECT, DISCARD),
+    TIMEOUT: (ACCEPT, TAG, HOLD, QUARANTINE, TEMPFAIL),
+    ERROR: (ACCEPT, TAG, HOLD, QUARANTINE, TEMPFAIL),
+}
+
+#: SMTP replies: (basic code, enhanced status code, RFC 3463)
+REPLY_REJECT: tuple[str, str] = ("550", "5.7.1")  # delivery not authorized, message refused
+REPLY_TEMPFAIL: tuple[str, str] = ("451", "4.7.1")  # analysis not finished / failed: try later
+REPLY_INTERNAL: tuple[str, str] = ("451", "4.3.0")  # mailvm itself failed (fail_open = false)
+
+#: the message verdict in a :class:`Decision`, from the least to the most serious
+DECISION_VERDICTS: tuple[str, ...] = (CLEAN, ERROR, TIMEOUT, SUSPICIOUS, MALICIOUS)
+_DECISION_RANK = {v: i for i, v in enumerate(DECISION_VERDICTS)}
+#: what an :class:`ArtifactOutcome` may say
+OUTCOME_VERDICTS: tuple[str, ...] = (CLEAN, SUSPICIOUS, MALICIOUS, ERROR, PENDING)
+
+#: triage kinds that ``detonate_kinds`` may name (the pool config uses the same names)
+TRIAGE_KINDS: tuple[str, ...] = ("executable", "script", "office", "pdf", "html", "lnk", "disk_image", "unknown")
+
+#: a policy may not name its headers like the release header (mailvm.release) or
+#: like headers the message structure depends on
+_RESERVED_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        RELEASE_HEADER, "From", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID", "Received",
+        "Return-Path", "Sender", "Reply-To", "MIME-Version", "Content-Type",
+        "Content-Transfer-Encoding", "Content-Disposition", "DKIM-Signature", "ARC-Seal",
+        "ARC-Message-Signature", "ARC-Authentication-Results", "Authentication-Results",
+    )
+)
+
+# Bounds on what decide() emits.
+MAX_REPLY_TEXT = 200  # characters of SMTP reply text before %-escaping (<= 400 after)
+MAX_REASON = 300
+MAX_HEADER_VALUE = 900  # report header value, folding included
+HEADER_LINE = 76  # fold report header lines at about this width
+MAX_NAME_IN_HEADER = 60
+MAX_FINDINGS_PER_ARTIFACT = 3
+MAX_NAMES_IN_REASON = 3
+MAX_TEMPLATE = 300
+
+# --------------------------------------------------------------------------------------
+# The policy model
+# --------------------------------------------------------------------------------------
+
+
+def _opt(default: Any, lo: float | None = None, hi: float | None = None, doc: str = "") -> Any:
+    """A dataclass field with the bounds metadata :func:`mailvm.config.build_section` checks."""
+    meta = {"min": lo, "max": hi, "doc": doc}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ActionsPolicy:
+    """The action for each verdict situation (``[actions]``)."""
+
+    clean: str = _opt(TAG, doc="every artifact clean (or none at all)")
+    suspicious: str = _opt(TAG, doc="worst known verdict suspicious")
+    malicious: str = _opt(REJECT, doc="any artifact or the message malicious")
+    timeout: str = _opt(TEMPFAIL, doc="an artifact still unanalysed when max_wait_s ran out")
+    error: str = _opt(TEMPFAIL, doc="an artifact whose analysis failed")
+
+
+@dataclass
+class LinksPolicy:
+    """Downloading the files behind links (``[links]``); capped by the global ``[links]``."""
+
+    enabled: bool = _opt(True, doc="download and analyse files behind links")
+    max_links: int = _opt(10, 0, 1000, "links followed per message")
+    max_bytes: int = _opt(16 * 1024 * 1024, 1, 1024 * 1024 * 1024, "bytes kept per download")
+
+
+@dataclass
+class QuarantinePolicy:
+    """The quarantine store (``[quarantine]``)."""
+
+    notify: str = _opt("", doc="address told about each quarantined message, or empty")
+    retention_days: int = _opt(30, 1, 3650, "days a quarantined message is kept")
+
+
+@dataclass
+class HeadersPolicy:
+    """Names of the headers added to delivered messages (``[headers]``)."""
+
+    verdict: str = _opt("X-Mailvm-Verdict", doc="verdict header name")
+    report: str = _opt("X-Mailvm-Report", doc="per-artifact report header name")
+
+
+DEFAULT_REJECT_TEXT = "mailvm: message refused ({reason})"
+DEFAULT_TEMPFAIL_TEXT = "mailvm: message not analysed yet ({verdict}), please try again later"
+
+
+@dataclass
+class Policy:
+    """The full policy for one recipient domain (or the default).
+
+    Treat instances as read-only: they are shared between milter threads.
+    """
+
+    max_wait_s: float = _opt(120.0, 1, 600, "seconds the milter waits for verdicts before actions.timeout")
+    detonate: bool = _opt(True, doc="run unseen files of detonate_kinds in a VM")
+    detonate_kinds: list[str] = _opt(list(TRIAGE_KINDS), doc="triage kinds that are detonated")
+    archive_passwords: list[str] = _opt([], doc="passwords tried on encrypted archives (besides the global ones)")
+    reject_text: str = _opt(DEFAULT_REJECT_TEXT, doc="SMTP reply text for reject (template)")
+    tempfail_text: str = _opt(DEFAULT_TEMPFAIL_TEXT, doc="SMTP reply text for tempfail (template)")
+    fail_open: bool = _opt(False, doc="on an internal mailvm error accept (true) or tempfail (false)")
+    actions: ActionsPolicy = field(default_factory=ActionsPolicy)
+    links: LinksPolicy = field(default_factory=LinksPolicy)
+    quarantine: QuarantinePolicy = field(default_factory=QuarantinePolicy)
+    headers: HeadersPolicy = field(default_factory=HeadersPolicy)
+    #: not a key: which policy this is ("default" or the domain of its file) and the files it came from
+    name: str = field(default="default", metadata={"internal": True})
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    def action_for(self, situation: str) -> str:
+        return getattr(self.actions, situation)
+
+
+#: the explicit registry of nested tables: key -> dataclass
+TABLES: dict[str, type] = {
+    "actions": ActionsPolicy,
+    "links": LinksPolicy,
+    "quarantine": QuarantinePolicy,
+    "headers": HeadersPolicy,
+}
+#: top-level scalar/list keys of a policy
+SCALAR_KEYS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(Policy) if f.name not in TABLES and not f.metadata.get("internal")
+)
+
+
+def policy_keys() -> list[str]:
+    """Every key a policy file may set, dotted (``actions.malicious``), in declaration order."""
+    keys = list(SCALAR_KEYS)
+    for table, cls in TABLES.items():
+        keys += [f"{table}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def key_doc(key: str) -> tuple[str, Any, str]:
+    """``(type, default, meaning)`` of a dotted key, read from the dataclass fields."""
+    if "." in key:
+        table, name = key.split(".", 1)
+        cls = TABLES[table]
+    else:
+        cls, name = Policy, key
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return str(f.type), default, f.metadata.get("doc", "")
+
+
+# --------------------------------------------------------------------------------------
+# Value checks beyond types and bounds
+# --------------------------------------------------------------------------------------
+
+_FIELD_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]{1,76}$")  # RFC 5322 ftext: printable ASCII but ':'
+_TEMPLATE_FIELDS = frozenset({"verdict", "score", "reason", "names", "action"})
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_ADDR = re.compile(r"^[^\s<>(),;:\\\"@\[\]]{1,64}@[a-z0-9.-]{1,253}$", re.IGNORECASE)
+
+
+def header_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a header name we add, or None."""
+    if not _FIELD_NAME.match(name):
+        return "not an RFC 5322 header field name (1-76 printable ASCII characters, no ':' or space)"
+    if name.lower() in _RESERVED_HEADERS:
+        return f"{name!r} is reserved (message structure or the release header)"
+    return None
+
+
+def template_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a reply template, or None."""
+    if len(text) > MAX_TEMPLATE:
+        return f"longer than {MAX_TEMPLATE} characters"
+    if any(not 0x20 <= ord(c) < 0x7F for c in text):
+        return "only printable ASCII is allowed in an SMTP reply (no control characters or newlines)"
+    try:
+        parts = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        return f"bad template: {exc} (write {{{{ and }}}} for literal braces)"
+    for _lit, fname, spec, conv in parts:
+        if fname is None:
+            continue
+        if fname not in _TEMPLATE_FIELDS or spec or conv:
+            return f"unknown placeholder {{{fname}}} (known: {', '.join('{%s}' % f for f in sorted(_TEMPLATE_FIELDS))})"
+    return None
+
+
+def address_problem(addr: str) -> str | None:
+    if addr == "":
+        return None
+    if not _ADDR.match(addr) or ".." in addr.split("@", 1)[1]:
+        return "must be an e-mail address (local@domain) or empty"
+    return None
+
+
+def _action_check(situation: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        allowed = ALLOWED_ACTIONS[situation]
+        if value not in allowed:
+            if value in ACTIONS:
+                return f"{value!r} is not allowed for {situation} (allowed: {', '.join(allowed)})"
+            return f"unknown action {value!r} (allowed for {situation}: {', '.join(allowed)})"
+        return None
+
+    return check
+
+
+def _kinds_check(value: list[str]) -> str | None:
+    bad = [k for k in value if k not in TRIAGE_KINDS]
+    if bad:
+        return f"unknown kind(s) {', '.join(map(repr, bad))} (known: {', '.join(TRIAGE_KINDS)})"
+    if len(set(value)) != len(value):
+        return "duplicate kinds"
+    return None
+
+
+def _passwords_check(value: list[str]) -> str | None:
+    if len(value) > 100:
+        return "at most 100 passwords"
+    if any(not p or len(p) > 256 for p in value):
+        return "passwords must be 1-256 characters"
+    return None
+
+
+#: dotted key -> extra check (returns a problem or None); run after the type check
+VALUE_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    **{f"actions.{s}": _action_check(s) for s in SITUATIONS},
+    "detonate_kinds": _kinds_check,
+    "archive_passwords": _passwords_check,
+    "headers.verdict": header_name_problem,
+    "headers.report": header_name_problem,
+    "reject_text": template_problem,
+    "tempfail_text": template_problem,
+    "quarantine.notify": address_problem,
+}
+
+
+# --------------------------------------------------------------------------------------
+# Domains
+# --------------------------------------------------------------------------------------
+
+
+def normalize_domain(domain: str) -> str | None:
+    """Lower-case ASCII (IDNA A-label) form of ``domain``, or None when it is not a domain."""
+    if not isinstance(domain, str):
+        return None
+    d = domain.strip().rstrip(".").lower()
+    if not d or len(d) > 253:
+        return None
+    if not d.isascii():
+        try:
+            d = d.encode("idna").decode("ascii")
+        except (UnicodeError, ValueError):
+            return None
+    labels = d.split(".")
+    if not all(_LABEL.match(label) for label in labels):
+        return None
+    for label in labels:
+        if label.startswith("xn--"):
+            try:
+                label.encode("ascii").decode("idna")
+            except (UnicodeError, ValueError):
+                return None
+    return d
+
+
+def recipient_domain(rcpt: str) -> str | None:
+    """The normalised domain of an envelope recipient (``<User@Example.COM>``), or None."""
+    if not isinstance(rcpt, str):
+        return None
+    addr = rcpt.strip()
+    if addr.startswith("<") and addr.endswith(">"):
+        addr = addr[1:-1]
+    if ":" in addr and addr.startswith("@"):  # source route @a,@b:user@domain
+        addr = addr.split(":", 1)[1]
+    if "@" not in addr:
+        return None
+    return normalize_domain(addr.rsplit("@", 1)[1])
+
+
+def parent_domains(domain: str) -> list[str]:
+    """``a.b.example.com`` -> ``[a.b.example.com, b.example.com, example.com, com]``."""
+    labels = domain.split(".")
+    return [".".join(labels[i:]) for i in range(len(labels))]
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+
+MAX_POLICY_FILE = 1024 * 1024
+DEFAULT_POLICY_DIR = "/etc/mailvm/policy.d"
+
+
+def _set_key(
+    obj: Any, cls: type, key: str, value: Any, file: str, prefix: str, check_key: str, errors: list[ConfigError]
+) -> Any:
+    """A copy of ``obj`` with one key set, or ``obj`` unchanged and the problem recorded.
+
+    ``prefix`` is how the key's table is spelled in error messages (``policy.actions``),
+    ``check_key`` the dotted key in :data:`VALUE_CHECKS` (``actions.malicious``).
+    """
+    try:
+        new = build_section(cls, {key: value}, file, prefix, base=obj)
+    except ConfigError as exc:
+        errors.append(exc)
+        return obj
+    check = VALUE_CHECKS.get(check_key)
+    problem = check(getattr(new, key)) if check else None
+    if problem:
+        errors.append(ConfigError(file, f"{prefix}.{key}" if prefix else key, problem))
+        return obj
+    return new
+
+
+def parse_policy(
+    data: Any, file: str, base: Policy | None = None, prefix: str = "", errors: list[ConfigError] | None = None
+) -> Policy:
+    """Build a :class:`Policy` from a TOML table over ``base`` (or the built-in defaults).
+
+    With ``errors`` given, problems are appended and the bad keys keep their base
+    value; without it, the first problem is raised.
+    """
+    collect: list[ConfigError] = [] if errors is None else errors
+    before = len(collect)
+    pol = dataclasses.replace(base) if base is not None else Policy()
+    pol.source = file if base is None or base.source == "<defaults>" else f"{base.source} + {file}"
+    dot = f"{prefix}." if prefix else ""
+    if not isinstance(data, dict):
+        collect.append(ConfigError(file, prefix or "-", "must be a table"))
+    else:
+        known = sorted(SCALAR_KEYS + tuple(TABLES))
+        for key, value in data.items():
+            if key in TABLES:
+                cls = TABLES[key]
+                if not isinstance(value, dict):
+                    collect.append(ConfigError(file, f"{dot}{key}", "must be a table"))
+                    continue
+                sub = getattr(pol, key)
+                for subkey, subvalue in value.items():
+                    sub = _set_key(sub, cls, subkey, subvalue, file, f"{dot}{key}", f"{key}.{subkey}", collect)
+                setattr(pol, key, sub)
+            elif key in SCALAR_KEYS:
+                pol = _set_key(pol, Policy, key, value, file, prefix, key, collect)
+            else:
+                collect.append(ConfigError(file, f"{dot}{key}", f"unknown key (known: {', '.join(known)})"))
+        if pol.headers.verdict.lower() == pol.headers.report.lower():
+            collect.append(ConfigError(file, f"{dot}headers.report", "must differ from headers.verdict"))
+    if errors is None and len(collect) > before:
+        raise collect[before]
+    return pol
+
+
+def _read_toml(path: Path, errors: list[ConfigError]) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_POLICY_FILE + 1)
+    except OSError as exc:
+        errors.append(ConfigError(path, "-", f"cannot read: {exc.strerror}"))
+        return None
+    if len(raw) > MAX_POLICY_FILE:
+        errors.append(ConfigError(path, "-", f"larger than {MAX_POLICY_FILE} bytes"))
+        return None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        errors.append(ConfigError(path, "-", f"not valid TOML: {exc}"))
+        return None
+
+
+@dataclass
+class PolicySet:
+    """The default policy plus one merged policy per configured domain."""
+
+    default: Policy = field(default_factory=Policy)
+    domains: dict[str, Policy] = field(default_factory=dict)
+
+    def for_domain(self, domain: str) -> Policy:
+        """The policy of ``domain``, falling back through its parent domains to the default."""
+        d = normalize_domain(domain)
+        if d is None:
+            return self.default
+        for candidate in parent_domains(d):
+            pol = self.domains.get(candidate)
+            if pol is not None:
+                return pol
+        return self.default
+
+    def for_recipients(self, rcpts: Iterable[str]) -> list[tuple[str, Policy]]:
+        """``(recipient domain, policy)`` once per distinct domain, in first-seen order.
+
+        A recipient without a usable domain maps to ``("", default policy)``.
+        """
+        seen: dict[str, Policy] = {}
+        for rcpt in rcpts:
+            d = recipient_domain(rcpt) or ""
+            if d not in seen:
+                seen[d] = self.for_domain(d) if d else self.default
+        return list(seen.items())
+
+
+def _policy_files(policy_dir: Path, errors: list[ConfigError]) -> list[tuple[str, Path]]:
+    try:
+        names = sorted(os.listdir(policy_dir))
+    except OSError as exc:
+        errors.append(ConfigError(policy_dir, "-", f"cannot read directory: {exc.strerror}"))
+        return []
+    result = []
+    for name in names:
+        path = policy_dir / name
+        if name.startswith(".") or not name.endswith(".toml"):
+            log.debug("policy.d: ignoring %s (not <domain>.toml)", path)
+            continue
+        stem = name[: -len(".toml")]
+        if normalize_domain(stem) != stem:
+            errors.append(
+                ConfigError(path, "-", "file name must be <domain>.toml with the domain in lower-case IDNA (A-label) form")
+            )
+            continue
+        if not path.is_file():
+            errors.append(ConfigError(path, "-", "not a regular file"))
+            continue
+        result.append((stem, path))
+    return result
+
+
+def _load(global_path: str | os.PathLike[str] | None, policy_dir: str | os.PathLike[str] | None, errors: list[ConfigError]) -> PolicySet:
+    default = Policy()
+    if global_path is not None:
+        gpath = Path(global_path)
+        data = _read_toml(gpath, errors)
+        if data is not None and "policy" in data:
+            default = parse_policy(data["policy"], str(gpath), prefix="policy", errors=errors)
+            default.source = str(gpath)
+    pset = PolicySet(default=default)
+    if policy_dir is not None:
+        for domain, path in _policy_files(Path(policy_dir), errors):
+            data = _read_toml(path, errors)
+            if data is None:
+                continue
+            pol = parse_policy(data, str(path), base=default, errors=errors)
+            pol.name = domain
+            pset.domains[domain] = pol
+    return pset
+
+
+def load_policies(global_toml_path: str | os.PathLike[str] | None, policy_dir: str | os.PathLike[str] | None) -> PolicySet:
+    """Read the ``[policy]`` table of the global file and every ``policy.d/<domain>.toml``.
+
+    Either argument may be None (built-in defaults / no domain policies).  Raises
+    the first :class:`ConfigError` found; :func:`check_policy_dir` lists them all.
+    The result is a new object: a caller that reloads keeps its last good set when
+    this raises.
+    """
+    errors: list[ConfigError] = []
+    pset = _load(global_toml_path, policy_dir, errors)
+    if errors:
+        raise errors[0]
+    return pset
+
+
+def check_policy_dir(global_path: str | os.PathLike[str] | None, policy_dir: str | os.PathLike[str] | None) -> list[ConfigError]:
+    """Every problem of the global ``[policy]`` table and of the policy directory (for ``mvctl policy check``)."""
+    errors: list[ConfigError] = []
+    _load(global_path, policy_dir, errors)
+    return errors
+
+
+# --------------------------------------------------------------------------------------
+# Combining policies for the analysis (what to detonate, how long to wait)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """What the pipeline does for one message whose recipients have these policies.
+
+    The most thorough wins: detonate if any policy detonates (union of kinds), wait
+    as long as the longest ``max_wait_s``, follow links if any policy does (largest
+    limits), try every policy's archive passwords.
+    """
+
+    max_wait_s: float
+    detonate: bool
+    detonate_kinds: tuple[str, ...]
+    links_enabled: bool
+    max_links: int
+    max_link_bytes: int
+    archive_passwords: tuple[str, ...]
+
+
+def analysis_settings(policies: Sequence[Policy]) -> AnalysisSettings:
+    pols = list(policies) or [Policy()]
+    kinds: list[str] = []
+    passwords: list[str] = []
+    for p in pols:
+        if p.detonate:
+            kinds += [k for k in p.detonate_kinds if k not in kinds]
+        passwords += [pw for pw in p.archive_passwords if pw not in passwords]
+    links = [p.links for p in pols if p.links.enabled]
+    return AnalysisSettings(
+        max_wait_s=max(p.max_wait_s for p in pols),
+        detonate=any(p.detonate for p in pols),
+        detonate_kinds=tuple(kinds),
+        links_enabled=bool(links),
+        max_links=max((lk.max_links for lk in links), default=0),
+        max_link_bytes=max((lk.max_bytes for lk in links), default=0),
+        archive_passwords=tuple(passwords),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# decide()
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArtifactOutcome:
+    """What the pipeline knows about one artifact when it decides.
+
+    ``verdict`` is clean|suspicious|malicious|error, or ``pending`` when the
+    analysis had not finished by the policy's maximum wait.  ``part_id`` is the
+    MIME part path that holds the artifact (for ``strip``); None for a download
+    or anything that is not a part of its own.
+    """
+
+    sha256: str
+    name: str
+    verdict: str
+    score: int
+    findings: tuple[Finding, ...] = ()
+    part_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of :func:`decide`: what the milter does with the message."""
+
+    action: str
+    verdict: str  # one of DECISION_VERDICTS
+    score: int
+    reason: str
+    smtp_code: str | None = None
+    smtp_ext: str | None = None
+    smtp_text: str | None = None  # %-escaped for libmilter's setreply, printable ASCII, bounded
+    strip_parts: tuple[str, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    policy: str = "default"  # name of the policy that decided
+
+    def to_report(self) -> dict[str, Any]:
+        """A JSON-able summary (stored with quarantined messages, logged)."""
+        return {
+            "action": self.action,
+            "verdict": self.verdict,
+            "score": self.score,
+            "reason": self.reason,
+            "policy": self.policy,
+            "strip_parts": list(self.strip_parts),
+            "headers": [list(h) for h in self.headers],
+        }
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._+\-=@#~!&()\[\],]")
+_SAFE_ID = re.compile(r"[^a-z0-9_]")
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+def safe_name(name: Any, limit: int = MAX_NAME_IN_HEADER) -> str:
+    """A file name made safe for a header or a reply: ASCII, no spaces or separators, bounded.
+
+    Every other character becomes ``_``; a long name keeps its start and its
+    extension (``very_lo...exe``).
+    """
+    text = "" if name is None else str(name)
+    text = _SAFE_NAME.sub("_", text[: limit * 4])
+    if not text.strip("_"):
+        return "(unnamed)"
+    if len(text) > limit:
+        tail = text[-8:] if "." not in text[-8:] else text[text.rindex(".", len(text) - 8):]
+        text = text[: limit - len(tail) - 3] + "..." + tail
+    return text
+
+
+def _safe_id(fid: Any) -> str:
+    return _SAFE_ID.sub("_", str(fid).lower())[:32] or "finding"
+
+
+def _safe_sha(sha: Any) -> str:
+    s = str(sha).lower()[:12]
+    return s if len(s) == 12 and _HEX.match(s) else "-"
+
+
+def _ascii_text(text: str) -> str:
+    """Printable ASCII only: CR, LF, TAB -> space, others -> '?', spaces collapsed."""
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if ch in "\r\n\t\v\f":
+            out.append(" ")
+        elif 0x20 <= o < 0x7F:
+            out.append(ch)
+        else:
+            out.append("?")
+    return re.sub(r" {2,}", " ", "".join(out)).strip()
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def smtp_reply_text(text: str, limit: int = MAX_REPLY_TEXT) -> str:
+    """Reply text for libmilter's setreply: ASCII, one line, bounded, ``%`` doubled."""
+    return _clip(_ascii_text(text), limit).replace("%", "%%")
+
+
+def _render(template: str, values: dict[str, str]) -> str:
+    """Fill a validated template; a template that fails anyway gives the default text."""
+    out = []
+    try:
+        for lit, fname, _spec, _conv in string.Formatter().parse(template):
+            out.append(lit)
+            if fname is not None:
+                out.append(values.get(fname, ""))
+    except ValueError:
+        return _render(DEFAULT_REJECT_TEXT, values)
+    return "".join(out)
+
+
+def _fold_line(name: str, text: str) -> str:
+    """Fold ``text`` (one line) for header ``name``: a newline goes before a space near
+    :data:`HEADER_LINE` columns, so unfolding (removing the newlines) restores ``text``."""
+    words = text.split(" ")
+    lines: list[str] = []
+    cur = words[0]
+    width = HEADER_LINE - len(name) - 2
+    for w in words[1:]:
+        if len(cur) + 1 + len(w) > width and cur.strip():
+            lines.append(cur)
+            cur = " " + w
+            width = HEADER_LINE
+        else:
+            cur += " " + w
+    lines.append(cur)
+    return "\n".join(lines)
+
+
+def _fold(name: str, items: list[str], limit: int) -> str:
+    """``items`` joined with ``"; "`` and folded; at most ``limit`` characters.
+
+    The items that do not fit are summarised as ``+N more``.
+    """
+    n = len(items)
+
+    def build(k: int) -> str:
+        shown = items[:k] + ([f"+{n - k} more"] if k < n else [])
+        return _fold_line(name, "; ".join(shown))
+
+    # the largest k whose unfolded length leaves room for folds and the note, then verify
+    k, total = 0, 0
+    budget = limit - limit // 50 - 16
+    while k < n and total + len(items[k]) + 2 <= budget:
+        total += len(items[k]) + 2
+        k += 1
+    value = build(k)
+    while len(value) > limit and k > 0:
+        k -= 1
+        value = build(k)
+    return value
+
+
+def _artifact_entry(o: ArtifactOutcome) -> str:
+    verdict = o.verdict if o.verdict in OUTCOME_VERDICTS else ERROR
+    entry = f"{safe_name(o.name)} {_safe_sha(o.sha256)} {verdict}"
+    if verdict in (SUSPICIOUS, MALICIOUS, CLEAN) and _score(o.score):
+        entry += f" score={_score(o.score)}"
+    top = sorted(o.findings, key=lambda f: -f.severity)[:MAX_FINDINGS_PER_ARTIFACT]
+    if top:
+        entry += " (" + ",".join(_safe_id(f.id) for f in top) + ")"
+    return entry
+
+
+def _score(value: Any) -> int:
+    try:
+        return max(0, min(10, int(value)))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _names(outcomes: Sequence[ArtifactOutcome], limit: int = MAX_NAMES_IN_REASON) -> str:
+    parts = []
+    for o in outcomes[:limit]:
+        top = sorted(o.findings, key=lambda f: -f.severity)[:1]
+        parts.append(safe_name(o.name, 40) + (f" ({_safe_id(top[0].id)})" if top else ""))
+    if len(outcomes) > limit:
+        parts.append(f"+{len(outcomes) - limit} more")
+    return ", ".join(parts)
+
+
+def decide(policy: Policy, outcomes: Sequence[ArtifactOutcome], message_findings: Sequence[Finding] = ()) -> Decision:
+    """Decide what happens to a message; pure: no I/O, the same inputs give the same Decision.
+
+    1. Each artifact's verdict is clean|suspicious|malicious|error|pending (any
+       other value counts as error).  Message-level findings are scored with
+       :func:`~mailvm.verdict.score_findings` and count like one more artifact.
+    2. The *known* verdict is the worst of the finished ones (clean < suspicious <
+       malicious); no artifacts and no findings is clean.
+    3. Malicious known: ``actions.malicious`` at once (nothing can make it worse);
+       but if that action delivers the message now (tag/strip) while artifacts are
+       pending, the stricter of it and ``actions.timeout`` applies, so unanalysed
+       files are not delivered by the shortcut.
+    4. Otherwise the base action is ``actions.suspicious`` when suspicious is known,
+       else ``actions.error`` when an artifact failed, else ``actions.clean``.
+       With any artifact pending, the stricter of the base action and
+       ``actions.timeout`` applies.
+    5. ``strip`` removes the parts of the suspicious and malicious artifacts; when
+       one of them has no ``part_id`` (a download, a message-level finding), the
+       offending content cannot be cut out and the action becomes ``quarantine``.
+    6. Reject and tempfail carry a reply (:data:`REPLY_REJECT`, :data:`REPLY_TEMPFAIL`)
+       whose text is the policy's template, sanitised; tag/strip/hold/quarantine carry
+       the verdict and report headers.
+    """
+    clean_o: list[ArtifactOutcome] = []
+    susp_o: list[ArtifactOutcome] = []
+    mal_o: list[ArtifactOutcome] = []
+    err_o: list[ArtifactOutcome] = []
+    pend_o: list[ArtifactOutcome] = []
+    buckets = {CLEAN: clean_o, SUSPICIOUS: susp_o, MALICIOUS: mal_o, ERROR: err_o, PENDING: pend_o}
+    for o in outcomes:
+        buckets.get(o.verdict, err_o).append(o)
+
+    msg_verdict, msg_score = score_findings(message_findings)
+    score = max([_score(o.score) for o in clean_o + susp_o + mal_o] + [msg_score])
+
+    if mal_o or msg_verdict == MALICIOUS:
+        known = MALICIOUS
+    elif susp_o or msg_verdict == SUSPICIOUS:
+        known = SUSPICIOUS
+    else:
+        known = CLEAN
+
+    if known == MALICIOUS:
+        action = policy.actions.malicious
+        if pend_o and action in DELIVERING_ACTIONS:
+            action = _stricter(action, policy.actions.timeout)
+    else:
+        if known == SUSPICIOUS:
+            action = policy.actions.suspicious
+        elif err_o:
+            action = policy.actions.error
+        else:
+            action = policy.actions.clean
+        if pend_o:
+            action = _stricter(action, policy.actions.timeout)
+
+    if known in (MALICIOUS, SUSPICIOUS):
+        verdict = known
+    elif pend_o:
+        verdict = TIMEOUT
+    elif err_o:
+        verdict = ERROR
+    else:
+        verdict = CLEAN
+
+    offending = mal_o + susp_o
+    strip_parts: tuple[str, ...] = ()
+    fallback = ""
+    if action == STRIP:
+        if msg_verdict in (SUSPICIOUS, MALICIOUS) or any(not o.part_id for o in offending) or not offending:
+            action = QUARANTINE
+            fallback = "; strip impossible (no MIME part), quarantined"
+        else:
+            strip_parts = tuple(dict.fromkeys(str(o.part_id) for o in offending))
+
+    # reason: human text about what decided
+    if known in (MALICIOUS, SUSPICIOUS):
+        arts = mal_o if known == MALICIOUS else susp_o
+        what = []
+        if arts:
+            what.append(_names(arts))
+        if msg_verdict == known:
+            top = sorted(message_findings, key=lambda f: -f.severity)[0]
+            what.append(f"message ({_safe_id(top.id)})")
+        reason = f"{known}: {', '.join(what)}"
+        if pend_o:
+            reason += f"; {len(pend_o)} not analysed in time"
+        if err_o:
+            reason += f"; {len(err_o)} failed"
+    elif pend_o:
+        reason = f"timeout: {len(pend_o)} of {len(outcomes)} files not analysed within {policy.max_wait_s:g} s: {_names(pend_o)}"
+        if err_o:
+            reason += f"; {len(err_o)} failed"
+    elif err_o:
+        reason = f"error: analysis failed for {_names(err_o)}"
+    elif outcomes:
+        reason = f"clean: {len(outcomes)} files"
+    else:
+        reason = "clean: no files"
+    reason = _clip(_ascii_text(reason + fallback), MAX_REASON)
+
+    code = ext = text = None
+    values = {
+        "verdict": verdict,
+        "score": str(score),
+        "reason": reason,
+        "names": _names(offending or pend_o or err_o),
+        "action": action,
+    }
+    if action == REJECT:
+        code, ext = REPLY_REJECT
+        text = smtp_reply_text(_render(policy.reject_text, values))
+    elif action == TEMPFAIL:
+        code, ext = REPLY_TEMPFAIL
+        text = smtp_reply_text(_render(policy.tempfail_text, values))
+
+    headers: tuple[tuple[str, str], ...] = ()
+    if action in HEADER_ACTIONS:
+        headers = _headers(policy, verdict, score, outcomes, message_findings, msg_score, len(pend_o), len(err_o))
+
+    return Decision(
+        action=action,
+        verdict=verdict,
+        score=score,
+        reason=reason,
+        smtp_code=code,
+        smtp_ext=ext,
+        smtp_text=text,
+        strip_parts=strip_parts,
+        headers=headers,
+        policy=policy.name,
+    )
+
+
+_ENTRY_ORDER = {MALICIOUS: 0, SUSPICIOUS: 1, PENDING: 2, ERROR: 3, CLEAN: 4}
+
+
+def _headers(
+    policy: Policy,
+    verdict: str,
+    score: int,
+    outcomes: Sequence[ArtifactOutcome],
+    message_findings: Sequence[Finding],
+    msg_score: int,
+    n_pending: int,
+    n_error: int,
+) -> tuple[tuple[str, str], ...]:
+    value = f"{verdict} score={score}"
+    if n_pending:
+        value += f" pending={n_pending}"
+    if n_error:
+        value += f" errors={n_error}"
+    entries = []
+    if message_findings:
+        top = sorted(message_findings, key=lambda f: -f.severity)[:MAX_FINDINGS_PER_ARTIFACT]
+        entries.append(f"message score={msg_score} (" + ",".join(_safe_id(f.id) for f in top) + ")")
+    ordered = sorted(outcomes, key=lambda o: (_ENTRY_ORDER.get(o.verdict, 3), -_score(o.score)))
+    entries += [_artifact_entry(o) for o in ordered]
+    if not entries:
+        entries = ["no files"]
+    report = _fold(policy.headers.report, entries, MAX_HEADER_VALUE)
+    return ((policy.headers.verdict, value), (policy.headers.report, report))
+
+
+def _stricter(a: str, b: str) -> str:
+    return a if ACTION_RANK.get(a, len(ACTIONS)) >= ACTION_RANK.get(b, len(ACTIONS)) else b
+
+
+def decide_for_recipients(
+    policies: Sequence[Policy], outcomes: Sequence[ArtifactOutcome], message_findings: Sequence[Finding] = ()
+) -> Decision:
+    """Several recipient domains: each policy decides, the strictest action wins.
+
+    Strictness follows :data:`ACTIONS` (accept < tag < strip < hold < quarantine <
+    tempfail < reject < discard); on a tie the first policy's decision is kept.
+    One SMTP transaction gets one answer, so the strictest domain sets it for all
+    recipients (a sender who must reach a lenient domain can send separately).
+    No policies: the built-in default policy decides.
+    """
+    pols = list(policies) or [Policy()]
+    best: Decision | None = None
+    for pol in pols:
+        d = decide(pol, outcomes, message_findings)
+        if best is None or ACTION_RANK[d.action] > ACTION_RANK[best.action]:
+            best = d
+    assert best is not None
+    return best
+
+
+def failure_decision(policy: Policy, detail: str = "internal error") -> Decision:
+    """What to do when mailvm itself failed before it could decide (no verdicts at all).
+
+    ``fail_open = true``: deliver, marked with the verdict header only
+    (``error score=0 failed-open``), as action ``tag``; otherwise tempfail with :data:`REPLY_INTERNAL` so the sender retries.
+    """
+    reason = _clip(_ascii_text(f"error: mailvm failed: {detail}"), MAX_REASON)
+    if policy.fail_open:
+        return Decision(
+            action=TAG,
+            verdict=ERROR,
+            score=0,
+            reason=reason,
+            headers=((policy.headers.verdict, "error score=0 failed-open"),),
+            policy=policy.name,
+        )
+    code, ext = REPLY_INTERNAL
+    return Decision(
+        action=TEMPFAIL,
+        verdict=ERROR,
+        score=0,
+        reason=reason,
+        smtp_code=code,
+        smtp_ext=ext,
+        smtp_text=smtp_reply_text("mailvm: temporary failure, please try again later"),
+        policy=policy.name,
+    )
+
+
+def decision_report(decision: Decision, outcomes: Sequence[ArtifactOutcome], message_findings: Sequence[Finding] = ()) -> dict[str, Any]:
+    """The decision plus every artifact (JSON-able; names kept as data, bounded)."""
+    report = decision.to_report()
+    report["artifacts"] = [
+        {
+            "name": str(o.name)[:255],
+            "sha256": str(o.sha256)[:64],
+            "verdict": o.verdict if o.verdict in OUTCOME_VERDICTS else ERROR,
+            "score": _score(o.score),
+            "part_id": o.part_id,
+            "findings": [f.to_dict() for f in o.findings[:50]],
+        }
+        for o in list(outcomes)[:1000]
+    ]
+    report["message_findings"] = [f.to_dict() for f in list(message_findings)[:50]]
+    return report
+
+
+__all__ = [
+    "ACTIONS",
+    "ACTION_RANK",
+    "ALLOWED_ACTIONS",
+    "AnalysisSettings",
+    "ArtifactOutcome",
+    "Decision",
+    "Policy",
+    "PolicySet",
+    "REPLY_INTERNAL",
+    "REPLY_REJECT",
+    "REPLY_TEMPFAIL",
+    "analysis_settings",
+    "check_policy_dir",
+    "decide",
+    "decide_for_recipients",
+    "decision_report",
+    "failure_decision",
+    "load_policies",
+    "normalize_domain",
+    "parse_policy",
+    "policy_keys",
+    "recipient_domain",
+]
