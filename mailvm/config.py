@@ -269,16 +269,26 @@ def _check_socket(file: str, spec: str) -> None:
     raise ConfigError(file, "milter.socket", "must be unix:/ABSOLUTE/PATH or inet:PORT@HOST")
 
 
+def resolve_config_path(path: str | os.PathLike[str] | None) -> str | None:
+    """The config file that :func:`load_config` would read for ``path`` (None: defaults)."""
+    if path is not None:
+        return str(path)
+    env = os.environ.get("MAILVM_CONFIG")
+    if env:
+        return env
+    return str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else None
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Load and validate the global config; ``None`` means the built-in defaults.
 
-    ``$MAILVM_CONFIG`` names the file when ``path`` is not given and it is set.
+    Without ``path``: ``$MAILVM_CONFIG`` when set, else ``/etc/mailvm/mailvm.toml``
+    when it exists, else the built-in defaults.
     """
     if path is None:
-        env = os.environ.get("MAILVM_CONFIG")
-        if not env:
+        path = resolve_config_path(None)
+        if path is None:
             return Config()
-        path = env
     path = Path(path)
     try:
         raw = path.read_bytes()

@@ -105,6 +105,7 @@ class ScanReport:
             "findings": [{"id": f.id, "severity": f.severity, "detail": f.detail} for f in self.findings],
             "artifacts": [a.to_dict() for a in self.artifacts],
             "duration_s": round(self.duration_s, 4),
+            "headers": {k.lower(): v for k, v in self.headers.items()},
         }
 
 

@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Sequence
 
-from mailvm.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from mailvm.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, resolve_config_path
 
 log = logging.getLogger("mailvm.serve")
 
@@ -49,11 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_path(args: argparse.Namespace) -> str | None:
-    if args.config:
-        return args.config
-    if os.environ.get("MAILVM_CONFIG"):
-        return os.environ["MAILVM_CONFIG"]
-    return str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else None
+    return resolve_config_path(args.config)
 
 
 def _pool_process_main(path: str | None, verbose: int) -> None:

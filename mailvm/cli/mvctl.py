@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from mailvm.cli import cache, lab, scan
+from mailvm.cli import cache, lab, policy, quarantine, scan
 from mailvm.config import ConfigError
 
 EXIT_OK = 0
@@ -28,6 +28,8 @@ EXIT_ERROR = 2
 GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     scan.register,
     cache.register,
+    quarantine.register,
+    policy.register,
     lab.register,
 ]
 
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "manage the detonation pool, policies and quarantine.",
         epilog="Exit status: 0 clean/success, 1 suspicious/malicious/not found, 2 error.",
     )
-    parser.add_argument("-c", "--config", metavar="FILE", help="global config (default: $MAILVM_CONFIG or built-in defaults)")
+    parser.add_argument("-c", "--config", metavar="FILE", help="global config (default: $MAILVM_CONFIG, else /etc/mailvm/mailvm.toml if present)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

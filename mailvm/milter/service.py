@@ -22,7 +22,14 @@ from typing import Any, Callable, Sequence
 
 from mailvm.config import Config, ConfigError
 from mailvm.milter.pipeline import ScanOptions, init_worker, scan_path
-from mailvm.policy import ArtifactOutcome, Decision, PolicySet, decide_for_recipients, load_policies
+from mailvm.policy import (
+    ArtifactOutcome,
+    Decision,
+    PolicySet,
+    analysis_settings,
+    decide_for_recipients,
+    load_policies,
+)
 from mailvm.verdict import Finding
 
 log = logging.getLogger(__name__)
@@ -131,14 +138,15 @@ class MilterService:
                 Finding("message_truncated", 4, f"message larger than {self.max_message_bytes} bytes: only its head was scanned", "milter")
             )
         started = time.monotonic()
-        max_wait = max(p.max_wait_s for p in policies)
+        settings = analysis_settings(policies)
+        max_wait = settings.max_wait_s
         options = ScanOptions(
             deadline=started + max_wait,
-            detonate=any(p.detonate for p in policies),
-            detonate_kinds=sorted({k for p in policies for k in p.detonate_kinds}),
-            links=any(p.links.enabled for p in policies),
-            max_links=max(p.links.max_links for p in policies),
-            passwords=sorted({pw for p in policies for pw in p.archive_passwords}),
+            detonate=settings.detonate,
+            detonate_kinds=list(settings.detonate_kinds),
+            links=settings.links_enabled,
+            max_links=settings.max_links,
+            passwords=list(settings.archive_passwords),
         )
         report = self._run_pipeline(raw, options, progress, started + max_wait + WORKER_GRACE_S, tag)
         if report is None:
@@ -160,7 +168,8 @@ class MilterService:
         if decision.action == "quarantine":
             domain = recipients[0].rpartition("@")[2].lower() if recipients else ""
             outcome.quarantine_id = self.quarantine.add(
-                raw, sender, list(recipients), {"decision": _decision_dict(decision), "report": report}, domain, queue_id
+                raw, sender, list(recipients), {"decision": _decision_dict(decision), "report": report,
+                 "subject": (report or {}).get("headers", {}).get("subject", "")}, domain, queue_id
             )
             log.info("%s: quarantined as %s", tag, outcome.quarantine_id)
         return outcome
@@ -206,9 +215,9 @@ class MilterService:
 
     # -- release -------------------------------------------------------------------
     def _check_release(self, raw: bytes, header: str) -> str | None:
-        from mailvm.release import body_sha256, verify_token
+        from mailvm.release import message_body_sha256, verify_token
 
-        item_id = verify_token(self.release_key, header, body_sha256(raw))
+        item_id = verify_token(self.release_key, header, message_body_sha256(raw))
         if item_id is None:
             return None
         if not self.quarantine.is_released(item_id):

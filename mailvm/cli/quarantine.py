@@ -1,0 +1,214 @@
+"""``mvctl quarantine list|show|release|delete|expire`` and ``mvctl hold list|release``.
+
+The quarantine is mailvm's own durable store (``[quarantine] dir``); *hold* is
+Postfix's hold queue, used by the ``hold`` policy action.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+from mailvm.cli.common import EXIT_BAD, EXIT_ERROR, EXIT_OK, config_from, print_json
+
+_AGE_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def age(text: str) -> float:
+    """``30m``, ``12h``, ``2d``, ``1w`` -> seconds."""
+    m = _AGE_RE.match(text.strip().lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age such as 30m, 12h, 2d")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quarantine", help="list, inspect, release or delete quarantined messages",
+                       description="mailvm's own quarantine store: whole original messages with envelope and report.")
+    q = p.add_subparsers(dest="q_command", metavar="ACTION")
+    q.required = True
+    s = q.add_parser("list", help="quarantined messages, oldest first")
+    s.add_argument("--domain", help="recipient domain")
+    s.add_argument("--verdict", choices=("clean", "suspicious", "malicious", "error", "pending"))
+    s.add_argument("--older-than", type=age, metavar="AGE", help="e.g. 2d")
+    s.add_argument("--newer-than", type=age, metavar="AGE", help="e.g. 12h")
+    s.add_argument("--state", choices=("quarantined", "releasing", "released"))
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_list)
+    s = q.add_parser("show", help="one item's envelope, verdict and report")
+    s.add_argument("id")
+    s.add_argument("--raw", action="store_true", help="print the original message instead")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_show)
+    s = q.add_parser("release", help="deliver an item to its original recipients (once)")
+    s.add_argument("id")
+    s.add_argument("--force", action="store_true", help="retry an interrupted release (may duplicate)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_release)
+    s = q.add_parser("delete", help="remove an item for good")
+    s.add_argument("id")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_delete)
+    s = q.add_parser("expire", help="delete items older than the retention period")
+    s.add_argument("--days", type=float, help="retention in days (default: quarantine.retention_days)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_expire)
+
+    h = sub.add_parser("hold", help="Postfix hold queue (the `hold` policy action)",
+                       description="Messages the `hold` action parked in Postfix's hold queue.")
+    hs = h.add_subparsers(dest="hold_command", metavar="ACTION")
+    hs.required = True
+    for name, func, helptext in (("list", cmd_hold_list, "held messages (postqueue -p)"),
+                                 ("release", cmd_hold_release, "release QUEUEID from hold (postsuper -H)")):
+        s = hs.add_parser(name, help=helptext)
+        if name == "release":
+            s.add_argument("queue_id", metavar="QUEUEID")
+        s.add_argument("--postfix-config", metavar="DIR", help="Postfix config directory (postfix -c DIR)")
+        s.set_defaults(func=func)
+
+
+def _store(args: argparse.Namespace):
+    from mailvm.quarantine import QuarantineStore
+
+    cfg = config_from(args)
+    return cfg, QuarantineStore(cfg.quarantine.dir)
+
+
+def _item_dict(item: Any) -> dict[str, Any]:
+    return {
+        "id": item.id, "created": item.created_iso, "domain": item.domain, "sender": item.sender,
+        "recipients": list(item.recipients), "queue_id": item.queue_id, "size": item.size,
+        "verdict": item.verdict, "score": item.score, "action": item.action, "reason": item.reason,
+        "state": item.state, "subject": str(item.report.get("subject", "")) if isinstance(item.report, dict) else "",
+        "sha256": item.sha256,
+    }
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    _, store = _store(args)
+    now = time.time()
+    items = store.list(
+        domain=args.domain, verdict=args.verdict, state=args.state,
+        older_than=now - args.older_than if args.older_than else None,
+        newer_than=now - args.newer_than if args.newer_than else None,
+    )
+    rows = [_item_dict(i) for i in items]
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    for r in rows:
+        print(f"{r['id']}  {r['created']}  {r['state']:<11} {r['verdict']:<10} {r['domain']:<20} "
+              f"<{r['sender']}> {r['subject'][:50]}")
+    print(f"{len(rows)} item(s)")
+    return EXIT_OK
+
+
+def _get(store, item_id: str):
+    try:
+        return store.get(item_id)
+    except (KeyError, ValueError):
+        return None
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    _, store = _store(args)
+    item = _get(store, args.id)
+    if item is None:
+        print(f"mvctl quarantine: no item {args.id!r}", file=sys.stderr)
+        return EXIT_BAD
+    if args.raw:
+        sys.stdout.buffer.write(store.read_message(item.id))
+        return EXIT_OK
+    data = _item_dict(item)
+    data["report"] = item.report
+    if args.json:
+        print_json(data)
+        return EXIT_OK
+    for key in ("id", "created", "state", "domain", "sender", "recipients", "queue_id", "verdict", "score",
+                "action", "reason", "subject", "size", "sha256"):
+        print(f"{key:<11} {data[key]}")
+    report = (item.report or {}).get("report") or {}
+    for a in report.get("artifacts", []):
+        print(f"  {a.get('verdict', ''):<10} {a.get('score', 0):2}  {a.get('name', '')}  sha256 {a.get('sha256', '')[:16]}")
+        for f in a.get("findings", [])[:5]:
+            print(f"      [{f.get('severity', 0):2}] {f.get('id', '')}: {f.get('detail', '')}")
+    return EXIT_OK
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from mailvm.quarantine import smtp_deliver
+    from mailvm.release import load_or_create_key
+
+    cfg, store = _store(args)
+    key = load_or_create_key(cfg.quarantine.release_key)
+    deliver = smtp_deliver(cfg.quarantine.reinject_host, cfg.quarantine.reinject_port)
+    result = store.release(args.id, deliver, key, force=args.force)
+    if args.json:
+        print_json({"id": result.id, "status": result.status, "delivered": result.delivered, "message": result.message})
+    else:
+        print(f"{result.id}: {result.status} ({result.message})")
+    if result.status in ("released", "already_released"):
+        return EXIT_OK
+    return EXIT_BAD if result.status == "not_found" else EXIT_ERROR
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    _, store = _store(args)
+    try:
+        gone = store.delete(args.id)
+    except ValueError:
+        gone = False
+    if args.json:
+        print_json({"id": args.id, "deleted": gone})
+    else:
+        print(f"{args.id}: {'deleted' if gone else 'no such item'}")
+    return EXIT_OK if gone else EXIT_BAD
+
+
+def cmd_expire(args: argparse.Namespace) -> int:
+    cfg, store = _store(args)
+    days = args.days if args.days is not None else cfg.quarantine.retention_days
+    removed = store.expire(days)
+    if args.json:
+        print_json({"removed": removed, "retention_days": days})
+    else:
+        print(f"removed {removed} item(s) older than {days} days")
+    return EXIT_OK
+
+
+def _pf(args: argparse.Namespace) -> list[str]:
+    return ["-c", args.postfix_config] if args.postfix_config else []
+
+
+def cmd_hold_list(args: argparse.Namespace) -> int:
+    res = subprocess.run(["postqueue", *_pf(args), "-p"], capture_output=True, text=True, timeout=60)
+    if res.returncode != 0:
+        print(res.stderr.strip(), file=sys.stderr)
+        return EXIT_ERROR
+    held = [line for line in res.stdout.splitlines() if re.match(r"^[0-9A-Za-z]+!", line)]
+    for line in held:
+        print(line)
+    print(f"{len(held)} held message(s)")
+    return EXIT_OK
+
+
+def cmd_hold_release(args: argparse.Namespace) -> int:
+    if not re.fullmatch(r"[0-9A-Za-z]{5,32}", args.queue_id):
+        print(f"mvctl hold release: {args.queue_id!r} is not a Postfix queue id", file=sys.stderr)
+        return EXIT_ERROR
+    res = subprocess.run(["postsuper", *_pf(args), "-H", args.queue_id], capture_output=True, text=True, timeout=60)
+    out = (res.stdout + res.stderr).strip()
+    if res.returncode != 0:
+        print(out, file=sys.stderr)
+        return EXIT_ERROR
+    if "Released from hold" not in out and "released" not in out.lower():
+        print(f"{args.queue_id}: not in the hold queue", file=sys.stderr)
+        return EXIT_BAD
+    subprocess.run(["postqueue", *_pf(args), "-i", args.queue_id], capture_output=True, timeout=60)
+    print(f"{args.queue_id}: released from hold")
+    return EXIT_OK

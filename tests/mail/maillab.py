@@ -1,0 +1,128 @@
+"""Helpers for the mail-path tests: a real ``mailvm serve`` and a real Postfix on loopback.
+
+Like aiosmtpd's and firecracker's test frameworks: the fixtures start real
+servers, track every process they start, kill them all at teardown, and print
+the services' logs when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+POLICIES = {
+    "reject.test": '[actions]\nmalicious = "reject"\n',
+    "quarantine.test": '[actions]\nmalicious = "quarantine"\nsuspicious = "quarantine"\n',
+    "hold.test": '[actions]\nmalicious = "hold"\n',
+    "strip.test": '[actions]\nmalicious = "strip"\n',
+    "slow.test": 'max_wait_s = 3\n[actions]\ntimeout = "tempfail"\n',
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+
+@dataclass
+class MailLab:
+    root: Path
+    config: Path
+    smtp_port: int
+    milter_port: int
+    postfix: object
+    proc: subprocess.Popen | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.root / "mailvm.log"
+
+    def start_mailvm(self) -> None:
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailvm.cli.mailvm_main", "-c", str(self.config), "-v", "serve"],
+            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_port(self.milter_port, 90, self.proc)
+
+    def kill_mailvm(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def send(self, msg: bytes | EmailMessage, rcpts: list[str], sender: str = "sender@outside.test") -> dict:
+        raw = msg.as_bytes() if isinstance(msg, EmailMessage) else msg
+        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=600) as smtp:
+            return smtp.sendmail(sender, rcpts, raw)
+
+    def mvctl(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mailvm.cli.mvctl", "-c", str(self.config), *args],
+                              capture_output=True, text=True, timeout=300)
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def make_message(subject: str, to: str = "user@example.com", attachments: list[tuple[str, bytes]] = (),
+                 body: str = "Hello,\nplease find the document attached.\n") -> EmailMessage:
+    m = EmailMessage()
+    m["From"] = "Sender <sender@outside.test>"
+    m["To"] = to
+    m["Subject"] = subject
+    m["Message-ID"] = f"<{time.time_ns()}@outside.test>"
+    m.set_content(body)
+    for name, data in attachments:
+        m.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
+    return m
+
+
+def eicar_zip() -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("eicar.com", EICAR)
+    return buf.getvalue()
+
+

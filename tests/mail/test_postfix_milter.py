@@ -1,0 +1,247 @@
+"""mailvm inline in a real Postfix on loopback: every action, end to end.
+
+The message is sent with smtplib to the lab Postfix, Postfix asks ``mailvm
+serve`` through the milter protocol, and the test looks at the SMTP answer and
+at the Maildir the message was (or was not) delivered to.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import json
+import smtplib
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from maillab import CORPUS, eicar_zip, make_message
+
+pytestmark = [pytest.mark.postfix, pytest.mark.slow]
+
+
+def _parsed(raw: bytes):
+    return email.message_from_bytes(raw, policy=email.policy.compat32)
+
+
+def _delivered_with(lab, rcpt: str, subject: str, timeout: float = 30.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for raw in lab.postfix.delivered(rcpt):
+            msg = _parsed(raw)
+            if msg.get("Subject") == subject:
+                return msg
+        time.sleep(0.1)
+    return None
+
+
+def test_clean_message_is_delivered_with_verdict_header(mail_lab):
+    subject = f"clean {time.time_ns()}"
+    msg = make_message(subject, attachments=[("notes.txt", b"just some text\n" * 20)])
+    assert mail_lab.send(msg, ["alice@example.com"]) == {}
+    got = _delivered_with(mail_lab, "alice@example.com", subject)
+    assert got is not None, "clean message was not delivered"
+    assert got.get_all("X-Mailvm-Verdict") == [got["X-Mailvm-Verdict"]]
+    assert got["X-Mailvm-Verdict"].startswith("clean")
+    assert "notes.txt" in (got.get("X-Mailvm-Report") or "")
+
+
+def test_eicar_zip_rejected_for_reject_domain(mail_lab):
+    msg = make_message(f"eicar {time.time_ns()}", attachments=[("invoice.zip", eicar_zip())])
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        mail_lab.send(msg, ["bob@reject.test"])
+    assert exc.value.smtp_code == 550
+    text = exc.value.smtp_error.decode()
+    assert "5.7.1" in text
+    assert "eicar.com" in text or "invoice.zip" in text
+
+
+def test_eicar_quarantined_then_released_exactly_once(mail_lab):
+    subject = f"quarantine {time.time_ns()}"
+    msg = make_message(subject, attachments=[("invoice.zip", eicar_zip())])
+    assert mail_lab.send(msg, ["carol@quarantine.test"]) == {}
+    time.sleep(1.0)
+    assert _delivered_with(mail_lab, "carol@quarantine.test", subject, timeout=1) is None
+    res = mail_lab.mvctl("quarantine", "list", "--json", "--domain", "quarantine.test")
+    assert res.returncode == 0, res.stderr
+    items = [i for i in json.loads(res.stdout) if i.get("subject") == subject]
+    assert len(items) == 1, res.stdout
+    qid = items[0]["id"]
+    first = mail_lab.mvctl("quarantine", "release", qid)
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = mail_lab.mvctl("quarantine", "release", qid)
+    assert second.returncode == 0, second.stdout + second.stderr
+    got = _delivered_with(mail_lab, "carol@quarantine.test", subject, timeout=60)
+    assert got is not None, "released message was not delivered"
+    assert got["X-Mailvm-Verdict"].startswith("released")
+    time.sleep(2.0)
+    copies = [r for r in mail_lab.postfix.delivered("carol@quarantine.test") if _parsed(r)["Subject"] == subject]
+    assert len(copies) == 1
+
+
+def test_two_domains_take_the_stricter_action(mail_lab):
+    msg = make_message(f"two domains {time.time_ns()}", attachments=[("invoice.zip", eicar_zip())])
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        mail_lab.send(msg, ["dave@example.com", "erin@reject.test"])
+    assert exc.value.smtp_code == 550
+
+
+def test_forged_mailvm_headers_are_removed(mail_lab):
+    subject = f"forged {time.time_ns()}"
+    msg = make_message(subject)
+    msg["X-Mailvm-Verdict"] = "clean score=0 (forged)"
+    msg["X-Mailvm-Report"] = "forged report"
+    assert mail_lab.send(msg, ["frank@example.com"]) == {}
+    got = _delivered_with(mail_lab, "frank@example.com", subject)
+    assert got is not None
+    verdicts = got.get_all("X-Mailvm-Verdict")
+    assert len(verdicts) == 1 and "forged" not in verdicts[0]
+    assert all("forged" not in r for r in got.get_all("X-Mailvm-Report") or [])
+
+
+def test_forged_release_header_does_not_bypass_scanning(mail_lab):
+    msg = make_message(f"forged release {time.time_ns()}", attachments=[("invoice.zip", eicar_zip())])
+    msg["X-Mailvm-Release"] = "v1 20260101T000000-deadbeef " + "0" * 64
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        mail_lab.send(msg, ["gina@reject.test"])
+    assert exc.value.smtp_code == 550
+
+
+def test_strip_replaces_the_offending_part(mail_lab):
+    subject = f"strip {time.time_ns()}"
+    msg = make_message(subject, attachments=[("invoice.zip", eicar_zip()), ("notes.txt", b"keep me\n")])
+    assert mail_lab.send(msg, ["hank@strip.test"]) == {}
+    got = _delivered_with(mail_lab, "hank@strip.test", subject)
+    assert got is not None
+    raw = got.as_bytes()
+    assert b"EICAR" not in raw and b"UEsDB" not in raw  # neither the string nor the zip (base64 "PK\x03\x04")
+    names = [p.get_filename() for p in got.walk() if not p.is_multipart()]
+    assert "notes.txt" in names and "removed-by-mailvm.txt" in names
+    assert got["X-Mailvm-Verdict"].startswith("malicious")
+
+
+MALFORMED = [
+    "zbateson-mail-mime-parser/m0001.txt",
+    "cpython-test_email-data/msg_15.txt",
+    "cpython-test_email-data/msg_31.txt",
+    "apache-spamassassin-tdata/t/data/spam/badmime.txt",
+    "apache-spamassassin-tdata/t/data/spam/badmime2.txt",
+]
+
+
+@pytest.mark.parametrize("rel", MALFORMED)
+def test_malformed_messages_get_a_verdict_and_are_delivered(mail_lab, rel):
+    path = CORPUS / rel
+    if not path.exists():
+        pytest.skip(f"{rel} not in the corpus")
+    rcpt = f"m{abs(hash(rel)) % 100000}@example.com"
+    raw = path.read_bytes()
+    # a unique Subject lets us find our copy: prepend a header line
+    subject = f"malformed {time.time_ns()}"
+    raw = f"Subject: {subject}\r\n".encode() + raw.replace(b"\nSubject:", b"\nX-Old-Subject:")
+    try:
+        refused = mail_lab.send(raw, [rcpt])
+    except smtplib.SMTPDataError as exc:
+        pytest.fail(f"malformed message refused: {exc.smtp_code} {exc.smtp_error!r}")
+    assert refused == {}
+    got = _delivered_with(mail_lab, rcpt, subject)
+    assert got is not None, "malformed message lost"
+    assert got["X-Mailvm-Verdict"]
+
+
+def test_eight_bit_headers_and_truncated_base64(mail_lab):
+    subject = f"8bit {time.time_ns()}"
+    raw = (
+        b"From: =?utf-8?q?J=C3=BCrgen?= <j@outside.test>\r\nTo: ivy@example.com\r\n"
+        b"Subject: " + subject.encode() + b"\r\nX-Weird: caf\xc3\xa9 \xff\xfe\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed\r\n\r\n"  # missing boundary
+        b"--x\r\nContent-Type: application/octet-stream; name=a.bin\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAA\r\n"  # truncated
+    )
+    assert mail_lab.send(raw, ["ivy@example.com"]) == {}
+    got = _delivered_with(mail_lab, "ivy@example.com", subject)
+    assert got is not None and got["X-Mailvm-Verdict"]
+
+
+SLOW_SCRIPT = b"#!/bin/sh\n# mailvm-test slow benign\nsleep 8\necho done\n"
+
+
+def test_timeout_tempfails_and_retry_is_answered_from_the_table(mail_lab):
+    from mailvm.config import load_config
+    from mailvm.scantable import ScanTable
+
+    script = SLOW_SCRIPT + f"# {time.time_ns()}\n".encode()  # unseen every run
+    sha = hashlib.sha256(script).hexdigest()
+    subject = f"slow {time.time_ns()}"
+    msg = make_message(subject, attachments=[("update.sh", script)])
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        mail_lab.send(msg, ["jack@slow.test"])
+    assert exc.value.smtp_code == 451
+    assert b"4.7.1" in exc.value.smtp_error
+    table = ScanTable(load_config(mail_lab.config).scantable)
+    try:
+        end = time.monotonic() + 120
+        verdict = None
+        while time.monotonic() < end:
+            verdict = table.get(sha)
+            if verdict is not None and verdict.state == "done":
+                break
+            time.sleep(0.5)
+        assert verdict is not None and verdict.state == "done", "the analysis did not finish after the tempfail"
+        hits_before = table.stats().get("hits", 0)
+    finally:
+        table.close()
+    started = time.monotonic()
+    assert mail_lab.send(msg, ["jack@slow.test"]) == {}
+    assert time.monotonic() - started < 30  # answered from the table, not detonated again (8 s sleep + idle)
+    got = _delivered_with(mail_lab, "jack@slow.test", subject)
+    assert got is not None
+    table = ScanTable(load_config(mail_lab.config).scantable)
+    try:
+        assert table.stats().get("hits", 0) > hits_before
+    finally:
+        table.close()
+
+
+def test_killing_mailvm_mid_transaction_defers_and_recovers(mail_lab):
+    """milter_default_action=tempfail: nothing is lost when mailvm dies; it recovers on restart."""
+    script = b"#!/bin/sh\nsleep 6\necho ok\n# " + str(time.time_ns()).encode() + b"\n"
+    subject = f"killed {time.time_ns()}"
+    msg = make_message(subject, attachments=[("job.sh", script)])
+    result: dict = {}
+
+    def send():
+        try:
+            result["refused"] = mail_lab.send(msg, ["kate@example.com"])
+        except smtplib.SMTPResponseException as exc:
+            result["code"] = exc.smtp_code
+        except smtplib.SMTPException as exc:
+            result["error"] = repr(exc)
+
+    t = threading.Thread(target=send)
+    t.start()
+    time.sleep(2.0)
+    mail_lab.kill_mailvm()
+    t.join(timeout=120)
+    assert result.get("code") in (421, 451), result
+    assert _delivered_with(mail_lab, "kate@example.com", subject, timeout=1) is None
+    mail_lab.start_mailvm()
+    assert mail_lab.send(msg, ["kate@example.com"]) == {}
+    assert _delivered_with(mail_lab, "kate@example.com", subject, timeout=60) is not None
+
+
+def test_hold_action_puts_message_in_postfix_hold_queue(mail_lab):
+    subject = f"hold {time.time_ns()}"
+    msg = make_message(subject, attachments=[("invoice.zip", eicar_zip())])
+    assert mail_lab.send(msg, ["liam@hold.test"]) == {}
+    time.sleep(1.5)
+    queue = mail_lab.postfix.queue()
+    assert "!" in queue, queue  # postqueue marks held messages with "!"
+    assert _delivered_with(mail_lab, "liam@hold.test", subject, timeout=1) is None
+    qid = next(line.split("!")[0].strip() for line in queue.splitlines() if "!" in line)
+    res = mail_lab.mvctl("hold", "release", "--postfix-config", str(mail_lab.postfix.config_dir), qid)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert _delivered_with(mail_lab, "liam@hold.test", subject, timeout=60) is not None
