@@ -76,7 +76,7 @@ def check_result(obj: Any) -> dict[str, Any]:
     0-10), ``findings`` (list of Finding dicts; at most MAX_FINDINGS kept, the
     most severe).  Optional: ``log`` (list, str/dict entries kept, capped),
     ``duration_s`` (finite number >= 0), ``stopped`` (str or bool),
-    ``launcher``, ``error`` (str), ``events`` (list or dict), ``truncated``
+    ``launcher``, ``error`` (str), ``events`` (count >= 0, list or dict), ``truncated``
     (list of str).  Unknown keys are dropped.
     """
     if not isinstance(obj, dict):
@@ -112,8 +112,8 @@ def check_result(obj: Any) -> dict[str, Any]:
     events = obj.get("events", [])
     if isinstance(events, list):
         events = events[:MAX_EVENTS]
-    elif not isinstance(events, dict):
-        raise PageError("result.events must be a list or an object")
+    elif isinstance(events, bool) or not isinstance(events, (int, dict)) or (isinstance(events, int) and events < 0):
+        raise PageError("result.events must be a count, a list or an object")
     truncated = obj.get("truncated", [])
     if not isinstance(truncated, list):
         raise PageError("result.truncated must be a list")
