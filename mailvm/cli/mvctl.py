@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from mailvm.cli import cache, lab, policy, quarantine, scan
+from mailvm.cli import cache, lab, policy, pool, quarantine, scan
 from mailvm.config import ConfigError
 
 EXIT_OK = 0
@@ -30,6 +30,7 @@ GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     cache.register,
     quarantine.register,
     policy.register,
+    pool.register,
     lab.register,
 ]
 

@@ -1,0 +1,72 @@
+"""``mvctl pool status [--json]``: what the running pool service reports.
+
+The pool service writes ``<pool.work_dir>/status.json`` at least every few
+seconds; a status older than :data:`STALE_S`, or from a process that no longer
+exists, means the pool service is not running (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+from mailvm.cli.common import EXIT_ERROR, EXIT_OK, config_from, print_json
+
+STALE_S = 30.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pool", help="the detonation pool: backend, accelerator, slots",
+                       description="Inspect the detonation pool run by `mailvm serve` (or `mailvm pool`).")
+    ps = p.add_subparsers(dest="pool_command", metavar="ACTION")
+    ps.required = True
+    s = ps.add_parser("status", help="backend, isolation, accelerator, slots ready/busy, counters, timings")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mailvm.vmpool.pool import read_status
+
+    cfg = config_from(args)
+    status = read_status(cfg.pool.work_dir)
+    running = bool(status) and _alive(status.get("pid")) and time.time() - float(status.get("updated_at", 0)) < STALE_S
+    if args.json:
+        print_json({"running": running, "work_dir": cfg.pool.work_dir, "status": status})
+        return EXIT_OK if running else EXIT_ERROR
+    if not status:
+        print(f"no pool status under {cfg.pool.work_dir}: the pool service has not run (mailvm serve / mailvm pool)")
+        return EXIT_ERROR
+    b = status.get("backend", {})
+    accel = str(b.get("accel", "?"))
+    print(f"pool       {'running' if running else 'NOT RUNNING (stale status)'}  pid {status.get('pid')}  state {status.get('state')}")
+    print(f"backend    {b.get('name', '?')}   isolation: {b.get('isolation', '?')}")
+    loud = "   <-- software emulation, slow: no usable KVM here" if accel == "tcg" else ""
+    print(f"accel      {accel.upper()}{loud}")
+    for key in ("image_version", "template_age_s", "template"):
+        if key in b.get("details", {}):
+            print(f"{key:<10} {b['details'][key]}")
+    s = status.get("slots", {})
+    print(f"slots      ready {s.get('ready')} / busy {s.get('busy')} / starting {s.get('starting')} (target {s.get('target')})")
+    j = status.get("jobs", {})
+    print(f"queue      {status.get('queue')} waiting;  jobs done {j.get('done')}, failed {j.get('failed')}, "
+          f"retried {j.get('retried')}")
+    print(f"verdicts   {j.get('verdicts')}")
+    for key, unit in (("handover_ms", "ms"), ("run_s", "s"), ("refill_ms", "ms")):
+        v = status.get(key) or {}
+        if v.get("n"):
+            print(f"{key[:-3] if key.endswith('_ms') else key[:-2]:<10} median {v.get('median')} {unit}, "
+                  f"p95 {v.get('p95')} {unit} over {v.get("n")}")
+    return EXIT_OK if running else EXIT_ERROR
