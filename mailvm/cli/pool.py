@@ -68,5 +68,5 @@ def cmd_status(args: argparse.Namespace) -> int:
         v = status.get(key) or {}
         if v.get("n"):
             print(f"{key[:-3] if key.endswith('_ms') else key[:-2]:<10} median {v.get('median')} {unit}, "
-                  f"p95 {v.get('p95')} {unit} over {v.get("n")}")
+                  f"p95 {v.get('p95')} {unit} over {v.get('n')}")
     return EXIT_OK if running else EXIT_ERROR
