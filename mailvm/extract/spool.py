@@ -102,6 +102,8 @@ class Spool:
         self._counter = 0
         self._limit_ids: set[str] = set()
         self._lock = threading.Lock()
+        #: sha256 of artifacts already expanded (a file seen twice is expanded once)
+        self.expanded: set[str] = set()
 
     # -- limits --------------------------------------------------------------
     def note_limit(self, what: str, detail: str) -> None:
@@ -159,58 +161,47 @@ class Spool:
         copy is still kept as an artifact (its head is what analyzers need) with
         a finding saying it was cut.
         """
+        writer = self.open_writer(name, origin, depth, max_bytes, ratio_base)
+        if writer is None:
+            return None
+        read = reader if callable(reader) else reader.read
+        try:
+            while not writer.full:
+                chunk = read(min(CHUNK, writer.room + 1))
+                if not chunk:
+                    break
+                writer.write(chunk)
+        except BaseException:
+            writer.discard()
+            raise
+        return writer.close()
+
+    def open_writer(
+        self,
+        name: str,
+        origin: tuple[str, ...],
+        depth: int = 0,
+        max_bytes: int | None = None,
+        ratio_base: int | None = None,
+    ) -> "SpoolWriter | None":
+        """A push-style writer for one new artifact (for libraries that write: py7zr, msoffcrypto).
+
+        Same limits as :meth:`add_stream`; ``None`` when no artifact may be added
+        (finding recorded).  Call :meth:`SpoolWriter.close` to get the artifact,
+        or :meth:`SpoolWriter.discard` to drop a copy that turned out wrong.
+        """
         if not self.room_for_artifact():
             return None
         self.check_time()
-        read = reader if callable(reader) else reader.read
+        if self.bytes_left() <= 0:
+            self.note_limit("max_total_bytes", f"{clean_name(name)} not stored: {self.limits.max_total_bytes} bytes already expanded")
+            return None
         cap = min(self.limits.max_file_bytes, self.bytes_left())
         if max_bytes is not None:
             cap = min(cap, max_bytes)
         if ratio_base is not None:
             cap = min(cap, max(ratio_base, 1) * self.limits.max_ratio + 1024 * 1024)
-        path = self._new_path()
-        digest = hashlib.sha256()
-        size = 0
-        truncated = False
-        extra: list[Finding] = []
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            while True:
-                want = min(CHUNK, cap - size + 1)
-                chunk = read(want)
-                if not chunk:
-                    break
-                if size + len(chunk) > cap:
-                    chunk = chunk[: cap - size]
-                    truncated = True
-                size += len(chunk)
-                digest.update(chunk)
-                out.write(chunk)
-                if truncated:
-                    break
-                if self.expired():
-                    truncated = True
-                    self.note_limit("time_budget", f"extraction took longer than {self.limits.time_budget_s}s")
-                    break
-        self.budget.total_bytes += size
-        if truncated:
-            why = self._why_cut(size, max_bytes, ratio_base)
-            self.note_limit(why, f"{clean_name(name)} cut at {size} bytes")
-            extra.append(Finding("file_truncated", 3, f"{why}: kept first {size} bytes", "extract"))
-        mime, desc = detect_type(path)
-        art = Artifact(
-            sha256=digest.hexdigest(),
-            name=clean_name(name),
-            size=size,
-            type=mime,
-            description=desc,
-            path=str(path),
-            origin=tuple(origin),
-            depth=depth,
-            findings=extra,
-        )
-        self.artifacts.append(art)
-        return art
+        return SpoolWriter(self, self._new_path(), name, tuple(origin), depth, cap, max_bytes, ratio_base)
 
     def _why_cut(self, size: int, max_bytes: int | None, ratio_base: int | None) -> str:
         if self.bytes_left() <= 0:
@@ -222,3 +213,101 @@ class Spool:
         if self.expired():
             return "time_budget"
         return "max_file_bytes"
+
+
+class SpoolWriter:
+    """One new file in the spool, filled by ``write()`` calls, cut at its cap.
+
+    Bytes past the cap (or past the time budget) are dropped and ``full``
+    becomes true; ``write`` still reports them as consumed so that a library
+    writing into it finishes or fails on its own terms.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        path: Path,
+        name: str,
+        origin: tuple[str, ...],
+        depth: int,
+        cap: int,
+        max_bytes: int | None,
+        ratio_base: int | None,
+    ) -> None:
+        self._spool = spool
+        self.path = path
+        self.name = name
+        self.origin = origin
+        self.depth = depth
+        self.cap = max(0, cap)
+        self._max_bytes = max_bytes
+        self._ratio_base = ratio_base
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self.truncated = False
+        self._why = ""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        self._out: BinaryIO | None = os.fdopen(fd, "wb")
+
+    @property
+    def full(self) -> bool:
+        return self.truncated or self._out is None
+
+    @property
+    def room(self) -> int:
+        return max(0, self.cap - self.size)
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        n = len(data)
+        if self.full:
+            return n
+        if n > self.cap - self.size:
+            data = bytes(data[: self.cap - self.size])
+            self.truncated = True
+        if data:
+            self._out.write(data)  # type: ignore[union-attr]
+            self._digest.update(data)
+            self.size += len(data)
+            self._spool.budget.total_bytes += len(data)
+        if self.truncated:
+            self._why = self._spool._why_cut(self.size, self._max_bytes, self._ratio_base)
+        elif self._spool.expired():
+            self.truncated = True
+            self._why = "time_budget"
+            self._spool.note_limit("time_budget", f"extraction took longer than {self._spool.limits.time_budget_s}s")
+        return n
+
+    def discard(self) -> None:
+        """Drop the file (its bytes stay counted against the message's budget)."""
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def close(self) -> Artifact:
+        """Finish the file and register it as an artifact of the spool."""
+        if self._out is None:
+            raise ValueError("writer already closed or discarded")
+        self._out.close()
+        self._out = None
+        extra: list[Finding] = []
+        if self.truncated:
+            self._spool.note_limit(self._why, f"{clean_name(self.name)} cut at {self.size} bytes")
+            extra.append(Finding("file_truncated", 3, f"{self._why}: kept first {self.size} bytes", "extract"))
+        mime, desc = detect_type(self.path)
+        art = Artifact(
+            sha256=self._digest.hexdigest(),
+            name=clean_name(self.name),
+            size=self.size,
+            type=mime,
+            description=desc,
+            path=str(self.path),
+            origin=self.origin,
+            depth=self.depth,
+            findings=extra,
+        )
+        self._spool.artifacts.append(art)
+        return art

@@ -1,0 +1,46 @@
+"""Shared pytest fixtures.  Keep each group small and say which tests use it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from mailvm.config import ExtractConfig
+from mailvm.extract.spool import Spool
+
+# -- test corpus (/work/shared/corpus, read-only) ---------------------------------
+
+#: the shared corpus; ``MAILVM_CORPUS`` overrides (tests skip when it is absent)
+CORPUS = Path(os.environ.get("MAILVM_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus"))
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip(f"test corpus not found at {CORPUS} (set MAILVM_CORPUS)")
+    return CORPUS
+
+
+# -- extraction (tests/test_extract_*.py) -----------------------------------------
+
+
+@pytest.fixture
+def extract_cfg() -> ExtractConfig:
+    """Default extraction limits, with a smaller byte budget so bombs stay cheap on disk."""
+    return dataclasses.replace(ExtractConfig(), max_total_bytes=64 * 1024 * 1024, max_file_bytes=32 * 1024 * 1024)
+
+
+@pytest.fixture
+def make_spool(tmp_path: Path):
+    """``make_spool(cfg)`` -> a fresh :class:`Spool` in its own directory under ``tmp_path``."""
+    counter = 0
+
+    def make(cfg: ExtractConfig, deadline: float | None = None) -> Spool:
+        nonlocal counter
+        counter += 1
+        return Spool(tmp_path / f"spool{counter}", cfg, deadline=deadline)
+
+    return make
