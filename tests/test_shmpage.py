@@ -528,6 +528,15 @@ def test_state_backwards_and_ack_mismatch(host, guest):
         host.wait_state({P.DONE}, soon(1))
 
 
+def test_half_written_acknowledgement_is_legal(host, guest):
+    """The agent writes ack_seq, then RUNNING: the host may read in between (found by the backend tests)."""
+    seq = submitted(host, guest)
+    guest.set(ack_seq=seq)
+    assert host.state() == P.REQUEST
+    guest.set(state=P.RUNNING)
+    assert host.state() == P.RUNNING
+
+
 def test_seq_and_boot_id_are_not_the_guests(host, guest):
     seq = submitted(host, guest)
     guest.set(seq=seq + 5)

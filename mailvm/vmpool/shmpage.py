@@ -265,8 +265,7 @@ class HostPage:
                     raise PageError(f"state {P.state_name(st)} while idle (no job submitted)")
             elif phase in (_SUBMITTED, _RUNNING):
                 if st == P.REQUEST and phase == _SUBMITTED:
-                    if h.ack_seq == seq:
-                        raise PageError("ack_seq echoes a job still in REQUEST")
+                    pass  # not taken yet, or half-way: the agent writes ack_seq, then RUNNING
                 elif st in (P.RUNNING, P.DONE, P.FAILED):
                     if h.ack_seq != seq:
                         raise PageError(f"{P.state_name(st)} with ack_seq {h.ack_seq} != seq {seq}")
