@@ -180,7 +180,7 @@ class Policy:
     archive_passwords: list[str] = _opt([], doc="passwords tried on encrypted archives (besides the global ones)")
     reject_text: str = _opt(DEFAULT_REJECT_TEXT, doc="SMTP reply text for reject (template)")
     tempfail_text: str = _opt(DEFAULT_TEMPFAIL_TEXT, doc="SMTP reply text for tempfail (template)")
-    fail_open: bool = _opt(False, doc="on an internal mailvm error accept (true) or tempfail (false)")
+    fail_open: bool = _opt(False, doc="mailvm itself failed: deliver marked (true) or tempfail (false)")
     actions: ActionsPolicy = field(default_factory=ActionsPolicy)
     links: LinksPolicy = field(default_factory=LinksPolicy)
     quarantine: QuarantinePolicy = field(default_factory=QuarantinePolicy)
@@ -647,14 +647,17 @@ def safe_name(name: Any, limit: int = MAX_NAME_IN_HEADER) -> str:
     """A file name made safe for a header or a reply: ASCII, no spaces or separators, bounded.
 
     Every other character becomes ``_``; a long name keeps its start and its
-    extension (``very_lo...exe``).
+    extension (``very_lo...exe``), which is what an administrator looks for.
     """
     text = "" if name is None else str(name)
-    text = _SAFE_NAME.sub("_", text[: limit * 4])
+    if len(text) > 4 * limit:
+        text = text[: 2 * limit] + text[-16:]
+    text = _SAFE_NAME.sub("_", text)
     if not text.strip("_"):
         return "(unnamed)"
     if len(text) > limit:
-        tail = text[-8:] if "." not in text[-8:] else text[text.rindex(".", len(text) - 8):]
+        last = text[-12:]
+        tail = last[last.rindex("."):] if "." in last else text[-8:]
         text = text[: limit - len(tail) - 3] + "..." + tail
     return text
 
