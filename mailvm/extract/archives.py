@@ -361,7 +361,7 @@ def expand_zip(ctx: ExpandContext) -> list[Artifact]:
             encrypted = [i for i in infos if i.flag_bits & 0x1 and not i.is_dir()]
             pwd: bytes | None = None
             if encrypted:
-                method = "AES" if any(i.compress_type == 99 for i in encrypted) else "ZipCrypto"
+                method = "AES" if any(getattr(i, "wz_aes_vendor_id", None) for i in encrypted) else "ZipCrypto"
                 pw, pwd = _zip_find_password(zf, encrypted, ctx)
                 if pw is None:
                     ctx.add_finding(

@@ -38,14 +38,14 @@ def is_ole(head: bytes) -> bool:
     return head.startswith(OLE_MAGIC)
 
 
-def _try_key(office, pw: str) -> bool:
-    from msoffcrypto.format.ooxml import OOXMLFile
+def _try_key(office, pw: str) -> None:
+    """Load ``pw`` as the key; legacy formats verify it here (InvalidKeyError when wrong).
 
-    if isinstance(office, OOXMLFile):
-        office.load_key(password=pw, verify_password=True)
-    else:
-        office.load_key(password=pw)
-    return True
+    OOXML keys are not verified here: msoffcrypto's verifier rejects the right
+    password on some files (SHA-1 agile encryption, as Excel writes with
+    VelvetSweatshop); ``decrypt`` checks the result is a zip package instead.
+    """
+    office.load_key(password=pw)
 
 
 def expand_office(ctx: ExpandContext) -> list[Artifact]:

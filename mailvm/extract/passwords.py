@@ -53,13 +53,13 @@ KEYWORDS = (
 _KEYWORD_RE = "|".join(re.escape(k) for k in sorted(KEYWORDS, key=len, reverse=True))
 _QUOTES = "\"'“”‘’«»„"
 # keyword, an optional "(zip)" and up to four filler words ("for the archive"),
-# then ":", "=", "-" or "is"/"ist"/"est"/"es"/"é", then the value: a quoted string
+# then ":", "=", "-" or "is"/"ist"/"est"/"es"/"é" (optional before a quote), then the value: a quoted string
 # or one token; the rest of the line is captured too (passwords with spaces)
 _PATTERN = re.compile(
     r"(?<![^\W_])(?:" + _KEYWORD_RE + r")(?![^\W_])"
     r"(?:[^\S\n]*\([^)\n]{0,30}\))?"
     r"(?:[^\S\n]+[^\s:=()]{1,20}){0,4}?"
-    r"[^\S\n]*(?::|=|-|\b(?:is|ist|est|es|é|è)\b)[^\S\n]*"
+    r"[^\S\n]*(?:\b(?:is|ist|est|es|é|è)\b[^\S\n]*[:=]?|[:=]|-|(?=[" + _QUOTES + r"]))[^\S\n]*"
     r"(?=(?P<line>[^\n]{1,64}))"
     r"(?P<value>[" + _QUOTES + r"][^" + _QUOTES + r"\n]{1,64}[" + _QUOTES + r"]|\S{1,64})",
     re.IGNORECASE,

@@ -1,0 +1,499 @@
+"""Archive expansion (mailvm.extract.archives, officecrypt, passwords) on real archives built here."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import time
+import zipfile
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from mailvm.config import ExtractConfig
+from mailvm.extract import extract_file, extract_message
+from mailvm.extract.archives import archive_kind, is_traversal
+from mailvm.extract.passwords import candidate_passwords
+
+EICAR_SHA256 = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"
+EXECUTABLE_TYPES = {"application/x-executable", "application/x-pie-executable", "application/x-sharedlib"}
+ELF = Path(shutil.which("true") or "/bin/true").read_bytes()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def finding(art, fid):
+    return next((f for f in art.findings if f.id == fid), None)
+
+
+def limit_findings(res, what: str = ""):
+    return [f for f in res.findings if f.id == "archive_limit_exceeded" and what in f.detail]
+
+
+def run_file(tmp_path: Path, data: bytes, name: str, cfg, make_spool, deadline=None):
+    src = tmp_path / "input" / name
+    src.parent.mkdir(exist_ok=True)
+    src.write_bytes(data)
+    spool = make_spool(cfg, deadline)
+    return extract_file(src, name, spool, cfg), spool
+
+
+def zip_bytes(members: dict[str, bytes], method=zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def aes_zip(members: dict[str, bytes], password: bytes) -> bytes:
+    import pyzipper
+
+    buf = io.BytesIO()
+    with pyzipper.AESZipFile(buf, "w", compression=pyzipper.ZIP_DEFLATED, encryption=pyzipper.WZ_AES) as z:
+        z.setpassword(password)
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def message_with(attachment: bytes, filename: str, body: str) -> bytes:
+    m = EmailMessage()
+    m["Subject"] = "documents"
+    m["From"] = "sender@example.com"
+    m["To"] = "victim@example.org"
+    m.set_content(body)
+    m.add_attachment(attachment, maintype="application", subtype="octet-stream", filename=filename)
+    return m.as_bytes()
+
+
+# -- EICAR (corpus) --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,depth", [("eicar_com.zip", 1), ("eicarcom2.zip", 2)])
+def test_eicar_zips_yield_the_eicar_file(corpus, name, depth, extract_cfg, make_spool):
+    spool = make_spool(extract_cfg)
+    res = extract_file(corpus / "eicar" / name, name, spool, extract_cfg)
+    eicar = [a for a in res.artifacts if a.sha256 == EICAR_SHA256]
+    assert len(eicar) == 1 and eicar[0].size == 68 and eicar[0].name == "eicar.com"
+    assert eicar[0].depth == depth and eicar[0].origin[0] == f"file:{name}"
+    assert res.artifacts[0].origin == (f"file:{name}",)
+
+
+# -- encrypted zips and the password guesser ----------------------------------------------
+
+
+def test_aes_zip_opened_with_password_from_body(extract_cfg, make_spool):
+    payload = b"MZ" + os.urandom(2000)
+    raw = message_with(aes_zip({"invoice.exe": payload}, b"xY7!kq"), "invoice.zip", "Hello,\nPassword: xY7!kq\nRegards")
+    res = extract_message(raw, make_spool(extract_cfg), extract_cfg)
+    zipart, member = res.artifacts
+    assert member.sha256 == sha(payload) and member.origin == ("attachment:invoice.zip", "member:invoice.exe")
+    enc = finding(zipart, "encrypted_archive")
+    assert enc is not None and enc.severity == 3
+    assert "AES" in enc.detail and "xY7!kq" in enc.detail and "keyword in the message text" in enc.detail
+    assert finding(zipart, "encrypted_archive_unopened") is None
+
+
+def test_aes_zip_without_password_in_body_is_unopened(extract_cfg, make_spool):
+    raw = message_with(aes_zip({"invoice.exe": b"MZ" + b"\x00" * 500}, b"xY7!kq"), "invoice.zip", "See the attached file.")
+    res = extract_message(raw, make_spool(extract_cfg), extract_cfg)
+    (zipart,) = res.artifacts
+    unopened = finding(zipart, "encrypted_archive_unopened")
+    assert unopened is not None and unopened.severity == 4
+    assert finding(zipart, "encrypted_archive") is None
+
+
+def test_zipcrypto_zip_opened_with_quoted_password(tmp_path, extract_cfg, make_spool):
+    tool = shutil.which("zip")
+    if tool is None:
+        pytest.skip("Info-ZIP zip not installed")
+    src = tmp_path / "doc.js"
+    src.write_bytes(b"WScript.Shell.Run('calc')\n" * 20)
+    out = tmp_path / "legacy.zip"
+    subprocess.run([tool, "-q", "-j", "-P", "s3cret 99", str(out), str(src)], check=True)
+    raw = message_with(out.read_bytes(), "legacy.zip", 'Open with "s3cret 99" please')
+    res = extract_message(raw, make_spool(extract_cfg), extract_cfg)
+    zipart, member = res.artifacts
+    assert member.sha256 == sha(src.read_bytes()) and member.name == "doc.js"
+    enc = finding(zipart, "encrypted_archive")
+    assert enc is not None and "ZipCrypto" in enc.detail and "quoted" in enc.detail
+
+
+def test_mixed_zip_keeps_plain_members_when_password_unknown(tmp_path, extract_cfg, make_spool):
+    import pyzipper
+
+    buf = io.BytesIO()
+    with pyzipper.AESZipFile(buf, "w", compression=pyzipper.ZIP_DEFLATED) as z:
+        z.writestr("readme.txt", b"plain text member")
+        z.setencryption(pyzipper.WZ_AES)
+        z.setpassword(b"unguessable-Passw0rd")
+        z.writestr("payload.exe", b"MZ" + b"\x01" * 300)
+    res, _ = run_file(tmp_path, buf.getvalue(), "mixed.zip", extract_cfg, make_spool)
+    assert [a.name for a in res.artifacts] == ["mixed.zip", "readme.txt"]
+    assert finding(res.artifacts[0], "encrypted_archive_unopened") is not None
+
+
+def test_candidate_passwords_order_languages_and_bounds():
+    text = (
+        "Hallo, das Passwort ist: Geheim123.\n"
+        "Mot de passe = azerty7\n"
+        "contraseña: hola99 / senha é pao1 / parola: ciao2 / wachtwoord: hallo3\n"
+        "Kennwort \u201ezitat 1\u201c and pwd=zz9\n"
+        "the archive password is \"two words\"\n"
+        + " ".join(f"tok{i}" for i in range(500))
+    )
+    got = candidate_passwords(text, ["infected", "malware"], 40)
+    assert len(got) == 40 and len(set(got)) == 40
+    assert got[-2:] == ["infected", "malware"]  # configured ones always fit
+    keyword = [p for p in got if p.source == "keyword in the message text"]
+    for expected in ("Geheim123", "azerty7", "hola99", "pao1", "ciao2", "hallo3", "zitat 1", "zz9", "two words"):
+        assert expected in keyword, expected
+    sources = [p.source for p in got]
+    assert sources.index("word of the message text") > max(i for i, s in enumerate(sources) if s.startswith("keyword"))
+    assert candidate_passwords(text, ["a"], 0) == []
+    assert candidate_passwords("", ["infected", "infected", ""], 10) == ["infected"]
+
+
+# -- bombs and limits ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gigabyte_of_zeros_zip(tmp_path_factory) -> bytes:
+    """A zip holding 1 GiB of zeros (about 1 MB compressed), built once."""
+    path = tmp_path_factory.mktemp("bomb") / "zeros.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        with z.open("zeros.bin", "w", force_zip64=True) as out:
+            block = b"\0" * (1 << 20)
+            for _ in range(1024):
+                out.write(block)
+    return path.read_bytes()
+
+
+def _with_comment(zip_data: bytes, comment: bytes) -> bytes:
+    buf = io.BytesIO(zip_data)
+    with zipfile.ZipFile(buf, "a") as z:
+        z.comment = comment
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+def test_nested_zip_bomb_is_bounded(tmp_path, gigabyte_of_zeros_zip, extract_cfg, make_spool):
+    # three different 1 GiB bombs (a comment makes each unique), inside a zip, inside a zip
+    inner = {f"part{i}.zip": _with_comment(gigabyte_of_zeros_zip, b"copy %d" % i) for i in range(3)}
+    level2 = zip_bytes(inner)
+    level3 = zip_bytes({"archive.zip": level2})
+    t0 = time.monotonic()
+    res, spool = run_file(tmp_path, level3, "bomb.zip", extract_cfg, make_spool)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 60
+    assert limit_findings(res)
+    on_disk = sum(p.stat().st_size for p in spool.root.iterdir())
+    assert spool.budget.total_bytes <= extract_cfg.max_total_bytes
+    assert on_disk <= extract_cfg.max_total_bytes
+    cut = [a for a in res.artifacts if a.name == "zeros.bin"]
+    assert cut and all(finding(a, "file_truncated") for a in cut)
+    assert all(a.size <= extract_cfg.max_file_bytes for a in res.artifacts)
+
+
+def test_compression_ratio_limit_cuts_a_member(tmp_path, make_spool):
+    cfg = dataclasses.replace(ExtractConfig(), max_ratio=50)
+    data = zip_bytes({"zeros.bin": b"\0" * (40 << 20)})
+    res, _ = run_file(tmp_path, data, "ratio.zip", cfg, make_spool)
+    zipart, member = res.artifacts
+    assert member.size < 40 << 20
+    assert member.size <= len(data) * 50 + (1 << 20)
+    assert limit_findings(res, "max_ratio")
+    assert finding(member, "file_truncated") is not None
+
+
+def test_member_count_limit(tmp_path, make_spool):
+    cfg = dataclasses.replace(ExtractConfig(), max_members=100)
+    data = zip_bytes({f"f{i:04d}.txt": b"%d" % i for i in range(150)}, zipfile.ZIP_STORED)
+    res, _ = run_file(tmp_path, data, "many.zip", cfg, make_spool)
+    assert len(res.artifacts) == 1 + 100
+    assert limit_findings(res, "max_members")
+    # an index declaring far more entries than allowed is not even loaded
+    data = zip_bytes({f"g{i:05d}": b"" for i in range(2500)}, zipfile.ZIP_STORED)
+    res, _ = run_file(tmp_path, data, "huge-index.zip", cfg, make_spool)
+    assert len(res.artifacts) == 1 and limit_findings(res, "2500 entries")
+
+
+def test_nesting_depth_limit(tmp_path, extract_cfg, make_spool):
+    data = b"MZ innermost payload"
+    for level in range(8):
+        data = zip_bytes({f"level{level}.zip" if level else "payload.exe": data})
+    res, _ = run_file(tmp_path, data, "deep.zip", extract_cfg, make_spool)
+    depths = [a.depth for a in res.artifacts]
+    assert max(depths) == extract_cfg.max_depth
+    assert not any(a.name == "payload.exe" for a in res.artifacts)
+    assert limit_findings(res, "max_depth")
+
+
+def test_time_budget_stops_extraction(tmp_path, extract_cfg, make_spool):
+    data = zip_bytes({"a.txt": b"x"})
+    res, _ = run_file(tmp_path, data, "late.zip", extract_cfg, make_spool, deadline=time.monotonic() - 1)
+    assert res.artifacts == [] and limit_findings(res, "time_budget")
+
+
+def test_same_inner_archive_twice_expanded_once(tmp_path, extract_cfg, make_spool):
+    inner = zip_bytes({"tool.exe": b"MZ" + b"\x07" * 100})
+    res, _ = run_file(tmp_path, zip_bytes({"a/inner.zip": inner, "b/inner.zip": inner}), "dup.zip", extract_cfg, make_spool)
+    assert [a.origin[1:] for a in res.artifacts] == [
+        (),
+        ("member:a/inner.zip",),
+        ("member:b/inner.zip",),
+        ("member:a/inner.zip", "member:tool.exe"),
+    ]
+
+
+# -- hostile names and special members -----------------------------------------------------
+
+
+def _files_outside(root: Path, spool_root: Path) -> set[str]:
+    return {
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if not p.resolve().is_relative_to(spool_root.resolve()) and p != spool_root
+    }
+
+
+def test_path_traversal_and_special_members_stay_in_the_spool(tmp_path, extract_cfg, make_spool):
+    tag = os.urandom(4).hex()
+    evil_rel = f"../../../../../../tmp/evil-{tag}"
+    evil_abs = f"/tmp/abs-{tag}/path"
+    zdata = zip_bytes({evil_rel: b"owned", evil_abs: b"owned too", "ok.txt": b"fine"})
+    # a zip symlink member (unix mode S_IFLNK in the external attributes)
+    buf = io.BytesIO(zdata)
+    with zipfile.ZipFile(buf, "a") as z:
+        info = zipfile.ZipInfo("link-to-passwd")
+        info.create_system = 3
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        z.writestr(info, "/etc/passwd")
+    zdata = buf.getvalue()
+
+    tbuf = io.BytesIO()
+    with tarfile.open(fileobj=tbuf, mode="w") as t:
+        for name, data in ((f"../evil-tar-{tag}", b"tar owned"), ("normal.txt", b"normal")):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+        sym = tarfile.TarInfo("shadow-link")
+        sym.type, sym.linkname = tarfile.SYMTYPE, "/etc/shadow"
+        t.addfile(sym)
+        dev = tarfile.TarInfo("kmem")
+        dev.type, dev.devmajor, dev.devminor = tarfile.CHRTYPE, 1, 2
+        t.addfile(dev)
+        hard = tarfile.TarInfo("hard-link")
+        hard.type, hard.linkname = tarfile.LNKTYPE, "normal.txt"
+        t.addfile(hard)
+        d = tarfile.TarInfo("somedir")
+        d.type = tarfile.DIRTYPE
+        t.addfile(d)
+
+    before = _files_outside(tmp_path, tmp_path / "none")
+    cwd_before = set(os.listdir("."))
+    results = []
+    for data, name in ((zdata, "evil.zip"), (tbuf.getvalue(), "evil.tar")):
+        res, spool = run_file(tmp_path, data, name, extract_cfg, make_spool)
+        results.append(res)
+        for p in spool.root.iterdir():
+            st = os.lstat(p)
+            assert stat.S_ISREG(st.st_mode)  # no links, devices or directories were created
+            assert p.name.endswith(".bin")
+    after = _files_outside(tmp_path, tmp_path / "none")
+    new = {p for p in after - before if not p.startswith(("spool", "input"))}
+    assert new == set()
+    assert set(os.listdir(".")) == cwd_before
+    assert not Path(f"/tmp/evil-{tag}").exists() and not Path(f"/tmp/abs-{tag}").exists()
+    assert not Path(f"/tmp/evil-tar-{tag}").exists()
+
+    zres, tres = results
+    zip_art = zres.artifacts[0]
+    trav = finding(zip_art, "archive_path_traversal")
+    assert trav is not None and trav.severity == 6 and f"evil-{tag}" in trav.detail and f"abs-{tag}" in trav.detail
+    special = finding(zip_art, "archive_special_member")
+    assert special is not None and special.severity == 3 and "link-to-passwd" in special.detail
+    members = {a.name: a for a in zres.artifacts[1:]}
+    assert set(members) == {f"evil-{tag}", "path", "ok.txt"}  # traversal names' data kept, under generated paths
+    assert members[f"evil-{tag}"].origin[-1] == f"member:{evil_rel}"
+
+    tar_art = tres.artifacts[0]
+    assert finding(tar_art, "archive_path_traversal") is not None
+    special = finding(tar_art, "archive_special_member")
+    assert special is not None and "shadow-link" in special.detail and "/etc/shadow" in special.detail
+    assert "kmem" in special.detail and "hard-link" not in special.detail
+    assert sorted(a.name for a in tres.artifacts[1:]) == sorted([f"evil-tar-{tag}", "normal.txt"])
+
+
+def test_is_traversal():
+    for bad in ("../x", "a/../../x", "/etc/passwd", "\\\\server\\share", "C:\\Windows\\x", "..\\..\\x"):
+        assert is_traversal(bad), bad
+    for ok in ("a/b/c", "a..b", "..hidden", "dir/file..txt"):
+        assert not is_traversal(ok), ok
+
+
+# -- other formats --------------------------------------------------------------------------
+
+
+def _assert_elf_member(res, name="true"):
+    members = [a for a in res.artifacts if a.name == name]
+    assert len(members) == 1, [a.name for a in res.artifacts]
+    assert members[0].sha256 == sha(ELF)
+    assert members[0].type in EXECUTABLE_TYPES
+
+
+def test_7z_with_elf(tmp_path, extract_cfg, make_spool):
+    import py7zr
+
+    buf = io.BytesIO()
+    with py7zr.SevenZipFile(buf, "w") as z:
+        z.writestr(ELF, "bin/true")
+        z.writestr(b"notes", "notes.txt")
+    res, _ = run_file(tmp_path, buf.getvalue(), "tools.7z", extract_cfg, make_spool)
+    assert res.artifacts[0].type == "application/x-7z-compressed"
+    _assert_elf_member(res)
+    assert [a.origin[-1] for a in res.artifacts[1:]] == ["member:bin/true", "member:notes.txt"]
+
+
+@pytest.mark.parametrize("header_encryption", [False, True])
+def test_aes_7z_password_from_body(header_encryption, extract_cfg, make_spool):
+    import py7zr
+
+    buf = io.BytesIO()
+    with py7zr.SevenZipFile(buf, "w", password="Sommer2024", header_encryption=header_encryption) as z:
+        z.writestr(ELF, "true")
+    data = buf.getvalue()
+    res = extract_message(message_with(data, "a.7z", "Kennwort: Sommer2024"), make_spool(extract_cfg), extract_cfg)
+    _assert_elf_member(res)
+    assert "Sommer2024" in finding(res.artifacts[0], "encrypted_archive").detail
+    res = extract_message(message_with(data, "a.7z", "no password"), make_spool(extract_cfg), extract_cfg)
+    assert len(res.artifacts) == 1 and finding(res.artifacts[0], "encrypted_archive_unopened") is not None
+
+
+@pytest.mark.parametrize("mode,name", [("w:xz", "tools.tar.xz"), ("w:gz", "tools.tgz"), ("w:bz2", "tools.tar.bz2"), ("w", "tools.tar")])
+def test_tar_family_with_elf(tmp_path, mode, name, extract_cfg, make_spool):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as t:
+        ti = tarfile.TarInfo("usr/bin/true")
+        ti.size = len(ELF)
+        t.addfile(ti, io.BytesIO(ELF))
+    res, _ = run_file(tmp_path, buf.getvalue(), name, extract_cfg, make_spool)
+    _assert_elf_member(res)
+    assert len(res.artifacts) == 2  # the tar inside a compressor is read directly, not stored twice
+    assert res.artifacts[1].origin == (f"file:{name}", "member:usr/bin/true")
+
+
+def test_gzip_of_a_single_file(tmp_path, extract_cfg, make_spool):
+    res, _ = run_file(tmp_path, gzip.compress(ELF), "true.gz", extract_cfg, make_spool)
+    _assert_elf_member(res)
+
+
+def test_iso9660_image(tmp_path, extract_cfg, make_spool):
+    import pycdlib
+
+    iso = pycdlib.PyCdlib()
+    iso.new(joliet=3, rock_ridge="1.09")
+    iso.add_directory("/DOCS", rr_name="docs", joliet_path="/docs")
+    iso.add_fp(io.BytesIO(ELF), len(ELF), "/DOCS/INVOICE.;1", rr_name="invoice.pdf.exe", joliet_path="/docs/invoice.pdf.exe")
+    out = io.BytesIO()
+    iso.write_fp(out)
+    iso.close()
+    res, _ = run_file(tmp_path, out.getvalue(), "invoice.iso", extract_cfg, make_spool)
+    assert res.artifacts[0].type == "application/x-iso9660-image"
+    _assert_elf_member(res, "invoice.pdf.exe")
+
+
+def test_cab_archive(tmp_path, extract_cfg, make_spool):
+    tool = shutil.which("gcab")
+    if tool is None:
+        pytest.skip("gcab not installed")
+    src = tmp_path / "true"
+    src.write_bytes(ELF)
+    out = tmp_path / "x.cab"
+    subprocess.run([tool, "-c", "-z", "-n", str(out), str(src)], check=True, cwd=tmp_path)
+    res, _ = run_file(tmp_path, out.read_bytes(), "update.cab", extract_cfg, make_spool)
+    _assert_elf_member(res)
+
+
+# -- encrypted Office (corpus) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", ["xls", "xlsm", "xlsb"])
+def test_office_default_password_documents_are_decrypted(corpus, ext, extract_cfg, make_spool):
+    name = f"autostart-encrypt-standardpassword.{ext}"
+    spool = make_spool(extract_cfg)
+    res = extract_file(corpus / "oletools-test-data" / "encrypted" / name, name, spool, extract_cfg)
+    enc, dec = res.artifacts
+    f = finding(enc, "office_encrypted")
+    assert f is not None and f.severity == 3 and "VelvetSweatshop" in f.detail
+    assert dec.origin == (f"file:{name}", f"decrypted:{name}")
+    assert dec.sha256 != enc.sha256
+    head = Path(dec.path).read_bytes()[:8]
+    assert head.startswith(b"PK\x03\x04") if ext != "xls" else head == b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+    if ext == "xls":  # the decrypted workbook is no longer encrypted
+        import msoffcrypto
+
+        with open(dec.path, "rb") as fh:
+            assert not msoffcrypto.OfficeFile(fh).is_encrypted()
+
+
+def test_office_with_unknown_password_is_unopened(corpus, extract_cfg, make_spool):
+    spool = make_spool(extract_cfg)
+    res = extract_file(corpus / "oletools-test-data" / "encrypted" / "encrypted.doc", "encrypted.doc", spool, extract_cfg)
+    (art,) = res.artifacts
+    f = finding(art, "office_encrypted_unopened")
+    assert f is not None and f.severity == 5
+
+
+def test_unencrypted_ole_document_is_left_alone(corpus, extract_cfg, make_spool):
+    path = corpus / "oletools-test-data" / "olevba" / "sample_with_vba.ppt"
+    res = extract_file(path, path.name, make_spool(extract_cfg), extract_cfg)
+    assert len(res.artifacts) == 1 and res.artifacts[0].findings == []
+
+
+# -- damaged input --------------------------------------------------------------------------
+
+
+def test_corrupt_archives_become_findings(tmp_path, extract_cfg, make_spool):
+    good = zip_bytes({"a.exe": b"MZ" + os.urandom(5000), "b.txt": b"hello" * 100})
+    cases = {
+        "truncated.zip": good[: len(good) // 2],
+        "garbage.zip": b"PK\x03\x04" + os.urandom(3000),
+        "garbage.7z": b"7z\xbc\xaf\x27\x1c" + os.urandom(3000),
+        "garbage.rar": b"Rar!\x1a\x07\x01\x00" + os.urandom(3000),
+        "garbage.gz": b"\x1f\x8b\x08\x00" + os.urandom(3000),
+        "garbage.cab": b"MSCF\x00\x00\x00\x00" + os.urandom(3000),
+        "badcrc.zip": zip_bytes({"b.txt": b"hello" * 100}, zipfile.ZIP_STORED).replace(b"hello", b"HELLO", 1),
+    }
+    for name, data in cases.items():
+        res, _ = run_file(tmp_path, data, name, extract_cfg, make_spool)
+        assert res.artifacts and res.artifacts[0].origin == (f"file:{name}",), name
+        assert "extract_error" not in [f.id for f in res.findings], name
+        corrupt = finding(res.artifacts[0], "archive_corrupt")
+        assert corrupt is not None and corrupt.severity == 2, name
+
+
+def test_bad_crc_member_is_kept_with_a_finding(tmp_path, extract_cfg, make_spool):
+    good = zip_bytes({"b.txt": b"hello" * 100}, zipfile.ZIP_STORED)
+    res, _ = run_file(tmp_path, good.replace(b"hello", b"HELLO", 1), "crc.zip", extract_cfg, make_spool)
+    zipart, member = res.artifacts
+    assert member.name == "b.txt" and "CRC" in finding(zipart, "archive_corrupt").detail
+
+
+def test_archive_kind_uses_content_not_names():
+    assert archive_kind("application/octet-stream", b"MSCF\x00\x00\x00\x00....") == "cab"
+    assert archive_kind("application/octet-stream", b"\x00" * 257 + b"ustar\x00") == "tar"
+    assert archive_kind("application/x-rar", b"Rar!\x1a\x07\x01\x00") == "rar5"
+    assert archive_kind("application/vnd.openxmlformats-officedocument.wordprocessingml.document", b"PK\x03\x04") is None
+    assert archive_kind("text/plain", b"just text") is None
