@@ -66,6 +66,7 @@ class FdDoorbell(Doorbell):
         self._hung_up = False
         self._degraded = False
         os.set_blocking(fd, False)
+        os.set_inheritable(fd, False)  # the sample and its launcher must not get the doorbell
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
 
