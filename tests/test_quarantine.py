@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from email import message_from_bytes
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
