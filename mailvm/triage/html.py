@@ -1,0 +1,140 @@
+"""HTML attachments (and SVG, MHT, HTA pages): smuggling, auto-downloads,
+credential forms, obfuscated script, Office protocol handlers.
+
+* HTML smuggling: a script builds a ``Blob`` and makes the browser save it
+  (``msSaveOrOpenBlob``, or ``createObjectURL`` plus a ``download`` attribute),
+  usually from a base64 literal; the literal is decoded (its head only) to name
+  what it carries (PE, zip, ISO...);
+* ``data:`` URIs with a download attribute or a binary MIME type;
+* meta refresh and script redirects to executables, archives and disk images;
+* password fields (local phishing pages);
+* ``document.write(unescape(...))``, ``eval(atob(...))``;
+* ``ms-msdt:``, ``search-ms:`` and other protocol handlers abused from HTML
+  (CVE-2022-30190 "Follina").
+
+Script-level indicators (WScript.Shell, eval...) come from
+:mod:`mailvm.triage.script`, which also runs on this kind.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+from mailvm.triage.base import Context, clip, decode_text
+from mailvm.triage.filetype import DANGEROUS_EXTENSIONS
+from mailvm.verdict import Artifact, Finding
+
+SOURCE = "triage:html"
+MAX_CHARS = 8 * 1024 * 1024
+I = re.I | re.S
+
+_BLOB = re.compile(r"new\s+Blob\s*\(|\bBlob\s*\(\s*\[", I)
+_SAVE = re.compile(r"msSaveOrOpenBlob|msSaveBlob|createObjectURL", I)
+_DOWNLOAD = re.compile(r"\.download\s*=|\bdownload\s*=\s*[\"']?|setAttribute\s*\(\s*[\"']download|msSaveOrOpenBlob|msSaveBlob", I)
+_DECODE = re.compile(r"\batob\s*\(|base64|Uint8Array|fromCharCode|charCodeAt", I)
+_B64_LITERAL = re.compile(r"[\"'`]([A-Za-z0-9+/]{400,}={0,2})[\"'`]")
+_DATA_URI_IMG = re.compile(r"data:(?:image|font)/[\w.+\-]{0,40};base64,", I)
+_DATA_BIN = re.compile(
+    r"data:(application/(?:octet-stream|zip|x-zip-compressed|x-msdownload|x-msdos-program|x-iso9660-image|"
+    r"vnd\.ms-|x-rar|x-7z|java-archive|hta|x-ms-shortcut|vnd\.openxmlformats)[\w.+\-]*)[^\"'\s,]{0,60};base64,", I)
+_A_DOWNLOAD_DATA = re.compile(r"<a\b[^>]{0,2000}?href\s*=\s*[\"']?data:[^>]{0,200}?\bdownload\b|<a\b[^>]{0,2000}?\bdownload\b[^>]{0,2000}?href\s*=\s*[\"']?data:", I)
+_META_REFRESH = re.compile(r"<meta\b[^>]{0,500}?http-equiv\s*=\s*[\"']?refresh[^>]{0,500}?>", I)
+_REFRESH_URL = re.compile(r"url\s*=\s*[\"']?([^\"'>\s]{1,500})", I)
+_JS_REDIRECT = re.compile(
+    r"(?:location(?:\.href)?|window\.open|location\.(?:replace|assign))\s*(?:=|\()\s*[\"']([^\"']{1,500})[\"']", I)
+_PASSWORD = re.compile(r"<input\b[^>]{0,500}?type\s*=\s*[\"']?password", I)
+_REMOTE_POST = re.compile(r"<form\b[^>]{0,500}?action\s*=\s*[\"']?https?://|\bfetch\s*\(\s*[\"']https?://|XMLHttpRequest|\$\.(?:ajax|post)\s*\(|api\.telegram\.org", I)
+_OBFUSCATED = re.compile(
+    r"document\.write\s*\(\s*(?:unescape|atob|decodeURIComponent|window\.atob)\s*\(|"
+    r"eval\s*\(\s*(?:unescape|atob|decodeURIComponent|window\.atob|String\.fromCharCode)\s*\(", I)
+_MS_PROTOCOL_STRONG = re.compile(r"ms-msdt\s*:|search-ms\s*:|ms-officecmd\s*:|ms-appinstaller\s*:|ms-(?:excel|word|powerpoint)\s*:\s*of[eu]\|", I)
+
+PAYLOAD_MAGICS: tuple[tuple[bytes, str], ...] = (
+    (b"MZ", "PE executable"),
+    (b"PK\x03\x04", "zip archive"),
+    (b"7z\xbc\xaf\x27\x1c", "7z archive"),
+    (b"Rar!", "RAR archive"),
+    (b"\xd0\xcf\x11\xe0", "OLE (Office/MSI) file"),
+    (b"L\x00\x00\x00\x01\x14\x02\x00", "Windows shortcut"),
+    (b"\x7fELF", "ELF executable"),
+    (b"%PDF", "PDF"),
+    (b"\x1f\x8b", "gzip data"),
+)
+
+
+def _risky_url(url: str) -> bool:
+    path = url.split("?", 1)[0].split("#", 1)[0].lower()
+    ext = path.rsplit(".", 1)[-1] if "." in path.rsplit("/", 1)[-1] else ""
+    return ext in DANGEROUS_EXTENSIONS or ext in ("zip", "rar", "7z", "gz", "cab", "ace", "arj", "r00")
+
+
+def embedded_payloads(text: str) -> list[str]:
+    """What long base64 literals in the page decode to (first bytes only)."""
+    found: list[str] = []
+    for m in _B64_LITERAL.finditer(text):
+        head = m.group(1)[:64]
+        head = head[: len(head) - len(head) % 4]
+        try:
+            raw = base64.b64decode(head)
+        except (binascii.Error, ValueError):
+            continue
+        for magic, what in PAYLOAD_MAGICS:
+            if raw.startswith(magic):
+                found.append(f"{what} ({len(m.group(1)) * 3 // 4} bytes)")
+                break
+        if len(found) >= 5:
+            break
+    return found
+
+
+def html_findings(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    blob, save, dl, dec = (bool(p.search(text)) for p in (_BLOB, _SAVE, _DOWNLOAD, _DECODE))
+    payloads = embedded_payloads(_DATA_URI_IMG.sub("data:", text))
+    if blob and save and dl:
+        if dec or payloads:
+            what = f": {', '.join(payloads)}" if payloads else ""
+            out.append(Finding("html_smuggling", 8, f"script assembles a file from encoded data and saves it{what}", SOURCE))
+        else:
+            out.append(Finding("html_blob_download", 5, "script builds a Blob and triggers a download", SOURCE))
+    elif payloads:
+        out.append(Finding("html_embedded_payload", 6, f"base64 literal decodes to {', '.join(payloads)}", SOURCE))
+    m = _DATA_BIN.search(text)
+    if _A_DOWNLOAD_DATA.search(text):
+        out.append(Finding("html_data_uri_download", 7, "link with a download attribute serves an embedded data: URI", SOURCE))
+    elif m:
+        out.append(Finding("html_data_uri_download", 6, f"embedded {clip(m.group(1), 60)} data: URI", SOURCE))
+    for tag in _META_REFRESH.finditer(text):
+        um = _REFRESH_URL.search(tag.group(0))
+        if not um:
+            continue
+        url = um.group(1)
+        if _risky_url(url):
+            out.append(Finding("html_meta_refresh_download", 6, f"meta refresh to {clip(url, 120)}", SOURCE))
+        elif re.match(r"(https?:)?//", url, re.I):
+            out.append(Finding("html_meta_refresh", 3, f"meta refresh to {clip(url, 120)}", SOURCE))
+        break
+    for jm in _JS_REDIRECT.finditer(text):
+        if _risky_url(jm.group(1)):
+            out.append(Finding("html_auto_download", 6, f"script navigates to {clip(jm.group(1), 120)}", SOURCE))
+            break
+    if _PASSWORD.search(text):
+        remote = bool(_REMOTE_POST.search(text))
+        out.append(Finding("html_password_form", 6 if remote else 5,
+                           "page asks for a password" + (" and sends it to a remote server" if remote else ""), SOURCE))
+    om = _OBFUSCATED.search(text)
+    if om:
+        out.append(Finding("html_obfuscated_script", 6, f"writes or evaluates decoded script: {clip(om.group(0), 80)}", SOURCE))
+    pm = _MS_PROTOCOL_STRONG.search(text)
+    if pm:
+        out.append(Finding("html_ms_protocol_handler", 8, f"invokes a Windows protocol handler: {clip(text[pm.start():pm.start() + 100], 100)}", SOURCE))
+    return out
+
+
+def analyze(artifact: Artifact, data_path: str, ctx: Context) -> list[Finding]:
+    text = decode_text(ctx.data, MAX_CHARS)
+    if ctx.kind == "script" and not re.search(r"<\s*(html|script|body|head|meta|a\s)", text[:65536], re.I):
+        return []  # a plain script file: nothing HTML-specific to look at
+    return html_findings(text)

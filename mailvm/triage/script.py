@@ -1,0 +1,179 @@
+"""Script indicators: PowerShell, JScript/JavaScript, VBScript, batch, shell,
+Python/Perl one-liners, and the scripts inside HTML/HTA pages.
+
+A table of :class:`Indicator` (finding id, severity, one regular expression)
+is run over the decoded text (at most :data:`MAX_CHARS` characters; every
+expression is linear: no nested unbounded repetition).  Counting heuristics add
+obfuscation findings (character-code chains, string concatenation density,
+long base64 blobs), and combinations add the strongest ones (download then
+execute).  :func:`command_findings` runs the same table over a single command
+line: shortcuts (:mod:`mailvm.triage.lnk`) and DDE fields use it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mailvm.triage.base import Context, clip, decode_text
+from mailvm.verdict import Artifact, Finding
+
+SOURCE = "triage:script"
+MAX_CHARS = 4 * 1024 * 1024
+I = re.I
+
+
+@dataclass(frozen=True)
+class Indicator:
+    id: str
+    severity: int
+    pattern: re.Pattern[str]
+    description: str
+
+
+def _ind(fid: str, sev: int, rx: str, desc: str, flags: int = I) -> Indicator:
+    return Indicator(fid, sev, re.compile(rx, flags), desc)
+
+
+INDICATORS: tuple[Indicator, ...] = (
+    _ind("script_powershell_encoded", 7,
+         r"\b(?:powershell|pwsh)(?:\.exe)?\b[^\n]{0,200}?\s[-/]e(?:c|n|nc|nco|ncod|ncode|ncoded|ncodedcommand)?\s+['\"]?[A-Za-z0-9+/=]{20}",
+         "PowerShell with an encoded command"),
+    _ind("script_execution_policy_bypass", 5,
+         r"(?:\s[-/](?:ep|ex|exec|executionpolicy)\s+(?:bypass|unrestricted)\b|Set-ExecutionPolicy\s+(?:-\w+\s+)?(?:bypass|unrestricted))",
+         "PowerShell execution policy bypass"),
+    _ind("script_hidden_window", 4,
+         r"(?:\s[-/]w(?:in|ind|indo|indow|indowstyle)?\s+(?:hidden|1)\b|-WindowStyle\s+Hidden|\.Run\s*\(?[^\n]{0,300}?,\s*0\s*(?:,|\)|$))",
+         "starts a hidden window"),
+    _ind("script_download", 5,
+         r"(?:Net\.WebClient|DownloadString|DownloadFile|DownloadData|Invoke-WebRequest|Invoke-RestMethod|\biwr\s+|"
+         r"Start-BitsTransfer|Net\.Http\.HttpClient|MSXML2\.(?:Server)?XMLHTTP|Microsoft\.XMLHTTP|WinHttp\.WinHttpRequest|"
+         r"URLDownloadToFile|bitsadmin(?:\.exe)?\s+/transfer|\b(?:curl|wget)(?:\.exe)?\s[^\n]{0,200}?(?:https?|ftp)://)",
+         "downloads from the network"),
+    _ind("script_dynamic_exec", 4,
+         r"(?:\bIEX\b|Invoke-Expression|\beval\s*\(|\bExecuteGlobal\b|\bExecute\s*\(|\bnew\s+Function\s*\(|\bexecScript\s*\(|"
+         r"\[scriptblock\]::Create|Reflection\.Assembly\]::Load|\bexec\s*\(\s*(?:compile|base64|zlib|marshal|codecs))",
+         "evaluates code built at run time"),
+    _ind("script_base64_decode", 4,
+         r"(?:FromBase64String|\batob\s*\(|base64\s+(?:-d|--decode|-D)\b|b64decode|base64_decode|decode_base64|"
+         r"MIME::Base64|Base64ToString|\.decode\(\s*['\"]base64)",
+         "decodes base64"),
+    _ind("script_exec_encoded", 7,
+         r"(?:\b(?:eval|exec|IEX|Invoke-Expression)\s*\(?\s*\(?\s*(?:base64\.b64decode|zlib\.decompress|atob|unescape|"
+         r"decodeURIComponent|gzinflate|base64_decode|str_rot13|\[System\.Text\.Encoding\]|\[Text\.Encoding\]|"
+         r"\[System\.Convert\]::FromBase64String|\[Convert\]::FromBase64String))",
+         "executes decoded or decompressed code"),
+    _ind("script_certutil", 7, r"certutil(?:\.exe)?['\"]?\s+[^\n]{0,40}?[-/](?:decode|decodehex|urlcache)\b",
+         "certutil used to decode or download"),
+    _ind("script_lolbin", 6,
+         r"(?:mshta(?:\.exe)?['\"]?\s+['\"]?(?:https?:|javascript:|vbscript:|\\\\)|regsvr32(?:\.exe)?\s[^\n]{0,100}?/i:\s*(?:https?|\\\\)|"
+         r"scrobj\.dll|rundll32(?:\.exe)?\s[^\n]{0,100}?(?:javascript:|url\.dll,|ShellExec_RunDLL|advpack\.dll,|zipfldr\.dll,)|"
+         r"msiexec(?:\.exe)?\s[^\n]{0,60}?/(?:i|package)\s*['\"]?https?:|wmic(?:\.exe)?\s[^\n]{0,100}?process\s+call\s+create|"
+         r"forfiles(?:\.exe)?\s[^\n]{0,100}?/c\s|\bcmstp(?:\.exe)?\s|InstallUtil(?:\.exe)?\s|odbcconf(?:\.exe)?\s)",
+         "living-off-the-land binary used to run or fetch code"),
+    _ind("script_wscript_shell", 5,
+         r"(?:WScript\.Shell|Shell\.Application|\.ShellExecute\s*\(|WScript\.CreateObject|\bShellExecute\b)",
+         "runs programs through WScript.Shell / Shell.Application"),
+    _ind("script_activex", 3, r"(?:\bnew\s+ActiveXObject\s*\(|\bCreateObject\s*\(|\bGetObject\s*\()",
+         "instantiates COM/ActiveX objects"),
+    _ind("script_file_write", 3, r"(?:ADODB\.Stream|SaveToFile|CreateTextFile|Out-File|Set-Content|WriteAllBytes)",
+         "writes files"),
+    _ind("script_reverse_shell", 8,
+         r"(?:/dev/(?:tcp|udp)/[\w.\-]+/\d+|\bnc(?:at)?\s[^\n]{0,60}?\s-[ec]\s|\bbash\s+-i\s*[>&]|mkfifo\s+/tmp/|"
+         r"socket\.socket\([^\n]{0,300}?(?:pty\.spawn|subprocess|os\.dup2)|Net\.Sockets\.TCPClient\([^\n]{0,300}?GetStream)",
+         "reverse shell"),
+    _ind("script_shell_pipe_exec", 7,
+         r"(?:\b(?:curl|wget)\s[^\n|;]{0,300}?\|\s*(?:sudo\s+)?(?:ba|z|da|k)?sh\b|base64\s+(?:-d|--decode)[^\n]{0,100}?\|\s*(?:ba|z)?sh\b|"
+         r"\bsh\s+-c\s+['\"]?\$\(\s*(?:curl|wget))",
+         "downloaded or decoded data piped into a shell"),
+    _ind("script_chmod_exec", 5,
+         r"chmod\s+(?:\+x|[ua]\+x|[0-7]?[0-7][0-7][5-7])\s+\S+[^\n]{0,40}?(?:&&|;|\|\|)\s*(?:\./|/tmp/|/var/tmp/|/dev/shm/)",
+         "makes a file executable and runs it"),
+    _ind("script_persistence", 4,
+         r"(?:crontab\s+(?:-[lr]\s*\|?|-\s)|/etc/cron\.|schtasks(?:\.exe)?\s+/create|reg(?:\.exe)?\s+add\s+[^\n]{0,100}?\\(?:Run|RunOnce)\b|"
+         r"CurrentVersion\\Run\b|Start Menu\\Programs\\Startup|Register-ScheduledTask|New-ScheduledTask|systemctl\s+enable|"
+         r">>\s*~?/?[\w/.]*\.bashrc|authorized_keys)",
+         "installs persistence"),
+    _ind("script_amsi_bypass", 8, r"(?:AmsiUtils|amsiInitFailed|AmsiScanBuffer|amsiContext)", "disables AMSI"),
+    _ind("script_defender_tamper", 7,
+         r"(?:Set-MpPreference\s[^\n]{0,80}?-Disable|Add-MpPreference\s[^\n]{0,80}?-Exclusion|DisableRealtimeMonitoring)",
+         "tampers with Windows Defender"),
+    _ind("script_shadow_delete", 8,
+         r"(?:vssadmin(?:\.exe)?['\"]?\s+delete\s+shadows|wmic(?:\.exe)?['\"]?\s+shadowcopy\s+delete|"
+         r"bcdedit(?:\.exe)?['\"]?\s+/set\s+\{default\}\s+recoveryenabled\s+no|wbadmin\s+delete\s+catalog)",
+         "deletes shadow copies / backups"),
+    _ind("script_oneliner", 6,
+         r"(?:\bpython[23]?(?:\.exe)?\s+-c\s+['\"][^\n]{0,300}?(?:exec|eval|b64decode|socket|urllib|os\.system|subprocess)|"
+         r"\bperl\s+-e\s+['\"][^\n]{0,300}?(?:eval|unpack|socket|system|exec)|"
+         r"\bphp\s+-r\s+['\"][^\n]{0,300}?(?:eval|base64_decode|system|exec|fsockopen)|"
+         r"\bruby\s+-e\s+['\"][^\n]{0,300}?(?:eval|TCPSocket|system|exec))",
+         "interpreter one-liner that runs hidden code"),
+    _ind("script_shellcode_loader", 7,
+         r"(?:GetDelegateForFunctionPointer|VirtualAlloc(?:Ex)?\b[^\n]{0,400}?(?:Marshal\]?::Copy|CreateThread|RtlMoveMemory)|"
+         r"ctypes\.windll\.kernel32\.VirtualAlloc)",
+         "loads shellcode into memory"),
+)
+
+_CHR_CALL = re.compile(r"\bChr[WB]?\$?\s*\(\s*\d", I)
+_PS_CHAR = re.compile(r"\[char\]\s*\(?\s*\d", I)
+_FROMCHARCODE = re.compile(r"fromCharCode\s*\(\s*[\d\s,x+\-*/^]{100}", I)
+_NUM_ARRAY = re.compile(r"[\[(]\s*[\d\s,]{300}")
+_CONCAT = re.compile(r"""["']\s*\+\s*["']|"\s*&\s*"|'\s*\.\s*'""")
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{1000}")
+_DATA_URI = re.compile(r"data:(?:image|font|audio|video|application/(?:x-)?font[\w\-]*)/?[\w.+\-]{0,40};base64,[A-Za-z0-9+/=\s]*", I)
+
+
+def _excerpt(text: str, m: re.Match[str]) -> str:
+    return clip(text[m.start() : m.start() + 120], 120)
+
+
+def indicator_findings(text: str, source: str = SOURCE) -> list[Finding]:
+    """One finding per indicator that matches (with the first match as excerpt)."""
+    out: list[Finding] = []
+    for ind in INDICATORS:
+        m = ind.pattern.search(text)
+        if m:
+            out.append(Finding(ind.id, ind.severity, f"{ind.description}: {_excerpt(text, m)}", source))
+    return out
+
+
+def obfuscation_findings(text: str, source: str = SOURCE) -> list[Finding]:
+    out: list[Finding] = []
+    chr_calls = len(_CHR_CALL.findall(text))
+    ps_chars = len(_PS_CHAR.findall(text))
+    if chr_calls >= 40 or ps_chars >= 20 or _FROMCHARCODE.search(text) or _NUM_ARRAY.search(text):
+        out.append(Finding("script_charcode_obfuscation", 5,
+                           f"code built from character codes (Chr x{chr_calls}, [char] x{ps_chars})", source))
+    concat = len(_CONCAT.findall(text))
+    if concat >= 40 and concat * 300 >= len(text):
+        out.append(Finding("script_concat_obfuscation", 4,
+                           f"{concat} string concatenations in {len(text)} characters", source))
+    m = _BASE64_RUN.search(_DATA_URI.sub("data:", text))
+    if m:
+        out.append(Finding("script_long_base64", 4, f"base64 blob of 1000+ characters at offset {m.start()}", source))
+    return out
+
+
+def combination_findings(found: list[Finding], source: str = SOURCE) -> list[Finding]:
+    ids = {f.id for f in found}
+    out: list[Finding] = []
+    runs = ids & {"script_dynamic_exec", "script_wscript_shell", "script_exec_encoded", "script_shell_pipe_exec"}
+    if "script_download" in ids and runs:
+        out.append(Finding("script_download_exec", 8, f"downloads and executes ({', '.join(sorted(runs))})", source))
+    return out
+
+
+def command_findings(text: str, source: str = SOURCE) -> list[Finding]:
+    """Script indicators for one command line (shortcut target + arguments, DDE field)."""
+    found = indicator_findings(text[:MAX_CHARS], source)
+    return found + combination_findings(found, source)
+
+
+def text_findings(text: str, source: str = SOURCE) -> list[Finding]:
+    text = text[:MAX_CHARS]
+    found = indicator_findings(text, source) + obfuscation_findings(text, source)
+    return found + combination_findings(found, source)
+
+
+def analyze(artifact: Artifact, data_path: str, ctx: Context) -> list[Finding]:
+    return text_findings(decode_text(ctx.data, MAX_CHARS * 2))
