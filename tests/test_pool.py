@@ -378,3 +378,31 @@ def test_probe_reason_is_reported_when_the_chosen_backend_cannot_run(cfg, monkey
         make_backend(dataclasses.replace(cfg, backend="process"))
     with pytest.raises(BackendUnavailable, match="fallback 'process' cannot either"):
         make_backend(dataclasses.replace(cfg, backend="qemu"), registry={"process": ProcessBackend})
+
+
+def test_backend_that_makes_no_slot_fails_jobs_with_vm_error(cfg, table, tmp_path):
+    # a page directory that does not exist: every slot creation fails for real
+    backend = ProcessBackend(cfg, page_dir=str(tmp_path / "no-such-dir"))
+    pool = Pool(cfg, backend, table)
+    try:
+        pool.start()
+        owner = "test:broken"
+        job = make_job(tmp_path, "x.sh", BENIGN, owner=owner)
+        assert table.claim(job.sha256, owner).won
+        t0 = time.monotonic()
+        v = pool.submit(job).result(timeout=30)
+        assert time.monotonic() - t0 < 15
+        assert v.verdict == ERROR
+        (err,) = [f for f in v.findings if f.id == "vm_error"]
+        assert "no slot could be created" in err.detail
+        assert table.get(job.sha256) is None  # released: nothing was analysed
+        assert not pool.wait_warm(0.1)
+        st = pool.status()
+        assert st["state"] == "broken" and st["slot_events"]["create_failures"] >= 3
+        assert "cannot create page" in st["slot_events"]["last_create_error"]
+        # while broken, new jobs are answered at once instead of hanging
+        v2 = pool.submit(make_job(tmp_path, "y.sh", BENIGN + "#2\n")).result(timeout=2)
+        assert v2.verdict == ERROR and v2.findings[-1].id == "vm_error"
+    finally:
+        pool.close()
+    assert agent_processes(cfg.work_dir) == []

@@ -353,19 +353,26 @@ class Pool:
         self._status_lock = threading.Lock()
         self._claims_refreshed = time.monotonic()
         self._core: list[threading.Thread] = []
+        self._start_lock = threading.Lock()
 
     # ------------------------------------------------------------------ public API
 
     def start(self) -> None:
-        """Prepare the backend and start the threads; slots warm up in the background."""
-        with self._cond:
-            if self._closing:
-                raise RuntimeError("pool is closed")
-            if self._started:
-                return
-            self._started = True
-        Path(self.cfg.work_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.backend.prepare()
+        """Prepare the backend and start the threads; slots warm up in the background.
+
+        A backend that cannot be prepared raises (BackendError) and leaves the pool unstarted.
+        """
+        with self._start_lock:
+            with self._cond:
+                if self._closing:
+                    raise RuntimeError("pool is closed")
+                if self._started:
+                    return
+            Path(self.cfg.work_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.backend.prepare()
+            self._start_threads()
+
+    def _start_threads(self) -> None:
         info = self.backend.info()
         self._info = {"name": info.name, "isolation": info.isolation, "accel": info.accel, "details": dict(info.details)}
         log.info(
@@ -376,6 +383,8 @@ class Pool:
             log.warning("pool: page_bytes %d leaves only %d bytes for a file (max_result_bytes %d)",
                         self.cfg.page_bytes, self._max_file, self.cfg.max_result_bytes)
         atexit.register(self.close)
+        with self._cond:
+            self._started = True
         for name, target in (
             ("dispatch", self._dispatch_loop),
             ("refill", self._refill_loop),
@@ -477,6 +486,10 @@ class Pool:
 
     def close(self) -> None:
         """Stop the threads, destroy every slot (busy ones too), fail queued jobs; idempotent."""
+        with self._start_lock:  # never half-way through start()
+            self._close()
+
+    def _close(self) -> None:
         with self._cond:
             if self._closing:
                 return
@@ -495,15 +508,13 @@ class Pool:
         for t in self._core:
             if t.name != "mailvm-pool-retrieve" and t is not me:
                 t.join(JOIN_SLACK_S)
+        # runners and slot starters: counted under the lock before they are spawned
+        end = time.monotonic() + max(self.cfg.ready_timeout_s, self.cfg.heartbeat_timeout_s) + JOIN_SLACK_S
         with self._cond:
-            others = list(self._threads)
-        for t in others:  # runners and slot starters
-            if t is me:
-                continue
-            t.join(max(self.cfg.ready_timeout_s, self.cfg.heartbeat_timeout_s) + JOIN_SLACK_S)
-            if t.is_alive():
-                log.error("pool: thread %s did not stop", t.name)
-        with self._cond:
+            while (self._starting or self._busy or self._threads - {me}) and time.monotonic() < end:
+                self._cond.wait(0.1)
+            if self._starting or self._busy or self._threads - {me}:
+                log.error("pool: threads did not stop: %s", sorted(t.name for t in self._threads))
             self._outq_open = False
             leftovers = list(self._ready) + [s for s, _ in self._busy.values()]
             self._ready.clear()
