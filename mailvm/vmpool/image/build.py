@@ -1,0 +1,500 @@
+"""Build the qemu backend's guest image from Debian packages: ``mvctl image build``.
+
+Stages, each cached under ``cache_dir`` and redone only when its inputs change:
+
+1. **kernel** -- Debian's cloud kernel (``linux-image-cloud-amd64`` resolved
+   to its versioned package through the local apt cache), fetched with
+   ``apt-get download`` and unpacked with ``dpkg -x``;
+2. **rootfs** -- ``debootstrap --variant=minbase --include=python3,strace,...``
+   from the Debian mirror named in apt's own sources (the only network access),
+   trimmed (docs, man pages, apt lists);
+3. **image** -- the guest agent (``mailvm/guest/*.py`` and ``mailvm/verdict.py``
+   from this package, byte-compiled in the guest's Python) and PID 1's script
+   are put in the tree, which becomes an ext4 file ``root.img`` (``mke2fs -d``,
+   no loop mounts); an uncompressed initramfs (busybox-static, the virtio
+   modules, ``/init``); the kernel's ``vmlinuz``; ``manifest.json`` (package
+   versions, input hashes) written last.
+
+The image's key is the hash of every input (kernel package and its hash,
+the rootfs recipe, the agent's files, the init scripts, this recipe's
+version); ``<cache_dir>/current`` points at the newest complete image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from mailvm.vmpool.image import guestinit
+from mailvm.vmpool.image.layout import (
+    CURRENT, DEFAULT_CACHE_DIR, INITRD, KERNEL, MANIFEST, ROOTFS, Image, ImageMissing, load_image,
+)
+
+log = logging.getLogger(__name__)
+
+#: bump when the recipe changes in a way the inputs below do not capture
+RECIPE_VERSION = "1"
+DEFAULT_SUITE = "bookworm"
+KERNEL_META = "linux-image-cloud-amd64"
+BASE_PACKAGES = ("python3", "strace", "bubblewrap", "iproute2", "iptables", "procps")
+WINE_PACKAGES = ("wine64",)
+BUSYBOX = "/bin/busybox"
+STAGE_STAMP = ".mailvm-stage.json"
+#: what the trim step deletes from the rootfs (paths relative to its root)
+TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/cache/apt",
+        "var/lib/apt/lists", "var/log")
+COMMAND_TIMEOUT_S = 1800
+ROOTFS_SLACK_BYTES = 64 << 20
+
+
+class BuildError(Exception):
+    """The image could not be built (the message says which step and why)."""
+
+
+@dataclass
+class BuildOptions:
+    cache_dir: str = DEFAULT_CACHE_DIR
+    suite: str = DEFAULT_SUITE
+    mirror: str | None = None  # default: the Debian mirror in apt's sources
+    kernel_package: str = KERNEL_META
+    packages: tuple[str, ...] = BASE_PACKAGES
+    with_wine: bool = False
+    force: bool = False
+    keep: int = 2  # complete images kept (the current one included)
+
+
+@dataclass
+class BuildResult:
+    image: Image
+    cached: bool
+    seconds: float
+    stages: dict[str, str] = field(default_factory=dict)  # stage -> "cached" | "built"
+
+
+# -- helpers -------------------------------------------------------------------
+def _run(cmd: list[str], what: str, **kw: Any) -> subprocess.CompletedProcess:
+    log.debug("run: %s", " ".join(cmd))
+    try:
+        res = subprocess.run(cmd, capture_output=True, timeout=kw.pop("timeout", COMMAND_TIMEOUT_S), **kw)
+    except FileNotFoundError:
+        raise BuildError(f"{what}: {cmd[0]} is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"{what}: {cmd[0]} timed out") from None
+    if res.returncode != 0:
+        tail = (res.stderr or b"")[-2000:].decode("utf-8", "replace")
+        raise BuildError(f"{what}: {' '.join(cmd[:3])}... exited {res.returncode}: {tail}")
+    return res
+
+
+def sha256_file(path: str | Path, bufsize: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash_obj(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _read_stamp(d: Path) -> dict | None:
+    try:
+        return json.loads((d / STAGE_STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+# -- the Debian mirror -------------------------------------------------------
+def _sources_entries(root: str = "/etc/apt") -> Iterable[tuple[str, list[str]]]:
+    """(uri, suites) from apt's one-line and deb822 source files."""
+    files = [Path(root, "sources.list")] + sorted(Path(root, "sources.list.d").glob("*"))
+    for f in files:
+        try:
+            text = f.read_text()
+        except OSError:
+            continue
+        if f.suffix == ".sources":
+            for stanza in re.split(r"\n\s*\n", text):
+                fields: dict[str, str] = {}
+                for line in stanza.splitlines():
+                    if line.startswith("#") or ":" not in line or line[:1].isspace():
+                        continue
+                    k, _, v = line.partition(":")
+                    fields[k.strip().lower()] = v.strip()
+                if "deb" in fields.get("types", "").split():
+                    for uri in fields.get("uris", "").split():
+                        yield uri, fields.get("suites", "").split()
+        else:
+            for line in text.splitlines():
+                parts = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()
+                if len(parts) >= 3 and parts[0] == "deb":
+                    yield parts[1], [parts[2]]
+
+
+def find_mirror(suite: str = DEFAULT_SUITE, apt_root: str = "/etc/apt") -> str:
+    """The URI of the apt source that serves ``suite`` itself (not -updates/-security)."""
+    for uri, suites in _sources_entries(apt_root):
+        if suite in suites:
+            return uri.rstrip("/")
+    raise BuildError(f"no apt source for suite {suite!r} in {apt_root}; pass --mirror")
+
+
+# -- stage 1: kernel -------------------------------------------------------------
+def resolve_kernel(meta: str = KERNEL_META) -> tuple[str, str]:
+    """(package, version) of the kernel a meta package depends on, from the local apt cache."""
+    pkg = meta
+    if not re.match(r"linux-image-\d", meta):  # a meta package: follow its dependency
+        out = _run(["apt-cache", "depends", meta], "resolving the kernel").stdout.decode()
+        m = re.search(r"Depends:\s*(linux-image-\S+)", out)
+        if not m:
+            raise BuildError(f"apt-cache depends {meta}: no linux-image dependency (run apt-get update?)")
+        pkg = m.group(1)
+    out = _run(["apt-cache", "show", "--no-all-versions", pkg], "kernel version").stdout.decode()
+    m = re.search(r"^Version:\s*(\S+)", out, re.M)
+    if not m:
+        raise BuildError(f"apt-cache show {pkg}: no version")
+    return pkg, m.group(1)
+
+
+def stage_kernel(cache: Path, meta: str) -> tuple[Path, dict, bool]:
+    pkg, version = resolve_kernel(meta)
+    d = cache / f"kernel-{pkg}_{version}"
+    stamp = _read_stamp(d)
+    if stamp and stamp.get("package") == pkg and stamp.get("version") == version:
+        return d, stamp, True
+    shutil.rmtree(d, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".kernel-", dir=cache))
+    try:
+        os.chmod(tmp, 0o755)  # apt's _apt user writes the download here
+        _run(["apt-get", "download", "-q", f"{pkg}={version}"], "downloading the kernel", cwd=tmp)
+        debs = list(tmp.glob("*.deb"))
+        if len(debs) != 1:
+            raise BuildError(f"apt-get download {pkg}: expected one .deb, got {len(debs)}")
+        deb_sha = sha256_file(debs[0])
+        _run(["dpkg-deb", "-x", str(debs[0]), str(tmp / "x")], "unpacking the kernel")
+        kvers = [p.name for p in (tmp / "x/lib/modules").iterdir()]
+        vmlinuz = list((tmp / "x/boot").glob("vmlinuz-*"))
+        if len(kvers) != 1 or len(vmlinuz) != 1:
+            raise BuildError(f"{debs[0].name}: unexpected layout (modules {kvers}, kernels {vmlinuz})")
+        debs[0].unlink()
+        stamp = {"package": pkg, "version": version, "deb_sha256": deb_sha, "kernel_release": kvers[0]}
+        _write_json_atomic(tmp / STAGE_STAMP, stamp)
+        os.rename(tmp, d)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return d, stamp, False
+
+
+def modinfo(path: Path) -> dict[str, str]:
+    """The ``.modinfo`` section of a kernel module (ELF64 little-endian): ``key=value`` strings."""
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise BuildError(f"{path.name}: not an ELF64 little-endian module")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+
+    def section(i: int) -> tuple[int, int, int]:
+        name, _type, _flags, _addr, off, size = struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize)
+        return name, off, size
+
+    _, stroff, strsize = section(shstrndx)
+    info: dict[str, str] = {}
+    for i in range(shnum):
+        name, off, size = section(i)
+        end = data.index(b"\x00", stroff + name)
+        if data[stroff + name:end] == b".modinfo":
+            for item in data[off:off + size].split(b"\x00"):
+                k, sep, v = item.decode("utf-8", "replace").partition("=")
+                if sep:
+                    info.setdefault(k, v)
+    return info
+
+
+def module_closure(modroot: Path, wanted: Iterable[str]) -> list[str]:
+    """Module files (relative to ``modroot``) for ``wanted`` and their dependencies, dependencies first.
+
+    Dependencies come from each module's own ``.modinfo`` (``depends=``), so
+    no ``depmod`` is needed; names absent from the tree must be built in.
+    """
+    by_name: dict[str, Path] = {}
+    for p in (modroot / "kernel").rglob("*.ko"):
+        by_name[p.name[:-3].replace("-", "_")] = p
+    builtin: set[str] = set()
+    try:
+        builtin = {os.path.basename(l).split(".ko")[0].replace("-", "_")
+                   for l in (modroot / "modules.builtin").read_text().split()}
+    except OSError:
+        pass
+    order: list[str] = []
+
+    def visit(name: str, depth: int) -> None:
+        name = name.replace("-", "_")
+        if depth > 50:
+            raise BuildError(f"module dependency loop at {name}")
+        path = by_name.get(name)
+        if path is None:
+            if name in builtin:
+                return
+            raise BuildError(f"kernel module {name} is neither a module nor built in")
+        rel = str(path.relative_to(modroot))
+        if rel in order:
+            return
+        for dep in filter(None, modinfo(path).get("depends", "").split(",")):
+            visit(dep, depth + 1)
+        order.append(rel)
+
+    for name in wanted:
+        visit(name, 0)
+    return order
+
+
+# -- stage 2: rootfs ------------------------------------------------------------------
+def stage_rootfs(cache: Path, suite: str, mirror: str, packages: tuple[str, ...]) -> tuple[Path, dict, bool]:
+    recipe = {"suite": suite, "mirror": mirror, "variant": "minbase", "packages": sorted(set(packages)),
+              "trim": list(TRIM), "recipe": RECIPE_VERSION}
+    key = _hash_obj(recipe)
+    d = cache / f"rootfs-{key[:16]}"
+    stamp = _read_stamp(d)
+    if stamp and stamp.get("key") == key and (d / "tree/usr/bin").is_dir():
+        return d, stamp, True
+    if shutil.which("debootstrap") is None:
+        raise BuildError("debootstrap is not installed (apt-get install debootstrap)")
+    shutil.rmtree(d, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".rootfs-", dir=cache))
+    try:
+        tree = tmp / "tree"
+        _run(["debootstrap", "--variant=minbase", f"--include={','.join(recipe['packages'])}",
+              suite, str(tree), mirror], "debootstrap")
+        for rel in TRIM:
+            p = tree / rel
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+                p.mkdir(mode=0o755)
+        out = _run(["dpkg-query", f"--admindir={tree}/var/lib/dpkg", "-W", "-f", "${Package}\t${Version}\n"],
+                   "listing packages").stdout.decode()
+        versions = dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+        stamp = {"key": key, "recipe": recipe, "packages": versions}
+        _write_json_atomic(tmp / STAGE_STAMP, stamp)
+        os.rename(tmp, d)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return d, stamp, False
+
+
+# -- stage 3: the image ---------------------------------------------------------------
+def agent_files() -> dict[str, Path]:
+    """Files of this package the guest needs: path inside the guest's /opt/mailvm -> source."""
+    pkg = Path(__file__).resolve().parents[2]  # .../mailvm
+    files = {"mailvm/verdict.py": pkg / "verdict.py"}
+    for p in sorted((pkg / "guest").glob("*.py")):
+        files[f"mailvm/guest/{p.name}"] = p
+    return files
+
+
+def _input_key(kstamp: dict, rstamp: dict, agent_hashes: dict[str, str], modules: tuple[str, ...]) -> tuple[str, dict]:
+    busybox_sha = sha256_file(BUSYBOX) if os.path.exists(BUSYBOX) else "missing"
+    inputs = {
+        "recipe": RECIPE_VERSION,
+        "kernel": {k: kstamp[k] for k in ("package", "version", "deb_sha256", "kernel_release")},
+        "rootfs_key": rstamp["key"],
+        "agent": agent_hashes,
+        "initramfs_init_sha256": hashlib.sha256(guestinit.INITRAMFS_INIT.encode()).hexdigest(),
+        "guest_init_sha256": hashlib.sha256(guestinit.GUEST_INIT.encode()).hexdigest(),
+        "initramfs_modules": list(modules),
+        "busybox_sha256": busybox_sha,
+    }
+    return _hash_obj(inputs), inputs
+
+
+def _install_agent(tree: Path, files: dict[str, Path]) -> None:
+    opt = tree / "opt/mailvm"
+    shutil.rmtree(opt, ignore_errors=True)
+    (opt / "mailvm/guest").mkdir(parents=True, mode=0o755)
+    (opt / "mailvm/__init__.py").write_text('"""mailvm guest side (agent only)."""\n')
+    (opt / "mailvm/guest/__init__.py").write_text("")
+    for rel, src in files.items():
+        shutil.copyfile(src, opt / rel)
+    init = tree / "sbin/mailvm-init"
+    init.write_text(guestinit.GUEST_INIT)
+    init.chmod(0o755)
+    # byte-compile with the guest's own Python (same tree): imports cost less under emulation
+    _run(["chroot", str(tree), "python3", "-m", "compileall", "-q", "/opt/mailvm"], "byte-compiling the agent")
+
+
+def _make_initramfs(kdir: Path, kstamp: dict, out: Path, modules: tuple[str, ...]) -> list[str]:
+    if not os.path.exists(BUSYBOX):
+        raise BuildError(f"{BUSYBOX} missing (apt-get install busybox-static)")
+    modroot = kdir / "x/lib/modules" / kstamp["kernel_release"]
+    mods = module_closure(modroot, modules)
+    with tempfile.TemporaryDirectory(prefix=".initramfs-", dir=out.parent) as t:
+        root = Path(t)
+        for sub in ("bin", "etc", "lib/modules", "proc", "sys", "dev", "lower", "rw", "newroot"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(BUSYBOX, root / "bin/busybox")
+        names = []
+        for m in mods:
+            name = os.path.basename(m)
+            shutil.copyfile(modroot / m, root / "lib/modules" / name)
+            names.append(name)
+        (root / "etc/modules.order").write_text("\n".join(names) + "\n")
+        init = root / "init"
+        init.write_text(guestinit.INITRAMFS_INIT)
+        init.chmod(0o755)
+        listing = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+        with open(out, "wb") as f:
+            res = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"], cwd=root,
+                                 input="\n".join(listing).encode(), stdout=f, stderr=subprocess.PIPE,
+                                 timeout=COMMAND_TIMEOUT_S)
+        if res.returncode != 0:
+            raise BuildError(f"cpio failed: {res.stderr.decode(errors='replace')[-500:]}")
+    return names
+
+
+def _tree_bytes(tree: Path) -> int:
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(tree):
+        total += 4096 * (len(dirnames) + 1)
+        for n in filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, n))
+            except OSError:
+                continue
+            total += (st.st_size + 4095) // 4096 * 4096
+    return total
+
+
+def _make_rootfs_image(tree: Path, out: Path) -> int:
+    size = _tree_bytes(tree) * 11 // 10 + ROOTFS_SLACK_BYTES
+    size = (size + (1 << 20) - 1) >> 20 << 20
+    _run(["mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-m", "0", "-L", "mailvm-root",
+          "-d", str(tree), str(out), f"{size >> 10}k"], "making root.img")
+    return size
+
+
+def status(cache_dir: str = DEFAULT_CACHE_DIR) -> dict[str, Any]:
+    """What is built: the current image's manifest summary, or why there is none."""
+    try:
+        img = load_image(cache_dir)
+    except ImageMissing as exc:
+        return {"built": False, "cache_dir": cache_dir, "reason": str(exc)}
+    m = img.manifest
+    return {
+        "built": True,
+        "cache_dir": cache_dir,
+        "dir": img.dir,
+        "version": img.version,
+        "built_at": m.get("built_at"),
+        "kernel": m.get("inputs", {}).get("kernel", {}).get("version"),
+        "packages": len(m.get("packages", {})),
+        "with_wine": m.get("with_wine", False),
+        "files": m.get("files", {}),
+    }
+
+
+def _prune(cache: Path, keep_dir: Path, keep: int) -> None:
+    images = sorted((p for p in cache.glob("image-*") if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    kept = 0
+    for p in images:
+        if p == keep_dir or kept < keep - 1:
+            kept += p != keep_dir
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def build(opts: BuildOptions, progress: Callable[[str], None] | None = None) -> BuildResult:
+    """Build (or find cached) the guest image; BuildError on failure.  ``progress(stage)`` per step."""
+    t0 = time.monotonic()
+    note = progress or (lambda stage: None)
+    if os.geteuid() != 0:
+        raise BuildError("building the guest image needs root (debootstrap, chroot)")
+    cache = Path(opts.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True, mode=0o755)
+    packages = tuple(opts.packages) + (WINE_PACKAGES if opts.with_wine else ())
+    stages: dict[str, str] = {}
+
+    note("kernel")
+    kdir, kstamp, cached = stage_kernel(cache, opts.kernel_package)
+    stages["kernel"] = "cached" if cached else "built"
+    note("rootfs")
+    mirror = opts.mirror or find_mirror(opts.suite)
+    rdir, rstamp, cached = stage_rootfs(cache, opts.suite, mirror, packages)
+    stages["rootfs"] = "cached" if cached else "built"
+
+    files = agent_files()
+    agent_hashes = {rel: sha256_file(src) for rel, src in files.items()}
+    key, inputs = _input_key(kstamp, rstamp, agent_hashes, guestinit.INITRAMFS_MODULES)
+    out = cache / f"image-{key[:16]}"
+    if not opts.force:
+        try:
+            img = load_image(str(cache))
+            if img.key == key:
+                stages["image"] = "cached"
+                return BuildResult(img, True, time.monotonic() - t0, stages)
+        except ImageMissing:
+            pass
+    note("image")
+    tmp = Path(tempfile.mkdtemp(prefix=".image-", dir=cache))
+    try:
+        os.chmod(tmp, 0o755)
+        tree = rdir / "tree"
+        _install_agent(tree, files)
+        shutil.copyfile(next((kdir / "x/boot").glob("vmlinuz-*")), tmp / KERNEL)
+        modules = _make_initramfs(kdir, kstamp, tmp / INITRD, guestinit.INITRAMFS_MODULES)
+        note("root.img")
+        root_bytes = _make_rootfs_image(tree, tmp / ROOTFS)
+        for p in (tmp / KERNEL, tmp / INITRD, tmp / ROOTFS):
+            p.chmod(0o444)
+        manifest = {
+            "key": key,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "inputs": inputs,
+            "rootfs_recipe": rstamp["recipe"],
+            "with_wine": opts.with_wine,
+            "packages": rstamp["packages"],
+            "initramfs_modules_loaded": modules,
+            "files": {
+                KERNEL: {"sha256": sha256_file(tmp / KERNEL), "bytes": (tmp / KERNEL).stat().st_size},
+                INITRD: {"sha256": sha256_file(tmp / INITRD), "bytes": (tmp / INITRD).stat().st_size},
+                ROOTFS: {"bytes": root_bytes},
+            },
+        }
+        _write_json_atomic(tmp / MANIFEST, manifest)
+        shutil.rmtree(out, ignore_errors=True)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    link_tmp = cache / f".{CURRENT}.tmp"
+    try:
+        link_tmp.unlink()
+    except FileNotFoundError:
+        pass
+    os.symlink(out.name, link_tmp)
+    os.replace(link_tmp, cache / CURRENT)
+    _prune(cache, out, opts.keep)
+    stages["image"] = "built"
+    return BuildResult(load_image(str(cache)), False, time.monotonic() - t0, stages)
+
+
+__all__ = ["BuildError", "BuildOptions", "BuildResult", "build", "status", "find_mirror", "resolve_kernel",
+           "module_closure", "agent_files", "BASE_PACKAGES"]

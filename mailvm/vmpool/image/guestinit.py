@@ -1,0 +1,84 @@
+"""The two init scripts of the guest image, as text the builder writes into it.
+
+``INITRAMFS_INIT`` is ``/init`` of the initramfs (busybox): it loads the
+virtio modules, mounts the ext4 root read-only (``/dev/vda``), puts a tmpfs
+overlay on top (so the base image is never written: every write lands in
+guest RAM and dies with the clone) and switches to it.  ``GUEST_INIT`` is
+PID 1 of the real root: it mounts the usual file systems, brings up
+loopback only (there is no network device) and starts the guest agent on
+the shared page (an NVDIMM region mapped through ``/dev/mem``) with the
+doorbell named on the kernel command line (``mailvm.page_addr``,
+``mailvm.page_size``, ``mailvm.doorbell``).  After the agent's one job the
+guest idles until the host destroys it.
+"""
+
+from __future__ import annotations
+
+#: kernel modules the initramfs loads (dependencies are added from modules.dep)
+INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "virtio_console", "overlay")
+
+INITRAMFS_INIT = r"""#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /lower /rw /newroot
+/bin/busybox --install -s /bin
+fail() { echo "initramfs: $*"; poweroff -f; }
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in $(cat /etc/modules.order); do
+    insmod "/lib/modules/$m" || echo "initramfs: insmod $m failed"
+done
+i=0
+while [ ! -b /dev/vda ]; do
+    i=$((i+1)); [ $i -gt 400 ] && fail "no /dev/vda"
+    sleep 0.05
+done
+mount -t ext4 -o ro,noload /dev/vda /lower || fail "cannot mount the root image"
+mount -t tmpfs -o mode=0755 tmpfs /rw || fail "cannot mount the tmpfs"
+mkdir -p /rw/upper /rw/work
+mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot || fail "overlay"
+mount --move /dev /newroot/dev
+umount /sys /proc
+exec switch_root /newroot /sbin/mailvm-init
+"""
+
+GUEST_INIT = r"""#!/bin/sh
+# PID 1 of a mailvm guest (written by mailvm.vmpool.image.build)
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+[ -e /dev/null ] || mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs -o mode=0755 tmpfs /run
+hostname sandbox
+ip link set lo up
+arg() { for w in $(cat /proc/cmdline); do case "$w" in "$1="*) echo "${w#*=}";; esac; done; }
+PAGE_ADDR=$(arg mailvm.page_addr)
+PAGE_SIZE=$(arg mailvm.page_size)
+BELL=$(arg mailvm.doorbell)
+# vport:NAME = the virtio-serial port QEMU named NAME (its /dev node number is not fixed)
+case "$BELL" in
+vport:*)
+    want=${BELL#vport:}; BELL=""; i=0
+    while [ -z "$BELL" ] && [ $i -lt 200 ]; do
+        for n in /sys/class/virtio-ports/*/name; do
+            [ -r "$n" ] && [ "$(cat "$n")" = "$want" ] && d=${n%/name} && BELL="dev:/dev/${d##*/}"
+        done
+        [ -n "$BELL" ] || { i=$((i+1)); sleep 0.05; }
+    done
+    [ -n "$BELL" ] || { echo "mailvm-init: no virtio port named $want" > /dev/console; BELL="poll:0.01"; } ;;
+esac
+case "$BELL" in
+dev:*)
+    i=0
+    while [ ! -e "${BELL#dev:}" ] && [ $i -lt 200 ]; do i=$((i+1)); sleep 0.05; done ;;
+esac
+echo "mailvm-init: agent on page $PAGE_ADDR+$PAGE_SIZE, doorbell $BELL" > /dev/console
+cd /
+PYTHONPATH=/opt/mailvm python3 -m mailvm.guest.agent --page /dev/mem --offset "$PAGE_ADDR" \
+    --size "$PAGE_SIZE" --doorbell "$BELL" --once --workdir /tmp/mailvm-agent
+echo "mailvm-init: agent exited with status $?" > /dev/console
+while :; do sleep 3600; done
+"""
