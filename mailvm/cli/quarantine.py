@@ -84,7 +84,7 @@ def _item_dict(item: Any) -> dict[str, Any]:
         "id": item.id, "created": item.created_iso, "domain": item.domain, "sender": item.sender,
         "recipients": list(item.recipients), "queue_id": item.queue_id, "size": item.size,
         "verdict": item.verdict, "score": item.score, "action": item.action, "reason": item.reason,
-        "state": item.state, "subject": str(item.report.get("subject", "")) if isinstance(item.report, dict) else "",
+        "state": item.state, "subject": str(item.report.get("subject", ""))[:300],
         "sha256": item.sha256,
     }
 
@@ -132,8 +132,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     for key in ("id", "created", "state", "domain", "sender", "recipients", "queue_id", "verdict", "score",
                 "action", "reason", "subject", "size", "sha256"):
         print(f"{key:<11} {data[key]}")
-    report = (item.report or {}).get("report") or {}
-    for a in report.get("artifacts", []):
+    for a in item.report.get("artifacts", []):
         print(f"  {a.get('verdict', ''):<10} {a.get('score', 0):2}  {a.get('name', '')}  sha256 {a.get('sha256', '')[:16]}")
         for f in a.get("findings", [])[:5]:
             print(f"      [{f.get('severity', 0):2}] {f.get('id', '')}: {f.get('detail', '')}")
@@ -171,9 +170,16 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_expire(args: argparse.Namespace) -> int:
+    from mailvm.config import resolve_config_path
+    from mailvm.policy import load_policies
+
     cfg, store = _store(args)
     days = args.days if args.days is not None else cfg.quarantine.retention_days
-    removed = store.expire(days)
+    retention_for = None
+    if args.days is None:  # per-domain retention from the policies, the global value as the default
+        policies = load_policies(resolve_config_path(args.config), cfg.milter.policy_dir)
+        retention_for = lambda d: policies.for_domain(d).quarantine.retention_days  # noqa: E731
+    removed = store.expire(days, retention_for=retention_for)
     if args.json:
         print_json({"removed": removed, "retention_days": days})
     else:

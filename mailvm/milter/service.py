@@ -28,6 +28,7 @@ from mailvm.policy import (
     PolicySet,
     analysis_settings,
     decide_for_recipients,
+    decision_report,
     load_policies,
 )
 from mailvm.verdict import Finding
@@ -167,12 +168,25 @@ class MilterService:
         outcome = Outcome(decision, report, raw, sender, list(recipients))
         if decision.action == "quarantine":
             domain = recipients[0].rpartition("@")[2].lower() if recipients else ""
-            outcome.quarantine_id = self.quarantine.add(
-                raw, sender, list(recipients), {"decision": _decision_dict(decision), "report": report,
-                 "subject": (report or {}).get("headers", {}).get("subject", "")}, domain, queue_id
-            )
+            record = decision_report(decision, outcomes, message_findings)
+            record["subject"] = str((report or {}).get("headers", {}).get("subject", ""))[:300]
+            record["scan"] = report
+            outcome.quarantine_id = self.quarantine.add(raw, sender, list(recipients), record, domain, queue_id)
             log.info("%s: quarantined as %s", tag, outcome.quarantine_id)
+            for notify in sorted({p.quarantine.notify for p in policies if p.quarantine.notify}):
+                threading.Thread(target=self._notify, args=(outcome.quarantine_id, notify), daemon=True).start()
         return outcome
+
+    def _notify(self, item_id: str, to: str) -> None:
+        """Tell ``quarantine.notify`` about an item (off the SMTP transaction's critical path)."""
+        from mailvm.quarantine import notification, smtp_deliver
+
+        try:
+            item = self.quarantine.get(item_id)
+            deliver = smtp_deliver(self.cfg.quarantine.reinject_host, self.cfg.quarantine.reinject_port)
+            deliver(notification(item, to), "", [to])
+        except Exception as exc:  # a failed notice never affects the message itself
+            log.warning("quarantine notice for %s to %s failed: %s", item_id, to, exc)
 
     def _run_pipeline(
         self, raw: bytes, options: ScanOptions, progress: Callable[[], Any] | None, hard_deadline: float, tag: str
@@ -261,6 +275,3 @@ def outcomes_from_report(report: dict[str, Any]) -> list[ArtifactOutcome]:
         )
     return result
 
-
-def _decision_dict(d: Decision) -> dict[str, Any]:
-    return {"action": d.action, "verdict": d.verdict, "score": d.score, "reason": d.reason}
