@@ -217,6 +217,24 @@ def test_compression_ratio_limit_cuts_a_member(tmp_path, make_spool):
     assert finding(member, "file_truncated") is not None
 
 
+def test_compressed_tar_stops_after_a_cut_member(tmp_path, extract_cfg, make_spool):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as t:
+        big = tarfile.TarInfo("zeros.bin")
+        big.size = 200 << 20
+        t.addfile(big, io.BytesIO(bytes(big.size)))
+        small = tarfile.TarInfo("after.txt")
+        small.size = 5
+        t.addfile(small, io.BytesIO(b"after"))
+    t0 = time.monotonic()
+    res, _ = run_file(tmp_path, buf.getvalue(), "bomb.tgz", extract_cfg, make_spool)
+    assert time.monotonic() - t0 < 20
+    names = [a.name for a in res.artifacts]
+    assert names == ["bomb.tgz", "zeros.bin"]  # reaching after.txt would mean inflating the rest
+    assert res.artifacts[1].size == extract_cfg.max_file_bytes
+    assert limit_findings(res, "stream_after_cut") and limit_findings(res, "max_file_bytes")
+
+
 def test_member_count_limit(tmp_path, make_spool):
     cfg = dataclasses.replace(ExtractConfig(), max_members=100)
     data = zip_bytes({f"f{i:04d}.txt": b"%d" % i for i in range(150)}, zipfile.ZIP_STORED)

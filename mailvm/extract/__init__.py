@@ -98,12 +98,12 @@ def _expand(art: Artifact, spool: Spool, cfg: ExtractConfig, passwords: list[str
     kind = container_kind(art)
     if kind is None:
         return
-    if art.sha256 in spool.expanded:
-        return  # the same file elsewhere in the message: listed again, expanded once
-    spool.expanded.add(art.sha256)
     if art.depth >= cfg.max_depth:
         spool.note_limit("max_depth", f"{art.name} ({kind}) nested deeper than {cfg.max_depth}, not opened")
         return
+    if art.sha256 in spool.expanded:
+        return  # the same file elsewhere in the message: listed again, expanded once
+    spool.expanded.add(art.sha256)
     spool.check_time()
     ctx = ExpandContext(art, spool, cfg, list(passwords))
     children = run_expander(ctx, EXPANDERS[kind])

@@ -23,6 +23,7 @@ caller's job (:func:`mailvm.extract.expand`).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import stat
@@ -624,51 +625,96 @@ def _inner_name(name: str) -> str:
     return name + ".out"
 
 
+class _BudgetedInput(io.RawIOBase):
+    """The archive file as libarchive's input, ending early once the time budget is spent.
+
+    libarchive decompresses inside C calls that cannot be interrupted; its input
+    callback is the one place where a hostile stream (an xz of zeros expands by
+    thousands) comes back to Python, so the budget is checked there.
+    """
+
+    def __init__(self, fh: BinaryIO, spool: Spool) -> None:
+        super().__init__()
+        self._fh = fh
+        self._spool = spool
+        self.out_of_time = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        if self._spool.expired():
+            self.out_of_time = True
+            return 0
+        return self._fh.readinto(buf)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+
+def _is_encryption_error(text: str) -> bool:
+    return "ncrypt" in text or "assphrase" in text
+
+
 def _libarchive_pass(ctx: ExpandContext, fmt: str, filt: str) -> bool:
     """Read the archive with one format; ``False`` when libarchive rejects the format outright."""
     import libarchive
 
     art = ctx.artifact
     seen_any = False
-    try:
-        with libarchive.file_reader(art.path, format_name=fmt, filter_name=filt) as archive:
-            for entry in archive:
-                seen_any = True
-                if not ctx.count_entry():
-                    break
-                ctx.spool.check_time()
-                name = entry.pathname
-                if name is None:
-                    name = ""
-                if fmt == "raw":
-                    name = _inner_name(art.name)
-                if entry.isdir:
-                    continue
-                if entry.issym:
-                    ctx.note_special(clean_name(name), f"symlink to {clean_name(entry.linkpath)}")
-                    continue
-                if entry.islnk:
-                    continue  # hard link: no data of its own
-                if entry.isdev or not entry.isreg:
-                    ctx.note_special(clean_name(name), "device/fifo/socket")
-                    continue
-                blocks = _Blocks(entry.get_blocks(64 * 1024))
-                ctx.add_member(blocks.read, name, ratio_base=max(art.size, 1))
-                if ctx.stopped:
-                    break
-                if ctx.errors and any("ncrypt" in e for e in ctx.errors):
-                    break
-    except LimitExceeded:
-        raise
-    except libarchive.ArchiveError as exc:
-        if not seen_any and not ctx.children:
+    with open(art.path, "rb") as fh:
+        source = _BudgetedInput(fh, ctx.spool)
+        try:
+            with libarchive.stream_reader(source, format_name=fmt, filter_name=filt, block_size=64 * 1024) as archive:
+                for entry in archive:
+                    seen_any = True
+                    if not ctx.count_entry():
+                        break
+                    ctx.spool.check_time()
+                    name = entry.pathname or ""
+                    if fmt == "raw":
+                        name = _inner_name(art.name)
+                    if entry.isdir:
+                        continue
+                    if entry.issym:
+                        ctx.note_special(clean_name(name), f"symlink to {clean_name(entry.linkpath)}")
+                        continue
+                    if entry.islnk:
+                        continue  # hard link: no data of its own
+                    if entry.isdev or not entry.isreg:
+                        ctx.note_special(clean_name(name), "device/fifo/socket")
+                        continue
+                    blocks = _Blocks(entry.get_blocks(64 * 1024))
+                    member = ctx.add_member(blocks.read, name, ratio_base=max(art.size, 1))
+                    if member is not None and any(f.id == "file_truncated" for f in member.findings):
+                        # in a compressed stream, reaching the next entry means decompressing
+                        # the rest of this one: stop here instead
+                        ctx.spool.note_limit(
+                            "stream_after_cut", f"{art.name}: entries after the cut member {clean_name(name)} not read"
+                        )
+                        ctx.stopped = True
+                    if ctx.stopped or any(_is_encryption_error(e) for e in ctx.errors):
+                        break
+        except LimitExceeded:
+            raise
+        except libarchive.ArchiveError as exc:
             msg = str(getattr(exc, "msg", exc))
-            if "ncrypt" in msg:
-                ctx.errors.append(clean_name(msg)[:200])
-                return True
-            if fmt != "raw" and filt != "none":
-                return False  # e.g. a gzip that does not hold a tar: try the next format
-        ctx.note_error(exc)
+            if not seen_any and not ctx.children and not source.out_of_time:
+                if _is_encryption_error(msg):
+                    ctx.errors.append(clean_name(msg)[:200])
+                    return True
+                if fmt != "raw" and filt != "none":
+                    return False  # e.g. a gzip that does not hold a tar: try the next format
+            if not source.out_of_time:
+                ctx.note_error(exc)
+    if source.out_of_time:
+        ctx.spool.check_time()  # records the limit and ends the message's extraction
     return True
 
 
@@ -677,9 +723,9 @@ def expand_libarchive(ctx: ExpandContext, kind: str) -> list[Artifact]:
     for fmt in LIBARCHIVE_FORMATS.get(kind, ("all",)):
         if _libarchive_pass(ctx, fmt, filt):
             break
-    encrypted_errors = [e for e in ctx.errors if "ncrypt" in e]
+    encrypted_errors = [e for e in ctx.errors if _is_encryption_error(e)]
     if encrypted_errors:
-        ctx.errors = [e for e in ctx.errors if "ncrypt" not in e]
+        ctx.errors = [e for e in ctx.errors if not _is_encryption_error(e)]
         ctx.add_finding(
             "encrypted_archive_unopened",
             4,
