@@ -1,0 +1,661 @@
+"""The ``qemu`` backend: every slot is a flash clone of a reference VM, pre-warmed.
+
+How it works (DESIGN.md "Backends", docs/qemu-backend.md):
+
+* **Image**: ``mvctl image build`` (``mailvm.vmpool.image``): Debian's cloud
+  kernel, a busybox initramfs, an ext4 root mounted read-only under a tmpfs
+  overlay (the base image is never written), the guest agent as PID 1's child.
+* **Template** (:meth:`QemuBackend.prepare`): a reference VM boots once with
+  its RAM in a ``share=on`` file on /dev/shm and its shared page as an NVDIMM
+  region backed by a page file; the agent maps the region (``/dev/mem``),
+  publishes READY and sleeps on its doorbell.  The VM is stopped and its
+  device state saved with migration capability ``x-ignore-shared`` (RAM is
+  not copied: the RAM file *is* the memory image).  The template (state file,
+  RAM file, ``meta.json`` written last) is keyed by everything that shapes the
+  guest (image, QEMU version, memory, page size, accelerator, doorbell) and
+  reused until one of those changes; its directory is mode 0700.
+* **Slots** (:meth:`QemuBackend.create_slot`): a new QEMU with the same
+  machine, its RAM mapped ``share=off`` (private copy-on-write) from the
+  template's RAM file, its own zeroed page file as the NVDIMM (``share=on``),
+  ``-incoming defer``; QMP sets ``x-ignore-shared`` and restores the device
+  state from an inherited fd; ``cont``; a ring makes the agent notice its
+  fresh page and publish READY again.  The slot is now pre-warmed: QEMU
+  started, guest running, agent asleep on its doorbell, attached to its page.
+  Handing it a job costs a page write plus a doorbell.
+* **Doorbell** (measured trade-off, see the docs): ``vport`` (default) --
+  a virtio-serial port whose host side is a unix socket of the slot's QEMU;
+  the agent sleeps in poll(2) on ``/dev/vportNpM``; ring() writes one byte.
+  ``serial`` -- the same over a second 16550 UART (``/dev/ttyS1``).
+  ``poll:MIN:MAX`` -- no device: the agent polls the page adaptively.
+* **No network device**: ``-nodefaults``, no ``-netdev``; the simulated
+  internet lives inside the guest on loopback.
+* **Accelerator**: ``accel = auto|kvm|tcg``.  KVM is used only when a real
+  guest (the reference VM itself) reaches READY under it within
+  :data:`KVM_PROBE_S`; otherwise TCG, logged as a warning.  The probe's
+  outcome is remembered per image and QEMU version.
+* **Lifecycle**: QEMU runs in its own session under ``-sandbox on`` (no
+  spawning, no privilege changes); destroy() SIGKILLs it and removes the
+  slot's page, sockets and logs; close() kills any reference VM still up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailvm.config import PoolConfig
+from mailvm.vmpool.backends.base import Backend, BackendError, BackendInfo, BackendUnavailable, Slot
+from mailvm.vmpool.backends.qmp import QMP, QMPError, send_fd
+from mailvm.vmpool.image.layout import DEFAULT_CACHE_DIR, Image, ImageMissing, load_image
+from mailvm.vmpool.shmpage import HostPage, PageError
+
+log = logging.getLogger(__name__)
+
+QEMU_BIN = "qemu-system-x86_64"
+#: the NVDIMM region sits at the start of the hot-plug memory area: 4 GiB on ``pc`` with <= 3 GiB of RAM
+PAGE_ADDR = 0x100000000
+PAGE_ALIGN = 2 << 20
+DEFAULT_MEM_MIB = 256
+MAX_MEM_MIB = 3072
+KVM_PROBE_S = 30.0
+SETTLE_S = 1.0
+TB_SIZE_MIB = 64
+QMP_TIMEOUT_S = 10.0
+KILL_WAIT_S = 5.0
+LOG_TAIL = 4000
+DOORBELLS = ("vport", "serial", "poll")
+PORT_NAME = "mailvm.bell"
+ISOLATION = {"kvm": "hardware VM (KVM)", "tcg": "VM (TCG emulation; no hardware virtualisation)"}
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+GUEST_CMDLINE = "console=ttyS0 panic=-1 mitigations=off nowatchdog quiet loglevel=4"
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    """Everything that shapes a guest's machine: identical for the template and its clones."""
+
+    image: Image
+    accel: str  # kvm | tcg
+    mem_mib: int
+    page_bytes: int
+    doorbell: str  # vport | serial | poll:MIN:MAX
+
+    def guest_doorbell(self) -> str:
+        if self.doorbell == "vport":
+            return f"vport:{PORT_NAME}"
+        if self.doorbell == "serial":
+            return "dev:/dev/ttyS1"
+        return self.doorbell  # poll:MIN[:MAX]
+
+    def cmdline(self) -> str:
+        return (f"{GUEST_CMDLINE} mailvm.page_addr={PAGE_ADDR:#x} mailvm.page_size={self.page_bytes} "
+                f"mailvm.doorbell={self.guest_doorbell()}")
+
+    def key(self, qemu_version: str) -> str:
+        obj = {"image": self.image.key, "accel": self.accel, "mem": self.mem_mib, "page": self.page_bytes,
+               "doorbell": self.doorbell, "qemu": qemu_version, "cmdline": self.cmdline(), "tb": TB_SIZE_MIB,
+               "layout": 1}
+        return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class VMPaths:
+    """Per-VM host files: RAM backing, page file, sockets, logs."""
+
+    ram: str
+    ram_shared: bool  # True for the reference VM, False (copy-on-write) for clones
+    page: str
+    qmp: str
+    bell: str
+    console: str
+
+
+def qemu_argv(spec: VMSpec, paths: VMPaths, incoming: bool, qemu: str = QEMU_BIN,
+              sandbox: bool = True) -> list[str]:
+    """The QEMU command line (pure; the same machine for template and clones)."""
+    img = spec.image
+    cpu = "host" if spec.accel == "kvm" else "max"
+    accel = "kvm" if spec.accel == "kvm" else f"tcg,tb-size={TB_SIZE_MIB}"
+    argv = [
+        qemu, "-name", "mailvm", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-machine", "pc,nvdimm=on,memory-backend=ram0", "-accel", accel, "-cpu", cpu, "-smp", "1",
+        "-m", f"{spec.mem_mib}M,slots=1,maxmem={spec.mem_mib + (spec.page_bytes >> 20) + 256}M",
+        "-object", (f"memory-backend-file,id=ram0,size={spec.mem_mib}M,mem-path={paths.ram},"
+                    f"share={'on' if paths.ram_shared else 'off'}"),
+        "-object", f"memory-backend-file,id=nv0m,size={spec.page_bytes},mem-path={paths.page},share=on",
+        "-device", "nvdimm,memdev=nv0m,id=nv0",
+        "-kernel", img.kernel, "-initrd", img.initrd, "-append", spec.cmdline(),
+        "-drive", f"file={img.rootfs},if=none,id=root,format=raw,readonly=on",
+        "-device", "virtio-blk-pci,drive=root",
+        "-chardev", f"file,id=con,path={paths.console}", "-serial", "chardev:con",
+        "-qmp", f"unix:{paths.qmp},server=on,wait=off",
+    ]
+    if spec.doorbell == "vport":
+        argv += ["-device", "virtio-serial-pci,id=vser0",
+                 "-chardev", f"socket,id=bell,path={paths.bell},server=on,wait=off",
+                 "-device", f"virtserialport,chardev=bell,name={PORT_NAME}"]
+    elif spec.doorbell == "serial":
+        argv += ["-chardev", f"socket,id=bell,path={paths.bell},server=on,wait=off", "-serial", "chardev:bell"]
+    if sandbox:
+        argv += ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+    if incoming:
+        argv += ["-incoming", "defer"]
+    return argv
+
+
+def qemu_version(qemu: str = QEMU_BIN) -> str:
+    try:
+        out = subprocess.run([qemu, "--version"], capture_output=True, timeout=10).stdout.decode()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BackendUnavailable(f"{qemu}: {exc}") from None
+    return out.splitlines()[0].strip() if out else "unknown"
+
+
+def kvm_openable() -> str | None:
+    """None when /dev/kvm can be opened read-write, else why not."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"/dev/kvm: {exc.strerror}"
+    os.close(fd)
+    return None
+
+
+def pss_kib(pid: int) -> int | None:
+    """Proportional set size of ``pid`` in KiB (smaps_rollup), None when gone."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    f = raw[raw.rfind(")") + 2:].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tail(path: str, limit: int = LOG_TAIL) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _connect_unix(path: str, deadline: float, alive: Any) -> socket.socket:
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            s.connect(path)
+            s.setblocking(False)
+            return s
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            s.close()
+            if not alive():
+                raise BackendError(f"QEMU exited before {os.path.basename(path)} accepted") from None
+            if time.monotonic() >= deadline:
+                raise BackendError(f"{path}: {exc}") from None
+            time.sleep(0.002)
+
+
+class QemuVM:
+    """One QEMU process with its QMP connection and doorbell socket (reference VM or clone)."""
+
+    def __init__(self, spec: VMSpec, paths: VMPaths, workdir: str, incoming: bool, qemu: str,
+                 pass_fds: tuple[int, ...] = ()) -> None:
+        self.spec = spec
+        self.paths = paths
+        self.workdir = workdir
+        self.log_path = os.path.join(workdir, "qemu.log")
+        self.qmp: QMP | None = None
+        self.bell: socket.socket | None = None
+        argv = qemu_argv(spec, paths, incoming, qemu)
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                         pass_fds=pass_fds, start_new_session=True, cwd=workdir)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def connect(self, deadline: float) -> None:
+        self.qmp = QMP.connect(self.paths.qmp, deadline, QMP_TIMEOUT_S, alive=self.alive)
+        if self.spec.doorbell in ("vport", "serial"):
+            self.bell = _connect_unix(self.paths.bell, deadline, self.alive)
+
+    def ring(self) -> None:
+        s = self.bell
+        if s is None:
+            return
+        try:
+            s.send(b"\x01")
+        except BlockingIOError:
+            pass  # rings already queued: the agent will look at the page anyway
+        except OSError as exc:
+            log.debug("ring failed: %s", exc)
+
+    def wait_migration(self, deadline: float) -> dict[str, Any]:
+        assert self.qmp is not None
+        delay = 0.0005
+        while True:
+            st = self.qmp.execute("query-migrate")
+            status = st.get("status") if isinstance(st, dict) else None
+            if status == "completed":
+                return st
+            if status in ("failed", "cancelled"):
+                raise BackendError(f"migration {status}: {st.get('error-desc', '')}")
+            if not self.alive():
+                raise BackendError("QEMU exited during migration")
+            if time.monotonic() >= deadline:
+                raise BackendError(f"migration still {status} at the deadline")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+    def kill(self) -> None:
+        for obj in (self.qmp, self.bell):
+            try:
+                if obj is not None:
+                    obj.close()
+            except OSError:
+                pass
+        self.qmp = self.bell = None
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=KILL_WAIT_S)
+        except subprocess.TimeoutExpired:
+            log.error("QEMU pid %d survived SIGKILL for %.0f s", self.proc.pid, KILL_WAIT_S)
+
+    def log_tail(self) -> str:
+        return f"qemu: {_tail(self.log_path, 1500)!r}; console: {_tail(self.paths.console, 2500)!r}"
+
+
+class QemuSlot(Slot):
+    """A flash clone: its QEMU, its page file and its slot directory."""
+
+    def __init__(self, slot_id: str, vm: QemuVM, page: HostPage, slot_dir: str) -> None:
+        self.id = slot_id
+        self.vm = vm
+        self.page = page
+        self.slot_dir = slot_dir
+        self.created_at = time.time()
+        self.ready_s = 0.0
+        self.timings: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._destroyed = False
+
+    def ring(self) -> None:
+        if not self._destroyed:
+            self.vm.ring()
+
+    def alive(self) -> bool:
+        return not self._destroyed and self.vm.alive()
+
+    def stats(self) -> dict[str, Any]:
+        pid = self.vm.proc.pid
+        return {"pid": pid, "pss_kib": pss_kib(pid), "cpu_s": cpu_seconds(pid), "page": self.page.path,
+                "accel": self.vm.spec.accel, "doorbell": self.vm.spec.doorbell,
+                "timings_ms": {k: round(v * 1000, 2) for k, v in self.timings.items()}}
+
+    def console(self) -> str:
+        return _tail(self.vm.paths.console)
+
+    def destroy(self) -> None:
+        with self._lock:
+            if self._destroyed:
+                return
+            self._destroyed = True
+        try:
+            self.vm.kill()
+            self.page.close()
+            self.page.unlink()
+            shutil.rmtree(self.slot_dir, ignore_errors=True)
+            if self.vm.proc.poll() is None:
+                log.warning("slot %s: QEMU pid %d still running after destroy", self.id, self.vm.proc.pid)
+        except Exception:  # never raises: the pool calls it on every error path
+            log.exception("slot %s: destroy failed", self.id)
+
+
+@dataclass
+class Template:
+    key: str
+    dir: str
+    ram: str
+    state: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class QemuBackend(Backend):
+    """Flash-clone slots from one reference VM; see the module docstring."""
+
+    name = "qemu"
+
+    def __init__(self, cfg: PoolConfig, *, image_dir: str | None = None, mem_mib: int | None = None,
+                 doorbell: str | None = None, shm_dir: str = "/dev/shm", qemu: str = QEMU_BIN,
+                 accel: str | None = None) -> None:
+        super().__init__(cfg)
+        self.image_dir = image_dir or getattr(cfg, "image_dir", None) or DEFAULT_CACHE_DIR
+        self.mem_mib = int(mem_mib or getattr(cfg, "guest_mem_mib", 0) or DEFAULT_MEM_MIB)
+        self.doorbell = doorbell or getattr(cfg, "doorbell", None) or "vport"
+        self.accel_wanted = accel or cfg.accel
+        self.shm_dir = shm_dir
+        self.qemu = qemu
+        kind = self.doorbell.split(":", 1)[0]
+        if kind not in DOORBELLS or (kind == "poll") != (":" in self.doorbell):
+            raise ValueError(f"doorbell must be vport, serial or poll:MIN[:MAX], not {self.doorbell!r}")
+        if self.accel_wanted not in ("auto", "kvm", "tcg"):
+            raise ValueError(f"accel must be auto, kvm or tcg, not {self.accel_wanted!r}")
+        if not 64 <= self.mem_mib <= MAX_MEM_MIB:
+            raise ValueError(f"guest memory {self.mem_mib} MiB is not in [64, {MAX_MEM_MIB}]")
+        self.page_bytes = (cfg.page_bytes + PAGE_ALIGN - 1) // PAGE_ALIGN * PAGE_ALIGN
+        self.template: Template | None = None
+        self.spec: VMSpec | None = None
+        self.image: Image | None = None
+        self.accel_reason = ""
+        self.qemu_version = ""
+        self._lock = threading.Lock()
+        self._reference: QemuVM | None = None
+
+    # -- probing ---------------------------------------------------------------
+    @classmethod
+    def probe(cls, cfg: PoolConfig) -> str | None:
+        if shutil.which(QEMU_BIN) is None:
+            return f"{QEMU_BIN} is not installed"
+        image_dir = getattr(cfg, "image_dir", None) or DEFAULT_CACHE_DIR
+        try:
+            load_image(image_dir)
+        except ImageMissing as exc:
+            return str(exc)
+        if not os.access("/dev/shm", os.W_OK):
+            return "/dev/shm is not writable"
+        return None
+
+    def info(self) -> BackendInfo:
+        accel = self.spec.accel if self.spec else "none"
+        t = self.template
+        return BackendInfo(
+            name=self.name,
+            isolation=ISOLATION.get(accel, "VM (not prepared yet)"),
+            accel=accel,
+            details={
+                "image_version": self.image.version if self.image else None,
+                "template_key": t.key[:12] if t else None,
+                "template_age_s": round(time.time() - t.meta.get("created_at", time.time()), 1) if t else None,
+                "accel_reason": self.accel_reason,
+                "doorbell": self.doorbell,
+                "guest_mem_mib": self.mem_mib,
+                "page_bytes": self.page_bytes,
+                "qemu": self.qemu_version,
+            },
+        )
+
+    # -- the template ------------------------------------------------------------
+    def _accel_candidates(self) -> list[str]:
+        if self.accel_wanted in ("kvm", "tcg"):
+            return [self.accel_wanted]
+        why = kvm_openable()
+        if why:
+            self.accel_reason = why
+            return ["tcg"]
+        return ["kvm", "tcg"]
+
+    def _accel_memo(self) -> Path:
+        return Path(self.cfg.work_dir, "qemu-accel.json")
+
+    def prepare(self) -> None:
+        with self._lock:
+            if self.template is not None:
+                return
+            reason = self.probe(self.cfg) if shutil.which(self.qemu) is None else None
+            if reason:
+                raise BackendUnavailable(reason)
+            try:
+                self.image = load_image(self.image_dir)
+            except ImageMissing as exc:
+                raise BackendUnavailable(str(exc)) from None
+            self.qemu_version = qemu_version(self.qemu)
+            os.makedirs(self.cfg.work_dir, mode=0o700, exist_ok=True)
+            candidates = self._accel_candidates()
+            memo = self._read_accel_memo()
+            if self.accel_wanted == "auto" and memo in candidates:
+                candidates = [memo]  # an earlier probe with this image and QEMU decided already
+            errors = []
+            for accel in candidates:
+                spec = VMSpec(self.image, accel, self.mem_mib, self.page_bytes, self.doorbell)
+                try:
+                    self.template = self._load_or_make_template(spec)
+                    self.spec = spec
+                    break
+                except BackendError as exc:
+                    errors.append(f"{accel}: {exc}")
+                    log.warning("qemu backend: reference VM under %s failed: %s", accel.upper(), exc)
+            if self.template is None or self.spec is None:
+                raise BackendError("qemu backend: no reference VM could boot: " + " | ".join(errors))
+            if self.accel_wanted == "auto":
+                self._write_accel_memo(self.spec.accel)
+            if self.spec.accel == "tcg":
+                if errors:
+                    self.accel_reason = errors[0]
+                log.warning(
+                    "qemu backend: guests run under TCG EMULATION (no usable KVM: %s); isolation is still a VM, "
+                    "but expect samples to run 10-50x slower than on a KVM host",
+                    self.accel_reason or f"accel = {self.accel_wanted}")
+            else:
+                log.info("qemu backend: KVM accelerator in use")
+
+    def _read_accel_memo(self) -> str | None:
+        try:
+            memo = json.loads(self._accel_memo().read_text())
+        except (OSError, ValueError):
+            return None
+        if (isinstance(memo, dict) and self.image and memo.get("image") == self.image.key
+                and memo.get("qemu") == self.qemu_version):
+            self.accel_reason = str(memo.get("reason", ""))
+            return memo.get("accel")
+        return None
+
+    def _write_accel_memo(self, accel: str) -> None:
+        assert self.image is not None
+        memo = {"image": self.image.key, "qemu": self.qemu_version, "accel": accel, "reason": self.accel_reason,
+                "at": time.time()}
+        tmp = self._accel_memo().with_suffix(".tmp")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, self._accel_memo())
+
+    def _template_paths(self, key: str) -> Template:
+        d = os.path.join(self.cfg.work_dir, f"qemu-template-{key[:16]}")
+        return Template(key, d, os.path.join(self.shm_dir, f"mailvm-template-{key[:16]}.ram"), os.path.join(d, "state"))
+
+    def _load_or_make_template(self, spec: VMSpec) -> Template:
+        key = spec.key(self.qemu_version)
+        t = self._template_paths(key)
+        try:
+            meta = json.loads(Path(t.dir, "meta.json").read_text())
+            if meta.get("key") == key and os.path.isfile(t.ram) and os.path.isfile(t.state):
+                t.meta = meta
+                log.info("qemu backend: reusing template %s (%s, made %.0f s ago)", key[:12], spec.accel,
+                         time.time() - meta.get("created_at", 0))
+                return t
+        except (OSError, ValueError):
+            pass
+        self._remove_old_templates(keep=key)
+        return self._make_template(spec, t)
+
+    def _remove_old_templates(self, keep: str) -> None:
+        for d in Path(self.cfg.work_dir).glob("qemu-template-*"):
+            tag = d.name.rsplit("-", 1)[-1]
+            if keep.startswith(tag):
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            try:
+                os.unlink(os.path.join(self.shm_dir, f"mailvm-template-{tag}.ram"))
+            except FileNotFoundError:
+                pass
+
+    def _make_template(self, spec: VMSpec, t: Template) -> Template:
+        shutil.rmtree(t.dir, ignore_errors=True)
+        os.makedirs(t.dir, mode=0o700)
+        for p in (t.ram,):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+        fd = os.open(t.ram, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.ftruncate(fd, spec.mem_mib << 20)
+        os.close(fd)
+        page_path = os.path.join(self.shm_dir, f"mailvm-template-{t.key[:16]}.page")
+        try:
+            os.unlink(page_path)
+        except FileNotFoundError:
+            pass
+        page = HostPage.create(page_path, spec.page_bytes)
+        paths = VMPaths(t.ram, True, page_path, os.path.join(t.dir, "qmp.sock"), os.path.join(t.dir, "bell.sock"),
+                        os.path.join(t.dir, "console.log"))
+        t0 = time.monotonic()
+        bound = KVM_PROBE_S if spec.accel == "kvm" else max(self.cfg.ready_timeout_s, 120.0)
+        log.info("qemu backend: booting the reference VM under %s (image %s)", spec.accel.upper(), spec.image.version)
+        vm = QemuVM(spec, paths, t.dir, incoming=False, qemu=self.qemu)
+        self._reference = vm
+        try:
+            vm.connect(t0 + 30)
+            try:
+                page.wait_ready(t0 + bound, alive=vm.alive)
+            except (PageError, TimeoutError) as exc:
+                raise BackendError(f"agent not READY under {spec.accel} within {bound:.0f} s: {exc}; "
+                                   f"{vm.log_tail()}") from None
+            boot_s = time.monotonic() - t0
+            time.sleep(SETTLE_S)  # let boot-time work finish: clones inherit an idle guest
+            if page.state() != 1 or not vm.alive():
+                raise BackendError(f"reference VM left READY while settling; {vm.log_tail()}")
+            assert vm.qmp is not None
+            vm.qmp.execute("stop")
+            vm.qmp.execute("migrate-set-capabilities",
+                           {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
+            tmp_state = t.state + ".tmp"
+            sfd = os.open(tmp_state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                send_fd(vm.qmp, "state", sfd)
+            finally:
+                os.close(sfd)
+            t1 = time.monotonic()
+            vm.qmp.execute("migrate", {"uri": "fd:state"})
+            vm.wait_migration(time.monotonic() + 60)
+            save_s = time.monotonic() - t1
+            try:
+                vm.qmp.execute("quit")
+            except QMPError:
+                pass
+            vm.proc.wait(timeout=10)
+            os.replace(tmp_state, t.state)
+        except (QMPError, OSError, subprocess.TimeoutExpired) as exc:
+            raise BackendError(f"reference VM: {exc}; {vm.log_tail()}") from None
+        finally:
+            vm.kill()
+            self._reference = None
+            page.close()
+            page.unlink()
+        t.meta = {"key": t.key, "accel": spec.accel, "image": spec.image.key, "qemu": self.qemu_version,
+                  "mem_mib": spec.mem_mib, "page_bytes": spec.page_bytes, "doorbell": spec.doorbell,
+                  "boot_s": round(boot_s, 3), "save_s": round(save_s, 4),
+                  "state_bytes": os.path.getsize(t.state), "created_at": time.time()}
+        tmp = Path(t.dir, "meta.json.tmp")
+        tmp.write_text(json.dumps(t.meta, indent=2))
+        os.replace(tmp, Path(t.dir, "meta.json"))
+        os.chmod(t.ram, 0o600)
+        log.info("qemu backend: template %s saved (boot %.1f s, save %.0f ms, state %d bytes)", t.key[:12],
+                 boot_s, save_s * 1000, t.meta["state_bytes"])
+        return t
+
+    # -- slots ---------------------------------------------------------------------
+    def create_slot(self, slot_id: str) -> QemuSlot:
+        self.prepare()
+        assert self.template is not None and self.spec is not None
+        t, spec = self.template, self.spec
+        t0 = time.monotonic()
+        deadline = t0 + self.cfg.ready_timeout_s
+        tag = f"{_SAFE.sub('_', slot_id)[:40]}-{secrets.token_hex(6)}"
+        slot_dir = os.path.join(self.cfg.work_dir, f"qslot-{tag}")
+        page_path = os.path.join(self.shm_dir, f"mailvm-{tag}.page")
+        try:
+            os.mkdir(slot_dir, 0o700)
+            page = HostPage.create(page_path, spec.page_bytes)
+        except OSError as exc:
+            shutil.rmtree(slot_dir, ignore_errors=True)
+            raise BackendError(f"slot {slot_id}: cannot create its files: {exc}") from None
+        paths = VMPaths(t.ram, False, page_path, os.path.join(slot_dir, "qmp.sock"),
+                        os.path.join(slot_dir, "bell.sock"), os.path.join(slot_dir, "console.log"))
+        try:
+            sfd = os.open(t.state, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            page.close()
+            page.unlink()
+            shutil.rmtree(slot_dir, ignore_errors=True)
+            raise BackendError(f"slot {slot_id}: template state unreadable: {exc}") from None
+        try:
+            vm = QemuVM(spec, paths, slot_dir, incoming=True, qemu=self.qemu, pass_fds=(sfd,))
+        except OSError as exc:
+            os.close(sfd)
+            page.close()
+            page.unlink()
+            shutil.rmtree(slot_dir, ignore_errors=True)
+            raise BackendError(f"slot {slot_id}: cannot start QEMU: {exc}") from None
+        os.close(sfd)
+        slot = QemuSlot(slot_id, vm, page, slot_dir)
+        try:
+            t1 = time.monotonic()
+            vm.connect(deadline)
+            assert vm.qmp is not None
+            vm.qmp.execute("migrate-set-capabilities",
+                           {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
+            t2 = time.monotonic()
+            vm.qmp.execute("migrate-incoming", {"uri": f"fd:{sfd}"})
+            vm.wait_migration(deadline)
+            t3 = time.monotonic()
+            vm.qmp.execute("cont")
+            vm.ring()  # the agent finds its page zeroed and publishes READY on it
+            page.wait_ready(deadline, alive=vm.alive)
+            t4 = time.monotonic()
+        except (QMPError, PageError, TimeoutError, BackendError, OSError) as exc:
+            tail = vm.log_tail()
+            slot.destroy()
+            raise BackendError(f"slot {slot_id}: clone did not become READY: {exc}; {tail}") from None
+        except BaseException:
+            slot.destroy()
+            raise
+        slot.timings = {"spawn_connect": t2 - t0, "qemu_start": t1 - t0, "restore": t3 - t2, "ready": t4 - t3,
+                        "total": t4 - t0}
+        slot.ready_s = t4 - t0
+        log.debug("slot %s ready in %.1f ms (restore %.1f ms)", slot_id, slot.ready_s * 1000, (t3 - t2) * 1000)
+        return slot
+
+    def close(self) -> None:
+        vm, self._reference = self._reference, None
+        if vm is not None:
+            vm.kill()
+
+
+__all__ = ["QemuBackend", "QemuSlot", "VMSpec", "VMPaths", "qemu_argv", "kvm_openable", "pss_kib"]
