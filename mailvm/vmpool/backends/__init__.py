@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from mailvm.vmpool.backends.base import Backend
 from mailvm.vmpool.backends.process import ProcessBackend
+from mailvm.vmpool.backends.qemu import QemuBackend
 
 #: backend name -> class; the only place a backend is registered
 BACKENDS: dict[str, type[Backend]] = {
     "process": ProcessBackend,
+    "qemu": QemuBackend,
 }
 
 __all__ = ["BACKENDS"]
