@@ -90,9 +90,7 @@ def decode_text(data: bytes, limit: int) -> str:
     for bom, enc in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")):
         if head.startswith(bom):
             return head[len(bom):].decode(enc, "replace")
-    # UTF-16 without BOM: many NULs at odd positions
-    sample = head[:4096]
-    if len(sample) >= 8 and sample[1::2].count(0) > len(sample) // 4 and sample[0::2].count(0) < len(sample) // 16:
+    if is_utf16le(head):
         return head.decode("utf-16-le", "replace")
     try:
         return head.decode("utf-8")
@@ -100,10 +98,20 @@ def decode_text(data: bytes, limit: int) -> str:
         return head.decode("latin-1")
 
 
+def is_utf16le(data: bytes) -> bool:
+    """UTF-16LE text, with or without BOM: NULs at odd positions, few at even ones."""
+    sample = data[:4096]
+    if sample.startswith(codecs.BOM_UTF16_LE):
+        return True
+    return len(sample) >= 8 and sample[1::2].count(0) > len(sample) // 4 and sample[0::2].count(0) < len(sample) // 16
+
+
 def looks_binary(data: bytes, sample: int = 4096) -> bool:
-    """True when the head of ``data`` has NUL bytes or many control characters."""
+    """True when the head of ``data`` has NUL bytes or many control characters (UTF-16 text is not binary)."""
     head = data[:sample]
     if not head:
+        return False
+    if is_utf16le(head):
         return False
     if b"\x00" in head:
         return True

@@ -39,7 +39,11 @@ _DATA_URI_IMG = re.compile(r"data:(?:image|font)/[\w.+\-]{0,40};base64,", I)
 _DATA_BIN = re.compile(
     r"data:(application/(?:octet-stream|zip|x-zip-compressed|x-msdownload|x-msdos-program|x-iso9660-image|"
     r"vnd\.ms-|x-rar|x-7z|java-archive|hta|x-ms-shortcut|vnd\.openxmlformats)[\w.+\-]*)[^\"'\s,]{0,60};base64,", I)
-_A_DOWNLOAD_DATA = re.compile(r"<a\b[^>]{0,2000}?href\s*=\s*[\"']?data:[^>]{0,200}?\bdownload\b|<a\b[^>]{0,2000}?\bdownload\b[^>]{0,2000}?href\s*=\s*[\"']?data:", I)
+_A_TAG = re.compile(r"<a\b", re.I)
+_HREF_DATA = re.compile(r"\bhref\s*=\s*[\"']?data:", re.I)
+_DOWNLOAD_ATTR = re.compile(r"\sdownload\b", re.I)
+MAX_ANCHORS = 5000
+MAX_TAG_CHARS = 256 * 1024
 _META_REFRESH = re.compile(r"<meta\b[^>]{0,500}?http-equiv\s*=\s*[\"']?refresh[^>]{0,500}?>", I)
 _REFRESH_URL = re.compile(r"url\s*=\s*[\"']?([^\"'>\s]{1,500})", I)
 _JS_REDIRECT = re.compile(
@@ -89,6 +93,18 @@ def embedded_payloads(text: str) -> list[str]:
     return found
 
 
+def _data_download_anchor(text: str) -> bool:
+    """An ``<a>`` tag with both ``href="data:..."`` and a ``download`` attribute (bounded scan)."""
+    for i, m in enumerate(_A_TAG.finditer(text)):
+        if i >= MAX_ANCHORS:
+            break
+        end = text.find(">", m.start(), m.start() + MAX_TAG_CHARS)
+        tag = text[m.start() : end if end >= 0 else m.start() + MAX_TAG_CHARS]
+        if _HREF_DATA.search(tag) and _DOWNLOAD_ATTR.search(tag):
+            return True
+    return False
+
+
 def html_findings(text: str) -> list[Finding]:
     out: list[Finding] = []
     blob, save, dl, dec = (bool(p.search(text)) for p in (_BLOB, _SAVE, _DOWNLOAD, _DECODE))
@@ -102,7 +118,7 @@ def html_findings(text: str) -> list[Finding]:
     elif payloads:
         out.append(Finding("html_embedded_payload", 6, f"base64 literal decodes to {', '.join(payloads)}", SOURCE))
     m = _DATA_BIN.search(text)
-    if _A_DOWNLOAD_DATA.search(text):
+    if _data_download_anchor(text):
         out.append(Finding("html_data_uri_download", 7, "link with a download attribute serves an embedded data: URI", SOURCE))
     elif m:
         out.append(Finding("html_data_uri_download", 6, f"embedded {clip(m.group(1), 60)} data: URI", SOURCE))

@@ -53,7 +53,8 @@ def pdfid_counts(data: bytes, name: str) -> dict[str, tuple[int, int]]:
     doc = pdfid.PDFiD(name or "document.pdf", allNames=True, filebuffer=data)
     root = doc.documentElement
     if root.getAttribute("ErrorOccured") == "True":
-        raise ValueError(f"pdfid: {root.getAttribute('ErrorMessage')[:200]}")
+        msg = root.getAttribute("ErrorMessage").strip().splitlines()
+        raise ValueError(f"pdfid could not parse the file: {msg[-1][:160] if msg else 'unknown error'}")
     counts: dict[str, tuple[int, int]] = {}
     keywords = root.getElementsByTagName("Keywords")
     if keywords:
@@ -95,7 +96,7 @@ def count_findings(counts: dict[str, tuple[int, int]]) -> list[Finding]:
     if n("/JBIG2Decode"):
         out.append(Finding("pdf_jbig2", 2, f"JBIG2 images ({n('/JBIG2Decode')}), an exploited decoder", SOURCE))
     if n("/URI"):
-        out.append(Finding("pdf_uri", 1, f"{n('/URI')} link(s) (/URI)", SOURCE))
+        out.append(Finding("pdf_uri", 1, f"/URI x{n('/URI')} (links; each URI action names it twice)", SOURCE))
     hexed = sorted(k for k, (_c, h) in counts.items() if h and k != "/Page")
     if hexed:
         out.append(Finding("pdf_obfuscated_names", 6, f"names written with #xx escapes: {', '.join(hexed)}", SOURCE))
@@ -106,7 +107,11 @@ def analyze(artifact: Artifact, data_path: str, ctx: Context) -> list[Finding]:
     data = ctx.data
     findings: list[Finding] = []
     if len(data) <= PDFID_MAX_BYTES:
-        counts = pdfid_counts(data, artifact.name)
+        try:
+            counts = pdfid_counts(data, artifact.name)
+        except ValueError as exc:  # pdfid's own parse error: count names ourselves
+            findings.append(Finding("pdf_malformed", 2, str(exc).splitlines()[0][:200], SOURCE))
+            counts = count_names(data)
     else:
         counts = count_names(data)
     start = data.find(b"%PDF")
