@@ -6,7 +6,9 @@ Excel workbook encrypted with ``VelvetSweatshop`` (and PowerPoint's
 ``/01Hannes Ruescher/01``) opens without asking anyone, which is why malware
 uses them.  Such documents are decrypted in memory and the decrypted bytes go
 through the VBA/XLM, embedded-object and DDE analyzers; their findings say
-``decrypted``.
+``decrypted``.  msodde only reads files: the plaintext is written to a private
+temporary file (mode 0600, system temp directory) for the DDE check and removed
+right after.
 
 Bounds: only the well-known passwords are tried (passwords from the message
 belong to extraction); agile encryption with a spin count above
@@ -110,9 +112,8 @@ def analyze(artifact: Artifact, data_path: str, ctx: Context) -> list[Finding]:
     if plain[:4] == b"PK\x03\x04":
         out += office_vba.ooxml_part_findings(plain, note)
     out += office_objects.object_findings(plain, artifact.name, note)
-    # msodde needs a file: a private temporary file next to the artifact (the message's spool)
-    directory = os.path.dirname(os.path.abspath(data_path)) or None
-    fd, tmp = tempfile.mkstemp(prefix=".decrypted-", dir=directory)
+    # msodde needs a file: a private (0600) temporary file, removed at once
+    fd, tmp = tempfile.mkstemp(prefix="mailvm-decrypted-")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(plain)
