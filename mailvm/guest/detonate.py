@@ -1,0 +1,401 @@
+"""Detonate one file inside the guest: the entry point the guest agent calls.
+
+Standard library only (runs inside the guest, as root).
+
+:func:`detonate` picks a launcher (:mod:`~mailvm.guest.launcher`), runs the
+sample in a :class:`~mailvm.guest.sandbox.Sandbox` with a simulated internet
+(:mod:`~mailvm.guest.fakenet`), tails the behaviour trace
+(:mod:`~mailvm.guest.monitor`, :mod:`~mailvm.guest.wine`) while the sample
+runs, evaluates the rules (:mod:`~mailvm.guest.rules`) on every event, and
+stops at the first of:
+
+* ``malicious``: a conclusive finding (score 9 or more) when ``stop_on_malicious``;
+* ``exited_idle``: every process of the sample has exited (or only the
+  launcher's helper processes, e.g. wineserver, remain and nothing happened for
+  ``idle_s``);
+* ``timeout``: ``timeout_s`` elapsed (finding ``timed_out``);
+* ``error``: the host asked for the slot back (``should_stop()``), or the
+  sandbox failed.
+
+It never raises: internal errors become the verdict ``error`` with an
+``agent_error`` finding.  The result dict is JSON-able and goes back to the
+host on the shared page.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from mailvm.guest import wine
+from mailvm.guest.launcher import HOME_IN, HOSTNAME, WORK_IN, Launch, SampleInfo, choose, find_tool
+from mailvm.guest.monitor import JsonLinesMonitor, StraceMonitor
+from mailvm.guest.rules import PAYLOAD_MARKER, RuleContext, RuleEngine, prog_name, quiet
+from mailvm.guest.sandbox import INIT_MARKER, Limits, Sandbox, SandboxError
+from mailvm.verdict import ERROR, Finding, score_findings
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1
+SOURCE = "detonation"
+CONCLUSIVE_SCORE = 9
+POLL_S = 0.05
+KINDS = ("executable", "script", "office", "pdf", "html", "lnk", "disk_image", "unknown")
+MAX_TIMEOUT_S = 3600.0
+MAX_LOG_EVENTS = 100_000
+OUTPUT_PREVIEW = 2048
+#: per-type caps inside the log, so a fork bomb cannot crowd out everything else
+TYPE_CAPS = {"fork": 300, "exit": 300, "clone_failed": 50, "file": 1000, "image": 200, "mmap_exec": 50,
+             "reg_set": 300, "kill": 100, "sleep": 100, "dns": 300, "tcp": 300}
+QUIET_READ_PREFIXES = ("/usr/", "/lib", "/etc/", "/proc/", "/dev/", "/sys/devices/system/cpu", "/bin/", "/sbin/")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated detonation options (anything missing or invalid gets its default)."""
+
+    name: str = ""
+    type: str = ""
+    kind: str = "unknown"
+    timeout_s: float = 60.0
+    idle_s: float = 3.0
+    stop_on_malicious: bool = True
+    launcher: str = ""
+    max_log_events: int = 2000
+
+
+def parse_options(raw: Any) -> Options:
+    """Options from the host's JSON: strict types, bounded numbers, defaults otherwise."""
+    d = raw if isinstance(raw, dict) else {}
+    default = Options()
+
+    def text(key: str, limit: int) -> str:
+        v = d.get(key)
+        return v[:limit] if isinstance(v, str) else getattr(default, key)
+
+    def number(key: str, lo: float, hi: float) -> float:
+        v = d.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or not lo <= v <= hi:
+            return getattr(default, key)
+        return float(v)
+
+    kind = text("kind", 32).lower()
+    stop = d.get("stop_on_malicious")
+    max_log = d.get("max_log_events")
+    return Options(
+        name=text("name", 255),
+        type=text("type", 255),
+        kind=kind if kind in KINDS else "unknown",
+        timeout_s=number("timeout_s", 1, MAX_TIMEOUT_S),
+        idle_s=number("idle_s", 0.1, 600),
+        stop_on_malicious=stop if isinstance(stop, bool) else default.stop_on_malicious,
+        launcher=text("launcher", 64),
+        max_log_events=max_log if isinstance(max_log, int) and not isinstance(max_log, bool)
+        and 10 <= max_log <= MAX_LOG_EVENTS else default.max_log_events,
+    )
+
+
+class EventLog:
+    """The behaviour log sent to the host: noise dropped, per-type and total caps, drops counted."""
+
+    def __init__(self, max_events: int, quiet_prefixes: tuple[str, ...] = ()) -> None:
+        self.max_events = max_events
+        self.quiet_prefixes = quiet_prefixes
+        self.events: list[dict[str, Any]] = []
+        self.per_type: Counter = Counter()
+        self.dropped = 0
+
+    def is_noise(self, ev: dict[str, Any], matched: bool) -> bool:
+        if matched:
+            return False
+        typ = ev.get("type")
+        if typ == "file":
+            path = str(ev.get("path", ""))
+            if quiet(path, self.quiet_prefixes):
+                return True
+            if ev.get("op") in ("read", "probe"):
+                return path.startswith(QUIET_READ_PREFIXES) or path.startswith(WORK_IN + "/") or not path.startswith(
+                    HOME_IN)
+        if typ == "connect" and ev.get("family") == "unix" and not ev.get("ok", True):
+            return True  # nscd, dbus probes
+        if typ == "image":
+            path = str(ev.get("path", ""))
+            return ev.get("src") == "wine" and not ev.get("native") or path.startswith(("/usr/", "/lib"))
+        if typ == "reg_set" and ev.get("src") == "wine_trace":
+            return True
+        if typ == "reg_delete":
+            return True
+        return False
+
+    def add(self, ev: dict[str, Any], matched: list[str]) -> None:
+        if self.is_noise(ev, bool(matched)):
+            return
+        typ = str(ev.get("type"))
+        cap = TYPE_CAPS.get(typ)
+        if len(self.events) >= self.max_events - 1 or (cap is not None and self.per_type[typ] >= cap and not matched):
+            self.dropped += 1
+            return
+        self.per_type[typ] += 1
+        if matched:
+            ev = dict(ev, rules=matched)
+        self.events.append(ev)
+
+    def finish(self) -> list[dict[str, Any]]:
+        out = list(self.events)
+        if self.dropped:
+            out.append({"t": out[-1]["t"] if out else 0.0, "type": "log_truncated", "dropped": self.dropped})
+        return out
+
+
+def _result(verdict: str, score: int, findings: list[Finding], log_events: list[dict[str, Any]], duration: float,
+            stopped: str, launcher: str, counts: dict[str, int]) -> dict[str, Any]:
+    return {"schema": SCHEMA, "verdict": verdict, "score": score, "findings": [f.to_dict() for f in findings],
+            "log": log_events, "duration_s": round(duration, 3), "stopped": stopped, "launcher": launcher,
+            "events": dict(counts)}
+
+
+def detonate(sample_path: str, options: dict, workdir: str,
+             should_stop: Callable[[], bool] | None = None) -> dict:
+    """Run ``sample_path`` in the sandbox and return the result dict (never raises)."""
+    t_start = time.monotonic()
+    try:
+        opts = parse_options(options)
+        return Detonation(sample_path, opts, workdir, should_stop).run()
+    except Exception as exc:  # the agent must always answer the host
+        log.exception("detonation failed")
+        finding = Finding("agent_error", 0, f"{type(exc).__name__}: {exc}"[:400], SOURCE)
+        return _result(ERROR, 0, [finding], [], time.monotonic() - t_start, "error", "", {})
+
+
+class Detonation:
+    """One run of :func:`detonate` (state shared by its steps)."""
+
+    def __init__(self, sample_path: str, opts: Options, workdir: str,
+                 should_stop: Callable[[], bool] | None, limits: Limits = Limits()) -> None:
+        self.sample_path = sample_path
+        self.opts = opts
+        self.workdir = workdir
+        self.should_stop = should_stop
+        self.limits = limits
+        self.t_start = time.monotonic()
+        self.counts: Counter = Counter()
+        self.log = EventLog(opts.max_log_events)
+        self.extra: list[Finding] = []
+        self.stderr_events: queue.Queue = queue.Queue(maxsize=50_000)
+        self.t0 = 0.0
+
+    # -- the whole run
+    def run(self) -> dict[str, Any]:
+        o = self.opts
+        info = SampleInfo.from_file(self.sample_path, o.name or os.path.basename(self.sample_path), o.type, o.kind,
+                                    o.launcher)
+        sample_in = WORK_IN + "/" + info.name
+        launch, reason = choose(info, sample_in)
+        if launch is None:
+            findings = [Finding("no_launcher", 0, reason, SOURCE)]
+            verdict, score = score_findings(findings)
+            return _result(verdict, score, findings, [], self.elapsed(), "exited_idle", "", {})
+        log.info("detonating %s with %s", info.name, reason)
+        try:
+            with Sandbox(self.workdir, self.limits) as box:
+                return self._run_in(box, launch, sample_in)
+        except SandboxError as exc:
+            log.error("sandbox: %s", exc)
+            findings = [Finding("sandbox_error", 0, str(exc)[:400], SOURCE)]
+            return _result(ERROR, 0, findings, [], self.elapsed(), "error", launch.launcher, {})
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t_start
+
+    def _prepare(self, box: Sandbox, launch: Launch) -> str:
+        """Launcher-specific HOME set-up; returns the host path of a Wine prefix ("" otherwise)."""
+        if launch.prepare == "wine":
+            wine_bin = find_tool("wine64") or find_tool("wine")
+            if wine_bin is None:
+                raise SandboxError("wine disappeared")
+            template = wine.template_path()
+            wine.ensure_template(template, wine_bin)
+            prefix = os.path.join(box.home, ".wine")
+            wine.prepare_prefix(template, prefix, box.uid, box.uid)
+            return prefix
+        if launch.prepare == "libreoffice":
+            write_libreoffice_profile(box.home, box.uid)
+        return ""
+
+    def _run_in(self, box: Sandbox, launch: Launch, sample_in: str) -> dict[str, Any]:
+        o = self.opts
+        prefix = self._prepare(box, launch)
+        reg_before = wine.snapshot_registry(prefix) if prefix else {}
+        box.stage(self.sample_path, sample_in.rsplit("/", 1)[1], launch.make_executable)
+        ctx = RuleContext(sample_path=sample_in, launcher=launch.launcher, role=launch.role, platform=launch.platform,
+                          viewer_exes=launch.viewer_exes, quiet_prefixes=launch.quiet_prefixes,
+                          decoys=tuple(box.decoys), nproc_limit=self.limits.nproc,
+                          ignore_names=frozenset({"localhost", HOSTNAME}))
+        self.log.quiet_prefixes = launch.quiet_prefixes
+        engine = RuleEngine(ctx)
+        self.t0 = time.time()
+        strace = StraceMonitor(box.strace_log, INIT_MARKER, self.t0)
+        strace.builder.initial_cwd = WORK_IN
+        net = JsonLinesMonitor(box.fakenet_log, self.t0)
+        parser = wine.WineTraceParser() if launch.platform == "windows" else None
+        box.start(launch.argv, launch.env, launch.unlimited_address_space,
+                  on_stderr_line=self._stderr_handler(parser), cpu_s=int(o.timeout_s) + 30)
+        started = time.monotonic()
+        last_activity = started
+        stopped = ""
+        while not stopped:
+            time.sleep(POLL_S)
+            exited = box.exited()
+            batch = self._collect(strace, net)
+            if batch:
+                last_activity = time.monotonic()
+            if self._feed(engine, batch) and o.stop_on_malicious:
+                stopped = "malicious"
+                break
+            if exited:
+                time.sleep(POLL_S)  # let fakenet finish logging the last connection
+                if self._feed(engine, self._collect(strace, net)) and o.stop_on_malicious:
+                    stopped = "malicious"
+                else:
+                    stopped = "exited_idle"
+                break
+            if self._aborted():
+                stopped = "error"
+                self.extra.append(Finding("detonation_aborted", 0, "the host asked for the slot back", SOURCE))
+                break
+            now = time.monotonic()
+            if now - started >= o.timeout_s:
+                stopped = "timeout"
+                self.extra.append(Finding("timed_out", 0, f"still running after {o.timeout_s:g} s", SOURCE))
+                break
+            if strace.builder.started and now - last_activity >= o.idle_s and not self._working(strace, launch):
+                stopped = "exited_idle"
+                break
+        leftover = box.stop(graceful=("wineserver",) if prefix else ())
+        if leftover:
+            self.extra.append(Finding("sandbox_leftover", 0, f"{leftover} processes killed by the final sweep",
+                                      SOURCE))
+        self._feed(engine, self._collect(strace, net))
+        if prefix:
+            self._feed(engine, [dict(ev, t=round(time.time() - self.t0, 4))
+                                for ev in wine.diff_registry(reg_before, wine.snapshot_registry(prefix))])
+        self._launch_problems(box, strace)
+        findings = engine.findings() + self.extra
+        verdict, score = score_findings(findings)
+        if stopped == "error" and score < 4:
+            verdict = ERROR
+        self._add_output(box, launch)
+        counts = dict(self.counts)
+        if strace.lines_dropped:
+            counts["trace_lines_dropped"] = strace.lines_dropped
+        if self.log.dropped:
+            counts["log_dropped"] = self.log.dropped
+        return _result(verdict, score, findings, self.log.finish(), self.elapsed(), stopped, launch.launcher, counts)
+
+    # -- helpers
+    def _stderr_handler(self, parser: wine.WineTraceParser | None) -> Callable[[str], None] | None:
+        if parser is None:
+            return None
+
+        def on_line(line: str) -> None:
+            for ev in parser.feed(line):
+                ev["t"] = round(time.time() - self.t0, 4)
+                try:
+                    self.stderr_events.put_nowait(ev)
+                except queue.Full:
+                    self.counts["wine_events_dropped"] += 1
+        return on_line
+
+    def _collect(self, strace: StraceMonitor, net: JsonLinesMonitor) -> list[dict[str, Any]]:
+        # strace first: a connect in the trace implies the DNS answer before it is already in fakenet's log
+        batch = strace.poll()
+        batch += net.poll()
+        while True:
+            try:
+                batch.append(self.stderr_events.get_nowait())
+            except queue.Empty:
+                break
+        batch.sort(key=lambda e: e.get("t", 0.0))
+        return batch
+
+    def _feed(self, engine: RuleEngine, batch: list[dict[str, Any]]) -> bool:
+        """Rules over a batch; True once the findings are conclusive."""
+        for ev in batch:
+            self.counts[str(ev.get("type"))] += 1
+            before = dict(engine.counts)
+            engine.feed(ev)
+            matched = [rid for rid, n in engine.counts.items() if n != before.get(rid, 0)]
+            self.log.add(ev, matched)
+        if not batch:
+            return False
+        _, score = score_findings(engine.findings())
+        return score >= CONCLUSIVE_SCORE
+
+    def _aborted(self) -> bool:
+        if self.should_stop is None:
+            return False
+        try:
+            return bool(self.should_stop())
+        except Exception as exc:
+            log.warning("should_stop() failed: %r", exc)
+            return False
+
+    @staticmethod
+    def _working(strace: StraceMonitor, launch: Launch) -> bool:
+        """Is any process of the sample alive that is not one of the launcher's helpers?"""
+        b = strace.builder
+        for pid in b.alive_sample_pids():
+            p = b.procs[pid]
+            names = {prog_name(p.exe)} | {prog_name(a) for a in p.argv[:2]}
+            if not names & launch.helper_exes:
+                return True
+        return False
+
+    def _launch_problems(self, box: Sandbox, strace: StraceMonitor) -> None:
+        _, err = box.output()
+        text = err.decode("utf-8", "replace")
+        if "mailvm-init: exec" in text:
+            line = text[text.index("mailvm-init: exec"):].split("\n", 1)[0]
+            self.extra.append(Finding("launch_failed", 0, line[:300], SOURCE))
+        elif not strace.builder.started:
+            self.extra.append(Finding("launch_failed", 0, "the sandbox never started the sample: "
+                                      + text.strip()[-300:], SOURCE))
+
+    def _add_output(self, box: Sandbox, launch: Launch) -> None:
+        out, err = box.output()
+        streams = [("stdout", out)] + ([] if launch.platform == "windows" else [("stderr", err)])
+        for name, data in streams:
+            if data:
+                self.log.events.append({"t": round(self.elapsed(), 3), "type": "output", "stream": name,
+                                        "text": data[:OUTPUT_PREVIEW].decode("utf-8", "replace")})
+
+
+LIBREOFFICE_XCU = """<?xml version="1.0" encoding="UTF-8"?>
+<oor:items xmlns:oor="http://openoffice.org/2001/registry" xmlns:xs="http://www.w3.org/2001/XMLSchema"
+ xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="MacroSecurityLevel" oor:op="fuse">
+<value>0</value></prop></item>
+<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="DisableMacrosExecution"
+ oor:op="fuse"><value>false</value></prop></item>
+</oor:items>
+"""
+
+
+def write_libreoffice_profile(home: str, uid: int) -> None:
+    """A LibreOffice user profile with macro security at its lowest, so document macros run."""
+    d = os.path.join(home, ".config", "libreoffice", "4", "user")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "registrymodifications.xcu"), "w", encoding="utf-8") as fh:
+        fh.write(LIBREOFFICE_XCU)
+    for root, dirs, files in os.walk(os.path.join(home, ".config", "libreoffice")):
+        for n in dirs + files:
+            os.chown(os.path.join(root, n), uid, uid)
+    os.chown(os.path.join(home, ".config", "libreoffice"), uid, uid)
+
+
+__all__ = ["detonate", "parse_options", "Options", "PAYLOAD_MARKER"]

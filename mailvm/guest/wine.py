@@ -1,0 +1,294 @@
+"""Wine support for detonating Windows files: prefix, trace channels, registry diff.
+
+Standard library only (runs inside the guest).
+
+* :func:`ensure_template` creates a Wine prefix once (5-12 s; the guest image
+  ships one) and :func:`prepare_prefix` gives each detonation its own copy in
+  milliseconds: fresh directories owned by the sandbox user, files hard-linked
+  from the template (read-only for that user, so the template cannot be
+  changed through them) except the registry hives, which are copied.
+* :class:`WineTraceParser` reads ``WINEDEBUG=+reg,+loaddll,+process,+winsock``
+  lines (the sample's stderr) into events: ``reg_set``, ``image``, ``exec``,
+  ``connect``, ``dns_lookup``.  strace attributes a Wine program's file and
+  network calls to wineserver, so Wine's own channels carry the attribution.
+* :func:`parse_reg` / :func:`diff_registry` compare ``user.reg`` and
+  ``system.reg`` before and after the run (after wineserver has flushed them)
+  into ``reg_set`` / ``reg_delete`` events.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = "/var/lib/mailvm/wine-prefix"
+TEMPLATE_ENV = "MAILVM_WINE_TEMPLATE"
+HIVES = ("user.reg", "system.reg", "userdef.reg")
+MAX_REG_BYTES = 64 << 20
+MAX_VALUES_REPORTED = 500
+
+_TRACE_RE = re.compile(r"^([0-9a-f]{4,8}):trace:(\w+):(\w+) ?(.*)$")
+_WSTR_RE = re.compile(r'L"((?:[^"\\]|\\.)*)"')
+_HANDLE_RE = re.compile(r"^\((0x[0-9a-f]+|\(nil\))")
+_RET_HANDLE_RE = re.compile(r"^<- (0x[0-9a-f]+)")
+_SPECIAL_ROOT_RE = re.compile(r"^(\S+) -> ([0-9A-Fa-f]+)")
+_CONNECT_RE = re.compile(r"addr \{ family AF_INET6?, address ([0-9a-fA-F:.]+), port (\d+)")
+_GETADDR_RE = re.compile(r'^node "([^"]{1,255})"')
+_LOADED_RE = re.compile(r'Loaded L"((?:[^"\\]|\\.)*)" at [0-9A-Fa-f]+: (\w+)')
+
+
+def template_path() -> str:
+    return os.environ.get(TEMPLATE_ENV) or DEFAULT_TEMPLATE
+
+
+def ensure_template(template: str, wine: str, timeout_s: float = 180.0) -> None:
+    """Create the Wine prefix template if it does not exist (idempotent)."""
+    if os.path.isfile(os.path.join(template, "system.reg")):
+        return
+    tmp = template + ".tmp-%d" % os.getpid()
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.dirname(template) or "/", exist_ok=True)
+    home = tmp + "-home"
+    os.makedirs(home, exist_ok=True)
+    env = {"PATH": "/usr/bin:/bin", "HOME": home, "USER": "user", "LOGNAME": "user", "WINEPREFIX": tmp,
+           "WINEDEBUG": "-all", "WINEDLLOVERRIDES": "mscoree,mshtml=", "WINEARCH": "win64", "LANG": "C.UTF-8"}
+    t0 = time.monotonic()
+    old = os.umask(0o022)
+    try:
+        subprocess.run([wine, "wineboot", "-i"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=timeout_s, check=False)
+        server = os.path.join(os.path.dirname(wine), "wineserver")
+        if not os.access(server, os.X_OK):
+            server = shutil.which("wineserver") or "wineserver"
+        subprocess.run([server, "-w"], env=env, timeout=60, check=False)
+    finally:
+        os.umask(old)
+        shutil.rmtree(home, ignore_errors=True)
+    if not os.path.isfile(os.path.join(tmp, "system.reg")):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError("wineboot did not create a prefix")
+    try:
+        os.rename(tmp, template)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # a concurrent creator won
+    log.info("created Wine prefix template %s in %.1f s", template, time.monotonic() - t0)
+
+
+def prepare_prefix(template: str, dest: str, uid: int, gid: int) -> None:
+    """Per-detonation prefix at ``dest``: own dirs, hard-linked files, copied hives."""
+    for root, dirs, files in os.walk(template):
+        rel = os.path.relpath(root, template)
+        target = dest if rel == "." else os.path.join(dest, rel)
+        os.makedirs(target, exist_ok=True)
+        os.chown(target, uid, gid)
+        for d in dirs:
+            src = os.path.join(root, d)
+            if os.path.islink(src):
+                os.symlink(os.readlink(src), os.path.join(target, d))
+                os.lchown(os.path.join(target, d), uid, gid)
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+        for f in files:
+            src = os.path.join(root, f)
+            dst = os.path.join(target, f)
+            if os.path.islink(src):
+                os.symlink(os.readlink(src), dst)
+                os.lchown(dst, uid, gid)
+            elif rel == ".":
+                if f == "wineserver":
+                    continue  # the template's lock file
+                shutil.copyfile(src, dst)
+                os.chown(dst, uid, gid)
+            else:
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copyfile(src, dst)
+                    os.chmod(dst, 0o644)
+
+
+# ------------------------------------------------------------------ trace channels
+
+
+def _wstr(text: str) -> str:
+    m = _WSTR_RE.search(text)
+    if not m:
+        return ""
+    return m.group(1).replace("\\\\", "\\")[:512]
+
+
+class WineTraceParser:
+    """``WINEDEBUG`` lines -> events, keeping a per-thread key-handle table."""
+
+    def __init__(self, max_handles: int = 50_000) -> None:
+        self.keys: dict[tuple[str, str], str] = {}
+        self.pending_key: dict[str, str] = {}
+        self.max_handles = max_handles
+        self.lines = 0
+
+    def _key(self, tid: str, handle: str) -> str:
+        if handle in ("(nil)", "0x0", ""):
+            return ""
+        return self.keys.get((tid, handle.lower()), self.keys.get(("*", handle.lower()), f"<{handle}>"))
+
+    def feed(self, line: str) -> list[dict[str, Any]]:
+        self.lines += 1
+        m = _TRACE_RE.match(line.strip()[:4096])
+        if not m:
+            return []
+        tid, channel, func, rest = m.groups()
+        try:
+            if channel == "reg":
+                return self._reg(tid, func, rest)
+            if channel == "loaddll" and "Loaded" in rest:
+                lm = _LOADED_RE.search(rest)
+                if lm:
+                    return [{"type": "image", "path": lm.group(1).replace("\\\\", "\\")[:512],
+                             "native": lm.group(2) == "native", "src": "wine"}]
+                return []
+            if channel == "process" and func == "NtCreateUserProcess" and " image L" in rest and " cmdline L" in rest:
+                image = _wstr(rest.split(" image ", 1)[1])
+                cmdline = _wstr(rest.split(" cmdline ", 1)[1]).replace('\\"', '"')
+                return [{"type": "exec", "src": "wine", "path": image, "argv": [cmdline], "tid": tid}]
+            if channel == "winsock":
+                if func == "connect" or func == "WSAConnect":
+                    cm = _CONNECT_RE.search(rest)
+                    if cm:
+                        ip, port = cm.group(1), int(cm.group(2))
+                        dst = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+                        return [{"type": "connect", "src": "wine", "family": "inet6" if ":" in ip else "inet",
+                                 "ip": ip, "port": port, "dst": dst}]
+                if func in ("getaddrinfo", "GetAddrInfoW", "gethostbyname"):
+                    gm = _GETADDR_RE.match(rest)
+                    if gm:
+                        return [{"type": "dns_lookup", "src": "wine", "name": gm.group(1)}]
+        except (IndexError, ValueError):
+            return []
+        return []
+
+    def _reg(self, tid: str, func: str, rest: str) -> list[dict[str, Any]]:
+        if func in ("NtCreateKey", "NtOpenKeyEx", "NtOpenKey"):
+            rm = _RET_HANDLE_RE.match(rest)
+            if rm:  # "<- 0x30": the handle for the key named on the previous line of this thread
+                name = self.pending_key.pop(tid, "")
+                if name and len(self.keys) < self.max_handles:
+                    self.keys[(tid, rm.group(1).lower())] = name
+                return []
+            hm = _HANDLE_RE.match(rest)
+            if hm:
+                parent = self._key(tid, hm.group(1))
+                sub = _wstr(rest)
+                self.pending_key[tid] = normalize_key(parent + "\\" + sub if parent else sub)
+            return []
+        if func == "create_special_root_hkey":
+            sm = _SPECIAL_ROOT_RE.match(rest.strip())
+            if sm:
+                name = normalize_key(sm.group(1).strip('L"'))
+                handle = "0x" + sm.group(2).lstrip("0").lower() if sm.group(2).strip("0") else "0x0"
+                self.keys[(tid, handle)] = name
+                self.keys[("*", handle)] = name
+            return []
+        if func in ("NtSetValueKey", "NtDeleteValueKey", "NtDeleteKey"):
+            hm = _HANDLE_RE.match(rest)
+            if not hm:
+                return []
+            key = self._key(tid, hm.group(1))
+            value = _wstr(rest)
+            typ = "reg_delete" if "Delete" in func else "reg_set"
+            return [{"type": typ, "src": "wine_trace", "key": key, "value": value}]
+        return []
+
+
+def normalize_key(key: str) -> str:
+    """Canonical registry path: ``HKCU\\...`` / ``HKLM\\...``, single backslashes."""
+    k = key.replace("/", "\\")
+    while "\\\\" in k:
+        k = k.replace("\\\\", "\\")
+    k = k.strip("\\")
+    low = k.lower()
+    for prefix, short in (("registry\\user\\s-1-5-21-0-0-0-1000", "HKCU"), ("registry\\machine", "HKLM"),
+                          ("registry\\user", "HKU"), ("hkey_current_user", "HKCU"),
+                          ("hkey_local_machine", "HKLM"), ("\\registry\\machine", "HKLM")):
+        if low.startswith(prefix):
+            return short + k[len(prefix):]
+    return k
+
+
+# ------------------------------------------------------------------ registry files
+
+
+def parse_reg(path: str, root: str) -> dict[str, dict[str, str]]:
+    """A Wine ``.reg`` hive -> ``{key: {value name: raw data}}`` (keys prefixed with ``root``)."""
+    out: dict[str, dict[str, str]] = {}
+    try:
+        if os.path.getsize(path) > MAX_REG_BYTES:
+            log.warning("%s too large to diff", path)
+            return out
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        return out
+    current: dict[str, str] | None = None
+    pending = ""
+    for raw in text.splitlines():
+        line = pending + raw
+        if line.endswith("\\") and current is not None and not line.startswith("["):
+            pending = line[:-1].rstrip() if line.rstrip().endswith(",\\") else line[:-1]
+            continue
+        pending = ""
+        if line.startswith("["):
+            end = line.rfind("]")
+            name = line[1:end] if end > 0 else line[1:]
+            key = normalize_key(root + "\\" + name.replace("\\\\", "\\"))
+            current = out.setdefault(key, {})
+        elif current is not None and (line.startswith('"') or line.startswith("@")):
+            if line.startswith("@"):
+                vname, _, data = line.partition("=")
+                current["@"] = data
+            else:
+                i = 1
+                while i < len(line) and line[i] != '"':
+                    i += 2 if line[i] == "\\" else 1
+                vname = line[1:i].replace("\\\\", "\\")
+                data = line[i + 2 :] if line[i + 1 : i + 2] == "=" else ""
+                current[vname] = data
+    return out
+
+
+def snapshot_registry(prefix: str) -> dict[str, dict[str, str]]:
+    reg = parse_reg(os.path.join(prefix, "user.reg"), "HKCU")
+    reg.update(parse_reg(os.path.join(prefix, "system.reg"), "HKLM"))
+    return reg
+
+
+def diff_registry(before: dict[str, dict[str, str]], after: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """New or changed values -> ``reg_set``; removed values -> ``reg_delete`` (capped)."""
+    events: list[dict[str, Any]] = []
+    for key, values in after.items():
+        old = before.get(key, {})
+        for name, data in values.items():
+            if old.get(name) != data:
+                events.append({"type": "reg_set", "src": "reg_diff", "key": key, "value": name,
+                               "data": decode_reg_data(data)[:300]})
+    for key, values in before.items():
+        new = after.get(key)
+        for name in values:
+            if new is None or name not in new:
+                events.append({"type": "reg_delete", "src": "reg_diff", "key": key, "value": name})
+    return events[:MAX_VALUES_REPORTED]
+
+
+def decode_reg_data(data: str) -> str:
+    """``"C:\\\\x.exe"`` -> ``C:\\x.exe``; other encodings (dword:, hex:) stay as written."""
+    d = data.strip()
+    if d.startswith('"') and d.endswith('"'):
+        return d[1:-1].replace("\\\\", "\\").replace('\\"', '"')
+    if d.startswith("str(2):"):
+        return d[7:].strip('"').replace("\\\\", "\\")
+    return d
