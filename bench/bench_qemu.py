@@ -1,0 +1,287 @@
+"""Benchmark of the qemu backend (flash clones) against a classic full-snapshot revert, same image, same run.
+
+Measured, each with median and p95:
+
+* ``handover_ms`` per doorbell (vport, serial, poll): a pre-warmed clone's page
+  gets a job + ring -> the agent acknowledges RUNNING; with the idle CPU of
+  such a slot (% of one core, over ``--idle-s`` seconds);
+* ``refill_ms``: template -> a new clone whose agent is READY on its page (raw
+  QEMU: exec, QMP, x-ignore-shared restore, cont, READY), and its parts;
+* ``classic_restore_ms``: per file, a disk image with the file is made, QEMU
+  starts and restores a *full* snapshot of the same image (all RAM in the
+  state file, no shared template memory), runs, and its agent answers on its
+  page.  The guest does not read the disk in this timing (that would only add
+  to the classic figure);
+* ``cold_boot_s``: QEMU exec -> agent READY in a fresh VM;
+* ``pss_mib``: proportional and private memory per clone with 1, 4 and 8 clones.
+
+Results: ``bench/results/qemu.json`` and a PNG next to it.
+
+Usage: ``python bench/bench_qemu.py [--image-dir /var/cache/mailvm-test/image] [--reps 10]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from mailvm.config import PoolConfig
+from mailvm.guest import protocol as P
+from mailvm.vmpool.backends.qemu import QemuBackend, QemuVM, VMPaths, VMSpec, cpu_seconds, send_fd
+from mailvm.vmpool.shmpage import HostPage
+
+PAGE = 8 << 20
+SAMPLE = b"#!/bin/sh\ntrue\n"
+
+
+def summary(xs: list[float], digits: int = 2) -> dict[str, Any]:
+    if not xs:
+        return {"n": 0}
+    s = sorted(xs)
+    p95 = s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))]
+    return {"n": len(s), "median": round(statistics.median(s), digits), "p95": round(p95, digits),
+            "min": round(s[0], digits), "max": round(s[-1], digits)}
+
+
+def smaps(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        k, _, v = line.partition(":")
+        if v.strip().endswith("kB"):
+            out[k] = int(v.split()[0])
+    return out
+
+
+def make_backend(args: argparse.Namespace, doorbell: str, work: str) -> QemuBackend:
+    cfg = PoolConfig(backend="qemu", accel=args.accel, work_dir=work, page_bytes=PAGE, ready_timeout_s=120)
+    b = QemuBackend(cfg, image_dir=args.image_dir, doorbell=doorbell)
+    b.prepare()
+    return b
+
+
+def bench_doorbell(b: QemuBackend, reps: int, idle_s: float, bar: tqdm) -> dict[str, Any]:
+    hand, idle, refill = [], [], {}
+    for i in range(reps):
+        slot = b.create_slot(f"bench{i}")
+        try:
+            for k, v in slot.timings.items():
+                refill.setdefault(k, []).append(v * 1000)
+            time.sleep(0.3)
+            if i < 3:  # idle cost: a few slots, long enough for 10 ms clock ticks
+                c0, t0 = cpu_seconds(slot.vm.proc.pid), time.monotonic()
+                time.sleep(idle_s)
+                idle.append((cpu_seconds(slot.vm.proc.pid) - c0) / (time.monotonic() - t0) * 100)
+            t0 = time.perf_counter()
+            slot.page.submit(SAMPLE, "t.sh", {"timeout_s": 10})
+            slot.ring()
+            slot.page.wait_state({P.RUNNING, P.DONE, P.FAILED}, time.monotonic() + 30, alive=slot.alive)
+            hand.append((time.perf_counter() - t0) * 1000)
+        finally:
+            slot.destroy()
+        bar.update(1)
+    return {"handover_ms": summary(hand), "idle_cpu_pct": summary(idle),
+            "refill_ms": {k: summary(v) for k, v in refill.items()}}
+
+
+def bench_memory(b: QemuBackend, counts: list[int], bar: tqdm) -> dict[str, Any]:
+    out = {}
+    for n in counts:
+        slots = []
+        try:
+            for i in range(n):
+                slots.append(b.create_slot(f"mem{n}-{i}"))
+            time.sleep(1.0)
+            rs = [smaps(s.vm.proc.pid) for s in slots]
+            out[str(n)] = {
+                "pss_mib_per_clone": round(sum(r.get("Pss", 0) for r in rs) / n / 1024, 1),
+                "private_mib_per_clone": round(sum(r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)
+                                                   for r in rs) / n / 1024, 1),
+                "anon_mib_per_clone": round(sum(r.get("Pss_Anon", 0) for r in rs) / n / 1024, 1),
+            }
+        finally:
+            for s in slots:
+                s.destroy()
+        bar.update(1)
+    return out
+
+
+def _paths(d: str, ram: str, shared: bool, private: bool, extra: tuple[str, ...] = ()) -> VMPaths:
+    return VMPaths(ram, shared, os.path.join(d, "page"), os.path.join(d, "qmp.sock"), os.path.join(d, "bell.sock"),
+                   os.path.join(d, "console.log"), private_ram=private, extra_args=extra)
+
+
+def _sample_disk(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.truncate(1 << 20)
+
+
+def bench_classic_and_cold(b: QemuBackend, reps: int, bar: tqdm) -> dict[str, Any]:
+    """Cold boots, then a full snapshot of the same image restored per file (no shared memory)."""
+    spec: VMSpec = b.spec
+    tmp = tempfile.mkdtemp(prefix="mailvm-classic-", dir="/dev/shm")
+    disk = os.path.join(tmp, "sample.img")
+    extra = ("-drive", f"file={disk},if=none,id=sample,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=sample")
+    cold, classic, parts = [], [], {"disk": [], "restore": [], "ready": []}
+    state_bytes = 0
+    try:
+        # cold boot + the classic snapshot (taken from the last boot)
+        state = os.path.join(tmp, "full.state")
+        for i in range(3):
+            d = tempfile.mkdtemp(dir=tmp)
+            _sample_disk(disk, SAMPLE)
+            page = HostPage.create(os.path.join(d, "page"), spec.page_bytes)
+            t0 = time.monotonic()
+            vm = QemuVM(spec, _paths(d, "", False, True, extra), d, incoming=False, qemu=b.qemu)
+            try:
+                vm.connect(t0 + 30)
+                page.wait_ready(t0 + 180, alive=vm.alive)
+                cold.append(time.monotonic() - t0)
+                if i == 2:
+                    time.sleep(1.0)
+                    vm.qmp.execute("stop")
+                    fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    send_fd(vm.qmp, "state", fd)
+                    os.close(fd)
+                    vm.qmp.execute("migrate", {"uri": "fd:state"})
+                    vm.wait_migration(time.monotonic() + 120)
+            finally:
+                vm.kill()
+                page.close()
+            bar.update(1)
+        state_bytes = os.path.getsize(state)
+        # classic: per file, a fresh disk with the file, a full restore, the agent answering
+        for i in range(reps):
+            d = tempfile.mkdtemp(dir=tmp)
+            t0 = time.monotonic()
+            _sample_disk(disk, SAMPLE + os.urandom(16))
+            page = HostPage.create(os.path.join(d, "page"), spec.page_bytes)
+            t1 = time.monotonic()
+            sfd = os.open(state, os.O_RDONLY)
+            vm = QemuVM(spec, _paths(d, "", False, True, extra), d, incoming=True, qemu=b.qemu, pass_fds=(sfd,))
+            os.close(sfd)
+            try:
+                vm.connect(t0 + 30)
+                vm.qmp.execute("migrate-incoming", {"uri": f"fd:{sfd}"})
+                vm.wait_migration(t0 + 60)
+                vm.qmp.execute("cont")
+                t2 = time.monotonic()
+                # the full state carried the snapshot's page too (a READY header): the guest answering is
+                # its heartbeat moving on after the restore
+                hb0 = page.heartbeat() if page.state() == P.READY else None
+                while True:
+                    st = page.state()
+                    if st == P.READY and hb0 is not None and page.heartbeat() != hb0:
+                        break
+                    if time.monotonic() > t0 + 30:
+                        raise TimeoutError("classic VM never answered")
+                    vm.ring()
+                    time.sleep(0.0005)
+                t3 = time.monotonic()
+            finally:
+                vm.kill()
+                page.close()
+                shutil.rmtree(d, ignore_errors=True)
+            parts["disk"].append((t1 - t0) * 1000)
+            parts["restore"].append((t2 - t1) * 1000)
+            parts["ready"].append((t3 - t2) * 1000)
+            classic.append((t3 - t0) * 1000)
+            bar.update(1)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"cold_boot_s": summary(cold), "classic_restore_ms": summary(classic),
+            "classic_parts_ms": {k: summary(v) for k, v in parts.items()}, "classic_state_bytes": state_bytes}
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    names, med, p95 = [], [], []
+    for bell, r in res["doorbells"].items():
+        names.append(f"hand-over\n{bell}")
+        med.append(r["handover_ms"]["median"])
+        p95.append(r["handover_ms"]["p95"])
+    names += ["refill\n(raw QEMU)", "classic\nfull restore"]
+    first = next(iter(res["doorbells"].values()))
+    med += [first["refill_ms"]["total"]["median"], res["classic_restore_ms"]["median"]]
+    p95 += [first["refill_ms"]["total"]["p95"], res["classic_restore_ms"]["p95"]]
+    x = range(len(names))
+    a1.bar([i - 0.2 for i in x], med, 0.4, label="median")
+    a1.bar([i + 0.2 for i in x], p95, 0.4, label="p95")
+    a1.set_xticks(list(x), names, fontsize=8)
+    a1.set_yscale("log")
+    a1.set_ylabel("ms (log)")
+    a1.set_title(f"qemu backend under {res['accel'].upper()}")
+    a1.legend()
+    ns = sorted(res["memory"], key=int)
+    a2.plot([int(n) for n in ns], [res["memory"][n]["pss_mib_per_clone"] for n in ns], "o-", label="PSS")
+    a2.plot([int(n) for n in ns], [res["memory"][n]["private_mib_per_clone"] for n in ns], "s-", label="private")
+    a2.set_xlabel("clones")
+    a2.set_ylabel("MiB per clone")
+    a2.set_title("memory per clone")
+    a2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--image-dir", default=os.environ.get("MAILVM_TEST_IMAGE_DIR", "/var/cache/mailvm-test/image"))
+    ap.add_argument("--work-dir", default="/var/cache/mailvm-test/bench-pool")
+    ap.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--idle-s", type=float, default=4.0)
+    ap.add_argument("--doorbells", nargs="+", default=["vport", "serial", "poll:0.0002:0.002"])
+    ap.add_argument("--clones", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "qemu.json"))
+    args = ap.parse_args(argv)
+    total = len(args.doorbells) * args.reps + len(args.clones) + 3 + args.reps
+    res: dict[str, Any] = {"host": {"cpus": os.cpu_count(), "platform": platform.platform()}, "doorbells": {},
+                           "reps": args.reps, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    backends = []
+    try:
+        with tqdm(total=total, desc="qemu bench", unit="step") as bar:
+            for bell in args.doorbells:
+                b = make_backend(args, bell, os.path.join(args.work_dir, bell.replace(":", "_")))
+                backends.append(b)
+                res["accel"] = b.spec.accel
+                res["qemu"] = b.qemu_version
+                res["template_" + bell] = b.template.meta
+                bar.set_description(f"doorbell {bell}")
+                res["doorbells"][bell] = bench_doorbell(b, args.reps, args.idle_s, bar)
+            b = backends[0]
+            bar.set_description("memory")
+            res["memory"] = bench_memory(b, args.clones, bar)
+            bar.set_description("cold boot + classic")
+            res.update(bench_classic_and_cold(b, args.reps, bar))
+    finally:
+        for b in backends:
+            b.close()
+    first = next(iter(res["doorbells"].values()))
+    res["speedup_handover_vs_classic"] = round(res["classic_restore_ms"]["median"] / first["handover_ms"]["median"], 1)
+    res["speedup_refill_vs_classic"] = round(res["classic_restore_ms"]["median"] / first["refill_ms"]["total"]["median"], 1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    plot(res, out.with_suffix(".png"))
+    print(json.dumps({k: v for k, v in res.items() if not k.startswith("template_")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
