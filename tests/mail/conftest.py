@@ -3,19 +3,25 @@ their logs attached to a failing test's report."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
+import tempfile
+from pathlib import Path
 
 import pytest
 from maillab import POLICIES, MailLab, free_port
 
 @pytest.fixture(scope="session")
-def mail_lab(tmp_path_factory):
+def mail_lab():
     if shutil.which("postfix") is None:
         pytest.skip("postfix is not installed (scripts/setup.sh installs it)")
     from mailvm.lab.postfix import LabPostfix
 
-    root = tmp_path_factory.mktemp("maillab")
+    # Postfix's own users (postfix, nobody for delivery) must traverse the path:
+    # pytest's tmp dirs are 0700 root, so the lab lives under /var/tmp
+    root = Path(tempfile.mkdtemp(prefix="mailvm-maillab-", dir="/var/tmp"))
+    os.chmod(root, 0o755)
     smtp_port, milter_port = free_port(), free_port()
     (root / "policy.d").mkdir()
     for domain, text in POLICIES.items():
@@ -61,6 +67,7 @@ error = "tempfail"
     finally:
         postfix.stop()
         lab.kill_mailvm(signal.SIGTERM)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.hookimpl(hookwrapper=True)
