@@ -124,7 +124,8 @@ def test_strip_replaces_the_offending_part(mail_lab):
 
 
 MALFORMED = [
-    "zbateson-mail-mime-parser/m0001.txt",
+    "zbateson-mail-mime-parser/tests/_data/emails/m0001.txt",
+    "zbateson-mail-mime-parser/tests/_data/emails/invalid-charset.txt",
     "cpython-test_email-data/msg_15.txt",
     "cpython-test_email-data/msg_31.txt",
     "apache-spamassassin-tdata/t/data/spam/badmime.txt",
