@@ -63,6 +63,9 @@ def iso_file(path: Path) -> None:
     iso.close()
 
 
+MHT = (b'MIME-Version: 1.0\r\nContent-Type: multipart/related; boundary="b1"\r\n\r\n--b1\r\n'
+       b"Content-Type: text/html\r\n\r\n<html><body>hi</body></html>\r\n--b1--\r\n")
+
 CASES = [
     ("report.txt", b"Quarterly numbers attached.\n", "text"),
     ("empty.bin", b"", "text"),
@@ -82,6 +85,8 @@ CASES = [
     ("a.gz", b"\x1f\x8b\x08\x00" + b"\x00" * 20, "archive"),
     ("mail.eml", b"From: a@example.org\nTo: b@example.org\nSubject: hi\nMessage-ID: <1@x>\n\nbody\n", "email"),
     ("disk.vhdx", b"vhdxfile" + b"\x00" * 1024, "disk_image"),
+    ("page.mht", MHT, "html"),
+    ("macro.doc", MHT, "office"),  # Word opens MHT named .doc (ActiveMime macro documents)
     ("blob.bin", b"".join(hashlib.sha256(bytes([i])).digest() for i in range(64)), "unknown"),
 ]
 
@@ -208,3 +213,29 @@ def test_one_triage_shared_between_threads(triage, tmp_path, corpus):
     with ThreadPoolExecutor(max_workers=4) as pool:
         got = list(pool.map(lambda a: triage.analyze(a).to_dict(), arts * 4))
     assert got == expected * 4
+
+
+def test_mutated_documents_never_raise(triage, corpus, tmp_path):
+    """Corrupted corpus documents: analyzers may fail (recorded as data), triage itself never raises."""
+    import random
+
+    from mailvm.verdict import VERDICTS
+
+    rnd = random.Random(20240601)
+    seeds = [corpus / "oletools-test-data" / n for n in (
+        "olevba/sample_with_vba.ppt", "msodde/dde-test.docx", "oleobj/sample_with_lnk_file.doc", "rtfobj/issue_251.rtf",
+        "excel4-macros/excel4_sample_macro.xls", "encrypted/autostart-encrypt-standardpassword.xlsm",
+        "oleobj/external_link/sample_with_external_link_to_doc.xlsb")]
+    for i in range(120):
+        src = rnd.choice(seeds)
+        data = bytearray(src.read_bytes())
+        for _ in range(rnd.randrange(1, 20)):
+            pos = rnd.randrange(len(data))
+            data[pos : pos + 4] = rnd.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", bytes([rnd.randrange(256)])])
+        if rnd.random() < 0.3:
+            data = data[: rnd.randrange(1, len(data))]
+        p = tmp_path / f"m{i}{src.suffix}"
+        p.write_bytes(bytes(data))
+        r = triage.analyze(art(p, src.name))
+        assert r.kind in KINDS and r.verdict in VERDICTS
+        assert len(r.errors) == sum(f.id == "analyzer_error" for f in r.findings)

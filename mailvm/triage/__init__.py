@@ -140,7 +140,6 @@ class Triage:
             kind = classify_bytes(artifact, data)
         ctx = Context(cfg=self.cfg, kind=kind, data=data, truncated=truncated, state=self.state)
         findings: list[Finding] = []
-        errors: list[str] = []
         if truncated:
             findings.append(Finding("scan_truncated", 1, f"only the first {limit} bytes were analyzed", "triage"))
         for analyzer in self.analyzers:
@@ -153,13 +152,13 @@ class Triage:
                 detail = f"{analyzer.name}: {type(exc).__name__}: {exc}"
                 log.warning("triage analyzer %s failed on %s (%s): %s", analyzer.name, artifact.name,
                             artifact.sha256[:12], exc, exc_info=log.isEnabledFor(logging.DEBUG))
-                errors.append(detail[:300])
                 findings.append(Finding("analyzer_error", 0, detail, "triage"))
             elapsed = time.monotonic() - t0
             if elapsed > SLOW_ANALYZER_S:
                 log.warning("triage analyzer %s took %.1fs on %s (%d bytes)", analyzer.name, elapsed,
                             artifact.name, len(data))
         findings = _merge(findings)
+        errors = [f.detail for f in findings if f.id == "analyzer_error"]  # also those analyzers record themselves
         verdict, score = score_findings(findings)
         return TriageResult(kind, findings, verdict, score, kind in DETONATE_KINDS, errors)
 

@@ -36,6 +36,10 @@ SCRIPT_EXTENSIONS = frozenset({
     "command", "tcl",
 })
 
+#: Office extensions Word/Excel also open as MHT ("single file web page", the ActiveMime macro trick)
+MHT_OFFICE_EXTENSIONS = frozenset({"doc", "docm", "dot", "dotm", "xls", "xlsm", "xlt", "xltm", "xla", "ppt", "pptm", "pps",
+                                   "ppsm", "rtf"})
+
 LNK_CLSID = bytes.fromhex("0114020000000000c000000000000046")
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 ONENOTE_MAGIC = bytes.fromhex("e4525c7b8cd8a74daeb15378d02996d3")
@@ -211,8 +215,11 @@ def classify_data(mime: str, desc: str, name: str, head: bytes, tail: bytes, siz
             return "office"  # Word/Excel 2003 XML, flat OPC
         if ext in SCRIPT_EXTENSIONS or _SHEBANG_RE.match(head):
             return "script"
-        if ext in ("mht", "mhtml") and _MHT_RE.search(head[:4096]):
-            return "html"
+        if _MHT_RE.search(head[:4096]):
+            if ext in MHT_OFFICE_EXTENSIONS:
+                return "office"
+            if ext in ("mht", "mhtml"):
+                return "html"
         if kind is None or kind == "text":
             if _HTML_RE.search(head[:4096]) and ext not in ("txt", "csv", "log", "md", "json", "eml"):
                 return "html"

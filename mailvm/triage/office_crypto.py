@@ -22,9 +22,9 @@ import io
 import logging
 import os
 import tempfile
+from typing import Callable
 
 import msoffcrypto
-from msoffcrypto import exceptions as mso_exceptions
 
 from mailvm.triage import office_dde, office_objects, office_vba
 from mailvm.triage.base import Context
@@ -50,14 +50,15 @@ class _CappedWriter(io.BytesIO):
         return super().write(b)
 
 
+_ENCRYPTED_PACKAGE = "EncryptedPackage".encode("utf-16-le")
+
+
 def _office_file(data: bytes):
     try:
-        f = msoffcrypto.OfficeFile(io.BytesIO(data))
-    except (mso_exceptions.FileFormatError, OSError, ValueError, KeyError, IndexError, AssertionError,
-            NotImplementedError) as exc:
-        log.debug("msoffcrypto cannot open: %s", exc)
+        return msoffcrypto.OfficeFile(io.BytesIO(data))
+    except Exception as exc:  # hostile input breaks msoffcrypto's parsers in many ways: "cannot tell"
+        log.debug("msoffcrypto cannot open: %s: %s", type(exc).__name__, exc)
         return None
-    return f
 
 
 def decrypt_well_known(data: bytes, cap: int) -> tuple[bytes, str] | tuple[None, str]:
@@ -88,14 +89,14 @@ def decrypt_well_known(data: bytes, cap: int) -> tuple[bytes, str] | tuple[None,
 
 
 def is_encrypted(data: bytes) -> bool:
+    """msoffcrypto's answer; for files it cannot parse, whether an ``EncryptedPackage`` stream is named."""
     f = _office_file(data)
-    if f is None:
-        return False
-    try:
-        return bool(f.is_encrypted())
-    except Exception as exc:  # malformed streams: treat as not provably encrypted
-        log.debug("msoffcrypto is_encrypted failed: %s", exc)
-        return False
+    if f is not None:
+        try:
+            return bool(f.is_encrypted())
+        except Exception as exc:  # malformed streams: fall back to the directory entry name
+            log.debug("msoffcrypto is_encrypted failed: %s", exc)
+    return _ENCRYPTED_PACKAGE in data
 
 
 def analyze(artifact: Artifact, data_path: str, ctx: Context) -> list[Finding]:
@@ -108,19 +109,31 @@ def analyze(artifact: Artifact, data_path: str, ctx: Context) -> list[Finding]:
     out = [Finding("office_encrypted_default_password", 5,
                    f"encrypted with Office's well-known password {how!r}: opens without a prompt", SOURCE)]
     note = "decrypted"
-    out += office_vba.vba_findings(plain, artifact.name, note)
+    checks: list[tuple[str, Callable[[], list[Finding]]]] = [
+        ("office_vba", lambda: office_vba.vba_findings(plain, artifact.name, note)),
+        ("office_objects", lambda: office_objects.object_findings(plain, artifact.name, note)),
+        ("office_dde", lambda: _dde_on_copy(plain, note)),
+    ]
     if plain[:4] == b"PK\x03\x04":
-        out += office_vba.ooxml_part_findings(plain, note)
-    out += office_objects.object_findings(plain, artifact.name, note)
-    # msodde needs a file: a private (0600) temporary file, removed at once
+        checks.append(("office_vba", lambda: office_vba.ooxml_part_findings(plain, note)))
+    for name, check in checks:
+        try:
+            out += check()
+        except Exception as exc:  # one failing check on the plaintext must not hide the others
+            log.warning("office_crypto: %s failed on the decrypted %s: %s", name, artifact.name, exc)
+            out.append(Finding("analyzer_error", 0, f"office_crypto/{name}: {type(exc).__name__}: {exc}", SOURCE))
+    return out
+
+
+def _dde_on_copy(plain: bytes, note: str) -> list[Finding]:
+    """msodde needs a file: a private (0600) temporary copy, removed at once."""
     fd, tmp = tempfile.mkstemp(prefix="mailvm-decrypted-")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(plain)
-        out += office_dde.dde_findings(tmp, plain, note)
+        return office_dde.dde_findings(tmp, plain, note)
     finally:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-    return out

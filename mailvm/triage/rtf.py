@@ -95,7 +95,10 @@ def rtf_findings(data: bytes) -> list[Finding]:
         if len(data) > MAX_RTF_BYTES:
             out.append(Finding("rtf_partial_scan", 1, f"objects searched in the first {MAX_RTF_BYTES} bytes only", SOURCE))
         parser = rtfobj.RtfObjParser(data[:MAX_RTF_BYTES])
-        parser.parse()
+        try:
+            parser.parse()
+        except Exception as exc:  # rtfobj gives up on some malformed files: keep what it found so far
+            out.append(Finding("analyzer_error", 0, f"rtf/rtfobj: {type(exc).__name__}: {clip(exc, 160)}", SOURCE))
         out += object_findings(parser.objects)
     return _dedupe(out)
 
@@ -103,6 +106,9 @@ def rtf_findings(data: bytes) -> list[Finding]:
 def _dedupe(findings: list[Finding]) -> list[Finding]:
     best: dict[str, Finding] = {}
     for f in findings:
+        if f.id == "analyzer_error":
+            best[f"{f.id}{len(best)}"] = f
+            continue
         if f.id not in best or f.severity > best[f.id].severity:
             best[f.id] = f
     return list(best.values())

@@ -15,6 +15,7 @@ import io
 import logging
 import struct
 import zipfile
+import zlib
 from typing import BinaryIO
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ def read_member(zf: zipfile.ZipFile, name: str, limit: int) -> bytes:
     try:
         with zf.open(name) as fh:
             return fh.read(limit)
-    except (KeyError, RuntimeError, zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError) as exc:
+    except (KeyError, RuntimeError, zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError,
+            zlib.error) as exc:
         log.debug("cannot read zip member %r: %s", name, exc)
         return b""
 
