@@ -143,6 +143,21 @@ def test_packer_section_names(exes, triage):
     assert "pe_upx_packed" in {f.id for f in triage.analyze(art(exes["upx"])).findings}
 
 
+def test_dotnet_header(exes):
+    """A CLR header (data directory 14 -> IMAGE_COR20_HEADER) marks a .NET assembly."""
+    import pefile
+
+    img = pefile.PE(str(exes["hello"]))
+    sec = next(s for s in img.sections if s.Name.startswith(b".data"))
+    img.OPTIONAL_HEADER.DATA_DIRECTORY[14].VirtualAddress = sec.VirtualAddress
+    img.OPTIONAL_HEADER.DATA_DIRECTORY[14].Size = 0x48
+    data = bytearray(img.write())
+    img.close()
+    data[sec.PointerToRawData : sec.PointerToRawData + 8] = (0x48).to_bytes(4, "little") + b"\x02\x00\x05\x00"
+    assert ids(pe.pe_findings(bytes(data))) == {"pe_dotnet": 1}
+    assert "pe_dotnet" not in ids(pe.pe_findings(exes["hello"].read_bytes()))
+
+
 def test_malformed_pe(tmp_path, triage):
     p = tmp_path / "bad.exe"
     p.write_bytes(b"MZ" + b"\x90" * 58 + b"\x40\x00\x00\x00" + b"PE\x00\x00" + b"\xff" * 40)

@@ -1,8 +1,8 @@
 """Windows PE executables, with pefile.
 
-The file is loaded with ``fast_load`` and only the import and .NET (COM
-descriptor) directories are parsed (pefile bounds symbol counts and name
-lengths).  Findings: import combinations typical of injection, hollowing,
+The file is loaded with ``fast_load`` and only the import directory is parsed
+(pefile bounds symbol counts and name lengths); .NET is recognised by its CLR
+header (data directory 14).  Findings: import combinations typical of injection, hollowing,
 keylogging, anti-debugging and downloading; packer section names; high-entropy
 executable sections; no imports or only the dynamic-resolution pair
 (``LoadLibrary``/``GetProcAddress``); writable and executable sections; an entry
@@ -22,6 +22,8 @@ HIGH_ENTROPY = 7.2
 MIN_ENTROPY_SECTION = 4096
 MAX_SECTIONS_LOOKED = 96
 
+COM_DESCRIPTOR = 14
+COR20_SIZE = 0x48
 IMAGE_SCN_MEM_EXECUTE = 0x20000000
 IMAGE_SCN_MEM_WRITE = 0x80000000
 IMAGE_SCN_CNT_CODE = 0x20
@@ -75,6 +77,17 @@ def _imports(pe: pefile.PE) -> tuple[set[str], int]:
     return names, dlls
 
 
+def _is_dotnet(pe: pefile.PE) -> bool:
+    """A CLR header: data directory 14 points at an IMAGE_COR20_HEADER (``cb`` = 72)."""
+    dirs = pe.OPTIONAL_HEADER.DATA_DIRECTORY
+    if len(dirs) <= COM_DESCRIPTOR or not dirs[COM_DESCRIPTOR].VirtualAddress or dirs[COM_DESCRIPTOR].Size < COR20_SIZE:
+        return False
+    try:
+        return pe.get_data(dirs[COM_DESCRIPTOR].VirtualAddress, 4) == COR20_SIZE.to_bytes(4, "little")
+    except pefile.PEFormatError:
+        return False
+
+
 def pe_findings(data: bytes) -> list[Finding]:
     out: list[Finding] = []
     try:
@@ -82,11 +95,8 @@ def pe_findings(data: bytes) -> list[Finding]:
     except pefile.PEFormatError as exc:
         return [Finding("pe_malformed", 3, f"not a loadable PE: {clip(exc, 120)}", SOURCE)]
     try:
-        pe.parse_data_directories(directories=[
-            pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_IMPORT"],
-            pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_COM_DESCRIPTOR"],
-        ])
-        is_dotnet = bool(getattr(pe, "DIRECTORY_ENTRY_COM_DESCRIPTOR", None))
+        pe.parse_data_directories(directories=[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_IMPORT"]])
+        is_dotnet = _is_dotnet(pe)
         if is_dotnet:
             out.append(Finding("pe_dotnet", 1, ".NET assembly", SOURCE))
         imports, dlls = _imports(pe)

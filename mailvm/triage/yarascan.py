@@ -111,15 +111,12 @@ def scan(state: YaraState, data: bytes, name: str = "", kind: str = "") -> list[
         timeout=SCAN_TIMEOUT_S,
         externals={"filename": name, "extension": extension(name), "kind": kind},
     )
-    findings: list[Finding] = []
-    seen: set[str] = set()
+    best: dict[str, Finding] = {}
     for m in matches[:MAX_MATCHES]:
         f = _finding(m)
-        if f.id in seen:
-            continue
-        seen.add(f.id)
-        findings.append(f)
-    return findings
+        if f.id not in best or f.severity > best[f.id].severity:
+            best[f.id] = f
+    return list(best.values())
 
 
 def analyze(artifact: Artifact, data_path: str, ctx: Context) -> list[Finding]:
