@@ -36,7 +36,7 @@ DANGEROUS_EXTENSIONS = frozenset({
 DOCUMENT_EXTENSIONS = frozenset({
     "pdf", "doc", "docx", "docm", "xls", "xlsx", "xlsm", "ppt", "pptx", "rtf", "txt", "csv", "odt", "ods",
     "jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "mp3", "mp4", "avi", "wav", "zip", "rar", "7z",
-    "htm", "html", "xml", "eml", "msg", "one", "wav", "mov", "wmv",
+    "htm", "html", "xml", "eml", "msg", "one", "mov", "wmv",
 })
 
 _TEXTISH = frozenset({"text", "script", "html", "email"})
