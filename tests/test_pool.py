@@ -21,11 +21,21 @@ import pytest
 
 from mailvm.config import PoolConfig, ScanTableConfig
 from mailvm.scantable import ScanTable
-from mailvm.verdict import CLEAN, DONE, ERROR, MALICIOUS, Finding
+from mailvm.verdict import CLEAN, DONE, ERROR, MALICIOUS, SUSPICIOUS, Finding
 from mailvm.vmpool.backends import BACKENDS
 from mailvm.vmpool.backends.base import BackendUnavailable
 from mailvm.vmpool.backends.process import ProcessBackend
-from mailvm.vmpool.pool import STATUS_FILE, Job, Pool, max_file_bytes, read_status
+from mailvm.vmpool.pool import (
+    MAX_LOG_BYTES,
+    MAX_LOG_ENTRIES,
+    STATUS_FILE,
+    Job,
+    Pool,
+    compose_verdict,
+    failure_verdict,
+    max_file_bytes,
+    read_status,
+)
 from mailvm.vmpool.select import make_backend
 
 MiB = 1024 * 1024
@@ -38,16 +48,13 @@ python3 -c 'import socket; s = socket.create_connection(("203.0.113.10", 4444), 
 """
 SLEEPER = "#!/bin/sh\nsleep 40\necho woke\n"
 
-pytestmark = pytest.mark.sandbox
+#: tests that run real agents and sandboxes (the pure verdict tests at the end do not)
+sandbox = pytest.mark.sandbox
 
 
-def _sandbox_reason() -> str | None:
-    return ProcessBackend.probe(PoolConfig())
-
-
-@pytest.fixture(autouse=True)
-def _need_sandbox():
-    reason = _sandbox_reason()
+@pytest.fixture
+def need_sandbox():
+    reason = ProcessBackend.probe(PoolConfig())
     if reason:
         pytest.skip(f"process backend cannot run here: {reason}")
 
@@ -96,7 +103,7 @@ def page_files() -> list[str]:
 
 
 @pytest.fixture
-def pools(cfg: PoolConfig, table: ScanTable):
+def pools(need_sandbox, cfg: PoolConfig, table: ScanTable):
     """``pools(**overrides)`` -> a started Pool on the process backend; all closed and checked at teardown."""
     made: list[Pool] = []
 
@@ -156,6 +163,7 @@ def running_slot(pool: Pool, attempt: int) -> dict:
 # --------------------------------------------------------------------------- pre-warm and verdicts
 
 
+@sandbox
 def test_prewarms_the_configured_slots(pools):
     pool = pools()
     assert pool.wait_warm(30)
@@ -166,6 +174,7 @@ def test_prewarms_the_configured_slots(pools):
     assert len(page_files()) == 2
 
 
+@sandbox
 def test_benign_script_is_clean(pools, tmp_path):
     pool = pools()
     assert pool.wait_warm(30)
@@ -179,6 +188,7 @@ def test_benign_script_is_clean(pools, tmp_path):
     assert run["type"] == "run" and run["handover_ms"] > 0 and run["failed"] is False
 
 
+@sandbox
 def test_malicious_script_is_published_to_the_table(pools, table, tmp_path):
     pool = pools()
     owner = "test:malicious"
@@ -198,6 +208,7 @@ def test_malicious_script_is_published_to_the_table(pools, table, tmp_path):
     assert "203.0.113.10" in details or "autostart" in details
 
 
+@sandbox
 def test_four_jobs_on_two_slots_all_complete(pools, tmp_path):
     pool = pools()
     jobs = [make_job(tmp_path, f"n{i}.sh", f"#!/bin/sh\necho job {i}\n") for i in range(4)]
@@ -212,9 +223,27 @@ def test_four_jobs_on_two_slots_all_complete(pools, tmp_path):
     assert st["slot_events"]["created"] >= 4
 
 
+@sandbox
+def test_guest_timeout_near_the_deadline_is_a_normal_result(pools, tmp_path):
+    pool = pools()
+    assert pool.wait_warm(30)
+    # the guest is told to stop RESULT_MARGIN_S before the deadline, so it reports in time
+    job = make_job(tmp_path, "slow.sh", SLEEPER, deadline=time.monotonic() + 4.0)
+    t0 = time.monotonic()
+    v = pool.submit(job).result(timeout=30)
+    assert time.monotonic() - t0 < 4.0
+    ids = [f.id for f in v.findings]
+    assert "timed_out" in ids and "slot_failed" not in ids
+    assert v.verdict != ERROR and v.source == "detonation"
+    assert v.log[1]["stopped"] == "timeout"
+    st = pool.status()
+    assert st["slot_events"]["failed"] == 0 and st["jobs"]["done"] == 1
+
+
 # --------------------------------------------------------------------------- slot failures
 
 
+@sandbox
 def test_killed_slot_is_retried_once_then_slot_failed(pools, table, tmp_path):
     pool = pools(retries=1)
     owner = "test:killed"
@@ -237,6 +266,7 @@ def test_killed_slot_is_retried_once_then_slot_failed(pools, table, tmp_path):
     assert stored is not None and stored.verdict == ERROR
 
 
+@sandbox
 def test_killed_slot_then_the_retry_delivers_the_result(pools, tmp_path):
     pool = pools(retries=1)
     job = make_job(tmp_path, "nap.sh", "#!/bin/sh\nsleep 2\necho rested\n")
@@ -249,9 +279,26 @@ def test_killed_slot_then_the_retry_delivers_the_result(pools, tmp_path):
     assert pool.status()["jobs"]["retried"] == 1
 
 
+@sandbox
+def test_frozen_agent_is_detected_by_its_heartbeat_and_the_job_retried(pools, tmp_path, caplog):
+    pool = pools(retries=1, heartbeat_timeout_s=1.0)
+    job = make_job(tmp_path, "nap2.sh", "#!/bin/sh\nsleep 2\necho rested\n")
+    fut = pool.submit(job)
+    first = running_slot(pool, attempt=1)
+    agent = first["pids"][1] if first["pid_namespace"] else first["pid"]
+    with caplog.at_level(logging.WARNING, logger="mailvm.vmpool.pool"):
+        os.kill(agent, signal.SIGSTOP)  # alive, but its heartbeat stops
+        v = fut.result(timeout=90)
+    assert v.verdict == CLEAN and v.slot != first["id"], v
+    assert any("heartbeat" in r.getMessage() and first["id"] in r.getMessage() for r in caplog.records)
+    st = pool.status()
+    assert st["jobs"]["retried"] == 1 and st["slot_events"]["failed"] == 1
+
+
 # --------------------------------------------------------------------------- deadlines, limits, close
 
 
+@sandbox
 def test_job_queued_past_its_deadline_times_out_and_releases_its_claim(pools, table, tmp_path):
     pool = pools(slots=1)
     busy = pool.submit(make_job(tmp_path, "busy.sh", SLEEPER))
@@ -273,6 +320,7 @@ def test_job_queued_past_its_deadline_times_out_and_releases_its_claim(pools, ta
     assert closed.verdict == ERROR and closed.findings[-1].id == "pool_closed"
 
 
+@sandbox
 def test_file_larger_than_the_page_is_refused_without_a_slot(pools, tmp_path, cfg):
     pool = pools()
     big = tmp_path / "big.bin"
@@ -285,6 +333,7 @@ def test_file_larger_than_the_page_is_refused_without_a_slot(pools, tmp_path, cf
     assert pool.status()["handover_ms"]["n"] == 0
 
 
+@sandbox
 def test_close_kills_every_slot_and_fails_queued_jobs(pools, tmp_path):
     pool = pools(slots=1)
     running = pool.submit(make_job(tmp_path, "run.sh", SLEEPER))
@@ -310,6 +359,7 @@ def test_close_kills_every_slot_and_fails_queued_jobs(pools, tmp_path):
 # --------------------------------------------------------------------------- status
 
 
+@sandbox
 def test_status_and_status_json(pools, tmp_path):
     pool = pools()
     assert pool.wait_warm(30)
@@ -344,7 +394,8 @@ def test_status_and_status_json(pools, tmp_path):
 # --------------------------------------------------------------------------- backend selection
 
 
-def test_make_backend_explicit_and_auto(cfg):
+@sandbox
+def test_make_backend_explicit_and_auto(need_sandbox, cfg):
     assert isinstance(make_backend(dataclasses.replace(cfg, backend="process")), ProcessBackend)
     auto = make_backend(dataclasses.replace(cfg, backend="auto"))
     qemu = BACKENDS.get("qemu")
@@ -354,7 +405,8 @@ def test_make_backend_explicit_and_auto(cfg):
         assert isinstance(auto, ProcessBackend)
 
 
-def test_make_backend_refuses_unknown_and_unregistered_names(cfg):
+@sandbox
+def test_make_backend_refuses_unknown_and_unregistered_names(need_sandbox, cfg):
     with pytest.raises(BackendUnavailable, match="unknown backend 'vmware'"):
         make_backend(dataclasses.replace(cfg, backend="vmware"))
     with pytest.raises(BackendUnavailable, match="xen"):  # valid name, but not here: never a fallback
@@ -363,13 +415,15 @@ def test_make_backend_refuses_unknown_and_unregistered_names(cfg):
         make_backend(dataclasses.replace(cfg, backend="auto"), registry={})
 
 
-def test_qemu_that_cannot_run_falls_back_to_process_loudly(cfg, caplog):
+@sandbox
+def test_qemu_that_cannot_run_falls_back_to_process_loudly(need_sandbox, cfg, caplog):
     with caplog.at_level(logging.WARNING, logger="mailvm.vmpool.select"):
         b = make_backend(dataclasses.replace(cfg, backend="qemu"), registry={"process": ProcessBackend})
     assert isinstance(b, ProcessBackend)
     assert any("FALLING BACK" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
 
 
+@sandbox
 def test_probe_reason_is_reported_when_the_chosen_backend_cannot_run(cfg, monkeypatch, tmp_path):
     empty = tmp_path / "empty-bin"
     empty.mkdir()
@@ -380,7 +434,8 @@ def test_probe_reason_is_reported_when_the_chosen_backend_cannot_run(cfg, monkey
         make_backend(dataclasses.replace(cfg, backend="qemu"), registry={"process": ProcessBackend})
 
 
-def test_backend_that_makes_no_slot_fails_jobs_with_vm_error(cfg, table, tmp_path):
+@sandbox
+def test_backend_that_makes_no_slot_fails_jobs_with_vm_error(need_sandbox, cfg, table, tmp_path):
     # a page directory that does not exist: every slot creation fails for real
     backend = ProcessBackend(cfg, page_dir=str(tmp_path / "no-such-dir"))
     pool = Pool(cfg, backend, table)
@@ -406,3 +461,55 @@ def test_backend_that_makes_no_slot_fails_jobs_with_vm_error(cfg, table, tmp_pat
     finally:
         pool.close()
     assert agent_processes(cfg.work_dir) == []
+
+
+# --------------------------------------------------------------------------- composing verdicts (pure)
+
+JOB = Job("a" * 64, "/nonexistent", "x.sh", "text/x-shellscript", "script")
+
+
+def result(verdict: str, findings: list[dict], **kw) -> dict:
+    return {"schema": 1, "verdict": verdict, "score": 0, "findings": findings, "log": [], "duration_s": 1.0,
+            "stopped": "exited_idle", "launcher": "sh", "events": 3, **kw}
+
+
+def test_compose_scores_static_and_guest_findings_on_the_host():
+    job = dataclasses.replace(JOB, static_findings=[Finding("macro_autoopen", 5, "", "triage")])
+    guest = [{"id": "network_raw_ip", "severity": 6, "detail": "1.2.3.4:80", "source": "detonation"},
+             {"id": "dropped_exec", "severity": 5, "detail": "", "source": "detonation"}]
+    # the guest says clean; the host's scoring of the same evidence decides (6 + 1 corroboration)
+    v = compose_verdict(job, result("clean", guest), "s1", 1.5, 0.7)
+    assert (v.verdict, v.score) == (MALICIOUS, 7)
+    assert [f.id for f in v.findings] == ["macro_autoopen", "network_raw_ip", "dropped_exec"]
+    assert v.slot == "s1" and v.duration_s == 1.5 and v.source == "detonation"
+
+
+def test_compose_guest_error_stays_error_unless_the_evidence_is_already_bad():
+    err = [{"id": "agent_error", "severity": 0, "detail": "boom", "source": "agent"}]
+    v = compose_verdict(JOB, result("error", err), "s1", 0.1, 0.5)
+    assert v.verdict == ERROR and v.score == 0 and [f.id for f in v.findings] == ["agent_error"]
+    job = dataclasses.replace(JOB, static_findings=[Finding("obfuscated_script", 5, "", "triage")])
+    v = compose_verdict(job, result("error", err), "s1", 0.1, 0.5)
+    assert (v.verdict, v.score) == (SUSPICIOUS, 5)
+
+
+def test_compose_timed_out_with_no_evidence_stays_clean():
+    t = [{"id": "timed_out", "severity": 0, "detail": "still running", "source": "detonation"}]
+    v = compose_verdict(JOB, result("clean", t, stopped="timeout"), "s1", 60.0, 0.5)
+    assert v.verdict == CLEAN and [f.id for f in v.findings] == ["timed_out"]
+
+
+def test_compose_caps_the_guest_log():
+    entries = ["a text line"] + [{"type": "file", "path": "/x" * 100, "i": i} for i in range(5000)]
+    v = compose_verdict(JOB, result("clean", [], log=entries), "s1", 1.0, 0.5)
+    guest_log = v.log[2:]
+    assert guest_log[0] == {"type": "text", "text": "a text line"}
+    assert len(guest_log) <= MAX_LOG_ENTRIES
+    assert len(json.dumps(guest_log)) <= MAX_LOG_BYTES + 2 * len(guest_log)
+
+
+def test_failure_verdict_keeps_static_evidence():
+    assert failure_verdict(JOB, "slot_failed", "died").verdict == ERROR
+    job = dataclasses.replace(JOB, static_findings=[Finding("pe_packed", 7, "", "triage")])
+    v = failure_verdict(job, "slot_failed", "died")
+    assert v.verdict == MALICIOUS and {f.id for f in v.findings} == {"pe_packed", "slot_failed"}
