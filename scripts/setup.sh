@@ -9,8 +9,8 @@ APT_PACKAGES=(
   # build + runtime for the Python dependencies
   python3 python3-venv python3-dev gcc make pkg-config ca-certificates
   libmilter-dev libvirt-dev libmagic1 libmagic-mgc libarchive13
-  # archive tools used by tests (building fixtures) and by the guest image
-  p7zip-full xorriso gcab
+  # archive tools and compilers used by tests (building fixtures: ISO, cab, PE, ELF samples)
+  p7zip-full xorriso gcab openssl gcc-mingw-w64-x86-64
   # detonation sandbox (process backend and guest image)
   strace bubblewrap iproute2 iptables procps psmisc
   # the mail path

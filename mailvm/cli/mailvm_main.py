@@ -177,9 +177,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _logging(verbose: int) -> None:
-    level = logging.INFO if verbose < 2 else logging.DEBUG
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s mailvm[%(process)d] %(levelname)s %(name)s: %(message)s")
+    from mailvm.logsetup import setup_logging
+
+    setup_logging(logging.INFO if verbose < 2 else logging.DEBUG,
+                  "%(asctime)s mailvm[%(process)d] %(levelname)s %(name)s: %(message)s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

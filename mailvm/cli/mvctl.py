@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 from mailvm.cli import cache, lab, policy, pool, quarantine, scan
 from mailvm.config import ConfigError
+from mailvm.logsetup import setup_logging
 
 EXIT_OK = 0
 EXIT_BAD = 1
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
     except ConfigError as exc:
