@@ -16,7 +16,7 @@ import pytest
 
 from mailvm.config import ExtractConfig
 from mailvm.extract import extract_message
-from mailvm.extract.mime import decode_header_value, uu_blocks
+from mailvm.extract.mime import decode_header_value, html_visible_text, uu_blocks
 
 CORPUS_MAIL_DIRS = ("zbateson-mail-mime-parser", "cpython-test_email-data", "apache-spamassassin-tdata")
 OLEVB = Path("apache-spamassassin-tdata/t/data/spam/olevbmacro")
@@ -379,3 +379,24 @@ def test_extra_passwords_from_policy_are_tried(extract_cfg, make_spool):
     res = extract_message(m.as_bytes(), spool, extract_cfg, extra_passwords=["policy-secret"])
     assert [a.name for a in res.artifacts] == ["x.zip", "x.exe"]
     assert any(f.id == "encrypted_archive" and "configured" in f.detail for f in res.artifacts[0].findings)
+
+
+def test_html_visible_text():
+    html = (
+        "<html><head><title>T</title><style>p{}</style></head><body><p>Hello &amp; <b>bye</b>"
+        "<script>var x='<p>hidden'</script><!-- comment --> end</p><SCRIPT>y()</SCRIPT>ok</body>"
+    )
+    text = html_visible_text(html)
+    assert "Hello & bye" in text and "end" in text and "ok" in text
+    assert "hidden" not in text and "comment" not in text and "y()" not in text and "p{}" not in text
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["<a " * 170_000, "<" * 500_000, "<!--" + "a" * 500_000, "<script>" + "</scr" * 100_000, "<a<b<c>" * 70_000, "&#x41;" * 80_000],
+    ids=["unclosed-tags", "lt", "open-comment", "unclosed-script", "nested-lt", "entities"],
+)
+def test_html_visible_text_is_linear_on_hostile_markup(hostile):
+    t0 = time.monotonic()
+    html_visible_text(hostile)
+    assert time.monotonic() - t0 < 1.0

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from mailvm.config import ExtractConfig
 from mailvm.extract import extract_file, extract_message
+from mailvm.extract.mime import html_visible_text
 from mailvm.extract.passwords import candidate_passwords
 from mailvm.extract.spool import Spool
 
@@ -328,3 +329,14 @@ def test_candidate_passwords_properties(text, configured, limit, secret, phrase)
     t0 = time.monotonic()
     candidate_passwords(text * 50, configured, limit)
     assert time.monotonic() - t0 < 1.5
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(["<", ">", "<!--", "-->", "<script>", "</script>", "<p>", "&amp;", "&#", "a", " ", "\n", "</", "<style"]), max_size=400), st.integers(1, 500))
+def test_html_visible_text_bounded(pieces, repeat):
+    html = "".join(pieces) * repeat
+    t0 = time.monotonic()
+    text = html_visible_text(html)
+    assert time.monotonic() - t0 < 2.0
+    assert len(text) <= len(html) + 1
+    assert "<script>" not in text
