@@ -494,16 +494,27 @@ class QemuBackend(Backend):
         tmp.write_text(json.dumps(memo))
         os.replace(tmp, self._accel_memo())
 
+    def _shm_prefix(self) -> str:
+        """/dev/shm names are per work dir: two pools (tests, bench) never share a template's RAM file."""
+        wd = hashlib.sha256(os.path.realpath(self.cfg.work_dir).encode()).hexdigest()[:8]
+        return os.path.join(self.shm_dir, f"mailvm-template-{wd}-")
+
     def _template_paths(self, key: str) -> Template:
         d = os.path.join(self.cfg.work_dir, f"qemu-template-{key[:16]}")
-        return Template(key, d, os.path.join(self.shm_dir, f"mailvm-template-{key[:16]}.ram"), os.path.join(d, "state"))
+        return Template(key, d, f"{self._shm_prefix()}{key[:16]}.ram", os.path.join(d, "state"))
+
+    @staticmethod
+    def _ram_identity(path: str) -> list[int]:
+        st = os.stat(path)
+        return [st.st_ino, st.st_mtime_ns, st.st_size]
 
     def _load_or_make_template(self, spec: VMSpec) -> Template:
         key = spec.key(self.qemu_version)
         t = self._template_paths(key)
         try:
             meta = json.loads(Path(t.dir, "meta.json").read_text())
-            if meta.get("key") == key and os.path.isfile(t.ram) and os.path.isfile(t.state):
+            if (meta.get("key") == key and os.path.isfile(t.state) and os.path.isfile(t.ram)
+                    and meta.get("ram_identity") == self._ram_identity(t.ram)):
                 t.meta = meta
                 log.info("qemu backend: reusing template %s (%s, made %.0f s ago)", key[:12], spec.accel,
                          time.time() - meta.get("created_at", 0))
@@ -520,7 +531,7 @@ class QemuBackend(Backend):
                 continue
             shutil.rmtree(d, ignore_errors=True)
             try:
-                os.unlink(os.path.join(self.shm_dir, f"mailvm-template-{tag}.ram"))
+                os.unlink(f"{self._shm_prefix()}{tag}.ram")
             except FileNotFoundError:
                 pass
 
@@ -535,7 +546,7 @@ class QemuBackend(Backend):
         fd = os.open(t.ram, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.ftruncate(fd, spec.mem_mib << 20)
         os.close(fd)
-        page_path = os.path.join(self.shm_dir, f"mailvm-template-{t.key[:16]}.page")
+        page_path = f"{self._shm_prefix()}{t.key[:16]}.page"
         try:
             os.unlink(page_path)
         except FileNotFoundError:
@@ -589,7 +600,8 @@ class QemuBackend(Backend):
         t.meta = {"key": t.key, "accel": spec.accel, "image": spec.image.key, "qemu": self.qemu_version,
                   "mem_mib": spec.mem_mib, "page_bytes": spec.page_bytes, "doorbell": spec.doorbell,
                   "boot_s": round(boot_s, 3), "save_s": round(save_s, 4),
-                  "state_bytes": os.path.getsize(t.state), "created_at": time.time()}
+                  "state_bytes": os.path.getsize(t.state), "created_at": time.time(),
+                  "ram_identity": self._ram_identity(t.ram)}
         tmp = Path(t.dir, "meta.json.tmp")
         tmp.write_text(json.dumps(t.meta, indent=2))
         os.replace(tmp, Path(t.dir, "meta.json"))
