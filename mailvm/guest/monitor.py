@@ -393,6 +393,7 @@ class EventBuilder:
         self.procs: dict[int, Proc] = {}
         self.infra: set[int] = set()
         self.threads: set[int] = set()
+        self._missing_execs: set[tuple[int, str]] = set()
         self.init_pid: int | None = None
         self.started = False  # the init has exec'd: the sample tree exists from now on
         self.root_pid: int | None = None  # the first process of the sample
@@ -536,7 +537,11 @@ class EventBuilder:
             p.argv = argv
         else:
             if call.errno == "ENOENT":
-                return {}  # PATH search by execvp(): noise
+                # execvp() tries every $PATH directory: report one attempt per program and process
+                key = (p.pid, path.rsplit("/", 1)[-1])
+                if key in self._missing_execs or len(self._missing_execs) > 10_000:
+                    return {}
+                self._missing_execs.add(key)
             ev.update(self._err(call))
         return ev
 

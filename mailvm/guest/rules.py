@@ -234,10 +234,14 @@ def _cron(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
         name = prog_name(_s(ev.get("path")))
         argv = [_s(a) for a in ev.get("argv") or []]
         if name == "crontab" and not any(a in ("-l", "-r") for a in argv[1:]):
-            return "crontab " + " ".join(argv[1:])[:200]
+            return "crontab " + " ".join(argv[1:])[:200] + _attempt(ev)
         if name == "at" or name == "batch":
             return "exec " + " ".join(argv)[:200]
         return None
+    if ev.get("op") == "probe" and base(_s(ev.get("path"))) == "crontab" and _s(ev.get("path")).startswith(
+            ("/usr/", "/bin/", "/sbin/")):
+        # a shell looks the command up before exec: where cron is not installed that is all there is
+        return f"looked up {ev.get('path')} to run it{_attempt(ev)}"
     return _path_rule((), ("/etc/crontab", "/etc/cron.d", "/etc/cron.hourly", "/etc/cron.daily", "/etc/cron.weekly",
                            "/etc/cron.monthly", "/var/spool/cron", "/etc/anacrontab"))(ev, ctx, st)
 

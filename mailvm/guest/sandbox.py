@@ -5,11 +5,15 @@ runs it on the host).
 
 Layers, from the outside in::
 
+    unshare --net sleep infinity    holds a fresh network namespace (dies with the agent: pdeathsig)
     setpriv --pdeathsig KILL        strace dies with the agent thread that started it
-    nsenter --net=<netns>           a fresh network namespace: loopback + the simulated internet
+    nsenter --net=/proc/H/ns/net    into that namespace: loopback + the simulated internet only
     strace -f --seccomp-bpf ...     monitor, started OUTSIDE bubblewrap (sees every descendant)
     prlimit --nproc --nofile ...    resource limits (RLIMIT_NPROC counts the sandbox's own uid only)
-    sh -c 'echo $$ > cgroup.procs'  join the per-detonation pids/memory cgroups where available
+    unshare --mount sh -c STAGE     as root: join the per-detonation pids/memory cgroups where
+                                    available; bind the box directories onto STAGE_DIR (reachable by
+                                    any uid) in a private mount namespace, so the work directory itself
+                                    may stay 0700
     setpriv --reuid=U               a uid used by nothing else on the machine (U is per detonation)
     bwrap --unshare-user,pid,ipc,uts --as-pid-1 ...
                                     read-only /usr /etc, tmpfs /tmp, a fresh writable HOME with
@@ -21,7 +25,9 @@ Layers, from the outside in::
 
 At the end every process of uid U is killed (the init first, which tears the
 pid namespace down; then the cgroup; then a sweep of ``/proc`` until nothing of
-uid U is left), then fakenet, the namespace and the cgroups are removed.
+uid U is left), then fakenet and the namespace holder; the cgroups and the
+detonation's directory are removed.  Nothing is named globally except the
+cgroups, and those left by a killed agent are removed once empty and old.
 """
 
 from __future__ import annotations
@@ -44,14 +50,15 @@ from mailvm.guest.monitor import STRACE_SYSCALLS
 
 log = logging.getLogger(__name__)
 
-REQUIRED_TOOLS = ("bwrap", "strace", "ip", "nsenter", "setpriv", "prlimit", "sh", "python3")
+REQUIRED_TOOLS = ("bwrap", "strace", "ip", "nsenter", "unshare", "setpriv", "prlimit", "mount", "sleep", "sh",
+                  "python3")
 OPTIONAL_TOOLS = ("iptables-restore",)
 INIT_MARKER = "mailvm-sandbox-init"
 UID_IN = 1000
-NETNS_DIR = "/run/netns"
 NAME_PREFIX = "mailvm-"
 MAX_OUTPUT = 16 * 1024
-BOX_FALLBACK = "/var/tmp/mailvm-sandbox"
+STAGE_DIR = "/run/mailvm-sandbox"  # empty mount points; each detonation binds its box here privately
+STALE_CGROUP_S = 2 * 3600
 MAX_STDERR_LINE = 64 * 1024
 
 #: pid 1 inside the sandbox: ignore the signals a sample could send it, run the launcher argv
@@ -86,7 +93,12 @@ while True:
 os._exit(code & 255 if code >= 0 else 128 - code)
 """
 
-_JOIN_CGROUPS = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" 2>/dev/null; shift; n=$((n-1)); done; exec "$@"'
+#: run as root in a private mount namespace: join the cgroups ($1 = how many, then their cgroup.procs files),
+#: bind HOME and the work directory onto STAGE_DIR, then exec the rest (setpriv ... bwrap ...)
+_STAGE = (
+    'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" 2>/dev/null; shift; n=$((n-1)); done; '
+    'mount -n --bind "$1" "$3" && mount -n --bind "$2" "$4" || exit 125; shift 4; exec "$@"'
+)
 
 
 class SandboxError(Exception):
@@ -119,28 +131,13 @@ def sandbox_tools() -> tuple[dict[str, str], list[str]]:
     return found, missing
 
 
-def traversable(path: str) -> bool:
-    """Can a user with no rights of its own reach ``path`` (others' x bit on every directory)?"""
-    p = os.path.abspath(path)
-    while True:
-        try:
-            if not os.stat(p).st_mode & 0o001:
-                return False
-        except OSError:
-            return False
-        if p == "/":
-            return True
-        p = os.path.dirname(p)
-
-
-def _pid_alive(pid: int) -> bool:
+def own_pidns() -> str:
+    """The inode number of this process's pid namespace (``"0"`` if unknown)."""
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+        link = os.readlink("/proc/self/ns/pid")
+        return link[link.index("[") + 1 : link.index("]")]
+    except (OSError, ValueError):
+        return "0"
 
 
 def processes_of_uid(uid: int) -> list[int]:
@@ -190,45 +187,57 @@ def allocate_uid() -> int:
 
 
 class Netns:
-    """A named network namespace (``ip netns``), always deleted by :meth:`delete`."""
+    """A network namespace held by a small process (``unshare --net sleep infinity``).
 
-    def __init__(self, ip: str, name: str) -> None:
-        self.ip = ip
-        self.name = name
-        self.created = False
+    The namespace has no name: it lives as long as its holder (and whatever runs
+    inside it).  The holder carries ``PDEATHSIG=KILL``, so a killed agent leaves
+    nothing behind.
+    """
+
+    def __init__(self, tools: dict[str, str]) -> None:
+        self.tools = tools
+        self.holder: subprocess.Popen | None = None
 
     @property
     def path(self) -> str:
-        return os.path.join(NETNS_DIR, self.name)
+        assert self.holder is not None
+        return f"/proc/{self.holder.pid}/ns/net"
 
-    def create(self) -> None:
-        r = subprocess.run([self.ip, "netns", "add", self.name], capture_output=True, text=True, timeout=10)
-        if r.returncode != 0:
-            raise SandboxError(f"ip netns add: {r.stderr.strip()[:200]}")
-        self.created = True
+    def create(self, timeout_s: float = 5.0) -> None:
+        t = self.tools
+        own = os.readlink("/proc/self/ns/net")
+        self.holder = subprocess.Popen([t["setpriv"], "--pdeathsig", "KILL", "--", t["unshare"], "--net", "--",
+                                        t["sleep"], "infinity"], stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.holder.poll() is not None:
+                err = self.holder.stderr.read(500) if self.holder.stderr else b""
+                raise SandboxError(f"unshare --net failed: {err.decode('utf-8', 'replace').strip()}")
+            try:
+                if os.readlink(self.path) != own and _cmdline(self.holder.pid).startswith(t["sleep"]):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.002)
+        raise SandboxError("the network namespace holder did not start")
 
     def delete(self) -> None:
-        if not self.created:
+        h = self.holder
+        if h is None:
             return
-        r = subprocess.run([self.ip, "netns", "delete", self.name], capture_output=True, text=True, timeout=10)
-        if r.returncode != 0:
-            log.error("ip netns delete %s: %s", self.name, r.stderr.strip()[:200])
-        else:
-            self.created = False
-
-    @staticmethod
-    def sweep_stale(ip: str) -> None:
-        """Delete namespaces left by dead agents (names carry the creator's pid)."""
+        self.holder = None
+        if h.poll() is None:
+            try:
+                os.killpg(h.pid, signal.SIGKILL)
+            except OSError:
+                pass
         try:
-            names = os.listdir(NETNS_DIR)
-        except OSError:
-            return
-        for name in names:
-            parts = name.split("-")
-            if name.startswith(NAME_PREFIX) and len(parts) >= 3 and parts[1].isdigit() and not _pid_alive(
-                    int(parts[1])):
-                subprocess.run([ip, "netns", "delete", name], capture_output=True, timeout=10)
-                log.info("deleted stale network namespace %s", name)
+            h.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.error("network namespace holder %d did not die", h.pid)
+        if h.stderr is not None:
+            h.stderr.close()
 
 
 class Cgroups:
@@ -296,6 +305,29 @@ class Cgroups:
                     fh.write(value)
             except OSError as exc:
                 log.info("cgroup %s: cannot set %s: %s", path, key, exc)
+
+    def sweep_stale(self) -> None:
+        """Remove empty ``mailvm-*`` cgroups older than :data:`STALE_CGROUP_S` (left by killed agents)."""
+        parents = set()
+        if os.path.isfile(os.path.join(self.ROOT, "cgroup.controllers")):
+            parents.add(self.ROOT)
+        else:
+            for ctrl in ("pids", "memory"):
+                parents.add(os.path.join(self.ROOT, ctrl, self._own(ctrl).lstrip("/")))
+        now = time.time()
+        for parent in parents:
+            try:
+                names = [n for n in os.listdir(parent) if n.startswith(NAME_PREFIX)]
+            except OSError:
+                continue
+            for name in names:
+                path = os.path.join(parent, name)
+                try:
+                    if now - os.stat(path).st_mtime > STALE_CGROUP_S and not self.pids(path):
+                        os.rmdir(path)
+                        log.info("removed stale cgroup %s", path)
+                except OSError:
+                    continue
 
     def kill(self) -> None:
         for d in self.dirs:
@@ -449,13 +481,10 @@ class Sandbox:
     def __init__(self, workdir: str, limits: Limits = Limits(), keep_files: bool = False) -> None:
         self.limits = limits
         self.keep_files = keep_files
-        tag = f"{os.getpid()}-{random.getrandbits(32):08x}"
+        tag = f"{own_pidns()}-{os.getpid()}-{random.getrandbits(32):08x}"
         self.name = NAME_PREFIX + tag
         self.dir = os.path.join(os.path.abspath(workdir), "det-" + tag)
-        # bubblewrap runs as the sandbox uid and must reach the directories it binds: they live in the
-        # work directory when its ancestors let others through, else under BOX_FALLBACK
-        parent = os.path.abspath(workdir)
-        self.box = os.path.join(self.dir if traversable(parent) else os.path.join(BOX_FALLBACK, tag), "box")
+        self.box = os.path.join(self.dir, "box")
         self.home = os.path.join(self.box, "home")
         self.work = os.path.join(self.box, "work")
         self.mon = os.path.join(self.dir, "mon")
@@ -495,20 +524,15 @@ class Sandbox:
             raise SandboxError("missing programs: " + ", ".join(missing))
         self.uid = allocate_uid()
         os.makedirs(self.mon, mode=0o700)
-        os.chmod(self.mon, 0o700)
-        os.chmod(self.dir, 0o711)
-        if not self.box.startswith(self.dir + "/"):
-            os.makedirs(BOX_FALLBACK, mode=0o711, exist_ok=True)
-            os.chmod(BOX_FALLBACK, 0o711)
-            os.makedirs(os.path.dirname(self.box), mode=0o711)
-        os.makedirs(self.box, mode=0o711)
-        os.chmod(self.box, 0o711)
+        os.chmod(self.dir, 0o700)
+        os.makedirs(self.box, mode=0o700)
         for d in (self.home, self.work):
             os.makedirs(d)
             os.chown(d, self.uid, self.uid)
+        for d in (STAGE_DIR, STAGE_DIR + "/home", STAGE_DIR + "/work"):
+            os.makedirs(d, mode=0o755, exist_ok=True)
         self.decoys = populate_home(self.home, self.uid, self.uid)
-        Netns.sweep_stale(self.tools["ip"])
-        self.netns = Netns(self.tools["ip"], self.name)
+        self.netns = Netns(self.tools)
         self.netns.create()
         enter = [self.tools["nsenter"], f"--net={self.netns.path}", "--"]
         try:
@@ -521,6 +545,7 @@ class Sandbox:
         except OSError as exc:
             raise SandboxError(str(exc)) from exc
         self.cgroups = Cgroups(self.name, self.limits)
+        self.cgroups.sweep_stale()
 
     def stage(self, sample_path: str, name: str, executable: bool) -> str:
         """Copy the sample into the sandbox's working directory; its path inside."""
@@ -566,7 +591,7 @@ class Sandbox:
               "--size", str(self.limits.tmp_size), "--tmpfs", "/var/tmp", "--size", str(16 << 20), "--tmpfs", "/run",
               "--size", str(self.limits.tmp_size), "--tmpfs", "/dev/shm",
               "--dir", "/var/spool/cron/crontabs", "--dir", "/root",
-              "--bind", self.home, HOME_IN, "--bind", self.work, WORK_IN]
+              "--bind", STAGE_DIR + "/home", HOME_IN, "--bind", STAGE_DIR + "/work", WORK_IN]
         for dest, content in (("/etc/passwd", passwd), ("/etc/group", group), ("/etc/hosts", hosts),
                               ("/etc/hostname", (HOSTNAME + "\n").encode()), ("/etc/resolv.conf", resolv)):
             if os.path.islink(dest):
@@ -594,8 +619,9 @@ class Sandbox:
         cmd = ([t["setpriv"], "--pdeathsig", "KILL", "--", t["nsenter"], f"--net={self.netns.path}", "--",
                 t["strace"], "-f", "-ttt", "-y", "-s", "256", "--seccomp-bpf", "--pidns-translation",
                 "-e", "trace=" + STRACE_SYSCALLS, "-o", self.strace_log, "--"]
-               + rl + ["--", t["sh"], "-c", _JOIN_CGROUPS, "mailvm-cgjoin", str(len(cg_procs)), *cg_procs,
-                       t["setpriv"], f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--"]
+               + rl + ["--", t["unshare"], "--mount", "--propagation", "private", "--", t["sh"], "-c", _STAGE,
+                       "mailvm-stage", str(len(cg_procs)), *cg_procs, self.home, self.work, STAGE_DIR + "/home",
+                       STAGE_DIR + "/work", t["setpriv"], f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--"]
                + bwrap + ["--", t["python3"], "-I", "-S", "-c", INIT_CODE, INIT_MARKER] + argv)
         full_env = self.base_env()
         full_env.update(env)
@@ -712,8 +738,6 @@ class Sandbox:
                 pass
         if not self.keep_files:
             shutil.rmtree(self.dir, ignore_errors=True)
-            if not self.box.startswith(self.dir + "/"):
-                shutil.rmtree(os.path.dirname(self.box), ignore_errors=True)
 
 
 def _state(pid: int) -> str:

