@@ -25,17 +25,8 @@ from mailvm.verdict import CLEAN, DONE, ERROR, MALICIOUS, SUSPICIOUS, Finding
 from mailvm.vmpool.backends import BACKENDS
 from mailvm.vmpool.backends.base import BackendUnavailable
 from mailvm.vmpool.backends.process import ProcessBackend
-from mailvm.vmpool.pool import (
-    MAX_LOG_BYTES,
-    MAX_LOG_ENTRIES,
-    STATUS_FILE,
-    Job,
-    Pool,
-    compose_verdict,
-    failure_verdict,
-    max_file_bytes,
-    read_status,
-)
+from mailvm.vmpool.outcome import MAX_LOG_BYTES, MAX_LOG_ENTRIES, compose_verdict, failure_verdict
+from mailvm.vmpool.pool import STATUS_FILE, Job, Pool, max_file_bytes, read_status
 from mailvm.vmpool.select import make_backend
 
 MiB = 1024 * 1024
@@ -465,8 +456,6 @@ def test_backend_that_makes_no_slot_fails_jobs_with_vm_error(need_sandbox, cfg, 
 
 # --------------------------------------------------------------------------- composing verdicts (pure)
 
-JOB = Job("a" * 64, "/nonexistent", "x.sh", "text/x-shellscript", "script")
-
 
 def result(verdict: str, findings: list[dict], **kw) -> dict:
     return {"schema": 1, "verdict": verdict, "score": 0, "findings": findings, "log": [], "duration_s": 1.0,
@@ -474,42 +463,47 @@ def result(verdict: str, findings: list[dict], **kw) -> dict:
 
 
 def test_compose_scores_static_and_guest_findings_on_the_host():
-    job = dataclasses.replace(JOB, static_findings=[Finding("macro_autoopen", 5, "", "triage")])
+    static = [Finding("macro_autoopen", 5, "", "triage")]
     guest = [{"id": "network_raw_ip", "severity": 6, "detail": "1.2.3.4:80", "source": "detonation"},
              {"id": "dropped_exec", "severity": 5, "detail": "", "source": "detonation"}]
     # the guest says clean; the host's scoring of the same evidence decides (6 + 1 corroboration)
-    v = compose_verdict(job, result("clean", guest), "s1", 1.5, 0.7)
+    v = compose_verdict(static, "office", result("clean", guest), "s1", 1.5, 0.7)
     assert (v.verdict, v.score) == (MALICIOUS, 7)
     assert [f.id for f in v.findings] == ["macro_autoopen", "network_raw_ip", "dropped_exec"]
     assert v.slot == "s1" and v.duration_s == 1.5 and v.source == "detonation"
+    assert v.log[0] == {"type": "kind", "kind": "office"}
+    assert v.log[1]["guest_verdict"] == "clean" and v.log[1]["events"] == 3
 
 
 def test_compose_guest_error_stays_error_unless_the_evidence_is_already_bad():
     err = [{"id": "agent_error", "severity": 0, "detail": "boom", "source": "agent"}]
-    v = compose_verdict(JOB, result("error", err), "s1", 0.1, 0.5)
+    v = compose_verdict([], "script", result("error", err), "s1", 0.1, 0.5)
     assert v.verdict == ERROR and v.score == 0 and [f.id for f in v.findings] == ["agent_error"]
-    job = dataclasses.replace(JOB, static_findings=[Finding("obfuscated_script", 5, "", "triage")])
-    v = compose_verdict(job, result("error", err), "s1", 0.1, 0.5)
+    static = [Finding("obfuscated_script", 5, "", "triage")]
+    v = compose_verdict(static, "script", result("error", err), "s1", 0.1, 0.5)
     assert (v.verdict, v.score) == (SUSPICIOUS, 5)
 
 
 def test_compose_timed_out_with_no_evidence_stays_clean():
     t = [{"id": "timed_out", "severity": 0, "detail": "still running", "source": "detonation"}]
-    v = compose_verdict(JOB, result("clean", t, stopped="timeout"), "s1", 60.0, 0.5)
+    v = compose_verdict([], "script", result("clean", t, stopped="timeout"), "s1", 60.0, 0.5)
     assert v.verdict == CLEAN and [f.id for f in v.findings] == ["timed_out"]
 
 
-def test_compose_caps_the_guest_log():
+def test_compose_caps_the_guest_log_and_drops_malformed_findings():
     entries = ["a text line"] + [{"type": "file", "path": "/x" * 100, "i": i} for i in range(5000)]
-    v = compose_verdict(JOB, result("clean", [], log=entries), "s1", 1.0, 0.5)
+    bad = [{"id": "ok", "severity": 1}, {"id": "", "severity": 3}, {"id": "x", "severity": 99}, "nonsense"]
+    v = compose_verdict([], "script", result("clean", bad, log=entries), "s1", 1.0, 0.5)
     guest_log = v.log[2:]
     assert guest_log[0] == {"type": "text", "text": "a text line"}
-    assert len(guest_log) <= MAX_LOG_ENTRIES
-    assert len(json.dumps(guest_log)) <= MAX_LOG_BYTES + 2 * len(guest_log)
+    assert 0 < len(guest_log) <= MAX_LOG_ENTRIES
+    assert sum(len(json.dumps(e)) for e in guest_log) <= MAX_LOG_BYTES
+    assert [f.id for f in v.findings] == ["ok", "guest_bad_finding"]
+    assert v.findings[1].detail.startswith("3 malformed")
 
 
 def test_failure_verdict_keeps_static_evidence():
-    assert failure_verdict(JOB, "slot_failed", "died").verdict == ERROR
-    job = dataclasses.replace(JOB, static_findings=[Finding("pe_packed", 7, "", "triage")])
-    v = failure_verdict(job, "slot_failed", "died")
+    v = failure_verdict([], "script", "slot_failed", "died", slot="s9")
+    assert v.verdict == ERROR and v.slot == "s9" and v.findings[0].source == "engine"
+    v = failure_verdict([Finding("pe_packed", 7, "", "triage")], "executable", "slot_failed", "died")
     assert v.verdict == MALICIOUS and {f.id for f in v.findings} == {"pe_packed", "slot_failed"}

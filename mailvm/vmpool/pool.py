@@ -18,41 +18,34 @@ refilled at once, so up to ``2 * cfg.slots`` slots exist while the pool is
 saturated (``slots`` busy, ``slots`` ready or starting).
 
 How a job ends (every path resolves the Future with a :class:`Verdict`; no
-exception reaches the caller):
+exception reaches the caller).  How findings become the verdict (host-side
+scoring, guest ``error``, guest timeout) is :mod:`mailvm.vmpool.outcome`'s job.
 
-* **result**: the guest wrote a valid result.  The verdict is scored on the
-  host with :func:`mailvm.verdict.score_findings` over the static findings plus
-  the guest's findings (the guest's own verdict name is only used for the
-  ``error`` flag below).  Published to the table as final.
-* **guest error**: the guest reported verdict ``error`` (its launcher or
-  monitor failed).  The verdict stays ``error`` (score 0, every finding kept)
-  unless the findings gathered so far (static plus guest) already score
-  ``suspicious`` or ``malicious``: evidence seen before the failure is not
-  doubtful.  Published as final.
-* **guest timeout**: a result carrying the finding ``timed_out`` is a normal
-  result: the sample ran for its whole time budget.  Its verdict is scored
-  from the evidence like any other (a sample that did nothing suspicious for
-  60 s stays ``clean``; the ``timed_out`` finding, severity 0, stays in the
-  findings so the policy and the administrator can see it).
+* **result**: the guest wrote a valid result (DONE, or FAILED with its own
+  error result).  Published to the table as final.  A guest-reported timeout
+  (finding ``timed_out``) is a normal result, not a slot failure.
 * **slot failure**: the page was malformed or hostile (``PageError``), the
   slot died, its heartbeat stopped, or no result came within the job's run
   time plus :data:`RESULT_GRACE_S`.  The slot is destroyed and the job
-  retried on a fresh slot, ``cfg.retries`` times; after that the verdict is
-  ``error`` with finding ``slot_failed`` (detail: every reason) -- unless the
-  static findings alone score suspicious/malicious, then that score stands.
-  Published as final (a sample that kills two sandboxes in a row will do it
-  again).
-* **file_too_large**: the file does not fit the page; no slot is used.
-  Published as final (the answer will not change).
+  retried on a fresh slot, ``cfg.retries`` times (first in line); after that
+  the verdict is ``error`` with finding ``slot_failed`` (detail: every
+  reason).  Published as final (a sample that kills two sandboxes in a row
+  will do it again).  A ready slot found dead *before* its job was written
+  is not an attempt: the job simply goes to the next slot.
+* **file_too_large**: the file does not fit the page with room left for a
+  full result (:func:`max_file_bytes`); no slot is used.  Published as final
+  (the answer will not change).
 * **not analysed** -- the job waited in the queue past ``job.deadline``
   (``timed_out``, "queued too long"), the deadline passed while it ran
   (``timed_out``, "deadline passed while running"; the guest is told to stop
-  :data:`RESULT_MARGIN_S` before the deadline so this is rare), the pool was
+  :data:`RESULT_MARGIN_S` before the deadline, so this is rare and a slow
+  sample normally ends as a guest timeout with its evidence), the pool was
   closed (``pool_closed``), no slot could be created at all (``vm_error``,
   after :data:`BROKEN_AFTER` consecutive creation failures with no slot
-  ready), or the spooled file was gone (``file_unreadable``).  The verdict is
-  ``error`` and the table claim is *released*, not published: the pool never
-  looked at the file, so the next message carrying it may try again.
+  ready; while that lasts new jobs get it at once), or the spooled file was
+  gone (``file_unreadable``).  The verdict is ``error`` and the table claim is
+  *released*, not published: the pool never looked at the file, so the next
+  message carrying it may try again.
 
 While jobs are in flight the pool refreshes their table claims every third of
 the table's ``pending_ttl_s``, so a long queue never lets a live claim go stale.
@@ -79,21 +72,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from mailvm.config import PoolConfig
 from mailvm.guest import protocol
-from mailvm.verdict import (
-    CLEAN,
-    ERROR,
-    MALICIOUS,
-    SUSPICIOUS,
-    Finding,
-    Verdict,
-    error_verdict,
-    score_findings,
-)
+from mailvm.verdict import CLEAN, ERROR, MALICIOUS, SUSPICIOUS, Finding, Verdict
 from mailvm.vmpool.backends.base import Backend, Slot
+from mailvm.vmpool.outcome import ENGINE, compose_verdict, failure_verdict
 from mailvm.vmpool.shmpage import PageError, RequestTooLarge
 
 if TYPE_CHECKING:
@@ -107,9 +92,6 @@ RESULT_GRACE_S = 10.0
 RESULT_MARGIN_S = 2.0
 #: shortest run time ever given to a guest
 MIN_GUEST_TIMEOUT_S = 1.0
-#: the guest's behaviour log kept in the verdict: entries, and JSON bytes in all
-MAX_LOG_ENTRIES = 200
-MAX_LOG_BYTES = 64 * 1024
 #: samples kept for the median/p95 figures in status()
 RECENT = 256
 #: slots created at the same time by the refill thread
@@ -128,9 +110,6 @@ JOIN_SLACK_S = 5.0
 
 #: text options are cut to this many characters (the options JSON must stay far below 64 KiB)
 MAX_OPTION_TEXT = 1024
-
-SOURCE = "detonation"
-ENGINE = "engine"
 
 
 @dataclass
@@ -172,6 +151,14 @@ class _Done:
     slot: str = ""
 
 
+@dataclass
+class _Refusal:
+    """A job answered without running: its verdict and whether it is final for the table."""
+
+    verdict: Verdict
+    final: bool
+
+
 class _SlotFailed(Exception):
     """Internal: the slot, not the job, failed (retry on a fresh slot)."""
 
@@ -202,6 +189,11 @@ class _Samples:
         }
 
 
+def _fail(job: Job, finding_id: str, detail: str, slot: str = "") -> Verdict:
+    """The error verdict of a job that produced no result (see :func:`outcome.failure_verdict`)."""
+    return failure_verdict(job.static_findings, job.kind, finding_id, detail, slot)
+
+
 def max_file_bytes(cfg: PoolConfig) -> int:
     """The largest file a slot's page carries while leaving room for the options and a full result.
 
@@ -224,97 +216,6 @@ def _slot_stats(slot: Slot) -> dict[str, Any]:
     except Exception as exc:  # status must not fail because one slot is odd
         return {"stats_error": str(exc)[:200]}
     return dict(stats) if isinstance(stats, dict) else {}
-
-
-def _cap_log(entries: Iterable[Any]) -> list[dict[str, Any]]:
-    """The guest's log, capped in entries and bytes; text lines become ``{"type": "text"}`` entries."""
-    out: list[dict[str, Any]] = []
-    used = 0
-    for entry in entries:
-        if len(out) >= MAX_LOG_ENTRIES:
-            break
-        if isinstance(entry, str):
-            entry = {"type": "text", "text": entry[:1000]}
-        if not isinstance(entry, dict):
-            continue
-        try:
-            size = len(json.dumps(entry))
-        except (TypeError, ValueError):
-            continue
-        if used + size > MAX_LOG_BYTES:
-            break
-        used += size
-        out.append(entry)
-    return out
-
-
-def _event_count(events: Any) -> int | None:
-    """How many behaviour events the guest reported (a count, a list or a per-kind object)."""
-    if isinstance(events, bool):
-        return None
-    if isinstance(events, int):
-        return events
-    if isinstance(events, list):
-        return len(events)
-    if isinstance(events, dict):
-        return sum(v for v in events.values() if isinstance(v, int) and not isinstance(v, bool))
-    return None
-
-
-def _guest_findings(raw: Any) -> tuple[list[Finding], int]:
-    """Findings from the guest's result; invalid ones are dropped and counted."""
-    findings: list[Finding] = []
-    bad = 0
-    for item in raw if isinstance(raw, list) else []:
-        try:
-            findings.append(Finding.from_dict(item))
-        except (ValueError, TypeError):
-            bad += 1
-    return findings, bad
-
-
-def _error_unless_evident(findings: list[Finding], **kw: Any) -> Verdict:
-    """Verdict ``error`` with ``findings``, unless they already score suspicious or malicious."""
-    name, _ = score_findings(findings)
-    if name in (SUSPICIOUS, MALICIOUS):
-        return Verdict.from_findings(findings, **kw)
-    return Verdict(verdict=ERROR, score=0, findings=findings, **kw)
-
-
-def compose_verdict(job: Job, result: dict[str, Any], slot: str, run_s: float, handover_ms: float) -> Verdict:
-    """The verdict for a job from the guest's validated result (see the module docstring)."""
-    guest, bad = _guest_findings(result.get("findings"))
-    findings = list(job.static_findings) + guest
-    if bad:
-        findings.append(Finding("guest_bad_finding", 0, f"{bad} malformed finding(s) dropped", ENGINE))
-    summary = {
-        "type": "run",
-        "slot": slot,
-        "handover_ms": round(handover_ms, 3),
-        "run_s": round(run_s, 3),
-        "guest_verdict": str(result.get("verdict", ""))[:32],
-        "guest_duration_s": result.get("duration_s") if isinstance(result.get("duration_s"), (int, float)) else None,
-        "failed": bool(result.get("failed")),
-        "error": str(result.get("error") or "")[:300],
-        "stopped": str(result.get("stopped", ""))[:64],
-        "launcher": str(result.get("launcher", ""))[:64],
-        "events": _event_count(result.get("events")),
-    }
-    raw_log = result.get("log")
-    log_entries = [{"type": "kind", "kind": job.kind}, summary] + _cap_log(raw_log if isinstance(raw_log, list) else [])
-    kw = dict(source=SOURCE, slot=slot, duration_s=round(run_s, 3), log=log_entries)
-    if result.get("verdict") == ERROR:
-        return _error_unless_evident(findings, **kw)
-    return Verdict.from_findings(findings, **kw)
-
-
-def failure_verdict(job: Job, finding_id: str, detail: str, slot: str = "", consider_static: bool = True) -> Verdict:
-    """An ``error`` verdict for a job that produced no result (static evidence kept)."""
-    err = Finding(finding_id, 0, detail, ENGINE)
-    kw = dict(source=SOURCE, slot=slot, log=[{"type": "kind", "kind": job.kind}])
-    if consider_static:
-        return _error_unless_evident(list(job.static_findings) + [err], **kw)
-    return error_verdict(finding_id, detail, **kw)
 
 
 class Pool:
@@ -411,20 +312,19 @@ class Pool:
         fut: concurrent.futures.Future = concurrent.futures.Future()
         fut.set_running_or_notify_cancel()  # a claimed file is not cancelled half-way
         work = _Work(job, fut, time.monotonic())
-        early = self._precheck(job)
+        refusal = self._precheck(job)
         with self._cond:
             self._counts["submitted"] += 1
-            if early is None and self._closing:
-                early = _Done(work, failure_verdict(job, "pool_closed", "the pool was closed"), final=False)
-            elif early is None and self._broken:
-                early = _Done(work, self._broken_verdict(job), final=False)
-            if early is None:
+            if refusal is None and self._closing:
+                refusal = _Refusal(_fail(job, "pool_closed", "the pool was closed"), final=False)
+            elif refusal is None and self._broken:
+                refusal = _Refusal(self._broken_verdict(job), final=False)
+            if refusal is None:
                 self._queue.append(work)
                 self._status_dirty = True
                 self._cond.notify_all()
                 return fut
-        early.work = work
-        self._finish(early)
+        self._finish(_Done(work, refusal.verdict, refusal.final))
         return fut
 
     def detonate(self, job: Job, timeout: float | None = None) -> Verdict:
@@ -437,7 +337,7 @@ class Pool:
         try:
             return fut.result(wait)
         except concurrent.futures.TimeoutError:
-            return failure_verdict(job, "timed_out", "no verdict by the deadline")
+            return _fail(job, "timed_out", "no verdict by the deadline")
 
     def status(self) -> dict[str, Any]:
         """Backend, slots, queue, counters and timings (also in status.json)."""
@@ -501,7 +401,7 @@ class Pool:
             self._cond.notify_all()
         log.info("pool: closing (%d queued, %d slots)", len(queued), len(slots))
         for work in queued:
-            self._finish(_Done(work, failure_verdict(work.job, "pool_closed", "the pool was closed"), final=False))
+            self._finish(_Done(work, _fail(work.job, "pool_closed", "the pool was closed"), final=False))
         for slot in slots:  # runners see their slot die and finish their job as pool_closed
             slot.destroy()
         me = threading.current_thread()  # close() may run in a Future callback
@@ -577,7 +477,7 @@ class Pool:
             for work in expired:
                 self._counts_add("timed_out_queued")
                 waited = time.monotonic() - work.submitted_at
-                v = failure_verdict(work.job, "timed_out", f"queued too long ({waited:.1f} s, no free slot)")
+                v = _fail(work.job, "timed_out", f"queued too long ({waited:.1f} s, no free slot)")
                 self._finish(_Done(work, v, final=False))
             for work in dead:
                 self._finish(_Done(work, self._broken_verdict(work.job), final=False))
@@ -603,52 +503,58 @@ class Pool:
         t.start()
 
     def _broken_verdict(self, job: Job) -> Verdict:
-        return failure_verdict(job, "vm_error", f"no slot could be created: {self._last_create_error}"[:400])
+        return _fail(job, "vm_error", f"no slot could be created: {self._last_create_error}"[:400])
 
     # ------------------------------------------------------------------ one job on one slot
 
     def _run_job(self, work: _Work, slot: Slot) -> None:
         """Runner thread body: the job on this slot; then the slot is gone."""
-        keep_slot = False
         outcome: _Done | None = None
         reason = ""
+        pristine = False  # nothing was written on the page: the slot may serve another job
         try:
             if not self._slot_ok(slot):
-                with self._cond:
-                    self._counts["stale_slots"] += 1
-                    if not self._closing:
-                        self._queue.appendleft(work)  # the job never touched it: not an attempt
-                        self._cond.notify_all()
-                        return
-                outcome = _Done(work, failure_verdict(work.job, "pool_closed", "the pool was closed"), final=False)
-                return
-            data, problem = self._read_file(work.job)
-            if problem is not None:
-                keep_slot = True  # the page was not written: the slot is still pristine
-                outcome = problem
-                outcome.work = work
-                return
-            try:
-                outcome = self._detonate_on(slot, work, data)
-            except _SlotFailed as exc:
-                reason = str(exc)
+                outcome = self._stale_slot(work)
+            else:
+                got = self._read_file(work.job)
+                if isinstance(got, _Refusal):
+                    pristine = True
+                    outcome = _Done(work, got.verdict, got.final)
+                else:
+                    outcome = self._detonate_on(slot, work, got)
+        except _SlotFailed as exc:
+            reason = str(exc)
         except Exception as exc:  # a bug here must not lose the job or the slot
             log.exception("pool: runner for %s on slot %s failed", work.job.sha256[:12], slot.id)
             reason = f"internal error: {exc!r}"
         finally:
-            with self._cond:
-                self._busy.pop(slot.id, None)
-                if keep_slot and not self._closing:
-                    self._ready.appendleft(slot)
-                    slot = None  # type: ignore[assignment]
-                self._status_dirty = True
-                self._cond.notify_all()
-            if slot is not None:
-                slot.destroy()
-            if outcome is not None:
-                self._finish(outcome)
+            self._release_slot(slot, pristine)
+        if outcome is not None:
+            self._finish(outcome)
         if reason:
-            self._slot_failed(work, slot_id=getattr(slot, "id", ""), reason=reason)
+            self._slot_failed(work, slot.id, reason)
+
+    def _release_slot(self, slot: Slot, pristine: bool) -> None:
+        """A runner is done with ``slot``: back to the ready list if pristine, else destroyed."""
+        with self._cond:
+            self._busy.pop(slot.id, None)
+            reuse = pristine and not self._closing
+            if reuse:
+                self._ready.appendleft(slot)
+            self._status_dirty = True
+            self._cond.notify_all()
+        if not reuse:
+            slot.destroy()
+
+    def _stale_slot(self, work: _Work) -> _Done | None:
+        """The slot died while ready: the job goes back to the head of the queue (not an attempt)."""
+        with self._cond:
+            self._counts["stale_slots"] += 1
+            if not self._closing:
+                self._queue.appendleft(work)
+                self._cond.notify_all()
+                return None
+        return _Done(work, _fail(work.job, "pool_closed", "the pool was closed"), final=False)
 
     def _slot_ok(self, slot: Slot) -> bool:
         try:
@@ -657,18 +563,16 @@ class Pool:
             log.warning("pool: ready slot %s unusable: %s", slot.id, exc)
             return False
 
-    def _read_file(self, job: Job) -> tuple[bytes, _Done | None]:
-        """The job's bytes, bounded by the page capacity; or the finished outcome."""
+    def _read_file(self, job: Job) -> bytes | _Refusal:
+        """The job's bytes, bounded by the page capacity (the file may have grown since submit)."""
         try:
             with open(job.path, "rb") as fh:
                 data = fh.read(self._max_file + 1)
         except OSError as exc:
-            v = failure_verdict(job, "file_unreadable", f"cannot read the spooled file: {exc.strerror}")
-            return b"", _Done(None, v, final=False)  # type: ignore[arg-type]
+            return _Refusal(_fail(job, "file_unreadable", f"cannot read the spooled file: {exc.strerror}"), False)
         if len(data) > self._max_file:
-            v = failure_verdict(job, "file_too_large", f"larger than the slot page's {self._max_file} bytes")
-            return b"", _Done(None, v, final=True)  # type: ignore[arg-type]
-        return data, None
+            return _Refusal(_fail(job, "file_too_large", f"larger than the slot page's {self._max_file} bytes"), True)
+        return data
 
     def _detonate_on(self, slot: Slot, work: _Work, data: bytes) -> _Done:
         """Hand the job to the slot and wait for its result; raises _SlotFailed."""
@@ -695,7 +599,7 @@ class Pool:
             try:
                 page.submit(data, job.name, options)
             except RequestTooLarge as exc:  # refused before anything was written
-                v = failure_verdict(job, "file_too_large", str(exc))
+                v = _fail(job, "file_too_large", str(exc))
                 return _Done(work, v, final=True, slot=slot.id)
             slot.ring()
             limit = t0 + hb
@@ -716,7 +620,7 @@ class Pool:
             result = page.read_result(cfg.max_result_bytes)
         except TimeoutError:
             if job.deadline is not None and time.monotonic() >= job.deadline - 0.05:
-                v = failure_verdict(job, "timed_out", f"deadline passed while running ({stage})", slot=slot.id)
+                v = _fail(job, "timed_out", f"deadline passed while running ({stage})", slot=slot.id)
                 return _Done(work, v, final=False, slot=slot.id)
             if stage == "hand-over":
                 raise _SlotFailed(f"no acknowledgement within {hb:.1f} s") from None
@@ -732,7 +636,7 @@ class Pool:
             self._run.add(run_s)
         if state == protocol.FAILED:
             log.info("pool: slot %s reported FAILED for %s", slot.id, job.sha256[:12])
-        verdict = compose_verdict(job, result, slot.id, run_s, handover_ms)
+        verdict = compose_verdict(job.static_findings, job.kind, result, slot.id, run_s, handover_ms)
         return _Done(work, verdict, final=True, handover_ms=handover_ms, run_s=run_s, slot=slot.id)
 
     @staticmethod
@@ -755,11 +659,11 @@ class Pool:
                 self._cond.notify_all()
                 return
         if closing:
-            v, final = failure_verdict(work.job, "pool_closed", "the pool was closed"), False
+            v, final = _fail(work.job, "pool_closed", "the pool was closed"), False
         elif late:
-            v, final = failure_verdict(work.job, "timed_out", "deadline passed after a slot failure"), False
+            v, final = _fail(work.job, "timed_out", "deadline passed after a slot failure"), False
         else:
-            v, final = failure_verdict(work.job, "slot_failed", "; ".join(work.failures), slot=slot_id), True
+            v, final = _fail(work.job, "slot_failed", "; ".join(work.failures), slot=slot_id), True
         self._finish(_Done(work, v, final=final, slot=slot_id))
 
     # ------------------------------------------------------------------ refill
@@ -885,15 +789,14 @@ class Pool:
                 except Exception as exc:
                     log.warning("pool: refreshing the claim on %s failed: %s", work.job.sha256[:12], exc)
 
-    def _precheck(self, job: Job) -> _Done | None:
-        """Refuse at once what no slot can take (the Work is filled in by the caller)."""
+    def _precheck(self, job: Job) -> _Refusal | None:
+        """Refuse at once what no slot can take."""
         try:
             size = os.stat(job.path).st_size
         except OSError as exc:
-            return _Done(None, failure_verdict(job, "file_unreadable", f"cannot stat the spooled file: {exc.strerror}"), False)  # type: ignore[arg-type]
+            return _Refusal(_fail(job, "file_unreadable", f"cannot stat the spooled file: {exc.strerror}"), False)
         if size > self._max_file:
-            v = failure_verdict(job, "file_too_large", f"{size} bytes; the slot page takes {self._max_file}")
-            return _Done(None, v, final=True)  # type: ignore[arg-type]
+            return _Refusal(_fail(job, "file_too_large", f"{size} bytes; the slot page takes {self._max_file}"), True)
         return None
 
     def _write_status(self, force: bool = False) -> None:
