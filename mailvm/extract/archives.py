@@ -27,9 +27,8 @@ import io
 import logging
 import os
 import stat
-import zlib
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from mailvm.config import ExtractConfig
 from mailvm.extract.spool import LimitExceeded, Spool, basename, clean_name

@@ -43,7 +43,7 @@ from email.feedparser import BytesFeedParser
 
 from mailvm.config import ExtractConfig
 from mailvm.extract.archives import ExpandContext
-from mailvm.extract.spool import LimitExceeded, Spool, clean_name
+from mailvm.extract.spool import Spool, clean_name
 from mailvm.verdict import Artifact, Finding
 
 log = logging.getLogger(__name__)
@@ -388,7 +388,7 @@ def _decoded_payload(part: email.message.Message) -> bytes:
         try:
             raw = part.get_payload()
             if isinstance(raw, str):
-                payload = raw.encode("ascii", "surrogateescape")
+                payload = raw.encode("utf-8", "surrogateescape")
         except Exception:
             payload = None
     if isinstance(payload, str):
