@@ -347,6 +347,19 @@ def test_close_kills_every_slot_and_fails_queued_jobs(pools, tmp_path):
     assert read_status(pool.cfg.work_dir)["state"] == "closed"
 
 
+def test_malformed_job_fields_become_an_error_verdict(cfg, tmp_path):
+    pool = Pool(cfg, ProcessBackend(cfg))  # not started: refusals are answered at once
+    job = make_job(tmp_path, "ok.sh", BENIGN)
+    bad = dataclasses.replace(job, deadline="soon", timeout_s=-1)
+    v = pool.submit(bad).result(timeout=1)
+    assert v.verdict == ERROR and v.findings[0].id == "bad_job"
+    assert "deadline" in v.findings[0].detail and "timeout_s" in v.findings[0].detail
+    missing = pool.submit(dataclasses.replace(job, path=str(tmp_path / "gone"))).result(timeout=1)
+    assert missing.findings[0].id == "file_unreadable"
+    pool.close()
+    assert pool.submit(job).result(timeout=1).findings[0].id == "pool_closed"
+
+
 # --------------------------------------------------------------------------- status
 
 

@@ -42,8 +42,9 @@ scoring, guest ``error``, guest timeout) is :mod:`mailvm.vmpool.outcome`'s job.
   sample normally ends as a guest timeout with its evidence), the pool was
   closed (``pool_closed``), no slot could be created at all (``vm_error``,
   after :data:`BROKEN_AFTER` consecutive creation failures with no slot
-  ready; while that lasts new jobs get it at once), or the spooled file was
-  gone (``file_unreadable``).  The verdict is ``error`` and the table claim is
+  ready; while that lasts new jobs get it at once), the spooled file was
+  gone (``file_unreadable``), or the job's fields were malformed (``bad_job``:
+  jobs may come from a queue record).  The verdict is ``error`` and the table claim is
   *released*, not published: the pool never looked at the file, so the next
   message carrying it may try again.
 
@@ -90,8 +91,9 @@ log = logging.getLogger(__name__)
 RESULT_GRACE_S = 10.0
 #: with a job deadline near, the guest is told to stop this long before it
 RESULT_MARGIN_S = 2.0
-#: shortest run time ever given to a guest
+#: shortest and longest run time ever given to a guest
 MIN_GUEST_TIMEOUT_S = 1.0
+MAX_GUEST_TIMEOUT_S = 3600.0
 #: samples kept for the median/p95 figures in status()
 RECENT = 256
 #: slots created at the same time by the refill thread
@@ -192,6 +194,31 @@ class _Samples:
 def _fail(job: Job, finding_id: str, detail: str, slot: str = "") -> Verdict:
     """The error verdict of a job that produced no result (see :func:`outcome.failure_verdict`)."""
     return failure_verdict(job.static_findings, job.kind, finding_id, detail, slot)
+
+
+def _number_or_none(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    )
+
+
+def _check_job(job: Job) -> _Refusal | None:
+    """Jobs may come from a queue record: refuse malformed fields instead of crashing a thread."""
+    problems = []
+    if not isinstance(job.sha256, str) or not isinstance(job.path, str) or not job.path:
+        problems.append("sha256 and path must be strings")
+    if not all(isinstance(x, str) for x in (job.name, job.type, job.kind, job.owner)):
+        problems.append("name, type, kind and owner must be strings")
+    if not _number_or_none(job.deadline):
+        problems.append("deadline must be a number (time.monotonic())")
+    if not _number_or_none(job.timeout_s) or (job.timeout_s is not None and job.timeout_s <= 0):
+        problems.append("timeout_s must be a positive number")
+    if not isinstance(job.static_findings, list) or not all(isinstance(f, Finding) for f in job.static_findings):
+        problems.append("static_findings must be a list of Finding")
+    if not problems:
+        return None
+    safe = Job(str(job.sha256)[:64], "", "", "", "unknown")
+    return _Refusal(_fail(safe, "bad_job", "; ".join(problems)), final=False)
 
 
 def max_file_bytes(cfg: PoolConfig) -> int:
@@ -312,7 +339,7 @@ class Pool:
         fut: concurrent.futures.Future = concurrent.futures.Future()
         fut.set_running_or_notify_cancel()  # a claimed file is not cancelled half-way
         work = _Work(job, fut, time.monotonic())
-        refusal = self._precheck(job)
+        refusal = _check_job(job) or self._precheck(job)
         with self._cond:
             self._counts["submitted"] += 1
             if refusal is None and self._closing:
@@ -442,49 +469,69 @@ class Pool:
     # ------------------------------------------------------------------ dispatcher
 
     def _dispatch_loop(self) -> None:
+        self._guarded(self._dispatch_once)
+
+    def _guarded(self, step: Any) -> None:
+        """Run ``step()`` until it returns False; a bug in one round is logged, not fatal to the pool."""
         while True:
-            expired: list[_Work] = []
-            dead: list[_Work] = []
-            pairs: list[tuple[_Work, Slot]] = []
-            with self._cond:
-                if self._closing:
+            try:
+                if step() is False:
                     return
-                now = time.monotonic()
-                keep: collections.deque[_Work] = collections.deque()
-                for work in self._queue:
-                    if work.job.deadline is not None and now >= work.job.deadline:
-                        expired.append(work)
-                    else:
-                        keep.append(work)
-                self._queue = keep
-                if self._broken and self._queue:
-                    dead = list(self._queue)
-                    self._queue.clear()
-                while self._queue and self._ready and len(self._busy) < self.cfg.slots:
-                    work = self._queue.popleft()
-                    slot = self._ready.popleft()
-                    self._busy[slot.id] = (slot, work)
-                    pairs.append((work, slot))
-                if expired or dead or pairs:
-                    self._status_dirty = True
-                    self._cond.notify_all()  # the refill thread replaces the slots just taken
+            except Exception:
+                log.exception("pool: %s failed; going on", threading.current_thread().name)
+                time.sleep(0.1)
+
+    def _dispatch_once(self) -> bool:
+        """One round of the dispatcher: expire, pair jobs with ready slots, start runners."""
+        expired: list[_Work] = []
+        dead: list[_Work] = []
+        pairs: list[tuple[_Work, Slot]] = []
+        with self._cond:
+            if self._closing:
+                return False
+            now = time.monotonic()
+            keep: collections.deque[_Work] = collections.deque()
+            for work in self._queue:
+                if work.job.deadline is not None and now >= work.job.deadline:
+                    expired.append(work)
                 else:
-                    deadlines = [w.job.deadline for w in self._queue if w.job.deadline is not None]
-                    wait = STATUS_INTERVAL_S
-                    if deadlines:
-                        wait = max(0.0, min(wait, min(deadlines) - now))
-                    self._cond.wait(wait)
-            for work in expired:
-                self._counts_add("timed_out_queued")
-                waited = time.monotonic() - work.submitted_at
-                v = _fail(work.job, "timed_out", f"queued too long ({waited:.1f} s, no free slot)")
-                self._finish(_Done(work, v, final=False))
-            for work in dead:
-                self._finish(_Done(work, self._broken_verdict(work.job), final=False))
-            for work, slot in pairs:
+                    keep.append(work)
+            self._queue = keep
+            if self._broken and self._queue:
+                dead = list(self._queue)
+                self._queue.clear()
+            while self._queue and self._ready and len(self._busy) < self.cfg.slots:
+                work = self._queue.popleft()
+                slot = self._ready.popleft()
+                self._busy[slot.id] = (slot, work)
+                pairs.append((work, slot))
+            if expired or dead or pairs:
+                self._status_dirty = True
+                self._cond.notify_all()  # the refill thread replaces the slots just taken
+            else:
+                deadlines = [w.job.deadline for w in self._queue if w.job.deadline is not None]
+                wait = STATUS_INTERVAL_S
+                if deadlines:
+                    wait = max(0.0, min(wait, min(deadlines) - now))
+                self._cond.wait(wait)
+        for work in expired:
+            self._counts_add("timed_out_queued")
+            waited = time.monotonic() - work.submitted_at
+            v = _fail(work.job, "timed_out", f"queued too long ({waited:.1f} s, no free slot)")
+            self._finish(_Done(work, v, final=False))
+        for work in dead:
+            self._finish(_Done(work, self._broken_verdict(work.job), final=False))
+        for work, slot in pairs:
+            try:
                 self._spawn(f"mailvm-slot-{slot.id}", self._run_job, work, slot)
-            self._refresh_claims()
-            self._write_status()
+            except BaseException:  # no thread: the job goes back first in line, the slot back to ready
+                with self._cond:
+                    self._queue.appendleft(work)
+                self._release_slot(slot, pristine=True)
+                raise
+        self._refresh_claims()
+        self._write_status()
+        return True
 
     def _spawn(self, name: str, target: Any, *args: Any) -> None:
         """Start a tracked daemon thread (runners and slot starters)."""
@@ -579,7 +626,7 @@ class Pool:
         job = work.job
         cfg = self.cfg
         now = time.monotonic()
-        run_timeout = float(job.timeout_s if job.timeout_s is not None else cfg.job_timeout_s)
+        run_timeout = min(MAX_GUEST_TIMEOUT_S, float(job.timeout_s if job.timeout_s is not None else cfg.job_timeout_s))
         if job.deadline is not None:
             run_timeout = min(run_timeout, max(MIN_GUEST_TIMEOUT_S, job.deadline - now - RESULT_MARGIN_S))
         options = {
@@ -669,21 +716,30 @@ class Pool:
     # ------------------------------------------------------------------ refill
 
     def _refill_loop(self) -> None:
-        while True:
-            with self._cond:
-                while True:
-                    if self._closing:
-                        return
-                    now = time.monotonic()
-                    short = len(self._ready) + self._starting < self.cfg.slots
-                    if short and self._starting < MAX_PARALLEL_STARTS and now >= self._backoff_until:
-                        break
-                    wait = self._backoff_until - now if short and now < self._backoff_until else None
-                    self._cond.wait(wait)
-                self._starting += 1
-                slot_id = f"{os.getpid()}-{next(self._ids)}"
-                self._status_dirty = True
+        self._guarded(self._refill_once)
+
+    def _refill_once(self) -> bool:
+        """Wait until a slot is missing (and any backoff is over), then start creating one."""
+        with self._cond:
+            while True:
+                if self._closing:
+                    return False
+                now = time.monotonic()
+                short = len(self._ready) + self._starting < self.cfg.slots
+                if short and self._starting < MAX_PARALLEL_STARTS and now >= self._backoff_until:
+                    break
+                wait = self._backoff_until - now if short and now < self._backoff_until else None
+                self._cond.wait(wait)
+            self._starting += 1
+            slot_id = f"{os.getpid()}-{next(self._ids)}"
+            self._status_dirty = True
+        try:
             self._spawn(f"mailvm-start-{slot_id}", self._create_slot, slot_id)
+        except BaseException:  # could not even start a thread: do not leak the count
+            with self._cond:
+                self._starting -= 1
+            raise
+        return True
 
     def _create_slot(self, slot_id: str) -> None:
         t0 = time.monotonic()
