@@ -421,10 +421,21 @@ def test_make_backend_refuses_unknown_and_unregistered_names(need_sandbox, cfg):
 
 @sandbox
 def test_qemu_that_cannot_run_falls_back_to_process_loudly(need_sandbox, cfg, caplog):
+    qcfg = dataclasses.replace(cfg, backend="qemu")
     with caplog.at_level(logging.WARNING, logger="mailvm.vmpool.select"):
-        b = make_backend(dataclasses.replace(cfg, backend="qemu"), registry={"process": ProcessBackend})
+        b = make_backend(qcfg, registry={"process": ProcessBackend})  # an installation without qemu
     assert isinstance(b, ProcessBackend)
     assert any("FALLING BACK" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    qemu = BACKENDS.get("qemu")
+    why = qemu.probe(qcfg) if qemu is not None else "not registered"
+    if why is None:
+        pytest.skip("qemu can run here: no fallback to observe with the real registry")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mailvm.vmpool.select"):
+        b = make_backend(qcfg)  # the real registry, where qemu's probe refuses
+    assert isinstance(b, ProcessBackend)
+    (rec,) = [r for r in caplog.records if "FALLING BACK" in r.getMessage()]
+    assert why in rec.getMessage()
 
 
 @sandbox
