@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,7 +24,7 @@ from mailvm.guest import launcher as L
 from mailvm.guest import monitor as M
 from mailvm.guest import wine as W
 from mailvm.guest.detonate import EventLog, detonate, parse_options
-from mailvm.guest.sandbox import Limits, processes_of_uid, sandbox_tools
+from mailvm.guest.sandbox import Limits, sandbox_tools
 
 # ------------------------------------------------------------------ helpers
 
@@ -280,8 +279,11 @@ def test_event_log_caps_total_and_per_type_and_counts_drops():
     for i in range(20):
         lg.add({"t": i, "type": "fork", "child": i}, [])
     lg.add({"t": 1, "type": "file", "op": "read", "path": "/usr/lib/x.so"}, [])  # noise
+    lg.add_output({"t": 30, "type": "output", "stream": "stdout", "text": "hi"})
     out = lg.finish()
-    assert len(out) == 10 and out[-1]["type"] == "log_truncated" and out[-1]["dropped"] == 11
+    # 7 forks, the output (reserved slots), the truncation marker: never more than the cap
+    assert len(out) == 9 and out[-1]["type"] == "log_truncated" and out[-1]["dropped"] == 13
+    assert out[-2]["type"] == "output"
     lg = EventLog(2000)
     for i in range(400):
         lg.add({"t": i, "type": "fork", "child": i}, [])
@@ -552,7 +554,7 @@ def test_should_stop_aborts_and_log_cap_holds(run, tmp_path):
     r = detonate(str(sample), {"name": "busy.sh", "max_log_events": 20}, str(wd), should_stop)
     assert time.monotonic() - t < 8
     assert r["stopped"] == "error" and "detonation_aborted" in ids(r) and r["verdict"] == "error"
-    assert len(r["log"]) <= 21 and r["log"][-1]["type"] in ("log_truncated", "output")
+    assert len(r["log"]) <= 20 and r["log"][-1]["type"] == "log_truncated"
     assert calls["n"] > 5
 
 
@@ -623,3 +625,16 @@ def test_windows_pe_run_key_and_c2_under_wine(run, tmp_path, monkeypatch):
                and "svchost.exe" in e["data"] for e in r["log"])
     # Wine's own start-up (template copy, services, its temp files) raises no behaviour findings
     assert not ids(r) & {"write_outside_workdir", "library_from_writable_dir", "shell_spawned"}, r["findings"]
+
+
+@pytest.mark.sandbox
+@pytest.mark.skipif(SANDBOX_REASON is not None, reason=f"sandbox unavailable: {SANDBOX_REASON}")
+def test_a_syscall_flood_is_cut_at_the_trace_cap(run, monkeypatch):
+    import mailvm.guest.detonate as D
+
+    monkeypatch.setattr(D, "MAX_TRACE_BYTES", 2 << 20)
+    t = time.monotonic()
+    r = run(b"import os\nwhile True:\n    os.stat('/work')\n", "flood.py", timeout_s=60)
+    assert time.monotonic() - t < 30
+    assert r["stopped"] == "timeout" and "trace_truncated" in ids(r)
+    assert r["log"][0]["type"] == "sandbox" and r["log"][0]["network"] == "iptables REDIRECT"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from typing import Any, Callable
 from mailvm.guest import wine
 from mailvm.guest.launcher import HOME_IN, HOSTNAME, WORK_IN, Launch, SampleInfo, choose, find_tool
 from mailvm.guest.monitor import JsonLinesMonitor, StraceMonitor
-from mailvm.guest.rules import PAYLOAD_MARKER, RuleContext, RuleEngine, prog_name, quiet
+from mailvm.guest.rules import RuleContext, RuleEngine, prog_name, quiet
 from mailvm.guest.sandbox import INIT_MARKER, Limits, Sandbox, SandboxError
 from mailvm.verdict import ERROR, Finding, score_findings
 
@@ -49,6 +50,9 @@ KINDS = ("executable", "script", "office", "pdf", "html", "lnk", "disk_image", "
 MAX_TIMEOUT_S = 3600.0
 MAX_LOG_EVENTS = 100_000
 OUTPUT_PREVIEW = 2048
+RESERVED_LOG_SLOTS = 3  # the truncation marker and the two output previews
+MAX_TRACE_BYTES = 256 << 20  # strace output beyond this stops the detonation (a syscall flood fills disks)
+FINAL_DRAIN_S = 5.0
 #: per-type caps inside the log, so a fork bomb cannot crowd out everything else
 TYPE_CAPS = {"fork": 300, "exit": 300, "clone_failed": 50, "file": 1000, "image": 200, "mmap_exec": 50,
              "reg_set": 300, "kill": 100, "sleep": 100, "dns": 300, "tcp": 300}
@@ -137,7 +141,8 @@ class EventLog:
             return
         typ = str(ev.get("type"))
         cap = TYPE_CAPS.get(typ)
-        if len(self.events) >= self.max_events - 1 or (cap is not None and self.per_type[typ] >= cap and not matched):
+        room = self.max_events - RESERVED_LOG_SLOTS
+        if len(self.events) >= room or (cap is not None and self.per_type[typ] >= cap and not matched):
             self.dropped += 1
             return
         self.per_type[typ] += 1
@@ -145,11 +150,23 @@ class EventLog:
             ev = dict(ev, rules=matched)
         self.events.append(ev)
 
+    def add_output(self, ev: dict[str, Any]) -> None:
+        """The sample's output: kept in the slots reserved for it."""
+        if len(self.events) < self.max_events - 1:
+            self.events.append(ev)
+
     def finish(self) -> list[dict[str, Any]]:
         out = list(self.events)
         if self.dropped:
             out.append({"t": out[-1]["t"] if out else 0.0, "type": "log_truncated", "dropped": self.dropped})
         return out
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def _result(verdict: str, score: int, findings: list[Finding], log_events: list[dict[str, Any]], duration: float,
@@ -219,9 +236,12 @@ class Detonation:
             if wine_bin is None:
                 raise SandboxError("wine disappeared")
             template = wine.template_path()
-            wine.ensure_template(template, wine_bin)
             prefix = os.path.join(box.home, ".wine")
-            wine.prepare_prefix(template, prefix, box.uid, box.uid)
+            try:
+                wine.ensure_template(template, wine_bin)
+                wine.prepare_prefix(template, prefix, box.uid, box.uid)
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise SandboxError(f"Wine prefix: {exc}") from exc
             return prefix
         if launch.prepare == "libreoffice":
             write_libreoffice_profile(box.home, box.uid)
@@ -245,6 +265,9 @@ class Detonation:
         parser = wine.WineTraceParser() if launch.platform == "windows" else None
         box.start(launch.argv, launch.env, launch.unlimited_address_space,
                   on_stderr_line=self._stderr_handler(parser), cpu_s=int(o.timeout_s) + 30)
+        self.log.add({"t": 0.0, "type": "sandbox", "launcher": launch.launcher, "argv": list(launch.argv),
+                      "network": box.net_detail, "cgroups": list(box.cgroups.controllers) if box.cgroups else []},
+                     [])
         started = time.monotonic()
         last_activity = started
         stopped = ""
@@ -276,11 +299,21 @@ class Detonation:
             if strace.builder.started and now - last_activity >= o.idle_s and not self._working(strace, launch):
                 stopped = "exited_idle"
                 break
+            if _size(box.strace_log) > MAX_TRACE_BYTES:
+                stopped = "timeout"
+                self.extra.append(Finding("trace_truncated", 0, f"behaviour trace passed {MAX_TRACE_BYTES >> 20} MiB",
+                                          SOURCE))
+                break
         leftover = box.stop(graceful=("wineserver",) if prefix else ())
         if leftover:
             self.extra.append(Finding("sandbox_leftover", 0, f"{leftover} processes killed by the final sweep",
                                       SOURCE))
-        self._feed(engine, self._collect(strace, net))
+        deadline = time.monotonic() + FINAL_DRAIN_S  # the rest of the trace (bounded: a flood may have outrun us)
+        while time.monotonic() < deadline and strace.tail.offset <= MAX_TRACE_BYTES:
+            batch = self._collect(strace, net)
+            if not batch:
+                break
+            self._feed(engine, batch)
         if prefix:
             self._feed(engine, [dict(ev, t=round(time.time() - self.t0, 4))
                                 for ev in wine.diff_registry(reg_before, wine.snapshot_registry(prefix))])
@@ -371,8 +404,8 @@ class Detonation:
         streams = [("stdout", out)] + ([] if launch.platform == "windows" else [("stderr", err)])
         for name, data in streams:
             if data:
-                self.log.events.append({"t": round(self.elapsed(), 3), "type": "output", "stream": name,
-                                        "text": data[:OUTPUT_PREVIEW].decode("utf-8", "replace")})
+                self.log.add_output({"t": round(time.time() - self.t0, 4), "type": "output", "stream": name,
+                                     "text": data[:OUTPUT_PREVIEW].decode("utf-8", "replace")})
 
 
 LIBREOFFICE_XCU = """<?xml version="1.0" encoding="UTF-8"?>
@@ -397,5 +430,3 @@ def write_libreoffice_profile(home: str, uid: int) -> None:
             os.chown(os.path.join(root, n), uid, uid)
     os.chown(os.path.join(home, ".config", "libreoffice"), uid, uid)
 
-
-__all__ = ["detonate", "parse_options", "Options", "PAYLOAD_MARKER"]

@@ -288,7 +288,8 @@ _WINE_QUIET = (WINEPREFIX_IN + "/drive_c/windows", WINEPREFIX_IN + "/system.reg"
                WINEPREFIX_IN + "/wineserver", WINEPREFIX_IN + "/reg*", "/tmp/wine-*", "/tmp/.wine-*",
                WINEPREFIX_IN + "/drive_c/users/user/AppData/Local/Temp", HOME_IN + "/.cache/wine",
                HOME_IN + "/.local/share/applications/wine", HOME_IN + "/.local/share/mime",
-               HOME_IN + "/.local/share/icons", HOME_IN + "/.config/menus", HOME_IN + "/.local/share/desktop-directories")
+               HOME_IN + "/.local/share/icons", HOME_IN + "/.config/menus",
+               HOME_IN + "/.local/share/desktop-directories")
 _WINE = "wine64"
 _WINE_TOOLS = (("wine64", "wine"), ("wineserver",))
 

@@ -249,6 +249,7 @@ class Cgroups:
         self.name = name
         self.limits = limits
         self.dirs: list[str] = []
+        self.controllers: list[str] = []
         self.v2 = False
 
     @staticmethod
@@ -274,7 +275,8 @@ class Cgroups:
                 if not os.path.isdir(base):
                     continue
                 parent = os.path.join(base, self._own(ctrl).lstrip("/"))
-                self._make(os.path.join(parent, self.name), settings)
+                if self._make(os.path.join(parent, self.name), settings):
+                    self.controllers.append(ctrl)
         return [os.path.join(d, "cgroup.procs") for d in self.dirs]
 
     def _create_v2(self) -> None:
@@ -289,15 +291,16 @@ class Cgroups:
         except OSError as exc:
             log.info("cgroup v2 controllers not enabled: %s", exc)
         self.v2 = True
-        self._make(os.path.join(root, self.name), {"pids.max": str(self.limits.nproc),
-                                                   "memory.max": str(self.limits.memory)})
+        if self._make(os.path.join(root, self.name), {"pids.max": str(self.limits.nproc),
+                                                      "memory.max": str(self.limits.memory)}):
+            self.controllers.append("v2")
 
-    def _make(self, path: str, settings: dict[str, str]) -> None:
+    def _make(self, path: str, settings: dict[str, str]) -> bool:
         try:
             os.mkdir(path)
         except OSError as exc:
             log.info("no cgroup %s: %s", path, exc)
-            return
+            return False
         self.dirs.append(path)
         for key, value in settings.items():
             try:
@@ -305,6 +308,7 @@ class Cgroups:
                     fh.write(value)
             except OSError as exc:
                 log.info("cgroup %s: cannot set %s: %s", path, key, exc)
+        return True
 
     def sweep_stale(self) -> None:
         """Remove empty ``mailvm-*`` cgroups older than :data:`STALE_CGROUP_S` (left by killed agents)."""
@@ -394,8 +398,8 @@ DECOY_FILES: tuple[tuple[str, bytes], ...] = (
 )
 DOTFILES: tuple[tuple[str, bytes, int], ...] = (
     (".bashrc", b"# ~/.bashrc\n[ -z \"$PS1\" ] && return\nHISTSIZE=1000\nalias ll='ls -l'\n", 0o644),
-    (".profile", b"# ~/.profile\nif [ -n \"$BASH_VERSION\" ] && [ -f \"$HOME/.bashrc\" ]; then . \"$HOME/.bashrc\"; fi\n",
-     0o644),
+    (".profile", b"# ~/.profile\nif [ -n \"$BASH_VERSION\" ] && [ -f \"$HOME/.bashrc\" ]; then\n"
+                 b"    . \"$HOME/.bashrc\"\nfi\n", 0o644),
     (".bash_history", b"ls\ncd Documents\nssh admin@fileserver\n", 0o600),
     (".ssh/known_hosts", b"fileserver ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMailvmDecoyHostKey0000000000000000000\n",
      0o644),
@@ -500,7 +504,6 @@ class Sandbox:
         self.decoys: list[str] = []
         self.proc: subprocess.Popen | None = None
         self.readers: list[_Reader] = []
-        self.started_at = 0.0
         self._fds: list[int] = []
         self._closed = False
 
@@ -621,11 +624,11 @@ class Sandbox:
                 "-e", "trace=" + STRACE_SYSCALLS, "-o", self.strace_log, "--"]
                + rl + ["--", t["unshare"], "--mount", "--propagation", "private", "--", t["sh"], "-c", _STAGE,
                        "mailvm-stage", str(len(cg_procs)), *cg_procs, self.home, self.work, STAGE_DIR + "/home",
-                       STAGE_DIR + "/work", t["setpriv"], f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--"]
+                       STAGE_DIR + "/work", t["setpriv"], f"--reuid={self.uid}", f"--regid={self.uid}",
+                       "--clear-groups", "--"]
                + bwrap + ["--", t["python3"], "-I", "-S", "-c", INIT_CODE, INIT_MARKER] + argv)
         full_env = self.base_env()
         full_env.update(env)
-        self.started_at = time.time()
         try:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, env=full_env, cwd="/", pass_fds=fds,
