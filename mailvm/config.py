@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -110,6 +111,9 @@ class PoolConfig:
     ready_timeout_s: float = _bounded(60.0, 1, 3600, "time a new slot may take to report READY")
     retries: int = _bounded(1, 0, 5, "retries on a fresh slot after a slot failure")
     work_dir: str = "/var/lib/mailvm/pool"
+    image_dir: str = "/var/lib/mailvm/image"  # guest image of the qemu backend (mvctl image build)
+    guest_mem_mib: int = _bounded(256, 64, 65536, "guest RAM of the qemu reference VM and its clones")
+    doorbell: str = "vport"  # vport | serial | poll:MIN[:MAX] (how an idle qemu slot learns of a job)
     detonate_kinds: list[str] = _bounded(
         ["executable", "script", "office", "pdf", "html", "lnk", "disk_image", "unknown"],
         doc="triage kinds that are detonated",
@@ -247,6 +251,8 @@ def parse_config(data: dict[str, Any], file: str = "<string>") -> Config:
     validate_networks(file, "links.allow_networks", cfg.links.allow_networks)
     if cfg.pool.backend not in POOL_BACKENDS:
         raise ConfigError(file, "pool.backend", f"must be one of {', '.join(POOL_BACKENDS)}")
+    if cfg.pool.doorbell not in ("vport", "serial") and not re.fullmatch(r"poll:[0-9.]+(:[0-9.]+)?", cfg.pool.doorbell):
+        raise ConfigError(file, "pool.doorbell", "must be vport, serial or poll:MIN[:MAX] (seconds)")
     if cfg.pool.accel not in ACCELS:
         raise ConfigError(file, "pool.accel", f"must be one of {', '.join(ACCELS)}")
     _check_socket(file, cfg.milter.socket)

@@ -10,9 +10,11 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev gcc make pkg-config ca-certificates
   libmilter-dev libvirt-dev libmagic1 libmagic-mgc libarchive13
   # archive tools and compilers used by tests (building fixtures: ISO, cab, PE, ELF samples)
-  p7zip-full xorriso gcab openssl gcc-mingw-w64-x86-64
+  p7zip-full zip xorriso gcab openssl gcc-mingw-w64-x86-64
   # detonation sandbox (process backend and guest image)
   strace bubblewrap iproute2 iptables procps psmisc
+  # the qemu flash-clone backend and its guest image (mvctl image build)
+  qemu-system-x86 qemu-utils debootstrap busybox-static lz4 cpio
   # the mail path
   postfix miltertest
 )

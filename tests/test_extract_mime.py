@@ -400,3 +400,26 @@ def test_html_visible_text_is_linear_on_hostile_markup(hostile):
     t0 = time.monotonic()
     html_visible_text(hostile)
     assert time.monotonic() - t0 < 1.0
+
+
+def test_name_tricks_survive_as_evidence(tmp_path):
+    """A right-to-left override in an attachment name reaches triage (it is the evidence)."""
+    from email.message import EmailMessage
+
+    from mailvm.config import ExtractConfig, TriageConfig
+    from mailvm.extract import extract_message
+    from mailvm.extract.spool import Spool
+    from mailvm.triage import Triage
+
+    m = EmailMessage()
+    m["Subject"] = "invoice"
+    m.set_content("see attached")
+    m.add_attachment(b"MZ" + b"\0" * 200, maintype="application", subtype="octet-stream",
+                     filename="invoice\u202efdp.exe")
+    cfg = ExtractConfig()
+    spool = Spool(tmp_path / "spool", cfg)
+    extract_message(m.as_bytes(), spool, cfg)
+    (art,) = [a for a in spool.artifacts if a.name.startswith("invoice")]
+    assert "\u202e" in art.name
+    ids = {f.id for f in Triage(TriageConfig(yara_rules_dir=str(tmp_path / "none"))).analyze(art).findings}
+    assert "filetype_bidi_override" in ids

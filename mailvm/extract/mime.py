@@ -43,7 +43,7 @@ from email.feedparser import BytesFeedParser
 
 from mailvm.config import ExtractConfig
 from mailvm.extract.archives import ExpandContext
-from mailvm.extract.spool import Spool, clean_name
+from mailvm.extract.spool import Spool, clean_name, keep_char
 from mailvm.verdict import Artifact, Finding
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ def decode_header_value(value: object, limit: int = MAX_HEADER) -> str:
         text = str(value)
     text = _unescape_8bit(text)
     text = " ".join(text.split())
-    text = "".join(ch for ch in text if ch.isprintable())
+    text = "".join(ch for ch in text if keep_char(ch))
     return text[:limit]
 
 

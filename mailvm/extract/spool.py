@@ -58,12 +58,23 @@ def detect_type(path: str | os.PathLike[str]) -> tuple[str, str]:
         return "application/octet-stream", "data"
 
 
+def keep_char(ch: str) -> bool:
+    """Printable, or a format character (Cf) kept as evidence of a name trick."""
+    return ch.isprintable() or unicodedata.category(ch) == "Cf"
+
+
 def clean_name(name: object, fallback: str = "unnamed") -> str:
-    """A display name from hostile input: printable, no control chars, bounded."""
+    """A display name from hostile input: no control characters, bounded.
+
+    Format characters (Unicode category Cf: right-to-left override, zero-width
+    joiners...) are kept: they are the evidence of name tricks such as
+    ``invoice\u202efdp.exe`` that triage reports.  Every place that shows a
+    name in a header or an SMTP reply sanitises it again (``policy.safe_name``).
+    """
     if isinstance(name, bytes):
         name = name.decode("utf-8", "replace")
     text = unicodedata.normalize("NFC", str(name or ""))
-    text = "".join(ch for ch in text if ch.isprintable())
+    text = "".join(ch for ch in text if keep_char(ch))
     text = text.strip()
     if len(text) > MAX_NAME:
         text = text[:MAX_NAME]
