@@ -292,7 +292,7 @@ def _outside_workdir(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | N
     if ev.get("op") not in WRITE_OPS:
         return None
     path = _written_path(ev)
-    if not path.startswith("/") or under(path, ctx.work_dir) or _quiet(path, ctx):
+    if not path.startswith("/") or under(path, ctx.work_dir) or _quiet(path, ctx) or in_home(path, ctx, ".cache"):
         return None
     if any(path == p.rstrip("/") or path.startswith(p) for p in SAFE_WRITE_PREFIXES):
         return None
@@ -523,7 +523,7 @@ def _long_sleep(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
 
 
 CLONE_FAILURES_MIN = 5
-CONCURRENT_PROCESSES_MIN = 128
+CONCURRENT_PROCESSES_MIN = 100
 
 
 def _resource_exhaustion(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
@@ -638,7 +638,8 @@ RULES: tuple[Rule, ...] = (
     Rule("ssh_authorized_keys", 9, _t("file"), _authorized_keys,
          "writes an SSH authorized_keys file (remote access backdoor)", "~/.ssh/authorized_keys"),
     Rule("write_outside_workdir", 4, _t("file"), _outside_workdir,
-         "creates, changes or deletes files outside its working directory and /tmp", "~/.local/bin/x, /etc/hosts"),
+         "creates, changes or deletes files outside its working directory, /tmp and ~/.cache",
+         "~/.local/bin/x, /etc/hosts"),
     Rule("user_file_modified", 4, _t("file"), _user_file_modified,
          "modifies, renames or deletes a user document", "~/Documents/report.docx"),
     Rule("mass_file_modification", 9, _t("file"), _mass_modification,
