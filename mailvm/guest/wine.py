@@ -21,8 +21,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shutil
 import subprocess
+import threading
 import time
 from typing import Any
 
@@ -52,7 +54,7 @@ def ensure_template(template: str, wine: str, timeout_s: float = 180.0) -> None:
     """Create the Wine prefix template if it does not exist (idempotent)."""
     if os.path.isfile(os.path.join(template, "system.reg")):
         return
-    tmp = template + ".tmp-%d" % os.getpid()
+    tmp = f"{template}.tmp-{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(4)}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.dirname(template) or "/", exist_ok=True)
     home = tmp + "-home"
@@ -60,16 +62,15 @@ def ensure_template(template: str, wine: str, timeout_s: float = 180.0) -> None:
     env = {"PATH": "/usr/bin:/bin", "HOME": home, "USER": "user", "LOGNAME": "user", "WINEPREFIX": tmp,
            "WINEDEBUG": "-all", "WINEDLLOVERRIDES": "mscoree,mshtml=", "WINEARCH": "win64", "LANG": "C.UTF-8"}
     t0 = time.monotonic()
-    old = os.umask(0o022)
+    umask = ["/bin/sh", "-c", 'umask 022; exec "$@"', "sh"]  # files readable by the sandbox users
+    server = os.path.join(os.path.dirname(wine), "wineserver")
+    if not os.access(server, os.X_OK):
+        server = shutil.which("wineserver") or "wineserver"
     try:
-        subprocess.run([wine, "wineboot", "-i"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=timeout_s, check=False)
-        server = os.path.join(os.path.dirname(wine), "wineserver")
-        if not os.access(server, os.X_OK):
-            server = shutil.which("wineserver") or "wineserver"
-        subprocess.run([server, "-w"], env=env, timeout=60, check=False)
+        subprocess.run(umask + [wine, "wineboot", "-i"], env=env, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout_s, check=False)
+        subprocess.run(umask + [server, "-w"], env=env, timeout=60, check=False)
     finally:
-        os.umask(old)
         shutil.rmtree(home, ignore_errors=True)
     if not os.path.isfile(os.path.join(tmp, "system.reg")):
         shutil.rmtree(tmp, ignore_errors=True)
@@ -82,7 +83,13 @@ def ensure_template(template: str, wine: str, timeout_s: float = 180.0) -> None:
 
 
 def prepare_prefix(template: str, dest: str, uid: int, gid: int) -> None:
-    """Per-detonation prefix at ``dest``: own dirs, hard-linked files, copied hives."""
+    """Per-detonation prefix at ``dest``: own dirs, hard-linked files, copied hives.
+
+    The template's files belong to root and are not writable by the sandbox
+    user, so linking them (hard links, or symlinks across file systems) cannot
+    change the template; Wine replaces files it rewrites.  The template's
+    directories must be readable by any user.
+    """
     for root, dirs, files in os.walk(template):
         rel = os.path.relpath(root, template)
         target = dest if rel == "." else os.path.join(dest, rel)
@@ -108,9 +115,9 @@ def prepare_prefix(template: str, dest: str, uid: int, gid: int) -> None:
             else:
                 try:
                     os.link(src, dst)
-                except OSError:
-                    shutil.copyfile(src, dst)
-                    os.chmod(dst, 0o644)
+                except OSError:  # another file system: a symlink is as safe (the sandbox user cannot write it)
+                    os.symlink(src, dst)
+                    os.lchown(dst, uid, gid)
 
 
 # ------------------------------------------------------------------ trace channels
