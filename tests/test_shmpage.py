@@ -15,6 +15,7 @@ import os
 import random
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import tracemalloc
@@ -358,6 +359,35 @@ def test_doorbell_specs(tmp_path):
     for bad in ("fd", "nope:1", "poll:0", "poll:0.01:0.001", "dev:relative", "poll:1:2:3"):
         with pytest.raises(ValueError):
             open_doorbell(bad)
+
+
+def test_guest_stores_never_expose_a_transient_zero(host):
+    """Another process rewriting state/heartbeat must never be read as 0 (struct.pack_into zeroes first)."""
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from mailvm.guest.page import GuestPage
+        page = GuestPage.open({host.path!r}, {SIZE})
+        end, n = time.monotonic() + 0.6, 1 << 40
+        while time.monotonic() < end:
+            page.acknowledge(1)  # ack_seq then state RUNNING, again and again
+            page.beat(n)
+            n += 1
+        """)])
+    fd = os.open(host.path, os.O_RDONLY)
+    try:
+        while writer.poll() is None:  # until the first acknowledge and beat have landed
+            h = P.unpack_header(os.pread(fd, P.HEADER.size, 0))
+            if h.state == P.RUNNING and h.heartbeat:
+                break
+        bad = reads = 0
+        while writer.poll() is None:
+            h = P.unpack_header(os.pread(fd, P.HEADER.size, 0))
+            reads += 1
+            bad += h.state != P.RUNNING or h.heartbeat == 0 or h.ack_seq != 1
+    finally:
+        os.close(fd)
+    assert writer.wait() == 0
+    assert reads > 1000 and bad == 0
 
 
 # -- the agent CLI as a real process ------------------------------------------

@@ -70,11 +70,17 @@ class GuestPage:
         return self._mm[off : off + length]
 
     # -- writing (state always last) ---------------------------------------
+    # Fields are stored by slice assignment (one memcpy of the packed bytes), never with
+    # struct.pack_into: pack_into zeroes its target before writing, so a reader on the other
+    # side could see a transient 0, i.e. state EMPTY in the middle of REQUEST -> RUNNING.
+    def _put(self, off: int, raw: bytes) -> None:
+        self._mm[off : off + len(raw)] = raw
+
     def _u32(self, off: int, value: int) -> None:
-        P.U32.pack_into(self._mm, off, value)
+        self._put(off, P.U32.pack(value))
 
     def _u64(self, off: int, value: int) -> None:
-        P.U64.pack_into(self._mm, off, value)
+        self._put(off, P.U64.pack(value))
 
     def publish_ready(self, boot_id: int, pid: int, heartbeat: int) -> None:
         """Write a fresh READY header, leaving the host's fields (seq, job, name) as they are."""
@@ -83,7 +89,7 @@ class GuestPage:
         self._u32(P.OFF_VERSION, P.VERSION)
         self._u64(P.OFF_ACK_SEQ, h.seq)
         self._u64(P.OFF_HEARTBEAT, heartbeat)
-        P.RESULT_FIELDS.pack_into(self._mm, P.OFF_RESULT_OFF, 0, 0)
+        self._put(P.OFF_RESULT_OFF, P.RESULT_FIELDS.pack(0, 0))
         self._u64(P.OFF_BOOT_ID, boot_id)
         self._u32(P.OFF_AGENT_PID, pid & 0xFFFFFFFF)
         self._mm[P.OFF_MAGIC : P.OFF_MAGIC + 8] = P.MAGIC
@@ -104,6 +110,6 @@ class GuestPage:
         if not P.span_ok(result_off, len(payload), self.size):
             raise P.ProtocolError(f"result of {len(payload)} bytes at {result_off} does not fit the region")
         self._mm[result_off : result_off + len(payload)] = payload
-        P.RESULT_FIELDS.pack_into(self._mm, P.OFF_RESULT_OFF, result_off, len(payload))
+        self._put(P.OFF_RESULT_OFF, P.RESULT_FIELDS.pack(result_off, len(payload)))
         self._u64(P.OFF_ACK_SEQ, seq)
         self._u32(P.OFF_STATE, state)
