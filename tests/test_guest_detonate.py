@@ -638,3 +638,36 @@ def test_a_syscall_flood_is_cut_at_the_trace_cap(run, monkeypatch):
     assert time.monotonic() - t < 30
     assert r["stopped"] == "timeout" and "trace_truncated" in ids(r)
     assert r["log"][0]["type"] == "sandbox" and r["log"][0]["network"] == "iptables REDIRECT"
+
+
+def _minimal_pdf(text: str) -> bytes:
+    """A small, valid one-page PDF (objects, xref table and trailer computed here)."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+               b"/Resources << /Font << /F1 5 0 R >> >> >>",
+               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for i, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+@pytest.mark.sandbox
+@pytest.mark.skipif(SANDBOX_REASON is not None, reason=f"sandbox unavailable: {SANDBOX_REASON}")
+@pytest.mark.skipif(L.find_tool("pdftotext") is None and L.find_tool("mutool") is None,
+                    reason="no PDF renderer installed (poppler-utils or mupdf-tools)")
+def test_benign_pdf_opens_in_the_viewer_and_is_clean(run):
+    r = run(_minimal_pdf("Quarterly report"), "report.pdf", type="application/pdf", kind="pdf")
+    assert r["launcher"] in ("pdf_mutool", "pdf_poppler")
+    assert r["verdict"] == "clean" and r["score"] < 4, r["findings"]
+    assert r["stopped"] == "exited_idle"
+    viewer = next(e for e in r["log"] if e["type"] == "exec")
+    assert viewer["argv"][-2:] == ["/work/report.pdf", "/dev/null"] or "/work/report.pdf" in viewer["argv"]
