@@ -14,7 +14,7 @@ from mailvm.extract.spool import Spool
 # -- test corpus (/work/shared/corpus, read-only) ---------------------------------
 
 #: the shared corpus; ``MAILVM_CORPUS`` overrides (tests skip when it is absent)
-CORPUS = Path(os.environ.get("MAILVM_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus"))
+from testdata import CORPUS  # noqa: E402,F401  (defined there so test modules can import it)
 
 
 @pytest.fixture(scope="session")

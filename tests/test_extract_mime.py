@@ -24,7 +24,7 @@ ZB = Path("zbateson-mail-mime-parser/tests/_data/emails")
 
 
 def _corpus_files() -> list[Path]:
-    from conftest import CORPUS
+    from testdata import CORPUS
 
     files: list[Path] = []
     for d in CORPUS_MAIL_DIRS:

@@ -29,7 +29,7 @@ from mailvm.extract.mime import html_visible_text
 from mailvm.extract.passwords import candidate_passwords
 from mailvm.extract.spool import Spool
 
-from conftest import CORPUS
+from testdata import CORPUS
 
 CFG = dataclasses.replace(
     ExtractConfig(), max_total_bytes=8 * 1024 * 1024, max_file_bytes=4 * 1024 * 1024, time_budget_s=10.0

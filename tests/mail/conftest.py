@@ -60,9 +60,9 @@ error = "tempfail"
 """)
     postfix = LabPostfix(root / "postfix", port=smtp_port, milter=f"inet:127.0.0.1:{milter_port}")
     lab = MailLab(root, config, smtp_port, milter_port, postfix)
-    lab.start_mailvm()
-    postfix.start()
     try:
+        lab.start_mailvm()
+        postfix.start()
         yield lab
     finally:
         postfix.stop()

@@ -20,8 +20,8 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from testdata import CORPUS  # tests/ is on sys.path through tests/conftest.py
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
 POLICIES = {
