@@ -671,3 +671,49 @@ def test_benign_pdf_opens_in_the_viewer_and_is_clean(run):
     assert r["stopped"] == "exited_idle"
     viewer = next(e for e in r["log"] if e["type"] == "exec")
     assert viewer["argv"][-2:] == ["/work/report.pdf", "/dev/null"] or "/work/report.pdf" in viewer["argv"]
+
+
+@pytest.mark.sandbox
+@pytest.mark.skipif(SANDBOX_REASON is not None, reason=f"sandbox unavailable: {SANDBOX_REASON}")
+def test_a_killed_agent_leaves_no_process_behind(tmp_path):
+    """SIGKILL of the agent mid-run: strace, bwrap, the sample, fakenet and the namespace holder all go."""
+    marker = "mvorphan" + uuid.uuid4().hex[:12]
+    sample = tmp_path / "s.sh"
+    sample.write_text(f"#!/bin/sh\nexec python3 -c 'import time; time.sleep(1000)' {marker}\n")
+    code = ("import sys\n"
+            f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+            "from mailvm.guest.detonate import detonate\n"
+            f"detonate({str(sample)!r}, {{'name': 's.sh', 'timeout_s': 120}}, {str(tmp_path / 'wd')!r})\n")
+    agent = subprocess.Popen(["/usr/bin/python3", "-c", code])
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not procs_with(marker):
+            time.sleep(0.05)
+        assert procs_with(marker), "the sample never started"
+        helpers = [p for p in procs_with(f"--parent {agent.pid}") + procs_with("infinity")
+                   if _ppid(p) == agent.pid]
+        assert helpers  # fakenet and the namespace holder are children of the agent
+    finally:
+        agent.kill()
+        agent.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (procs_with(marker) or any(_running(p) for p in helpers)):
+        time.sleep(0.05)
+    assert procs_with(marker) == []
+    assert not any(_running(p) for p in helpers)
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

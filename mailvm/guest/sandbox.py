@@ -58,7 +58,7 @@ UID_IN = 1000
 NAME_PREFIX = "mailvm-"
 MAX_OUTPUT = 16 * 1024
 STAGE_DIR = "/run/mailvm-sandbox"  # empty mount points; each detonation binds its box here privately
-STALE_CGROUP_S = 2 * 3600
+STALE_CGROUP_S = 60  # an empty cgroup this old belongs to no live detonation (samples join within ms)
 MAX_STDERR_LINE = 64 * 1024
 
 #: pid 1 inside the sandbox: ignore the signals a sample could send it, run the launcher argv
