@@ -85,6 +85,7 @@ class ScanTableConfig:
     path: str = "/var/lib/mailvm/scantable"
     pending_ttl_s: float = _bounded(600.0, 1, 86400, "a pending claim older than this is stale")
     verdict_ttl_s: float = _bounded(30 * 86400.0, 60, 3650 * 86400, "a verdict older than this is re-analysed")
+    error_ttl_s: float = _bounded(3600.0, 1, 3650 * 86400, "an error verdict (VM fault) older than this is re-analysed")
     size_limit_bytes: int = _bounded(1024 * MiB, MiB, 1024 * 1024 * MiB, "diskcache size limit")
 
 
@@ -105,7 +106,8 @@ class PoolConfig:
     job_timeout_s: float = _bounded(60.0, 1, 3600, "time a sample may run in the guest")
     idle_s: float = _bounded(3.0, 0.1, 600, "stop early when nothing happened for this long and every process exited")
     stop_on_malicious: bool = True
-    page_bytes: int = _bounded(64 * MiB, MiB, 1024 * MiB, "shared page region per slot")
+    # room for a whole extract.max_file_bytes file plus a max_result_bytes result
+    page_bytes: int = _bounded(72 * MiB, MiB, 1024 * MiB, "shared page region per slot")
     max_result_bytes: int = _bounded(4 * MiB, 4096, 64 * MiB, "largest result JSON accepted from a guest")
     heartbeat_timeout_s: float = _bounded(10.0, 0.5, 600, "a slot whose heartbeat stops this long is destroyed")
     ready_timeout_s: float = _bounded(60.0, 1, 3600, "time a new slot may take to report READY")

@@ -241,9 +241,15 @@ class ScanTable:
             return _Entry(_OTHER_VERSION, verdict, record)
         stored_at = _number(record.get("stored_at"))
         born = verdict.analyzed_at if stored_at is None else min(verdict.analyzed_at, stored_at)
-        if now - born > self.cfg.verdict_ttl_s:
+        if now - born > self.ttl_for(verdict):
             return _Entry(_EXPIRED, verdict, record)
         return _Entry(_DONE, verdict, record)
+
+    def ttl_for(self, verdict: Verdict) -> float:
+        """How long a done verdict stays fresh: errors (a passing VM fault) much shorter."""
+        if verdict.verdict == ERROR:
+            return min(self.cfg.error_ttl_s, self.cfg.verdict_ttl_s)
+        return self.cfg.verdict_ttl_s
 
     def _drop_corrupt(self, key: str, entry: _Entry) -> None:
         log.warning("scanned table %s: dropping corrupt entry %s: %s", self.path, key, entry.problem)
@@ -380,7 +386,7 @@ class ScanTable:
         born = min(verdict.analyzed_at, now)
         # diskcache drops it by itself once expired (culling on writes); expire() does the rest.
         # The floor keeps an already-expired verdict visible to stats/expire() for a while.
-        expire = max(MIN_DISKCACHE_EXPIRE_S, born + self.cfg.verdict_ttl_s - now)
+        expire = max(MIN_DISKCACHE_EXPIRE_S, born + self.ttl_for(verdict) - now)
         with self._db("publish"):
             self._cache.set(key, blob, expire=expire)
         self._count("published")

@@ -571,3 +571,24 @@ def test_size_limit_evicts_oldest(tmp_path):
         assert t.get(sha("e7")) is not None
         assert t.get(sha("e0")) is None
         assert t.stats()["size_bytes"] < 3 * 1024 * 1024
+
+
+def test_error_verdicts_expire_sooner_than_others(tmp_path):
+    """A passing VM fault must not stick for verdict_ttl_s: errors use error_ttl_s."""
+    import time as _time
+
+    from mailvm.config import ScanTableConfig
+    from mailvm.scantable import ScanTable
+    from mailvm.verdict import Verdict, error_verdict
+
+    cfg = ScanTableConfig(path=str(tmp_path / "t"), verdict_ttl_s=3600, error_ttl_s=1)
+    with ScanTable(cfg) as table:
+        bad, good = "a" * 64, "b" * 64
+        for key, verdict in ((bad, error_verdict("slot_failed", "test")), (good, Verdict())):
+            assert table.claim(key, "me").won
+            table.publish(key, verdict)
+        assert table.get(bad) is not None and table.get(good) is not None
+        _time.sleep(1.3)
+        assert table.get(bad) is None  # expired: the next message re-analyses it
+        assert table.get(good) is not None
+        assert table.claim(bad, "again").won

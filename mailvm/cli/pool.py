@@ -42,7 +42,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     cfg = config_from(args)
     status = read_status(cfg.pool.work_dir)
-    running = bool(status) and _alive(status.get("pid")) and time.time() - float(status.get("updated_at", 0)) < STALE_S
+    running = (
+        bool(status)
+        and status.get("state") not in ("closed", "broken")
+        and _alive(status.get("pid"))
+        and time.time() - float(status.get("updated_at", 0)) < STALE_S
+    )
     if args.json:
         print_json({"running": running, "work_dir": cfg.pool.work_dir, "status": status})
         return EXIT_OK if running else EXIT_ERROR

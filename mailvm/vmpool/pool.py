@@ -366,6 +366,11 @@ class Pool:
         except concurrent.futures.TimeoutError:
             return _fail(job, "timed_out", "no verdict by the deadline")
 
+    def queued(self) -> int:
+        """Jobs waiting for a slot (cheap: for back-pressure loops)."""
+        with self._cond:
+            return len(self._queue)
+
     def status(self) -> dict[str, Any]:
         """Backend, slots, queue, counters and timings (also in status.json)."""
         with self._cond:

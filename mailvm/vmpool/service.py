@@ -62,6 +62,12 @@ def run(cfg: Config, stop: threading.Event) -> None:
         pool.start()
         delay = IDLE_POLL_MIN_S
         while not stop.is_set():
+            # back-pressure: leave jobs in the durable queue while the pool is busy,
+            # so a crash loses nothing and `mvctl pool status` shows the real backlog
+            if pool.queued() >= cfg.pool.slots:
+                stop.wait(delay)
+                delay = min(IDLE_POLL_MAX_S, delay * 2)
+                continue
             record = queue.pop()
             if record is None:
                 stop.wait(delay)
