@@ -81,7 +81,6 @@ class State:
     forks: int = 0
     alive: int = 1  # processes of the sample alive now (the first one included)
     max_alive: int = 1
-    pid_exe: dict[int, str] = field(default_factory=dict)
     inet_binds: dict[str, str] = field(default_factory=dict)  # socket id -> ip:port
 
     def update(self, ev: dict[str, Any], ctx: RuleContext) -> None:
@@ -114,9 +113,6 @@ class State:
             self.max_alive = max(self.max_alive, self.alive)
         elif typ == "exit":
             self.alive = max(0, self.alive - 1)
-        elif typ == "exec" and ev.get("ok", True) and isinstance(ev.get("pid"), int):
-            if len(self.pid_exe) < 100_000:
-                self.pid_exe[ev["pid"]] = _s(ev.get("path"))
 
     def _wrote(self, path: str, t: float) -> None:
         if not path or len(self.written) >= 100_000:
