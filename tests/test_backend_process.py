@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 import time
 
@@ -18,8 +20,9 @@ from mailvm.guest import protocol as P
 from mailvm.vmpool.backends import BACKENDS
 from mailvm.vmpool.backends import process as process_backend
 from mailvm.vmpool.backends.base import BackendError
-from mailvm.vmpool.backends.process import ISOLATION, ProcessBackend, cpu_seconds, group_members, process_tree
-from mailvm.vmpool.shmpage import PageError
+from mailvm.vmpool.backends.process import (ISOLATION, ProcessBackend, cpu_seconds, group_members, process_tree,
+                                            sweep_orphans)
+from mailvm.vmpool.shmpage import HostPage, PageError
 
 pytestmark = pytest.mark.sandbox
 
@@ -236,3 +239,41 @@ def test_end_to_end_malicious_script(backend):
         except OSError:
             pass
     assert stray == []
+
+
+# -- a pool that dies -----------------------------------------------------------------------------
+def test_killed_pool_agents_exit_and_orphans_are_swept(tmp_path):
+    """SIGKILL the host process: its idle agents see the doorbell hang up; the next prepare() sweeps."""
+    _skip_without_tools()
+    work, pages = tmp_path / "pool", tmp_path / "shm"
+    pages.mkdir()
+    code = textwrap.dedent(f"""
+        import sys, time
+        from mailvm.config import PoolConfig
+        from mailvm.vmpool.backends.process import ProcessBackend, process_tree
+        b = ProcessBackend(PoolConfig(work_dir={str(work)!r}, page_bytes={PAGE}), page_dir={str(pages)!r})
+        slots = [b.create_slot(f"o{{i}}") for i in range(2)]
+        print(" ".join(str(p) for s in slots for p in process_tree(s.proc.pid)), flush=True)
+        time.sleep(60)
+        """)
+    host = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in host.stdout.readline().split()]
+        assert len(pids) >= 2 and len(os.listdir(pages)) == 2
+    finally:
+        host.kill()
+        host.wait()
+    end = time.monotonic() + 5
+    while time.monotonic() < end and any(_running(p) for p in pids):
+        time.sleep(0.05)
+    assert not any(_running(p) for p in pids)  # hang-up: nobody left to serve
+    assert len(os.listdir(work)) == 2 and len(os.listdir(pages)) == 2  # but the files are still there
+    assert sweep_orphans(str(work), str(pages), min_age_s=3600) == []  # too young to judge
+    held = HostPage.attach(str(pages / sorted(os.listdir(pages))[0]), PAGE)  # someone still holds one
+    try:
+        removed = sweep_orphans(str(work), str(pages), min_age_s=0)
+        assert len(removed) == 1 and len(os.listdir(pages)) == 1 and len(os.listdir(work)) == 1
+    finally:
+        held.close()
+    assert len(sweep_orphans(str(work), str(pages), min_age_s=0)) == 1
+    assert os.listdir(pages) == [] and os.listdir(work) == []

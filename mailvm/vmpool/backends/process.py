@@ -18,15 +18,22 @@ A slot is:
   :meth:`ProcessBackend.prepare`), as PID 1 of its own PID namespace
   (``unshare --pid --fork --mount-proc --kill-child``).  Everything the job
   starts lives in that namespace, so killing the agent kills all of it, even
-  processes that left the process group; the mount namespace only gets a
-  private /proc, which bubblewrap, strace and ``ip`` inside it do not mind;
+  processes that left the process group (the sandbox's strace, fakenet and
+  network-namespace holder run in sessions of their own); the mount namespace
+  only gets a private /proc, which bubblewrap, strace, nsenter and ``ip``
+  inside it do not mind.  The price: every agent is PID 1 and sees only its
+  own processes, so guest code must not derive host-unique names or uids
+  from its pid alone;
 * a doorbell: a pipe whose read end the agent inherits (``fd:N``); ring() is
   one byte written to the non-blocking write end.  Closing the write end
   tells an idle agent its host is gone.
 
 ``create_slot`` returns once the agent has published READY (pre-warmed).
 ``destroy`` kills the namespace (or the process group), reaps, removes the
-page and the work directory, and logs anything left over.
+page and the work directory, and logs anything left over.  When the pool
+itself is killed, its idle agents see the doorbell hang up and exit;
+``prepare`` of the next pool on the same work directory removes the slots
+nobody holds any more (:func:`sweep_orphans`).
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ UNSHARE = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
 AGENT_MODULE = "mailvm.guest.agent"
 KILL_WAIT_S = 5.0
 LOG_TAIL_BYTES = 4096
+ORPHAN_MIN_AGE_S = 60.0
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 
@@ -114,6 +122,69 @@ def cpu_seconds(pids: list[int]) -> float:
         if fields and len(fields) > 12:
             ticks += int(fields[11]) + int(fields[12])
     return ticks / _clk_tck()
+
+
+def _held(prefix: str) -> set[str]:
+    """Paths under ``prefix`` that some process has open or mapped (a /proc scan)."""
+    held: set[str] = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{name}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{name}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith(prefix):
+                    held.add(target)
+            with open(f"/proc/{name}/maps") as maps:
+                for line in maps:
+                    if prefix in line:
+                        held.add(line.split(None, 5)[-1].strip())
+        except OSError:
+            continue
+    return held
+
+
+def sweep_orphans(work_dir: str, page_dir: str, min_age_s: float = ORPHAN_MIN_AGE_S) -> list[str]:
+    """Remove slots (work dir + page) that no live process holds: left by a pool that was killed.
+
+    Only ``slot-<tag>`` directories in *this* pool's work dir are considered,
+    with their page ``<page_dir>/mailvm-<tag>.page``; a slot is an orphan when
+    neither the host (an open fd) nor an agent (a mapping) holds its page and
+    its directory is older than ``min_age_s`` (one being created right now has
+    no page yet).  Returns the tags removed.
+    """
+    try:
+        slots = [d for d in os.listdir(work_dir) if d.startswith("slot-")]
+    except OSError:
+        return []
+    if not slots:
+        return []
+    held = _held(os.path.join(page_dir, "mailvm-"))
+    now = time.time()
+    removed = []
+    for d in slots:
+        tag = d[len("slot-"):]
+        page = os.path.join(page_dir, f"mailvm-{tag}.page")
+        slot_dir = os.path.join(work_dir, d)
+        try:
+            young = now - os.stat(slot_dir).st_mtime < min_age_s
+        except OSError:
+            continue
+        if young or page in held:
+            continue
+        try:
+            os.unlink(page)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove orphaned page %s: %s", page, exc)
+            continue
+        shutil.rmtree(slot_dir, ignore_errors=True)
+        removed.append(tag)
+    return removed
 
 
 class ProcessSlot(Slot):
@@ -259,6 +330,10 @@ class ProcessBackend(Backend):
                 self.page_dir = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else self.cfg.work_dir
             if self.pid_namespace is None:
                 self.pid_namespace = self._unshare_works()
+            swept = sweep_orphans(self.cfg.work_dir, self.page_dir)
+            if swept:
+                log.warning("process backend: removed %d slot(s) left by a pool that died: %s",
+                            len(swept), ", ".join(swept[:5]))
             self._prepared = True
         log.warning(
             "process backend: isolation is %s; each agent runs on this host %s. "
