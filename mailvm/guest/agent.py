@@ -127,13 +127,15 @@ def encode_result(result: dict[str, Any], cap: int) -> bytes:
     cut: list[str] = []
     result["truncated"] = cut
     for key in ("log", "events"):
+        value = result.get(key)
+        if not isinstance(value, (list, dict)) or not value:
+            continue  # absent, empty, or a plain count: nothing to gain
         cut.append(key)
-        if isinstance(result.get(key), list):
+        if isinstance(value, list):
             fitted = _fit_list(result, key, cap)
             if fitted is not None:
                 return fitted
-        if key in result:
-            result[key] = {} if isinstance(result[key], dict) else []
+        result[key] = type(value)()
     findings = result.get("findings")
     findings = [f for f in findings if isinstance(f, dict)] if isinstance(findings, list) else []
     cut.append("details")
@@ -153,7 +155,7 @@ def encode_result(result: dict[str, Any], cap: int) -> bytes:
 
 # -- the job ---------------------------------------------------------------
 class Heartbeat:
-    """The heartbeat counter; ``running()`` keeps it going from a thread while a job runs."""
+    """The heartbeat counter; ``start()`` keeps it going from a thread while a job runs."""
 
     def __init__(self, page: GuestPage, interval: float) -> None:
         self.page = page
