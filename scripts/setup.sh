@@ -11,8 +11,9 @@ APT_PACKAGES=(
   libmilter-dev libvirt-dev libmagic1 libmagic-mgc libarchive13
   # archive tools and compilers used by tests (building fixtures: ISO, cab, PE, ELF samples)
   p7zip-full zip xorriso gcab openssl gcc-mingw-w64-x86-64
-  # detonation sandbox (process backend and guest image)
-  strace bubblewrap iproute2 iptables procps psmisc
+  # detonation sandbox (process backend and guest image); Wine runs Windows samples,
+  # poppler-utils renders PDFs inside the sandbox
+  strace bubblewrap iproute2 iptables procps psmisc util-linux wine64 poppler-utils
   # the qemu flash-clone backend and its guest image (mvctl image build)
   qemu-system-x86 qemu-utils debootstrap busybox-static lz4 cpio
   # the mail path
