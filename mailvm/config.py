@@ -109,7 +109,7 @@ class PoolConfig:
     # room for a whole extract.max_file_bytes file plus a max_result_bytes result
     page_bytes: int = _bounded(72 * MiB, MiB, 1024 * MiB, "shared page region per slot")
     max_result_bytes: int = _bounded(4 * MiB, 4096, 64 * MiB, "largest result JSON accepted from a guest")
-    heartbeat_timeout_s: float = _bounded(10.0, 0.5, 600, "a slot whose heartbeat stops this long is destroyed")
+    heartbeat_timeout_s: float = _bounded(10.0, 2.0, 600, "a slot whose heartbeat stops this long is destroyed")
     ready_timeout_s: float = _bounded(60.0, 1, 3600, "time a new slot may take to report READY")
     retries: int = _bounded(1, 0, 5, "retries on a fresh slot after a slot failure")
     work_dir: str = "/var/lib/mailvm/pool"

@@ -40,7 +40,8 @@ slots = {slots}
 work_dir = "{d}/pool"
 
 [links]
-enabled = true
+# the lab has no business fetching the corpus' real-world links; production keeps this on
+enabled = false
 
 [milter]
 socket = "inet:{milter_port}@127.0.0.1"
