@@ -141,7 +141,7 @@ def test_unseen_scripts_are_detonated_in_the_process_backend(config, tmp_path):
         z.writestr("update.sh", evil)
     msg = tmp_path / "m.eml"
     msg.write_bytes(_message_with("tools.zip", buf.getvalue()))
-    plain = tmp_path / "hello.sh"
+    plain = tmp_path / "hello"  # no .sh: the extension alone is a (static) suspicious indicator
     plain.write_bytes(benign)
     res = mvctl(config, "scan", "--json", str(msg), str(plain))
     reports = as_json(res)
