@@ -83,7 +83,7 @@ class ScanTableConfig:
     """The persistent scanned table (diskcache)."""
 
     path: str = "/var/lib/mailvm/scantable"
-    pending_ttl_s: float = _bounded(600.0, 1, 86400, "a pending claim older than this is stale")
+    pending_ttl_s: float = _bounded(180.0, 1, 86400, "a pending claim not refreshed for this long is stale")
     verdict_ttl_s: float = _bounded(30 * 86400.0, 60, 3650 * 86400, "a verdict older than this is re-analysed")
     error_ttl_s: float = _bounded(3600.0, 1, 3650 * 86400, "an error verdict (VM fault) older than this is re-analysed")
     size_limit_bytes: int = _bounded(1024 * MiB, MiB, 1024 * 1024 * MiB, "diskcache size limit")

@@ -48,6 +48,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
 import sqlite3
 import threading
@@ -154,6 +155,28 @@ def check_key(sha256: Any) -> str:
     return sha256
 
 
+def owner_is_dead(owner: str) -> bool:
+    """True for an owner ``"<this host>:<pid>:..."`` whose process no longer exists.
+
+    Claims name their owner ``node:pid:...`` (see :class:`mailvm.scan.Scanner`); when
+    that process died on this host (a killed ``mailvm serve``), its claims are
+    stale at once rather than after ``pending_ttl_s``: a restarted service
+    re-claims and re-queues the file immediately.  Owners in other formats, or
+    from other hosts, only go stale by age.
+    """
+    node, _, rest = owner.partition(":")
+    pid_text = rest.split(":", 1)[0]
+    if node != os.uname().nodename or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
+
+
 def _check_owner(owner: Any) -> str:
     if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER:
         raise ValueError(f"claim owner must be a non-empty string of at most {MAX_OWNER} characters")
@@ -235,7 +258,7 @@ class ScanTable:
                 return _Entry(_CORRUPT, problem="pending entry without owner/claimed_at")
             ttl = self.cfg.pending_ttl_s
             # a claim from the far future (clock stepped back) must not block the file for ever
-            stale = now - claimed_at > ttl or claimed_at - now > ttl
+            stale = now - claimed_at > ttl or claimed_at - now > ttl or owner_is_dead(owner)
             return _Entry(_STALE if stale else _LIVE, verdict, record)
         if verdict.engine_version != self.engine_version:
             return _Entry(_OTHER_VERSION, verdict, record)

@@ -592,3 +592,25 @@ def test_error_verdicts_expire_sooner_than_others(tmp_path):
         assert table.get(bad) is None  # expired: the next message re-analyses it
         assert table.get(good) is not None
         assert table.claim(bad, "again").won
+
+
+def test_claim_of_a_dead_local_process_is_stale_at_once(tmp_path):
+    """A killed claimer on this host (node:pid:...) does not block the file for pending_ttl_s."""
+    import os as _os
+    import subprocess as _sp
+
+    from mailvm.config import ScanTableConfig
+    from mailvm.scantable import ScanTable
+
+    dead = _sp.Popen(["true"])
+    dead.wait()
+    node = _os.uname().nodename
+    with ScanTable(ScanTableConfig(path=str(tmp_path / "t"), pending_ttl_s=3600)) as table:
+        key, other = "c" * 64, "d" * 64
+        assert table.claim(key, f"{node}:{dead.pid}:job1").won
+        assert table.claim(key, f"{node}:{_os.getpid()}:job2").won  # the dead owner's claim was stale
+        # a live local owner, and owners from other hosts, keep their claims
+        assert table.claim(other, f"{node}:{_os.getpid()}:job3").won
+        assert not table.claim(other, f"{node}:{_os.getpid()}:job4").won
+        assert table.claim("e" * 64, f"elsewhere.example:{dead.pid}:job5").won
+        assert not table.claim("e" * 64, f"{node}:{_os.getpid()}:job6").won
