@@ -138,7 +138,7 @@ def plot(results: dict) -> None:
 
     names = list(results["messages"])
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.boxplot([results["messages"][n]["samples_total_ms"] for n in names], labels=names)
+    ax.boxplot([results["messages"][n]["samples_total_ms"] for n in names], tick_labels=names)
     ax.set_ylabel("extraction + triage per message (ms)")
     ax.set_title(f"mailvm extraction + triage ({results['machine']['cores']} cores)")
     fig.tight_layout()
