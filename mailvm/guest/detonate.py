@@ -266,10 +266,12 @@ class Detonation:
         box.start(launch.argv, launch.env, launch.unlimited_address_space,
                   on_stderr_line=self._stderr_handler(parser), cpu_s=int(o.timeout_s) + 30)
         self.log.add({"t": 0.0, "type": "sandbox", "launcher": launch.launcher, "argv": list(launch.argv),
-                      "network": box.net_detail, "cgroups": list(box.cgroups.controllers) if box.cgroups else []},
+                      "network": box.net_detail, "cgroups": list(box.cgroups.controllers) if box.cgroups else [],
+                      "degraded": list(box.degraded)},
                      [])
         started = time.monotonic()
         last_activity = started
+        began = False
         stopped = ""
         while not stopped:
             time.sleep(POLL_S)
@@ -296,7 +298,11 @@ class Detonation:
                 stopped = "timeout"
                 self.extra.append(Finding("timed_out", 0, f"still running after {o.timeout_s:g} s", SOURCE))
                 break
-            if strace.builder.started and now - last_activity >= o.idle_s and not self._working(strace, launch):
+            if not began and strace.builder.sample_began:
+                # the idle clock starts with the sample, not with the sandbox's own start-up (seconds under TCG)
+                began = True
+                last_activity = now
+            if began and now - last_activity >= o.idle_s and not self._working(strace, launch):
                 stopped = "exited_idle"
                 break
             if _size(box.strace_log) > MAX_TRACE_BYTES:

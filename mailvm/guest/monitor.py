@@ -397,6 +397,8 @@ class EventBuilder:
         self.init_pid: int | None = None
         self.started = False  # the init has exec'd: the sample tree exists from now on
         self.root_pid: int | None = None  # the first process of the sample
+        #: the init has forked the launcher (or a sample event was seen): the idle clock may run from now on
+        self.sample_began = False
         self.last_event_t = 0.0
         self.calls = 0
         self._handlers = {
@@ -473,11 +475,13 @@ class EventBuilder:
                 p.alive = False
             if call.name in ("clone", "clone3", "fork", "vfork") and pid == self.init_pid and call.ret_pid:
                 self.proc(call.ret_pid).ppid = pid
+                self.sample_began = True
             return []
         handler = self._handlers.get(call.name)
         if handler is None:
             return []
         p = self.proc(pid)
+        self.sample_began = True
         if self.root_pid is None:
             self.root_pid = pid
         try:

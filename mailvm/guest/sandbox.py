@@ -23,6 +23,12 @@ Layers, from the outside in::
                                     begins in the trace
     <launcher argv>                 the sample
 
+Where the kernel lacks a feature the sandbox degrades instead of failing: without
+a usable iptables NAT table (a guest kernel without netfilter modules) fakenet
+listens on common ports only; without cgroup controllers only the rlimits bound
+the sample.  ``Sandbox.degraded`` says what was given up (the detonation puts it
+in its ``sandbox`` log event).
+
 At the end every process of uid U is killed (the init first, which tears the
 pid namespace down; then the cgroup; then a sweep of ``/proc`` until nothing of
 uid U is left), then fakenet and the namespace holder; the cgroups and the
@@ -295,6 +301,20 @@ class Cgroups:
                                                       "memory.max": str(self.limits.memory)}):
             self.controllers.append("v2")
 
+    def missing(self) -> list[str]:
+        """The limits (``pids``, ``memory``) that no cgroup of this detonation enforces (after :meth:`create`)."""
+        have: set[str] = set()
+        if self.v2:
+            for d in self.dirs:
+                try:
+                    with open(os.path.join(d, "cgroup.controllers")) as fh:
+                        have.update(fh.read().split())
+                except OSError:
+                    continue
+        else:
+            have.update(self.controllers)
+        return [c for c in ("pids", "memory") if c not in have]
+
     def _make(self, path: str, settings: dict[str, str]) -> bool:
         try:
             os.mkdir(path)
@@ -501,6 +521,8 @@ class Sandbox:
         self.fakenet: fakenet.FakeNet | None = None
         self.redirect = False
         self.net_detail = ""
+        #: what this sandbox could not set up and worked around (e.g. in a minimal guest kernel)
+        self.degraded: list[str] = []
         self.decoys: list[str] = []
         self.proc: subprocess.Popen | None = None
         self.readers: list[_Reader] = []
@@ -542,6 +564,9 @@ class Sandbox:
             self.redirect, self.net_detail = fakenet.setup_namespace(enter, self.tools)
         except OSError as exc:
             raise SandboxError(f"network namespace set-up failed: {exc}") from exc
+        if not self.redirect:
+            self.degraded.append(f"network: {self.net_detail}; fakenet listens on {len(fakenet.FALLBACK_PORTS)} "
+                                 "common TCP ports only, connections to other ports are refused (strace still logs them)")
         self.fakenet = fakenet.FakeNet(enter, self.fakenet_log, self.redirect)
         try:
             self.fakenet.start()
@@ -611,6 +636,9 @@ class Sandbox:
         if not argv:
             raise SandboxError("empty argv")
         cg_procs = self.cgroups.create()
+        missing = self.cgroups.missing()
+        if missing:
+            self.degraded.append(f"cgroups: no {' or '.join(missing)} controller; only the rlimits bound the sample")
         bwrap, fds = self._bwrap_args()
         t = self.tools
         lim = self.limits
