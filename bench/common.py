@@ -1,0 +1,257 @@
+"""Shared helpers of the evaluation suite (``make bench``): the machine record, summaries,
+CPU accounting from /proc, and small file/port utilities.
+
+Every JSON result of the suite carries :func:`machine` (cores, memory, the
+accelerator the qemu backend would use or ``"none"``, date, git revision) so
+that figures from different runs are never compared blindly.  Nothing here
+starts a server or touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+#: where the qemu backend of the suite keeps its template (reused between runs)
+QEMU_WORK = Path(os.environ.get("MAILVM_BENCH_QEMU_WORK", "/var/cache/mailvm-bench/qemu"))
+#: image directories tried in order when none is given
+IMAGE_DIRS = (
+    os.environ.get("MAILVM_BENCH_IMAGE_DIR", ""),
+    os.environ.get("MAILVM_TEST_IMAGE_DIR", ""),
+    "/var/cache/mailvm-test/image",
+    "/var/lib/mailvm/image",
+)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def pct(values: Iterable[float], q: float) -> float:
+    vals = sorted(values)
+    if not vals:
+        return float("nan")
+    k = min(len(vals) - 1, max(0, math.ceil(q / 100 * len(vals)) - 1))
+    return vals[k]
+
+
+def summary(values: Iterable[float], digits: int = 3) -> dict[str, Any]:
+    """n, median, p95, min, max (rounded); ``{"n": 0}`` for no values."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return {"n": 0}
+    return {
+        "n": len(vals),
+        "median": round(statistics.median(vals), digits),
+        "p95": round(pct(vals, 95), digits),
+        "min": round(min(vals), digits),
+        "max": round(max(vals), digits),
+    }
+
+
+def median(values: Iterable[float]) -> float:
+    vals = list(values)
+    return statistics.median(vals) if vals else float("nan")
+
+
+# ----------------------------------------------------------------------------- the machine
+
+
+def git_rev() -> str:
+    try:
+        res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO,
+                             timeout=10)
+        rev = res.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=REPO, timeout=10).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def find_image_dir(explicit: str | None = None) -> str | None:
+    """The first directory holding a complete guest image (``explicit`` first), else None."""
+    from mailvm.vmpool.image.layout import ImageMissing, load_image
+
+    for d in ([explicit] if explicit else []) + [d for d in IMAGE_DIRS if d]:
+        try:
+            load_image(d)
+            return d
+        except (ImageMissing, OSError, ValueError):
+            continue
+    return None
+
+
+def accelerator(image_dir: str | None) -> dict[str, str]:
+    """What the qemu backend would run guests with here, without booting anything.
+
+    ``accel`` is the outcome remembered by an earlier qemu probe in the suite's
+    work directory when there is one, else ``kvm`` when /dev/kvm opens and
+    ``tcg`` otherwise; ``none`` when the qemu backend cannot run at all.
+    """
+    from mailvm.config import PoolConfig
+    from mailvm.vmpool.backends.qemu import QemuBackend, kvm_openable
+
+    if image_dir is None:
+        return {"accel": "none", "reason": "no guest image built (mvctl image build)"}
+    why = QemuBackend.probe(PoolConfig(backend="qemu", image_dir=image_dir))
+    if why:
+        return {"accel": "none", "reason": why}
+    memo = QEMU_WORK / "vport" / "qemu-accel.json"
+    try:
+        data = json.loads(memo.read_text())
+        if data.get("accel") in ("kvm", "tcg"):
+            return {"accel": data["accel"], "reason": str(data.get("reason", "")) or "probed by a reference VM"}
+    except (OSError, ValueError):
+        pass
+    kvm = kvm_openable()
+    return {"accel": "tcg" if kvm else "kvm", "reason": kvm or "/dev/kvm opens (not yet probed with a guest)"}
+
+
+def loadavg() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return []
+
+
+def machine(image_dir: str | None = None) -> dict[str, Any]:
+    """The record every result carries."""
+    acc = accelerator(image_dir)
+    return {
+        "cores": os.cpu_count(),
+        "memory_bytes": memory_bytes(),
+        "accelerator": acc["accel"],
+        "accelerator_reason": acc["reason"],
+        "image_dir": image_dir,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git_rev": git_rev(),
+        "loadavg_at_start": loadavg(),
+    }
+
+
+# ----------------------------------------------------------------------------- CPU from /proc
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rfind(")") + 2:].split()
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants (by ppid), from one scan of /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        f = _stat_fields(int(entry.name))
+        if f is None:
+            continue
+        children.setdefault(int(f[1]), []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime+stime+cutime+cstime summed over ``root``'s live process tree.
+
+    Differences of this figure count a process that exited between two readings
+    through its parent's cutime/cstime (it was reaped by a member of the tree),
+    so transient slots and sandboxes are included.
+    """
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in process_tree(root):
+        f = _stat_fields(pid)
+        if f is not None:
+            total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+    return total / tck
+
+
+def system_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot (all cores)."""
+    tck = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as fh:
+        vals = [int(x) for x in fh.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    total = sum(vals[:8])
+    return (total - idle) / tck, total / tck
+
+
+class CpuMeter:
+    """Whole-machine busy fraction (0..cores) over an interval."""
+
+    def __init__(self) -> None:
+        self.b0, self.t0 = system_cpu()
+
+    def busy_cores(self) -> float:
+        b1, t1 = system_cpu()
+        dt = t1 - self.t0
+        return 0.0 if dt <= 0 else (b1 - self.b0) / dt * (os.cpu_count() or 1)
+
+
+# ----------------------------------------------------------------------------- files, ports
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float, alive=None) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if alive is not None and not alive():
+            raise RuntimeError(f"the process meant to listen on {port} exited")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def lab_dir(prefix: str) -> Path:
+    """A fresh directory under /var/tmp that Postfix's users (postfix, nobody) can traverse."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    os.chmod(root, 0o755)
+    return root
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
