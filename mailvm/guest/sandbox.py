@@ -42,6 +42,7 @@ import errno
 import logging
 import os
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -173,17 +174,23 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-_uid_counter = 0
+#: sandbox uids: far above any real account, and inside the kernel's 32-bit uid space
+UID_BASE = 2_000_000
+UID_SPAN = 1 << 30
 _uid_lock = threading.Lock()
 
 
 def allocate_uid() -> int:
-    """A uid nothing else uses: derived from this process's pid plus a counter, checked against /proc."""
-    global _uid_counter
+    """A uid nothing else uses: random in a 2^30 range, checked against /proc.
+
+    Random, not derived from the pid: every process-backend agent runs in its own
+    PID namespace where its pid is 1 and /proc shows only its own processes, so
+    pid-derived uids collided across concurrent slots (one RLIMIT_NPROC budget
+    for all of them).  Two draws colliding among a few hundred slots is ~1e-7.
+    """
     with _uid_lock:
         for _ in range(64):
-            _uid_counter += 1
-            uid = 2_000_000 + (os.getpid() % 1_000_000) * 64 + (_uid_counter % 64)
+            uid = UID_BASE + secrets.randbelow(UID_SPAN)
             if not processes_of_uid(uid):
                 return uid
     raise SandboxError("no free sandbox uid")
