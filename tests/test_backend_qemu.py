@@ -3,9 +3,10 @@
 A session-scoped fixture builds the guest image into a fixed cache
 (``MAILVM_TEST_IMAGE_DIR``, default /var/cache/mailvm-test/image: rebuilt
 only when an input changes) and prepares one backend whose template is also
-cached (``.../qemu-pool``).  Every slot the tests make is tracked and
-destroyed at teardown, and the session fails if a QEMU process of ours is
-still running afterwards.
+cached (``.../qemu-pool``; sessions running side by side share it safely:
+templates are locked while in use).  Every slot the tests make is tracked
+and destroyed at teardown, and the session fails if a QEMU process of this
+session's backend (its ``mailvm-<instance>-`` name) is still running.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def backend(image):
     for slot in made:
         slot.destroy()
     b.close()
-    left = our_qemus(str(POOL_DIR))
+    left = our_qemus(f"mailvm-{b.instance}-")
     for pid in left:  # never leave them running, but fail the check
         os.kill(pid, signal.SIGKILL)
     assert left == [], f"QEMU processes left after the session: {left}"
@@ -143,6 +144,31 @@ def test_probe_without_an_image_names_the_build_command(tmp_path):
         assert "mvctl image build" in why
 
 
+def test_a_template_in_use_by_another_pool_is_not_removed(tmp_path):
+    """Two pools in one work dir (test sessions side by side): an old template is removed
+    only when no pool holds its lock."""
+    import fcntl
+
+    cfg = PoolConfig(work_dir=str(tmp_path))
+    user, other = QemuBackend(cfg), QemuBackend(cfg)
+    tag = "a" * 16
+    (tmp_path / f"qemu-template-{tag}").mkdir()
+    held = user._flock(tag, fcntl.LOCK_SH, time.monotonic() + 5)
+    other._remove_old_templates(keep="b" * 64)
+    assert (tmp_path / f"qemu-template-{tag}").is_dir()
+    os.close(held)
+    other._remove_old_templates(keep="b" * 64)
+    assert not (tmp_path / f"qemu-template-{tag}").exists()
+    assert not (tmp_path / f"qemu-template-{tag}.lock").exists()
+
+
+def test_unknown_launcher_is_refused():
+    with pytest.raises(ValueError, match="launcher"):
+        QemuBackend(PoolConfig(), launcher="docker")
+    with pytest.raises(ValueError, match="control_via"):
+        QemuBackend(PoolConfig(), launcher="libvirt", control_via="carrier-pigeon")
+
+
 # -- image ---------------------------------------------------------------------------------------
 def test_image_manifest_and_cache(image):
     m = image.manifest
@@ -163,9 +189,13 @@ def test_image_manifest_and_cache(image):
 
 
 # -- template and clones ------------------------------------------------------------------------
-def test_prepared_under_tcg_and_template_private(backend):
+def test_prepared_under_tcg_and_template_private(backend, image):
     info = backend.info()
     assert info.name == "qemu" and info.accel == "tcg" and "TCG" in info.isolation
+    d = info.details  # what `mvctl pool status` prints
+    assert d["image_version"] == image.version and d["launcher"] == "raw"
+    assert 0 <= d["template_age_s"] < 30 * 86400
+    assert d["template_created_at"] == backend.template.meta["created_at"]
     t = backend.template
     assert os.stat(t.dir).st_mode & 0o777 == 0o700
     assert os.stat(t.ram).st_mode & 0o777 == 0o600
@@ -176,7 +206,7 @@ def test_clone_is_prewarmed_cheap_when_idle_and_destroyed_cleanly(backend):
     slot = backend.create_slot("idle")
     assert slot.alive() and slot.page.state() == P.READY
     print(f"\nrefill timings: {slot.stats()['timings_ms']}")
-    pid = slot.vm.proc.pid
+    pid = slot.vm.pid
     time.sleep(0.5)
     cpu0, t0, hb0 = slot.stats()["cpu_s"], time.monotonic(), slot.page.heartbeat()
     time.sleep(3.0)
@@ -188,17 +218,20 @@ def test_clone_is_prewarmed_cheap_when_idle_and_destroyed_cleanly(backend):
     slot.destroy()
     slot.destroy()
     assert not slot.alive() and not os.path.exists(page) and not os.path.exists(d)
-    assert pid not in our_qemus(str(POOL_DIR))
+    assert pid not in our_qemus(f"mailvm-{backend.instance}-")
 
 
 def _job(slot, data=b"#!/bin/sh\ntrue\n", name="t.sh", timeout=20.0):
     t0 = time.perf_counter()
     slot.page.submit(data, name, {"timeout_s": timeout, "idle_s": 2, "max_result_bytes": 1 << 20})
     slot.ring()
-    st = slot.page.wait_state({P.RUNNING, P.DONE, P.FAILED}, soon(), alive=slot.alive)
-    handover = (time.perf_counter() - t0) * 1000
-    assert st in (P.RUNNING, P.DONE, P.FAILED)
-    st = slot.page.wait_state({P.DONE, P.FAILED}, soon(timeout + 60), alive=slot.alive, heartbeat_timeout=20)
+    try:
+        st = slot.page.wait_state({P.RUNNING, P.DONE, P.FAILED}, soon(), alive=slot.alive)
+        handover = (time.perf_counter() - t0) * 1000
+        assert st in (P.RUNNING, P.DONE, P.FAILED)
+        st = slot.page.wait_state({P.DONE, P.FAILED}, soon(timeout + 60), alive=slot.alive, heartbeat_timeout=20)
+    except (PageError, TimeoutError) as exc:
+        raise AssertionError(f"{exc}; {slot.vm.log_tail()}") from None
     return handover, st, slot.page.read_result(1 << 20)
 
 
@@ -231,7 +264,7 @@ def test_four_slots_in_parallel(backend):
         t.join()
     print(f"\n4 clones in {time.monotonic() - t0:.2f} s")
     assert not errors and len(slots) == 4
-    assert len({s.vm.proc.pid for s in slots}) == 4
+    assert len({s.vm.pid for s in slots}) == 4
     results = []
     for s in slots:
         s.page.submit(b"#!/bin/sh\ntrue\n", f"{s.id}.sh", {"timeout_s": 20, "idle_s": 2})
@@ -247,7 +280,7 @@ def test_four_slots_in_parallel(backend):
 def test_killed_qemu_is_detected_quickly(backend):
     slot = backend.create_slot("kill")
     slot.page.submit(b"#!/bin/sh\nsleep 30\n", "slow.sh", {"timeout_s": 60})
-    os.kill(slot.vm.proc.pid, signal.SIGKILL)
+    os.kill(slot.vm.pid, signal.SIGKILL)
     t0 = time.monotonic()
     with pytest.raises(PageError, match="died"):
         slot.page.wait_state({P.DONE, P.FAILED}, soon(), alive=slot.alive)

@@ -33,19 +33,29 @@ How it works (DESIGN.md "Backends", docs/qemu-backend.md):
   guest (the reference VM itself) reaches READY under it within
   :data:`KVM_PROBE_S`; otherwise TCG, logged as a warning.  The probe's
   outcome is remembered per image and QEMU version.
-* **Lifecycle**: QEMU runs in its own session under ``-sandbox on`` (no
-  spawning, no privilege changes); destroy() SIGKILLs it and removes the
-  slot's page, sockets and logs; close() kills any reference VM still up.
+* **Launchers**: ``raw`` (default) starts QEMU as our child in its own
+  session under ``-sandbox on`` (no spawning, no privilege changes);
+  ``libvirt`` (``pool.qemu_launcher``) starts the same arguments as a
+  transient libvirt domain (``libvirt_util``), restores it over the domain's
+  own QMP socket (or libvirt's passthrough: ``control_via``) and rings the
+  same doorbell socket: libvirt stays off the hand-over path.
+* **Lifecycle**: destroy() SIGKILLs QEMU and removes the slot's page,
+  sockets and logs; close() kills any reference VM still up and, with
+  libvirt, every domain of this backend still running.  Templates are
+  shared between pools in one work dir under a file lock (``.lock``).
 """
 
 from __future__ import annotations
 
+import abc
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -57,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from mailvm.config import PoolConfig
+from mailvm.vmpool.backends import libvirt_util as lv
 from mailvm.vmpool.backends.base import Backend, BackendError, BackendInfo, BackendUnavailable, Slot
 from mailvm.vmpool.backends.qmp import QMP, QMPError, send_fd
 from mailvm.vmpool.image.layout import DEFAULT_CACHE_DIR, Image, ImageMissing, load_image
@@ -80,6 +91,10 @@ LOG_TAIL = 4000
 WARM_RINGS = 0  # measured: empty rings before the job did not shorten the hand-over
 WARM_RING_GAP_S = 0.004
 DOORBELLS = ("vport", "serial", "poll")
+#: who starts QEMU: ourselves, or libvirt (transient domains)
+LAUNCHERS = ("raw", "libvirt")
+#: how a libvirt clone's restore and cont reach QEMU: its own QMP socket, or libvirt's passthrough
+CONTROL_PATHS = ("qmp", "libvirt")
 PORT_NAME = "mailvm.bell"
 ISOLATION = {"kvm": "hardware VM (KVM)", "tcg": "VM (TCG emulation; no hardware virtualisation)"}
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -95,6 +110,7 @@ class VMSpec:
     mem_mib: int
     page_bytes: int
     doorbell: str  # vport | serial | poll:MIN:MAX
+    launcher: str = "raw"  # raw | libvirt: a libvirt domain carries an extra (unused) RAM block
 
     def guest_doorbell(self) -> str:
         if self.doorbell == "vport":
@@ -110,7 +126,7 @@ class VMSpec:
     def key(self, qemu_version: str) -> str:
         obj = {"image": self.image.key, "accel": self.accel, "mem": self.mem_mib, "page": self.page_bytes,
                "doorbell": self.doorbell, "qemu": qemu_version, "cmdline": self.cmdline(), "tb": TB_SIZE_MIB,
-               "layout": 1}
+               "launcher": self.launcher, "layout": 2}
         return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
@@ -128,15 +144,15 @@ class VMPaths:
     extra_args: tuple[str, ...] = ()
 
 
-def qemu_argv(spec: VMSpec, paths: VMPaths, incoming: bool, qemu: str = QEMU_BIN,
-              sandbox: bool = True) -> list[str]:
-    """The QEMU command line (pure; the same machine for template and clones)."""
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+
+def guest_args(spec: VMSpec, paths: VMPaths, incoming: bool, sandbox: bool = True) -> list[str]:
+    """The machine and its devices (pure): what both launchers pass to QEMU verbatim."""
     img = spec.image
-    cpu = "host" if spec.accel == "kvm" else "max"
-    accel = "kvm" if spec.accel == "kvm" else f"tcg,tb-size={TB_SIZE_MIB}"
     argv = [
-        qemu, "-name", "mailvm", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-machine", "pc,nvdimm=on,memory-backend=ram0", "-accel", accel, "-cpu", cpu, "-smp", "1",
+        "-no-reboot",
+        "-machine", "pc,nvdimm=on,memory-backend=ram0",
         "-m", f"{spec.mem_mib}M,slots=1,maxmem={spec.mem_mib + (spec.page_bytes >> 20) + 256}M",
         "-object", (f"memory-backend-ram,id=ram0,size={spec.mem_mib}M" if paths.private_ram else
                     f"memory-backend-file,id=ram0,size={spec.mem_mib}M,mem-path={paths.ram},"
@@ -157,10 +173,22 @@ def qemu_argv(spec: VMSpec, paths: VMPaths, incoming: bool, qemu: str = QEMU_BIN
         argv += ["-chardev", f"socket,id=bell,path={paths.bell},server=on,wait=off", "-serial", "chardev:bell"]
     argv += list(paths.extra_args)
     if sandbox:
-        argv += ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+        argv += ["-sandbox", SANDBOX]
     if incoming:
         argv += ["-incoming", "defer"]
     return argv
+
+
+def accel_arg(spec: VMSpec) -> str:
+    return "kvm" if spec.accel == "kvm" else f"tcg,tb-size={TB_SIZE_MIB}"
+
+
+def qemu_argv(spec: VMSpec, paths: VMPaths, incoming: bool, qemu: str = QEMU_BIN,
+              sandbox: bool = True, name: str = "mailvm") -> list[str]:
+    """The raw launcher's QEMU command line (pure; the same machine for template and clones)."""
+    head = [qemu, "-name", name, "-nodefaults", "-no-user-config", "-display", "none",
+            "-accel", accel_arg(spec), "-cpu", "host" if spec.accel == "kvm" else "max", "-smp", "1"]
+    return head + guest_args(spec, paths, incoming, sandbox)
 
 
 def qemu_version(qemu: str = QEMU_BIN) -> str:
@@ -227,29 +255,53 @@ def _connect_unix(path: str, deadline: float, alive: Any) -> socket.socket:
             time.sleep(0.002)
 
 
-class QemuVM:
-    """One QEMU process with its QMP connection and doorbell socket (reference VM or clone)."""
+class VM(abc.ABC):
+    """One QEMU (reference VM or clone): its own QMP socket, its doorbell, and a way to kill it.
 
-    def __init__(self, spec: VMSpec, paths: VMPaths, workdir: str, incoming: bool, qemu: str,
-                 pass_fds: tuple[int, ...] = ()) -> None:
-        self.spec = spec
-        self.paths = paths
-        self.workdir = workdir
-        self.log_path = os.path.join(workdir, "qemu.log")
+    Subclasses differ in who starts and stops QEMU: :class:`QemuVM` (raw: a
+    child process in its own session) and :class:`LibvirtVM` (a transient
+    libvirt domain).  Control commands (restore, ``cont``) go over the VM's
+    own QMP socket, or through libvirt's passthrough when ``control_via`` is
+    ``"libvirt"``; the doorbell is always QEMU's own socket.
+    """
+
+    spec: VMSpec
+    paths: VMPaths
+    workdir: str
+    name: str
+    control_via: str = "qmp"
+
+    def _init_channels(self) -> None:
         self.qmp: QMP | None = None
         self.bell: socket.socket | None = None
-        argv = qemu_argv(spec, paths, incoming, qemu)
-        with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                         pass_fds=pass_fds, start_new_session=True, cwd=workdir)
 
+    @property
+    @abc.abstractmethod
+    def pid(self) -> int:
+        """QEMU's process id (for /proc figures)."""
+
+    @abc.abstractmethod
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        """False once QEMU has exited."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """Stop QEMU now (SIGKILL) and release what the launcher holds; idempotent, never raises."""
+
+    @abc.abstractmethod
+    def log_tail(self) -> str:
+        """QEMU's stderr and the guest console, for error messages."""
 
     def connect(self, deadline: float) -> None:
         self.qmp = QMP.connect(self.paths.qmp, deadline, QMP_TIMEOUT_S, alive=self.alive)
         if self.spec.doorbell in ("vport", "serial"):
             self.bell = _connect_unix(self.paths.bell, deadline, self.alive)
+
+    def control(self, cmd: str, args: dict[str, Any] | None = None, fds: list[int] | None = None) -> Any:
+        """One QMP command over the VM's own socket (QMPError on failure)."""
+        if self.qmp is None:
+            raise QMPError(f"QMP {cmd}: not connected")
+        return self.qmp.execute(cmd, args, fds=fds)
 
     def ring(self) -> None:
         s = self.bell
@@ -263,10 +315,9 @@ class QemuVM:
             log.debug("ring failed: %s", exc)
 
     def wait_migration(self, deadline: float) -> dict[str, Any]:
-        assert self.qmp is not None
         delay = 0.0005
         while True:
-            st = self.qmp.execute("query-migrate")
+            st = self.control("query-migrate")
             status = st.get("status") if isinstance(st, dict) else None
             if status == "completed":
                 return st
@@ -279,7 +330,19 @@ class QemuVM:
             time.sleep(delay)
             delay = min(delay * 2, 0.01)
 
-    def kill(self) -> None:
+    def restore(self, state_path: str, deadline: float) -> None:
+        """Restore the template's device state (x-ignore-shared: RAM is the mapped file); VM stays paused."""
+        self.control("migrate-set-capabilities",
+                     {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
+        sfd = os.open(state_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.control("getfd", {"fdname": "state"}, fds=[sfd])
+        finally:
+            os.close(sfd)
+        self.control("migrate-incoming", {"uri": "fd:state"})
+        self.wait_migration(deadline)
+
+    def _close_channels(self) -> None:
         for obj in (self.qmp, self.bell):
             try:
                 if obj is not None:
@@ -287,6 +350,33 @@ class QemuVM:
             except OSError:
                 pass
         self.qmp = self.bell = None
+
+
+class QemuVM(VM):
+    """The raw launcher: QEMU as our child, in its own session (killpg on kill)."""
+
+    def __init__(self, spec: VMSpec, paths: VMPaths, workdir: str, incoming: bool, qemu: str,
+                 pass_fds: tuple[int, ...] = (), name: str = "mailvm") -> None:
+        self.spec = spec
+        self.paths = paths
+        self.workdir = workdir
+        self.name = name
+        self.log_path = os.path.join(workdir, "qemu.log")
+        self._init_channels()
+        argv = qemu_argv(spec, paths, incoming, qemu, name=name)
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                         pass_fds=pass_fds, start_new_session=True, cwd=workdir)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        self._close_channels()
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -301,10 +391,98 @@ class QemuVM:
         return f"qemu: {_tail(self.log_path, 1500)!r}; console: {_tail(self.paths.console, 2500)!r}"
 
 
+class LibvirtVM(VM):
+    """The libvirt launcher: a transient domain (AUTODESTROY) running the same QEMU arguments.
+
+    ``alive()`` watches QEMU through a pidfd (QEMU is libvirtd's child, not
+    ours); ``kill()`` SIGKILLs it through that pidfd, then lets libvirt
+    destroy and forget the domain, and removes libvirt's log of it.
+    """
+
+    def __init__(self, spec: VMSpec, paths: VMPaths, workdir: str, incoming: bool, qemu: str, conn: Any,
+                 name: str, control_via: str = "qmp") -> None:
+        self.spec = spec
+        self.paths = paths
+        self.workdir = workdir
+        self.name = name
+        self.control_via = control_via
+        self.log_path = lv.log_path(name)
+        self._init_channels()
+        self._pid = 0
+        self._pidfd = -1
+        dspec = lv.DomainSpec(name=name, kind="kvm" if spec.accel == "kvm" else "qemu",
+                              emulator=shutil.which(qemu) or qemu, qemu_args=tuple(guest_args(spec, paths, incoming)),
+                              tb_cache_mib=TB_SIZE_MIB if spec.accel != "kvm" else None)
+        try:
+            self.dom = lv.create(conn, lv.domain_xml(dspec), paused=incoming)
+        except lv.MonitorError as exc:
+            raise BackendError(f"{exc}; {_tail(self.log_path, 1500)!r}") from None
+        pid = lv.qemu_pid(name)
+        try:
+            if pid is None:
+                raise OSError(f"no pid file for domain {name}")
+            self._pidfd = os.pidfd_open(pid)
+            if name.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                raise OSError(f"pid {pid} is not domain {name}'s QEMU")
+        except OSError as exc:
+            lv.destroy(self.dom)
+            if self._pidfd >= 0:
+                os.close(self._pidfd)
+                self._pidfd = -1
+            raise BackendError(f"libvirt domain {name}: {exc}") from None
+        self._pid = pid
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    def alive(self) -> bool:
+        fd = self._pidfd
+        if fd < 0:
+            return False
+        try:
+            return not select.select([fd], [], [], 0)[0]
+        except (OSError, ValueError):
+            return False
+
+    def control(self, cmd: str, args: dict[str, Any] | None = None, fds: list[int] | None = None) -> Any:
+        if self.control_via != "libvirt":
+            return super().control(cmd, args, fds)
+        try:
+            return lv.monitor(self.dom, cmd, args, fds)
+        except lv.MonitorError as exc:
+            raise QMPError(str(exc)) from None
+
+    def kill(self) -> None:
+        self._close_channels()
+        fd, self._pidfd = self._pidfd, -1
+        if fd >= 0:
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            except OSError as exc:
+                log.warning("domain %s: SIGKILL failed: %s", self.name, exc)
+            try:
+                if not select.select([fd], [], [], KILL_WAIT_S)[0]:
+                    log.error("QEMU pid %d of domain %s survived SIGKILL for %.0f s", self._pid, self.name,
+                              KILL_WAIT_S)
+            finally:
+                os.close(fd)
+            lv.destroy(self.dom)
+            try:
+                os.unlink(self.log_path)
+            except OSError:
+                pass
+
+    def log_tail(self) -> str:
+        return f"qemu (libvirt log): {_tail(self.log_path, 1500)!r}; console: {_tail(self.paths.console, 2500)!r}"
+
+
 class QemuSlot(Slot):
     """A flash clone: its QEMU, its page file and its slot directory."""
 
-    def __init__(self, slot_id: str, vm: QemuVM, page: HostPage, slot_dir: str) -> None:
+    def __init__(self, slot_id: str, vm: VM, page: HostPage, slot_dir: str) -> None:
         self.id = slot_id
         self.vm = vm
         self.page = page
@@ -323,9 +501,9 @@ class QemuSlot(Slot):
         return not self._destroyed and self.vm.alive()
 
     def stats(self) -> dict[str, Any]:
-        pid = self.vm.proc.pid
+        pid = self.vm.pid
         return {"pid": pid, "pss_kib": pss_kib(pid), "cpu_s": cpu_seconds(pid), "page": self.page.path,
-                "accel": self.vm.spec.accel, "doorbell": self.vm.spec.doorbell,
+                "accel": self.vm.spec.accel, "doorbell": self.vm.spec.doorbell, "launcher": self.vm.spec.launcher,
                 "timings_ms": {k: round(v * 1000, 2) for k, v in self.timings.items()}}
 
     def console(self) -> str:
@@ -341,8 +519,8 @@ class QemuSlot(Slot):
             self.page.close()
             self.page.unlink()
             shutil.rmtree(self.slot_dir, ignore_errors=True)
-            if self.vm.proc.poll() is None:
-                log.warning("slot %s: QEMU pid %d still running after destroy", self.id, self.vm.proc.pid)
+            if self.vm.alive():
+                log.warning("slot %s: QEMU pid %d still running after destroy", self.id, self.vm.pid)
         except Exception:  # never raises: the pool calls it on every error path
             log.exception("slot %s: destroy failed", self.id)
 
@@ -357,18 +535,29 @@ class Template:
 
 
 class QemuBackend(Backend):
-    """Flash-clone slots from one reference VM; see the module docstring."""
+    """Flash-clone slots from one reference VM; see the module docstring.
+
+    ``launcher`` chooses who starts QEMU: ``raw`` (a child process, default)
+    or ``libvirt`` (transient domains through libvirt-python; config key
+    ``pool.qemu_launcher``).  ``control_via`` (libvirt only) chooses how the
+    clone's restore and ``cont`` reach QEMU: its own QMP socket (``qmp``,
+    default: measured faster) or libvirt's QMP passthrough (``libvirt``).
+    """
 
     name = "qemu"
 
     def __init__(self, cfg: PoolConfig, *, image_dir: str | None = None, mem_mib: int | None = None,
                  doorbell: str | None = None, shm_dir: str = "/dev/shm", qemu: str = QEMU_BIN,
-                 accel: str | None = None) -> None:
+                 accel: str | None = None, launcher: str | None = None, libvirt_uri: str | None = None,
+                 control_via: str = "qmp") -> None:
         super().__init__(cfg)
         self.image_dir = image_dir or getattr(cfg, "image_dir", None) or DEFAULT_CACHE_DIR
         self.mem_mib = int(mem_mib or getattr(cfg, "guest_mem_mib", 0) or DEFAULT_MEM_MIB)
         self.doorbell = doorbell or getattr(cfg, "doorbell", None) or "vport"
         self.accel_wanted = accel or cfg.accel
+        self.launcher = launcher or getattr(cfg, "qemu_launcher", None) or "raw"
+        self.libvirt_uri = libvirt_uri or getattr(cfg, "libvirt_uri", None) or lv.DEFAULT_URI
+        self.control_via = control_via
         self.shm_dir = shm_dir
         self.qemu = qemu
         kind = self.doorbell.split(":", 1)[0]
@@ -376,6 +565,10 @@ class QemuBackend(Backend):
             raise ValueError(f"doorbell must be vport, serial or poll:MIN[:MAX], not {self.doorbell!r}")
         if self.accel_wanted not in ("auto", "kvm", "tcg"):
             raise ValueError(f"accel must be auto, kvm or tcg, not {self.accel_wanted!r}")
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(f"qemu launcher must be one of {', '.join(LAUNCHERS)}, not {self.launcher!r}")
+        if control_via not in CONTROL_PATHS:
+            raise ValueError(f"control_via must be one of {', '.join(CONTROL_PATHS)}, not {control_via!r}")
         if not 64 <= self.mem_mib <= MAX_MEM_MIB:
             raise ValueError(f"guest memory {self.mem_mib} MiB is not in [64, {MAX_MEM_MIB}]")
         self.page_bytes = (cfg.page_bytes + PAGE_ALIGN - 1) // PAGE_ALIGN * PAGE_ALIGN
@@ -384,8 +577,13 @@ class QemuBackend(Backend):
         self.image: Image | None = None
         self.accel_reason = ""
         self.qemu_version = ""
+        #: every QEMU of this backend has ``mailvm-<instance>-`` in its name (tests find leftovers by it)
+        self.instance = secrets.token_hex(4)
         self._lock = threading.Lock()
-        self._reference: QemuVM | None = None
+        self._reference: VM | None = None
+        self._template_lock = -1  # fd holding a shared flock on the template in use
+        self._conn: Any = None  # libvirt connection (libvirt launcher)
+        self._conn_lock = threading.Lock()
         self.warm_rings = WARM_RINGS
 
     # -- probing ---------------------------------------------------------------
@@ -400,26 +598,61 @@ class QemuBackend(Backend):
             return str(exc)
         if not os.access("/dev/shm", os.W_OK):
             return "/dev/shm is not writable"
+        if (getattr(cfg, "qemu_launcher", None) or "raw") == "libvirt":
+            return lv.probe(getattr(cfg, "libvirt_uri", None) or lv.DEFAULT_URI)
         return None
 
     def info(self) -> BackendInfo:
         accel = self.spec.accel if self.spec else "none"
         t = self.template
+        image = self.image
+        if image is None:
+            try:
+                image = load_image(self.image_dir)
+            except ImageMissing:
+                image = None
+        created = t.meta.get("created_at") if t else None
         return BackendInfo(
             name=self.name,
             isolation=ISOLATION.get(accel, "VM (not prepared yet)"),
             accel=accel,
             details={
-                "image_version": self.image.version if self.image else None,
+                "image_version": image.version if image else None,
+                "image_built_at": image.manifest.get("built_at") if image else None,
                 "template_key": t.key[:12] if t else None,
-                "template_age_s": round(time.time() - t.meta.get("created_at", time.time()), 1) if t else None,
+                "template_created_at": created,
+                "template_age_s": round(time.time() - created, 1) if isinstance(created, (int, float)) else None,
                 "accel_reason": self.accel_reason,
+                "launcher": self.launcher,
                 "doorbell": self.doorbell,
                 "guest_mem_mib": self.mem_mib,
                 "page_bytes": self.page_bytes,
                 "qemu": self.qemu_version,
             },
         )
+
+    # -- launchers -----------------------------------------------------------------
+    def _connection(self) -> Any:
+        with self._conn_lock:
+            if self._conn is None:
+                try:
+                    self._conn = lv.open_connection(self.libvirt_uri)
+                except lv.LibvirtUnavailable as exc:
+                    raise BackendUnavailable(str(exc)) from None
+            return self._conn
+
+    def _start_vm(self, spec: VMSpec, paths: VMPaths, workdir: str, incoming: bool, name: str) -> VM:
+        """A new QEMU through the configured launcher; BackendError when it cannot start."""
+        if spec.launcher == "libvirt":
+            return LibvirtVM(spec, paths, workdir, incoming, self.qemu, self._connection(), name,
+                             control_via=self.control_via)
+        try:
+            return QemuVM(spec, paths, workdir, incoming, self.qemu, name=name)
+        except OSError as exc:
+            raise BackendError(f"cannot start {self.qemu}: {exc}") from None
+
+    def vm_name(self, tag: str) -> str:
+        return f"{lv.DOMAIN_PREFIX}{self.instance}-{tag}"
 
     # -- the template ------------------------------------------------------------
     def _accel_candidates(self) -> list[str]:
@@ -445,6 +678,8 @@ class QemuBackend(Backend):
                 self.image = load_image(self.image_dir)
             except ImageMissing as exc:
                 raise BackendUnavailable(str(exc)) from None
+            if self.launcher == "libvirt":
+                self._connection()  # BackendUnavailable now rather than at the first clone
             self.qemu_version = qemu_version(self.qemu)
             os.makedirs(self.cfg.work_dir, mode=0o700, exist_ok=True)
             candidates = self._accel_candidates()
@@ -453,7 +688,7 @@ class QemuBackend(Backend):
                 candidates = [memo]  # an earlier probe with this image and QEMU decided already
             errors = []
             for accel in candidates:
-                spec = VMSpec(self.image, accel, self.mem_mib, self.page_bytes, self.doorbell)
+                spec = VMSpec(self.image, accel, self.mem_mib, self.page_bytes, self.doorbell, self.launcher)
                 try:
                     self.template = self._load_or_make_template(spec)
                     self.spec = spec
@@ -474,6 +709,7 @@ class QemuBackend(Backend):
                     self.accel_reason or f"accel = {self.accel_wanted}")
             else:
                 log.info("qemu backend: KVM accelerator in use")
+            log.info("qemu backend: launcher %s, doorbell %s", self.launcher, self.doorbell)
 
     def _read_accel_memo(self) -> str | None:
         try:
@@ -490,7 +726,7 @@ class QemuBackend(Backend):
         assert self.image is not None
         memo = {"image": self.image.key, "qemu": self.qemu_version, "accel": accel, "reason": self.accel_reason,
                 "at": time.time()}
-        tmp = self._accel_memo().with_suffix(".tmp")
+        tmp = self._accel_memo().with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(memo))
         os.replace(tmp, self._accel_memo())
 
@@ -508,41 +744,108 @@ class QemuBackend(Backend):
         st = os.stat(path)
         return [st.st_ino, st.st_mtime_ns, st.st_size]
 
+    def _lock_path(self, tag: str) -> str:
+        return os.path.join(self.cfg.work_dir, f"qemu-template-{tag}.lock")
+
+    def _flock(self, tag: str, mode: int, deadline: float | None) -> int | None:
+        """An fd holding ``mode`` (LOCK_EX/LOCK_SH) on template ``tag``'s lock file; None when
+        ``deadline`` is None and the lock is busy.  A lock file unlinked meanwhile is retried."""
+        path = self._lock_path(tag)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if deadline is None or time.monotonic() >= deadline:
+                        os.close(fd)
+                        if deadline is None:
+                            return None
+                        raise BackendError(f"template {tag} stays locked by another pool (making it?)") from None
+                    time.sleep(0.05)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)
+
     def _load_or_make_template(self, spec: VMSpec) -> Template:
+        """The valid template for ``spec`` (made if needed), held under a shared lock until close().
+
+        Pools sharing a work directory (tests run side by side, a restart while the old
+        process still drains) coordinate through ``qemu-template-<key>.lock``: users hold
+        it shared; whoever makes the template holds it exclusively (others wait for the
+        result and reuse it); an old template is removed only when nobody holds its lock.
+        """
         key = spec.key(self.qemu_version)
         t = self._template_paths(key)
+        bound = KVM_PROBE_S if spec.accel == "kvm" else max(self.cfg.ready_timeout_s, 120.0)
+        wait_until = time.monotonic() + bound + 60
+        fd = self._flock(key[:16], fcntl.LOCK_SH, wait_until)  # waits only while someone makes it
+        assert fd is not None
+        try:
+            if self._template_valid(t):
+                log.info("qemu backend: reusing template %s (%s, made %.0f s ago)", key[:12], spec.accel,
+                         time.time() - t.meta.get("created_at", 0))
+            else:
+                os.close(fd)
+                fd = -1
+                fd = self._flock(key[:16], fcntl.LOCK_EX, wait_until)
+                assert fd is not None
+                if not self._template_valid(t):  # nobody made it while we waited
+                    self._remove_old_templates(keep=key)
+                    self._make_template(spec, t)
+                fcntl.flock(fd, fcntl.LOCK_SH)  # others may use it now; nobody may remove it
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+        if self._template_lock >= 0:
+            os.close(self._template_lock)
+        self._template_lock = fd
+        return t
+
+    def _template_valid(self, t: Template) -> bool:
         try:
             meta = json.loads(Path(t.dir, "meta.json").read_text())
-            if (meta.get("key") == key and os.path.isfile(t.state) and os.path.isfile(t.ram)
+            if (meta.get("key") == t.key and os.path.isfile(t.state) and os.path.isfile(t.ram)
                     and meta.get("ram_identity") == self._ram_identity(t.ram)):
                 t.meta = meta
-                log.info("qemu backend: reusing template %s (%s, made %.0f s ago)", key[:12], spec.accel,
-                         time.time() - meta.get("created_at", 0))
-                return t
+                return True
         except (OSError, ValueError):
             pass
-        self._remove_old_templates(keep=key)
-        return self._make_template(spec, t)
+        return False
 
     def _remove_old_templates(self, keep: str) -> None:
-        for d in Path(self.cfg.work_dir).glob("qemu-template-*"):
-            tag = d.name.rsplit("-", 1)[-1]
+        """Remove templates of other keys in this work dir that no pool holds."""
+        tags = {p.name[len("qemu-template-"):].split(".", 1)[0] for p in Path(self.cfg.work_dir).glob("qemu-template-*")}
+        for tag in sorted(tags):
             if keep.startswith(tag):
                 continue
-            shutil.rmtree(d, ignore_errors=True)
+            fd = self._flock(tag, fcntl.LOCK_EX, None)
+            if fd is None:
+                log.info("qemu backend: template %s is in use by another pool; kept", tag)
+                continue
             try:
-                os.unlink(f"{self._shm_prefix()}{tag}.ram")
-            except FileNotFoundError:
-                pass
+                shutil.rmtree(os.path.join(self.cfg.work_dir, f"qemu-template-{tag}"), ignore_errors=True)
+                for p in (f"{self._shm_prefix()}{tag}.ram", f"{self._shm_prefix()}{tag}.page", self._lock_path(tag)):
+                    try:
+                        os.unlink(p)
+                    except FileNotFoundError:
+                        pass
+            finally:
+                os.close(fd)
 
     def _make_template(self, spec: VMSpec, t: Template) -> Template:
         shutil.rmtree(t.dir, ignore_errors=True)
         os.makedirs(t.dir, mode=0o700)
-        for p in (t.ram,):
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
+        try:
+            os.unlink(t.ram)
+        except FileNotFoundError:
+            pass
         fd = os.open(t.ram, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.ftruncate(fd, spec.mem_mib << 20)
         os.close(fd)
@@ -556,8 +859,14 @@ class QemuBackend(Backend):
                         os.path.join(t.dir, "console.log"))
         t0 = time.monotonic()
         bound = KVM_PROBE_S if spec.accel == "kvm" else max(self.cfg.ready_timeout_s, 120.0)
-        log.info("qemu backend: booting the reference VM under %s (image %s)", spec.accel.upper(), spec.image.version)
-        vm = QemuVM(spec, paths, t.dir, incoming=False, qemu=self.qemu)
+        log.info("qemu backend: booting the reference VM under %s via %s (image %s)", spec.accel.upper(),
+                 spec.launcher, spec.image.version)
+        try:
+            vm = self._start_vm(spec, paths, t.dir, incoming=False, name=self.vm_name("ref"))
+        except BackendError:
+            page.close()
+            page.unlink()
+            raise
         self._reference = vm
         try:
             vm.connect(t0 + 30)
@@ -584,13 +893,17 @@ class QemuBackend(Backend):
             vm.qmp.execute("migrate", {"uri": "fd:state"})
             vm.wait_migration(time.monotonic() + 60)
             save_s = time.monotonic() - t1
-            try:
+            try:  # QEMU closes (flushes) the state file on its way out: wait for that
                 vm.qmp.execute("quit")
             except QMPError:
                 pass
-            vm.proc.wait(timeout=10)
+            end = time.monotonic() + 10
+            while vm.alive() and time.monotonic() < end:
+                time.sleep(0.005)
+            if vm.alive():
+                raise BackendError("reference VM did not quit after saving its state")
             os.replace(tmp_state, t.state)
-        except (QMPError, OSError, subprocess.TimeoutExpired) as exc:
+        except (QMPError, OSError) as exc:
             raise BackendError(f"reference VM: {exc}; {vm.log_tail()}") from None
         finally:
             vm.kill()
@@ -599,7 +912,7 @@ class QemuBackend(Backend):
             page.unlink()
         t.meta = {"key": t.key, "accel": spec.accel, "image": spec.image.key, "qemu": self.qemu_version,
                   "mem_mib": spec.mem_mib, "page_bytes": spec.page_bytes, "doorbell": spec.doorbell,
-                  "boot_s": round(boot_s, 3), "save_s": round(save_s, 4),
+                  "launcher": spec.launcher, "boot_s": round(boot_s, 3), "save_s": round(save_s, 4),
                   "state_bytes": os.path.getsize(t.state), "created_at": time.time(),
                   "ram_identity": self._ram_identity(t.ram)}
         tmp = Path(t.dir, "meta.json.tmp")
@@ -629,33 +942,20 @@ class QemuBackend(Backend):
         paths = VMPaths(t.ram, False, page_path, os.path.join(slot_dir, "qmp.sock"),
                         os.path.join(slot_dir, "bell.sock"), os.path.join(slot_dir, "console.log"))
         try:
-            sfd = os.open(t.state, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
+            vm = self._start_vm(spec, paths, slot_dir, incoming=True, name=self.vm_name(tag))
+        except BackendError as exc:
             page.close()
             page.unlink()
             shutil.rmtree(slot_dir, ignore_errors=True)
-            raise BackendError(f"slot {slot_id}: template state unreadable: {exc}") from None
-        try:
-            vm = QemuVM(spec, paths, slot_dir, incoming=True, qemu=self.qemu, pass_fds=(sfd,))
-        except OSError as exc:
-            os.close(sfd)
-            page.close()
-            page.unlink()
-            shutil.rmtree(slot_dir, ignore_errors=True)
-            raise BackendError(f"slot {slot_id}: cannot start QEMU: {exc}") from None
-        os.close(sfd)
+            raise BackendError(f"slot {slot_id}: {exc}") from None
         slot = QemuSlot(slot_id, vm, page, slot_dir)
         try:
             t1 = time.monotonic()
             vm.connect(deadline)
-            assert vm.qmp is not None
-            vm.qmp.execute("migrate-set-capabilities",
-                           {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
             t2 = time.monotonic()
-            vm.qmp.execute("migrate-incoming", {"uri": f"fd:{sfd}"})
-            vm.wait_migration(deadline)
+            vm.restore(t.state, deadline)
             t3 = time.monotonic()
-            vm.qmp.execute("cont")
+            vm.control("cont")
             vm.ring()  # the agent finds its page zeroed and publishes READY on it
             page.wait_ready(deadline, alive=vm.alive)
             t4 = time.monotonic()
@@ -679,9 +979,23 @@ class QemuBackend(Backend):
         return slot
 
     def close(self) -> None:
+        """Kill a reference VM still booting, release the template lock and the libvirt connection."""
         vm, self._reference = self._reference, None
         if vm is not None:
             vm.kill()
+        fd, self._template_lock = self._template_lock, -1
+        if fd >= 0:
+            os.close(fd)
+        with self._conn_lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            # domains of slots nobody destroyed: a domain object keeps the connection open, so
+            # AUTODESTROY alone would only act when this process exits
+            left = lv.destroy_all(conn, self.vm_name(""))
+            if left:
+                log.warning("qemu backend: destroyed %d libvirt domain(s) left at close: %s", len(left), left)
+            lv.close_connection(conn)
 
 
-__all__ = ["QemuBackend", "QemuSlot", "VMSpec", "VMPaths", "qemu_argv", "kvm_openable", "pss_kib"]
+__all__ = ["LAUNCHERS", "LibvirtVM", "QemuBackend", "QemuSlot", "QemuVM", "VM", "VMPaths", "VMSpec", "guest_args",
+           "kvm_openable", "pss_kib", "qemu_argv"]
