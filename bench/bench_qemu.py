@@ -70,28 +70,37 @@ def make_backend(args: argparse.Namespace, doorbell: str, work: str) -> QemuBack
     return b
 
 
-def bench_doorbell(b: QemuBackend, reps: int, idle_s: float, bar: tqdm) -> dict[str, Any]:
-    hand, idle, refill = [], [], {}
+def bench_doorbell(b: QemuBackend, reps: int, idle_s: float, bar: tqdm, e2e: bool = False,
+                   idle_slots: int = 3) -> dict[str, Any]:
+    """Hand-over (and with ``e2e`` the whole job: written -> DONE) on fresh pre-warmed clones."""
+    hand, idle, refill, whole = [], [], {}, []
     for i in range(reps):
         slot = b.create_slot(f"bench{i}")
         try:
             for k, v in slot.timings.items():
                 refill.setdefault(k, []).append(v * 1000)
             time.sleep(0.3)
-            if i < 3:  # idle cost: a few slots, long enough for 10 ms clock ticks
+            if i < idle_slots:  # idle cost: a few slots, long enough for 10 ms clock ticks
                 c0, t0 = cpu_seconds(slot.vm.proc.pid), time.monotonic()
                 time.sleep(idle_s)
                 idle.append((cpu_seconds(slot.vm.proc.pid) - c0) / (time.monotonic() - t0) * 100)
             t0 = time.perf_counter()
             slot.page.submit(SAMPLE, "t.sh", {"timeout_s": 10})
             slot.ring()
-            slot.page.wait_state({P.RUNNING, P.DONE, P.FAILED}, time.monotonic() + 30, alive=slot.alive)
+            st = slot.page.wait_state({P.RUNNING, P.DONE, P.FAILED}, time.monotonic() + 30, alive=slot.alive)
             hand.append((time.perf_counter() - t0) * 1000)
+            if e2e:
+                if st == P.RUNNING:
+                    slot.page.wait_state({P.DONE, P.FAILED}, time.monotonic() + 60, alive=slot.alive)
+                whole.append((time.perf_counter() - t0) * 1000)
         finally:
             slot.destroy()
         bar.update(1)
-    return {"handover_ms": summary(hand), "idle_cpu_pct": summary(idle),
-            "refill_ms": {k: summary(v) for k, v in refill.items()}}
+    out = {"handover_ms": summary(hand), "idle_cpu_pct": summary(idle),
+           "refill_ms": {k: summary(v) for k, v in refill.items()}}
+    if e2e:
+        out["e2e_ms"] = summary(whole)
+    return out
 
 
 def bench_memory(b: QemuBackend, counts: list[int], bar: tqdm) -> dict[str, Any]:
@@ -127,18 +136,23 @@ def _sample_disk(path: str, data: bytes) -> None:
         f.truncate(1 << 20)
 
 
-def bench_classic_and_cold(b: QemuBackend, reps: int, bar: tqdm) -> dict[str, Any]:
-    """Cold boots, then a full snapshot of the same image restored per file (no shared memory)."""
+def bench_classic_and_cold(b: QemuBackend, reps: int, bar: tqdm, boots: int = 3, e2e: bool = False) -> dict[str, Any]:
+    """Cold boots, then a full snapshot of the same image restored per file (no shared memory).
+
+    With ``e2e`` the restored VM also runs the job (on its page, as a clone would), so
+    ``classic_e2e_ms`` is restore + answer + the same job as the clones' ``e2e_ms``.
+    """
     spec: VMSpec = b.spec
     tmp = tempfile.mkdtemp(prefix="mailvm-classic-", dir="/dev/shm")
     disk = os.path.join(tmp, "sample.img")
     extra = ("-drive", f"file={disk},if=none,id=sample,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=sample")
-    cold, classic, parts = [], [], {"disk": [], "restore": [], "ready": []}
+    cold, classic, parts, whole = [], [], {"disk": [], "restore": [], "ready": []}, []
+    boots = max(1, boots)
     state_bytes = 0
     try:
         # cold boot + the classic snapshot (taken from the last boot)
         state = os.path.join(tmp, "full.state")
-        for i in range(3):
+        for i in range(boots):
             d = tempfile.mkdtemp(dir=tmp)
             _sample_disk(disk, SAMPLE)
             page = HostPage.create(os.path.join(d, "page"), spec.page_bytes)
@@ -148,7 +162,7 @@ def bench_classic_and_cold(b: QemuBackend, reps: int, bar: tqdm) -> dict[str, An
                 vm.connect(t0 + 30)
                 page.wait_ready(t0 + 180, alive=vm.alive)
                 cold.append(time.monotonic() - t0)
-                if i == 2:
+                if i == boots - 1:
                     time.sleep(1.0)
                     vm.qmp.execute("stop")
                     fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -189,6 +203,11 @@ def bench_classic_and_cold(b: QemuBackend, reps: int, bar: tqdm) -> dict[str, An
                     vm.ring()
                     time.sleep(0.0005)
                 t3 = time.monotonic()
+                if e2e:
+                    page.submit(SAMPLE, "t.sh", {"timeout_s": 10})
+                    vm.ring()
+                    page.wait_state({P.DONE, P.FAILED}, time.monotonic() + 60, alive=vm.alive)
+                    whole.append((time.monotonic() - t0) * 1000)
             finally:
                 vm.kill()
                 page.close()
@@ -200,8 +219,11 @@ def bench_classic_and_cold(b: QemuBackend, reps: int, bar: tqdm) -> dict[str, An
             bar.update(1)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"cold_boot_s": summary(cold), "classic_restore_ms": summary(classic),
-            "classic_parts_ms": {k: summary(v) for k, v in parts.items()}, "classic_state_bytes": state_bytes}
+    out = {"cold_boot_s": summary(cold), "classic_restore_ms": summary(classic),
+           "classic_parts_ms": {k: summary(v) for k, v in parts.items()}, "classic_state_bytes": state_bytes}
+    if e2e:
+        out["classic_e2e_ms"] = summary(whole)
+    return out
 
 
 def plot(res: dict[str, Any], path: Path) -> None:
