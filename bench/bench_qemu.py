@@ -13,11 +13,24 @@ Measured, each with median and p95:
   page.  The guest does not read the disk in this timing (that would only add
   to the classic figure);
 * ``cold_boot_s``: QEMU exec -> agent READY in a fresh VM;
-* ``pss_mib``: proportional and private memory per clone with 1, 4 and 8 clones.
+* ``pss_mib``: proportional and private memory per clone with 1, 4 and 8 clones;
+* ``variants`` (same template, rounds interleaved so host load hits all alike):
+  the clone's QEMU with the full kernel and no spare (the previous
+  configuration), with the stub kernel, with a spare QEMU waiting, and TCG
+  translation caches of 64/32/16 MiB: refill (template -> restored paused
+  clone, and -> READY), hand-over, anonymous memory idle and right after a
+  job, the job's guest time;
+* ``libvirt``: the libvirt launcher (raw QEMU in the same rounds): refill
+  through libvirt; hand-over by doorbell vs. a paused slot woken by ``cont``
+  over the domain's own QMP socket vs. over libvirt's QMP passthrough; one
+  QMP round trip over each path;
+* ``warmup``: what the reference VM warms up before the template is saved
+  (none / files / a whole detonation): the clones' job time.
 
 Results: ``bench/results/qemu.json`` and a PNG next to it.
 
-Usage: ``python bench/bench_qemu.py [--image-dir /var/cache/mailvm-test/image] [--reps 10]``
+Usage: ``python -m bench.bench_qemu [--image-dir /var/cache/mailvm-test/image] [--reps 10]
+[--sections doorbells variants libvirt warmup memory classic]``
 """
 
 from __future__ import annotations
@@ -63,11 +76,137 @@ def smaps(pid: int) -> dict[str, int]:
     return out
 
 
-def make_backend(args: argparse.Namespace, doorbell: str, work: str) -> QemuBackend:
+def make_backend(args: argparse.Namespace, doorbell: str, work: str, **options: Any) -> QemuBackend:
+    """A prepared backend; ``options`` go to QemuBackend (launcher, spares, stub_kernel, tb_mib, warmup...)."""
     cfg = PoolConfig(backend="qemu", accel=args.accel, work_dir=work, page_bytes=PAGE, ready_timeout_s=120)
-    b = QemuBackend(cfg, image_dir=args.image_dir, doorbell=doorbell)
+    b = QemuBackend(cfg, image_dir=args.image_dir, doorbell=doorbell, **options)
     b.prepare()
     return b
+
+
+def anon_mib(pid: int) -> float:
+    """Anonymous memory of a QEMU: its own heap, TCG code, copy-on-write copies of template pages."""
+    return round(smaps(pid).get("Anonymous", 0) / 1024, 1)
+
+
+def _submit(slot: Any, data: bytes = SAMPLE) -> None:
+    slot.page.submit(data, "t.sh", {"timeout_s": 20, "idle_s": 0.2})
+
+
+def _wait_running(slot: Any) -> int:
+    return slot.page.wait_state({P.RUNNING, P.DONE, P.FAILED}, time.monotonic() + 30, alive=slot.alive)
+
+
+def bench_variants(variants: dict[str, QemuBackend], reps: int, bar: tqdm) -> dict[str, Any]:
+    """Interleaved rounds over backends sharing one template: refill, hand-over, memory, job time."""
+    data: dict[str, dict[str, list[float]]] = {n: {} for n in variants}
+
+    def add(name: str, key: str, value: float) -> None:
+        data[name].setdefault(key, []).append(value)
+
+    for i in range(reps):
+        for name, b in variants.items():
+            slot = b.create_slot(f"var{i}")
+            try:
+                add(name, "refill_paused_ms", slot.timings["paused"] * 1000)
+                add(name, "refill_ready_ms", slot.timings["total"] * 1000)
+                time.sleep(0.4)
+                add(name, "anon_idle_mib", anon_mib(slot.vm.pid))
+                with b._spare_lock:
+                    spare = b._spares[0] if b._spares else None
+                if spare is not None:
+                    add(name, "spare_anon_mib", anon_mib(spare.vm.pid))
+                t0 = time.perf_counter()
+                _submit(slot)
+                slot.ring()
+                st = _wait_running(slot)
+                add(name, "handover_ms", (time.perf_counter() - t0) * 1000)
+                if st == P.RUNNING:
+                    slot.page.wait_state({P.DONE, P.FAILED}, time.monotonic() + 120, alive=slot.alive)
+                add(name, "e2e_ms", (time.perf_counter() - t0) * 1000)
+                add(name, "anon_after_job_mib", anon_mib(slot.vm.pid))
+                add(name, "guest_job_s", float(slot.page.read_result(1 << 20).get("duration_s") or 0))
+            finally:
+                slot.destroy()
+            bar.update(1)
+    return {n: {k: summary(v) for k, v in d.items()} for n, d in data.items()}
+
+
+def bench_libvirt(raw: QemuBackend, lvb: QemuBackend, reps: int, bar: tqdm) -> dict[str, Any]:
+    """libvirt launcher vs. raw QEMU in the same rounds (no spares: QEMU's start is on the refill path)."""
+    from mailvm.vmpool.backends import libvirt_util as lv
+
+    d: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        d.setdefault(key, []).append(value)
+
+    for i in range(reps):
+        for label, b in (("raw", raw), ("libvirt", lvb)):
+            slot = b.create_slot(f"lv{i}")
+            try:
+                add(f"{label}_refill_paused_ms", slot.timings["paused"] * 1000)
+                add(f"{label}_refill_spawn_ms", slot.timings["spawn_connect"] * 1000)
+                add(f"{label}_refill_ready_ms", slot.timings["total"] * 1000)
+                time.sleep(0.3)
+                if label == "libvirt":
+                    for _ in range(5):  # one QMP round trip over each path
+                        t0 = time.perf_counter()
+                        slot.vm.qmp.execute("query-status")
+                        add("qmp_call_own_socket_ms", (time.perf_counter() - t0) * 1000)
+                        t0 = time.perf_counter()
+                        lv.monitor(slot.vm.dom, "query-status")
+                        add("qmp_call_libvirt_ms", (time.perf_counter() - t0) * 1000)
+                t0 = time.perf_counter()
+                _submit(slot)
+                slot.ring()
+                _wait_running(slot)
+                add(f"{label}_handover_doorbell_ms", (time.perf_counter() - t0) * 1000)
+            finally:
+                slot.destroy()
+            bar.update(1)
+        for via in ("own_qmp", "libvirt"):  # a paused slot, woken by cont
+            slot = lvb.create_slot(f"lvp{i}")
+            try:
+                slot.vm.qmp.execute("stop")
+                time.sleep(0.3)
+                t0 = time.perf_counter()
+                _submit(slot)
+                if via == "libvirt":
+                    lv.monitor(slot.vm.dom, "cont")
+                else:
+                    slot.vm.qmp.execute("cont")
+                slot.ring()
+                _wait_running(slot)
+                add(f"libvirt_handover_paused_cont_{via}_ms", (time.perf_counter() - t0) * 1000)
+            finally:
+                slot.destroy()
+            bar.update(1)
+    return {k: summary(v) for k, v in d.items()}
+
+
+def bench_warmup(backends: dict[str, QemuBackend], reps: int, bar: tqdm) -> dict[str, Any]:
+    """The clones' job time per warm-up of the template (interleaved rounds)."""
+    d: dict[str, dict[str, list[float]]] = {n: {} for n in backends}
+    for i in range(reps):
+        for name, b in backends.items():
+            slot = b.create_slot(f"warm{i}")
+            try:
+                time.sleep(0.3)
+                t0 = time.perf_counter()
+                _submit(slot, b"#!/bin/sh\necho hi > x.txt\ncat x.txt\n")
+                slot.ring()
+                slot.page.wait_state({P.DONE, P.FAILED}, time.monotonic() + 120, alive=slot.alive)
+                d[name].setdefault("e2e_ms", []).append((time.perf_counter() - t0) * 1000)
+                r = slot.page.read_result(1 << 20)
+                d[name].setdefault("guest_job_s", []).append(float(r.get("duration_s") or 0))
+            finally:
+                slot.destroy()
+            bar.update(1)
+    out = {n: {k: summary(v) for k, v in x.items()} for n, x in d.items()}
+    for n, b in backends.items():
+        out[n]["template_boot_s"] = b.template.meta.get("boot_s")
+    return out
 
 
 def bench_doorbell(b: QemuBackend, reps: int, idle_s: float, bar: tqdm, e2e: bool = False,
@@ -81,9 +220,9 @@ def bench_doorbell(b: QemuBackend, reps: int, idle_s: float, bar: tqdm, e2e: boo
                 refill.setdefault(k, []).append(v * 1000)
             time.sleep(0.3)
             if i < idle_slots:  # idle cost: a few slots, long enough for 10 ms clock ticks
-                c0, t0 = cpu_seconds(slot.vm.proc.pid), time.monotonic()
+                c0, t0 = cpu_seconds(slot.vm.pid), time.monotonic()
                 time.sleep(idle_s)
-                idle.append((cpu_seconds(slot.vm.proc.pid) - c0) / (time.monotonic() - t0) * 100)
+                idle.append((cpu_seconds(slot.vm.pid) - c0) / (time.monotonic() - t0) * 100)
             t0 = time.perf_counter()
             slot.page.submit(SAMPLE, "t.sh", {"timeout_s": 10})
             slot.ring()
@@ -111,7 +250,7 @@ def bench_memory(b: QemuBackend, counts: list[int], bar: tqdm) -> dict[str, Any]
             for i in range(n):
                 slots.append(b.create_slot(f"mem{n}-{i}"))
             time.sleep(1.0)
-            rs = [smaps(s.vm.proc.pid) for s in slots]
+            rs = [smaps(s.vm.pid) for s in slots]
             out[str(n)] = {
                 "pss_mib_per_clone": round(sum(r.get("Pss", 0) for r in rs) / n / 1024, 1),
                 "private_mib_per_clone": round(sum(r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)
@@ -261,6 +400,17 @@ def plot(res: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+SECTIONS = ("doorbells", "variants", "libvirt", "warmup", "memory", "classic")
+#: name -> QemuBackend options; the first is the configuration before this round of work
+VARIANTS = {
+    "full-kernel, no spare (before)": {"stub_kernel": False, "spares": 0},
+    "stub kernel": {"stub_kernel": True, "spares": 0},
+    "stub kernel + spare (default)": {"stub_kernel": True, "spares": 1},
+    "default, tb-size 32": {"stub_kernel": True, "spares": 1, "tb_mib": 32},
+    "default, tb-size 16": {"stub_kernel": True, "spares": 1, "tb_mib": 16},
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--image-dir", default=os.environ.get("MAILVM_TEST_IMAGE_DIR", "/var/cache/mailvm-test/image"))
@@ -270,37 +420,72 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-s", type=float, default=4.0)
     ap.add_argument("--doorbells", nargs="+", default=["vport", "serial", "poll:0.0002:0.002"])
     ap.add_argument("--clones", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    ap.add_argument("--warmups", nargs="+", default=["none", "files", "run"])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "qemu.json"))
     args = ap.parse_args(argv)
-    total = len(args.doorbells) * args.reps + len(args.clones) + 3 + args.reps
+    sec = set(args.sections)
+    reps = args.reps
+    small = max(3, reps // 2)
+    total = ((len(args.doorbells) * reps if "doorbells" in sec else 0) + (len(VARIANTS) * reps if "variants" in sec else 0)
+             + (4 * small if "libvirt" in sec else 0) + (len(args.warmups) * small if "warmup" in sec else 0)
+             + (len(args.clones) if "memory" in sec else 0) + (3 + reps if "classic" in sec else 0))
     res: dict[str, Any] = {"host": {"cpus": os.cpu_count(), "platform": platform.platform()}, "doorbells": {},
-                           "reps": args.reps, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    backends = []
+                           "reps": reps, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "load_avg_start": os.getloadavg()}
+    backends: list[QemuBackend] = []
+
+    def make(doorbell: str, sub: str, **options: Any) -> QemuBackend:
+        b = make_backend(args, doorbell, os.path.join(args.work_dir, sub), **options)
+        backends.append(b)
+        res["accel"], res["qemu"] = b.spec.accel, b.qemu_version
+        return b
+
     try:
         with tqdm(total=total, desc="qemu bench", unit="step") as bar:
-            for bell in args.doorbells:
-                b = make_backend(args, bell, os.path.join(args.work_dir, bell.replace(":", "_")))
-                backends.append(b)
-                res["accel"] = b.spec.accel
-                res["qemu"] = b.qemu_version
-                res["template_" + bell] = b.template.meta
-                bar.set_description(f"doorbell {bell}")
-                res["doorbells"][bell] = bench_doorbell(b, args.reps, args.idle_s, bar)
-            b = backends[0]
-            bar.set_description("memory")
-            res["memory"] = bench_memory(b, args.clones, bar)
-            bar.set_description("cold boot + classic")
-            res.update(bench_classic_and_cold(b, args.reps, bar))
+            default = make("vport", "vport")
+            res["template_vport"] = default.template.meta
+            if "doorbells" in sec:
+                bells = {bell: default if bell == "vport" else make(bell, bell.replace(":", "_"))
+                         for bell in args.doorbells}
+                bar.set_description("doorbells")
+                for bell, b in bells.items():  # one after the other: idle CPU needs a quiet slot each
+                    res["doorbells"][bell] = bench_doorbell(b, reps, args.idle_s, bar, e2e=True)
+            if "variants" in sec:
+                bar.set_description("variants")
+                vs = {name: make("vport", "vport", **opts) for name, opts in VARIANTS.items()}
+                res["variants"] = bench_variants(vs, reps, bar)
+                res["variants_options"] = VARIANTS
+            if "libvirt" in sec:
+                bar.set_description("libvirt")
+                raw = make("vport", "vport", spares=0)
+                lvb = make("vport", "libvirt", launcher="libvirt", spares=0)
+                res["libvirt"] = bench_libvirt(raw, lvb, small, bar)
+            if "warmup" in sec:
+                bar.set_description("warm-up")
+                ws = {w: make("vport", f"warmup-{w}", warmup=w, spares=0) for w in args.warmups}
+                res["warmup"] = bench_warmup(ws, small, bar)
+            if "memory" in sec:
+                bar.set_description("memory")
+                res["memory"] = bench_memory(default, args.clones, bar)
+            if "classic" in sec:
+                bar.set_description("cold boot + classic")
+                res.update(bench_classic_and_cold(default, reps, bar))
     finally:
         for b in backends:
             b.close()
-    first = next(iter(res["doorbells"].values()))
-    res["speedup_handover_vs_classic"] = round(res["classic_restore_ms"]["median"] / first["handover_ms"]["median"], 1)
-    res["speedup_refill_vs_classic"] = round(res["classic_restore_ms"]["median"] / first["refill_ms"]["total"]["median"], 1)
+    res["load_avg_end"] = os.getloadavg()
+    if "doorbells" in sec and "classic" in sec:
+        first = next(iter(res["doorbells"].values()))
+        res["speedup_handover_vs_classic"] = round(res["classic_restore_ms"]["median"]
+                                                   / first["handover_ms"]["median"], 1)
+        res["speedup_refill_vs_classic"] = round(res["classic_restore_ms"]["median"]
+                                                 / first["refill_ms"]["total"]["median"], 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
-    plot(res, out.with_suffix(".png"))
+    if "doorbells" in sec and "classic" in sec and "memory" in sec:
+        plot(res, out.with_suffix(".png"))
     print(json.dumps({k: v for k, v in res.items() if not k.startswith("template_")}, indent=1))
     return 0
 

@@ -80,6 +80,12 @@ QEMU_BIN = "qemu-system-x86_64"
 PAGE_ADDR = 0x100000000
 PAGE_ALIGN = 2 << 20
 DEFAULT_MEM_MIB = 256
+#: QEMUs kept started (``-incoming defer``, connected) for the next clone: refill = restore + cont
+DEFAULT_SPARES = 1
+#: what the reference VM warms up before its template is saved (mailvm.vmpool.image.guestinit)
+WARMUPS = ("none", "files", "run")
+DEFAULT_WARMUP = "none"
+MAX_SPARES = 16
 MAX_MEM_MIB = 3072
 KVM_PROBE_S = 30.0
 SETTLE_S = 1.0
@@ -111,6 +117,8 @@ class VMSpec:
     page_bytes: int
     doorbell: str  # vport | serial | poll:MIN:MAX
     launcher: str = "raw"  # raw | libvirt: a libvirt domain carries an extra (unused) RAM block
+    tb_mib: int = TB_SIZE_MIB  # TCG translation cache: host-side only, not part of the template key
+    warmup: str = "none"  # none | files | run: what the guest warms up before the template is saved
 
     def guest_doorbell(self) -> str:
         if self.doorbell == "vport":
@@ -120,12 +128,13 @@ class VMSpec:
         return self.doorbell  # poll:MIN[:MAX]
 
     def cmdline(self) -> str:
+        warm = f" mailvm.warmup={self.warmup}" if self.warmup != "none" else ""
         return (f"{GUEST_CMDLINE} mailvm.page_addr={PAGE_ADDR:#x} mailvm.page_size={self.page_bytes} "
-                f"mailvm.doorbell={self.guest_doorbell()}")
+                f"mailvm.doorbell={self.guest_doorbell()}{warm}")
 
     def key(self, qemu_version: str) -> str:
         obj = {"image": self.image.key, "accel": self.accel, "mem": self.mem_mib, "page": self.page_bytes,
-               "doorbell": self.doorbell, "qemu": qemu_version, "cmdline": self.cmdline(), "tb": TB_SIZE_MIB,
+               "doorbell": self.doorbell, "qemu": qemu_version, "cmdline": self.cmdline(),
                "launcher": self.launcher, "layout": 2}
         return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
@@ -142,6 +151,7 @@ class VMPaths:
     console: str
     private_ram: bool = False  # anonymous RAM (memory-backend-ram): the classic baseline only
     extra_args: tuple[str, ...] = ()
+    kernel: str | None = None  # a clone's stub kernel (see make_stub_kernel); None: the image's
 
 
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -159,7 +169,7 @@ def guest_args(spec: VMSpec, paths: VMPaths, incoming: bool, sandbox: bool = Tru
                     f"share={'on' if paths.ram_shared else 'off'}"),
         "-object", f"memory-backend-file,id=nv0m,size={spec.page_bytes},mem-path={paths.page},share=on",
         "-device", "nvdimm,memdev=nv0m,id=nv0",
-        "-kernel", img.kernel, "-initrd", img.initrd, "-append", spec.cmdline(),
+        "-kernel", paths.kernel or img.kernel, "-initrd", img.initrd, "-append", spec.cmdline(),
         "-drive", f"file={img.rootfs},if=none,id=root,format=raw,readonly=on",
         "-device", "virtio-blk-pci,drive=root",
         "-chardev", f"file,id=con,path={paths.console}", "-serial", "chardev:con",
@@ -180,7 +190,7 @@ def guest_args(spec: VMSpec, paths: VMPaths, incoming: bool, sandbox: bool = Tru
 
 
 def accel_arg(spec: VMSpec) -> str:
-    return "kvm" if spec.accel == "kvm" else f"tcg,tb-size={TB_SIZE_MIB}"
+    return "kvm" if spec.accel == "kvm" else f"tcg,tb-size={spec.tb_mib}"
 
 
 def qemu_argv(spec: VMSpec, paths: VMPaths, incoming: bool, qemu: str = QEMU_BIN,
@@ -189,6 +199,31 @@ def qemu_argv(spec: VMSpec, paths: VMPaths, incoming: bool, qemu: str = QEMU_BIN
     head = [qemu, "-name", name, "-nodefaults", "-no-user-config", "-display", "none",
             "-accel", accel_arg(spec), "-cpu", "host" if spec.accel == "kvm" else "max", "-smp", "1"]
     return head + guest_args(spec, paths, incoming, sandbox)
+
+
+def make_stub_kernel(kernel: str, out: str) -> bool:
+    """Write the real-mode setup part of bzImage ``kernel`` to ``out``; False when it is no bzImage.
+
+    A clone never boots: its guest was restored from the template.  But QEMU
+    reads ``-kernel`` whole into its own heap at start-up (14 MB for Debian's
+    cloud kernel: private memory in every clone, and ~50 ms of start-up), and
+    the machine must still be the template's (``-kernel`` adds the linuxboot
+    option ROM, a RAM block of the migration stream).  The setup sectors alone
+    are a valid bzImage header for QEMU, so the clone gets the same ROM and
+    none of the kernel.  Should a clone ever reboot, ``-no-reboot`` ends it.
+    """
+    with open(kernel, "rb") as f:
+        head = f.read(0x8000)
+    if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
+        return False
+    setup = ((head[0x1F1] or 4) + 1) * 512
+    if setup > len(head):
+        return False
+    tmp = f"{out}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(head[:setup])
+    os.replace(tmp, out)
+    return True
 
 
 def qemu_version(qemu: str = QEMU_BIN) -> str:
@@ -412,7 +447,7 @@ class LibvirtVM(VM):
         self._pidfd = -1
         dspec = lv.DomainSpec(name=name, kind="kvm" if spec.accel == "kvm" else "qemu",
                               emulator=shutil.which(qemu) or qemu, qemu_args=tuple(guest_args(spec, paths, incoming)),
-                              tb_cache_mib=TB_SIZE_MIB if spec.accel != "kvm" else None)
+                              tb_cache_mib=spec.tb_mib if spec.accel != "kvm" else None)
         try:
             self.dom = lv.create(conn, lv.domain_xml(dspec), paused=incoming)
         except lv.MonitorError as exc:
@@ -490,6 +525,7 @@ class QemuSlot(Slot):
         self.created_at = time.time()
         self.ready_s = 0.0
         self.timings: dict[str, float] = {}
+        self.from_spare = False  # its QEMU was started before the slot was asked for
         self._lock = threading.Lock()
         self._destroyed = False
 
@@ -533,6 +569,28 @@ class Template:
     state: str
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def stub_kernel(self) -> str:
+        return os.path.join(self.dir, "kernel.stub")
+
+
+@dataclass
+class _Spawned:
+    """A clone's QEMU started with ``-incoming defer`` and connected, not yet restored."""
+
+    tag: str
+    slot_dir: str
+    page: HostPage
+    vm: VM
+    spawn_s: float
+    spawned_at: float
+
+    def discard(self) -> None:
+        self.vm.kill()
+        self.page.close()
+        self.page.unlink()
+        shutil.rmtree(self.slot_dir, ignore_errors=True)
+
 
 class QemuBackend(Backend):
     """Flash-clone slots from one reference VM; see the module docstring.
@@ -549,7 +607,8 @@ class QemuBackend(Backend):
     def __init__(self, cfg: PoolConfig, *, image_dir: str | None = None, mem_mib: int | None = None,
                  doorbell: str | None = None, shm_dir: str = "/dev/shm", qemu: str = QEMU_BIN,
                  accel: str | None = None, launcher: str | None = None, libvirt_uri: str | None = None,
-                 control_via: str = "qmp") -> None:
+                 control_via: str = "qmp", tb_mib: int | None = None, spares: int | None = None,
+                 stub_kernel: bool = True, warmup: str | None = None) -> None:
         super().__init__(cfg)
         self.image_dir = image_dir or getattr(cfg, "image_dir", None) or DEFAULT_CACHE_DIR
         self.mem_mib = int(mem_mib or getattr(cfg, "guest_mem_mib", 0) or DEFAULT_MEM_MIB)
@@ -558,6 +617,11 @@ class QemuBackend(Backend):
         self.launcher = launcher or getattr(cfg, "qemu_launcher", None) or "raw"
         self.libvirt_uri = libvirt_uri or getattr(cfg, "libvirt_uri", None) or lv.DEFAULT_URI
         self.control_via = control_via
+        self.tb_mib = int(tb_mib or getattr(cfg, "qemu_tb_mib", 0) or TB_SIZE_MIB)
+        cfg_spares = getattr(cfg, "qemu_spares", None)
+        self.spares = int(spares if spares is not None else cfg_spares if cfg_spares is not None else DEFAULT_SPARES)
+        self.stub_kernel = stub_kernel
+        self.warmup = warmup or getattr(cfg, "qemu_warmup", None) or DEFAULT_WARMUP
         self.shm_dir = shm_dir
         self.qemu = qemu
         kind = self.doorbell.split(":", 1)[0]
@@ -571,6 +635,12 @@ class QemuBackend(Backend):
             raise ValueError(f"control_via must be one of {', '.join(CONTROL_PATHS)}, not {control_via!r}")
         if not 64 <= self.mem_mib <= MAX_MEM_MIB:
             raise ValueError(f"guest memory {self.mem_mib} MiB is not in [64, {MAX_MEM_MIB}]")
+        if self.warmup not in WARMUPS:
+            raise ValueError(f"warmup must be one of {', '.join(WARMUPS)}, not {self.warmup!r}")
+        if not 1 <= self.tb_mib <= 1024:
+            raise ValueError(f"TCG translation cache {self.tb_mib} MiB is not in [1, 1024]")
+        if not 0 <= self.spares <= MAX_SPARES:
+            raise ValueError(f"spares {self.spares} is not in [0, {MAX_SPARES}]")
         self.page_bytes = (cfg.page_bytes + PAGE_ALIGN - 1) // PAGE_ALIGN * PAGE_ALIGN
         self.template: Template | None = None
         self.spec: VMSpec | None = None
@@ -584,6 +654,10 @@ class QemuBackend(Backend):
         self._template_lock = -1  # fd holding a shared flock on the template in use
         self._conn: Any = None  # libvirt connection (libvirt launcher)
         self._conn_lock = threading.Lock()
+        self._spares: list[_Spawned] = []
+        self._spare_threads: list[threading.Thread] = []
+        self._spare_lock = threading.Lock()
+        self._closed = False
         self.warm_rings = WARM_RINGS
 
     # -- probing ---------------------------------------------------------------
@@ -688,7 +762,8 @@ class QemuBackend(Backend):
                 candidates = [memo]  # an earlier probe with this image and QEMU decided already
             errors = []
             for accel in candidates:
-                spec = VMSpec(self.image, accel, self.mem_mib, self.page_bytes, self.doorbell, self.launcher)
+                spec = VMSpec(self.image, accel, self.mem_mib, self.page_bytes, self.doorbell, self.launcher,
+                              self.tb_mib, self.warmup)
                 try:
                     self.template = self._load_or_make_template(spec)
                     self.spec = spec
@@ -812,7 +887,8 @@ class QemuBackend(Backend):
         try:
             meta = json.loads(Path(t.dir, "meta.json").read_text())
             if (meta.get("key") == t.key and os.path.isfile(t.state) and os.path.isfile(t.ram)
-                    and meta.get("ram_identity") == self._ram_identity(t.ram)):
+                    and meta.get("ram_identity") == self._ram_identity(t.ram)
+                    and (not meta.get("stub_kernel") or os.path.isfile(t.stub_kernel))):
                 t.meta = meta
                 return True
         except (OSError, ValueError):
@@ -910,7 +986,9 @@ class QemuBackend(Backend):
             self._reference = None
             page.close()
             page.unlink()
+        stub = make_stub_kernel(spec.image.kernel, t.stub_kernel)
         t.meta = {"key": t.key, "accel": spec.accel, "image": spec.image.key, "qemu": self.qemu_version,
+                  "stub_kernel": stub,
                   "mem_mib": spec.mem_mib, "page_bytes": spec.page_bytes, "doorbell": spec.doorbell,
                   "launcher": spec.launcher, "boot_s": round(boot_s, 3), "save_s": round(save_s, 4),
                   "state_bytes": os.path.getsize(t.state), "created_at": time.time(),
@@ -924,13 +1002,12 @@ class QemuBackend(Backend):
         return t
 
     # -- slots ---------------------------------------------------------------------
-    def create_slot(self, slot_id: str) -> QemuSlot:
-        self.prepare()
+    def _spawn(self, hint: str) -> _Spawned:
+        """Start a clone's QEMU (``-incoming defer``) with its own page and directory, and connect."""
         assert self.template is not None and self.spec is not None
         t, spec = self.template, self.spec
         t0 = time.monotonic()
-        deadline = t0 + self.cfg.ready_timeout_s
-        tag = f"{_SAFE.sub('_', slot_id)[:40]}-{secrets.token_hex(6)}"
+        tag = f"{_SAFE.sub('_', hint)[:40]}-{secrets.token_hex(6)}"
         slot_dir = os.path.join(self.cfg.work_dir, f"qslot-{tag}")
         page_path = os.path.join(self.shm_dir, f"mailvm-{tag}.page")
         try:
@@ -938,22 +1015,78 @@ class QemuBackend(Backend):
             page = HostPage.create(page_path, spec.page_bytes)
         except OSError as exc:
             shutil.rmtree(slot_dir, ignore_errors=True)
-            raise BackendError(f"slot {slot_id}: cannot create its files: {exc}") from None
+            raise BackendError(f"cannot create a clone's files: {exc}") from None
+        stub = t.stub_kernel if self.stub_kernel and t.meta.get("stub_kernel") else None
         paths = VMPaths(t.ram, False, page_path, os.path.join(slot_dir, "qmp.sock"),
-                        os.path.join(slot_dir, "bell.sock"), os.path.join(slot_dir, "console.log"))
+                        os.path.join(slot_dir, "bell.sock"), os.path.join(slot_dir, "console.log"), kernel=stub)
         try:
             vm = self._start_vm(spec, paths, slot_dir, incoming=True, name=self.vm_name(tag))
-        except BackendError as exc:
+        except BackendError:
             page.close()
             page.unlink()
             shutil.rmtree(slot_dir, ignore_errors=True)
-            raise BackendError(f"slot {slot_id}: {exc}") from None
-        slot = QemuSlot(slot_id, vm, page, slot_dir)
+            raise
+        sp = _Spawned(tag, slot_dir, page, vm, 0.0, t0)
         try:
-            t1 = time.monotonic()
-            vm.connect(deadline)
+            vm.connect(t0 + self.cfg.ready_timeout_s)
+        except (QMPError, BackendError, OSError) as exc:
+            tail = vm.log_tail()
+            sp.discard()
+            raise BackendError(f"clone QEMU did not start: {exc}; {tail}") from None
+        sp.spawn_s = time.monotonic() - t0
+        return sp
+
+    def _take_spare(self) -> _Spawned | None:
+        with self._spare_lock:
+            while self._spares:
+                sp = self._spares.pop(0)
+                if sp.vm.alive():
+                    return sp
+                log.warning("qemu backend: spare QEMU %s died while waiting: %s", sp.tag, sp.vm.log_tail())
+                sp.discard()
+        return None
+
+    def _top_up_spares(self) -> None:
+        """Start background spawns until ``spares`` QEMUs are waiting (or being started)."""
+        with self._spare_lock:
+            self._spare_threads = [th for th in self._spare_threads if th.is_alive()]
+            missing = self.spares - len(self._spares) - len(self._spare_threads)
+            if self._closed or missing <= 0:
+                return
+            for _ in range(missing):
+                th = threading.Thread(target=self._spawn_spare, name="qemu-spare", daemon=True)
+                self._spare_threads.append(th)
+                th.start()
+
+    def _spawn_spare(self) -> None:
+        try:
+            sp = self._spawn("spare")
+        except BackendError as exc:
+            log.warning("qemu backend: spare QEMU failed: %s", exc)
+            return
+        with self._spare_lock:
+            if not self._closed:
+                self._spares.append(sp)
+                return
+        sp.discard()
+
+    def create_slot(self, slot_id: str) -> QemuSlot:
+        self.prepare()
+        assert self.template is not None and self.spec is not None
+        t0 = time.monotonic()
+        deadline = t0 + self.cfg.ready_timeout_s
+        sp = self._take_spare()
+        from_spare = sp is not None
+        if sp is None:
+            try:
+                sp = self._spawn(slot_id)
+            except BackendError as exc:
+                raise BackendError(f"slot {slot_id}: {exc}") from None
+        vm, page = sp.vm, sp.page
+        slot = QemuSlot(slot_id, vm, page, sp.slot_dir)
+        try:
             t2 = time.monotonic()
-            vm.restore(t.state, deadline)
+            vm.restore(self.template.state, deadline)
             t3 = time.monotonic()
             vm.control("cont")
             vm.ring()  # the agent finds its page zeroed and publishes READY on it
@@ -971,18 +1104,35 @@ class QemuBackend(Backend):
         except BaseException:
             slot.destroy()
             raise
+        finally:
+            if self.spares:  # the next spare starts once this clone no longer needs the CPU
+                self._top_up_spares()
         t5 = time.monotonic()
-        slot.timings = {"spawn_connect": t2 - t0, "qemu_start": t1 - t0, "restore": t3 - t2, "ready": t4 - t3,
-                        "warm": t5 - t4, "total": t5 - t0}
-        slot.ready_s = t5 - t0
-        log.debug("slot %s ready in %.1f ms (restore %.1f ms)", slot_id, slot.ready_s * 1000, (t3 - t2) * 1000)
+        # spawn_connect: QEMU exec -> QMP connected (0: a spare had done it earlier); paused: template ->
+        # restored, paused clone (the refill figure); ready: cont -> agent READY on its page
+        base = t0 if from_spare else sp.spawned_at
+        slot.timings = {"spawn_connect": 0.0 if from_spare else sp.spawn_s, "restore": t3 - t2,
+                        "paused": t3 - base, "ready": t4 - t3, "warm": t5 - t4, "total": t5 - base}
+        slot.from_spare = from_spare
+        slot.ready_s = slot.timings["total"]
+        log.debug("slot %s ready in %.1f ms (restore %.1f ms, spare %s)", slot_id, slot.ready_s * 1000,
+                  (t3 - t2) * 1000, from_spare)
         return slot
 
     def close(self) -> None:
-        """Kill a reference VM still booting, release the template lock and the libvirt connection."""
+        """Kill a reference VM still booting and the spare QEMUs, release the template lock and the
+        libvirt connection (destroying any domain of ours still running)."""
         vm, self._reference = self._reference, None
         if vm is not None:
             vm.kill()
+        with self._spare_lock:
+            self._closed = True
+            spares, self._spares = self._spares, []
+            threads, self._spare_threads = self._spare_threads, []
+        for th in threads:  # a spawn in flight discards its QEMU itself once it sees _closed
+            th.join(timeout=self.cfg.ready_timeout_s)
+        for sp in spares:
+            sp.discard()
         fd, self._template_lock = self._template_lock, -1
         if fd >= 0:
             os.close(fd)

@@ -10,12 +10,23 @@ the shared page (an NVDIMM region mapped through ``/dev/mem``) with the
 doorbell named on the kernel command line (``mailvm.page_addr``,
 ``mailvm.page_size``, ``mailvm.doorbell``).  After the agent's one job the
 guest idles until the host destroys it.
+
+Before the agent starts, ``mailvm.warmup`` on the kernel command line may warm
+the guest up, so that the template (saved once the agent is READY) holds a
+warm page cache and every clone starts from it: ``files`` reads the sandbox
+tools and their libraries and imports the guest modules the sandbox runs in
+separate processes; ``run`` also detonates a harmless script once (bwrap,
+strace, fakenet, cgroups: every path a job takes), then deletes its traces.
+Any failure there is only logged: the agent starts regardless.
 """
 
 from __future__ import annotations
 
-#: kernel modules the initramfs loads (dependencies are added from modules.dep)
-INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "virtio_console", "overlay")
+#: kernel modules the initramfs loads (dependencies are added from each module's .modinfo):
+#: virtio and overlay to boot; netfilter for fakenet's ``iptables -t nat ... -j REDIRECT``
+#: (iptables-nft: nf_tables with the xt compatibility layer for REDIRECT and the tcp match)
+INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "virtio_console", "overlay",
+                     "nf_tables", "nft_compat", "nft_chain_nat", "xt_REDIRECT", "xt_tcpudp")
 
 INITRAMFS_INIT = r"""#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /lower /rw /newroot
@@ -76,6 +87,27 @@ dev:*)
     i=0
     while [ ! -e "${BELL#dev:}" ] && [ $i -lt 200 ]; do i=$((i+1)); sleep 0.05; done ;;
 esac
+WARM=$(arg mailvm.warmup)
+case "$WARM" in
+files|run)
+    for t in bwrap strace ip nsenter unshare setpriv prlimit mount sleep sh iptables-restore python3; do
+        p=$(command -v "$t") && cat "$p" > /dev/null
+    done
+    bwrap --version; strace -V; ip -V; iptables-restore --version; setpriv --version
+    PYTHONPATH=/opt/mailvm python3 -c "import mailvm.guest.fakenet, mailvm.guest.sandbox, mailvm.guest.detonate"
+    ;;
+esac > /dev/null 2>&1
+if [ "$WARM" = run ]; then
+    w=/tmp/mailvm-warmup
+    mkdir -p "$w/work" && printf '#!/bin/sh\necho warm > warm.txt\ncat warm.txt\n' > "$w/warm.sh"
+    PYTHONPATH=/opt/mailvm timeout 120 python3 -c '
+import sys
+from mailvm.guest.detonate import detonate
+r = detonate(sys.argv[1], {"timeout_s": 30, "idle_s": 0.2}, sys.argv[2], lambda: False)
+print("mailvm-init: warm-up detonation:", r.get("verdict"), r.get("stopped"), r.get("duration_s"))
+' "$w/warm.sh" "$w/work" > /dev/console 2>&1 || echo "mailvm-init: warm-up failed" > /dev/console
+    rm -rf "$w"
+fi
 echo "mailvm-init: agent on page $PAGE_ADDR+$PAGE_SIZE, doorbell $BELL" > /dev/console
 cd /
 PYTHONPATH=/opt/mailvm python3 -m mailvm.guest.agent --page /dev/mem --offset "$PAGE_ADDR" \
