@@ -50,6 +50,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import struct
@@ -391,6 +392,33 @@ class MailLab:
     def mailvm_cpu(self) -> float:
         return tree_cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
 
+    def log_offset(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, offset: int) -> dict[str, Any]:
+        """What mailvm logged since ``offset``: actions taken (one line per message) and warnings/errors."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(offset)
+                text = fh.read(64 << 20).decode("utf-8", "replace")
+        except OSError:
+            return {}
+        actions: dict[str, int] = {}
+        problems: list[str] = []
+        n_problems = 0
+        for line in text.splitlines():
+            m = _ACTION_RE.search(line)
+            if m:
+                actions[m.group(1)] = actions.get(m.group(1), 0) + 1
+            if " WARNING " in line or " ERROR " in line:
+                n_problems += 1
+                if len(problems) < 5:
+                    problems.append(line[:300])
+        return {"actions": actions, "warnings_errors": n_problems, "first_warnings_errors": problems}
+
     def log_tail(self, n: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
@@ -421,6 +449,9 @@ class MailLab:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+_ACTION_RE = re.compile(r" verdict=\S+ score=\d+ action=(\w+) ")
 
 
 def maildir_count(postfix: Any) -> int:
@@ -482,6 +513,7 @@ def run_once(lab: MailLab, target: str, plan: Plan | None, sessions: int,
         messages, rejected = plan.messages, plan.rejected
     expected = messages - (rejected if target == "milter" else 0)
     cpu0 = lab.mailvm_cpu()
+    log0 = lab.log_offset()
     meter = CpuMeter()
     t0 = time.monotonic()
     if canonical is not None:
@@ -503,6 +535,7 @@ def run_once(lab: MailLab, target: str, plan: Plan | None, sessions: int,
     t_end = max(t_end, t_smtp)
     elapsed = t_end - t0
     cpu = lab.mailvm_cpu() - cpu0
+    mailvm_log = lab.log_since(log0) if target == "milter" else {}
     return {
         "target": "postfix" if target == "plain" else "postfix+mailvm",
         "messages": messages,
@@ -516,6 +549,7 @@ def run_once(lab: MailLab, target: str, plan: Plan | None, sessions: int,
         "mailvm_cpu_ms_per_msg": round(cpu / messages * 1000, 2) if messages else None,
         "busy_cores": round(meter.busy_cores(), 2),
         "smtp_source_complaints": errors[:5],
+        "mailvm_log": mailvm_log,
     }
 
 

@@ -20,6 +20,15 @@ from typing import Any
 
 from bench.common import REPO, RESULTS
 
+#: bench_qemu's refill parts (QemuSlot.timings), described; unknown keys are shown by name
+REFILL_PARTS = {
+    "spawn_connect": "QEMU exec + QMP connect (0 when a spare QEMU was already waiting)",
+    "qemu_start": "QEMU exec",
+    "restore": "device-state restore (x-ignore-shared)",
+    "paused": "start -> restored and paused (includes the restore)",
+    "ready": "guest agent READY on its fresh page",
+    "warm": "warm-up rings",
+}
 FIGURES = {"components": "components.png", "flash_vs_classic": "flash_vs_classic.png", "postfix": "postfix.png",
            "scaling": "scaling.png"}
 
@@ -88,8 +97,8 @@ def section_machine(c: dict[str, Any]) -> str:
         "on are **comparisons inside one run**: the same measurement with and without mailvm, flash clone and "
         "classic revert, one slot count and the next, taken minutes apart under the same conditions. "
         "Every JSON result records the machine (cores, memory, accelerator), the backend, the date and the git "
-        "revision. Guests run under **TCG emulation** when the accelerator says `tcg`: no KVM here, so guest "
-        "code runs 10-50x slower than on a KVM host (DESIGN.md, notes).\n"
+        "revision. When the accelerator says `tcg`, qemu guests are emulated (no usable KVM on these machines: "
+        "/work/shared/notes/vm-on-these-machines.md); section 5 compares that with the same agent run natively.\n"
     )
 
 
@@ -191,9 +200,8 @@ def section_flash(fvc: dict[str, Any], img: str) -> str:
         ["flash clone: hand-over (job written -> agent RUNNING)", num(med(f["handover_ms"]), 2), num(f["handover_ms"].get("p95"), 2)],
         ["flash clone: end to end, one-line script (written -> DONE)", num(med(f.get("e2e_ms")), 0), num(get(f, "e2e_ms", "p95"), 0)],
         ["flash clone: refill, a new pre-warmed clone (off the critical path)", num(med(rf.get("total")), 1), num(get(rf, "total", "p95"), 1)],
-        ["… of which QEMU exec + QMP connect", num(med(rf.get("spawn_connect")), 1), num(get(rf, "spawn_connect", "p95"), 1)],
-        ["… of which device-state restore (x-ignore-shared)", num(med(rf.get("restore")), 1), num(get(rf, "restore", "p95"), 1)],
-        ["… of which guest agent READY on its fresh page", num(med(rf.get("ready")), 1), num(get(rf, "ready", "p95"), 1)],
+        *[[f"… refill part: {REFILL_PARTS.get(k, k)}", num(med(v), 1), num(v.get("p95"), 1)]
+          for k, v in rf.items() if k != "total"],
         ["classic: disk with the file + full snapshot restore + agent answering", num(med(c["classic_restore_ms"]), 1), num(c["classic_restore_ms"].get("p95"), 1)],
         ["… of which the full restore", num(med(get(c, "classic_parts_ms", "restore")), 1), num(get(c, "classic_parts_ms", "restore", "p95"), 1)],
         ["classic: end to end, the same script", num(med(c.get("classic_e2e_ms")), 0), num(get(c, "classic_e2e_ms", "p95"), 0)],
@@ -239,6 +247,7 @@ def section_postfix(pf: dict[str, Any], img: str) -> str:
                      num(mid(x["busy_cores"] for x in r["postfix"]["runs"]), 2),
                      num(mid(x["busy_cores"] for x in mv["runs"]), 2),
                      "yes" if r.get("complete") else "**no**"])
+    problems = _delivery_notes(items)
     return (
         head
         + "`bench/bench_postfix.py`: two private loopback Postfix instances with identical settings, one without a "
@@ -261,8 +270,30 @@ def section_postfix(pf: dict[str, Any], img: str) -> str:
         + "\nmsg/s: median over the repeats; ratio: median of the per-repeat ratios; mailvm CPU: utime+stime of the "
         "whole `mailvm serve` process tree (milter, scan workers, pool service, slots) per message, from /proc; "
         f"busy cores: the whole machine during the run (of {pf['machine']['cores']}, other work included).\n\n"
+        + (problems + "\n" if problems else "")
         + f"![postfix]({img}postfix.png)\n"
     )
+
+
+def _delivery_notes(items: list[tuple[str, dict[str, Any]]]) -> str:
+    """One line per incomplete run: what smtp-source was told and what mailvm logged."""
+    lines = []
+    for title, r in items:
+        for run in r["mailvm"]["runs"]:
+            if run.get("complete"):
+                continue
+            lines.append(_incomplete(title, run))
+    if not lines:
+        return ""
+    return ("\nIncomplete runs (a tempfailed message is not lost: Postfix answered 4xx and a real sender retries; "
+            "smtp-source does not):\n\n" + "".join(lines))
+
+
+def _incomplete(title: str, run: dict[str, Any]) -> str:
+    log = run.get("mailvm_log") or {}
+    why = "; ".join(run.get("smtp_source_complaints") or [])[:200] or "no SMTP error reported"
+    return (f"- {title}: {run['delivered']} of {run['expected_delivered']} delivered ({why}); mailvm actions "
+            f"{log.get('actions', {})}, {log.get('warnings_errors', 0)} warnings/errors logged\n")
 
 
 def section_scaling(sc: dict[str, Any], img: str) -> str:
@@ -287,6 +318,9 @@ def section_scaling(sc: dict[str, Any], img: str) -> str:
                           num(x["ratio"] * 100 if x.get("ratio") else None, 0, " %"),
                           num(x["mailvm"]["busy_cores"], 2), "yes" if x["mailvm"]["complete"] else "**no**"])
     notes = "".join(f"- {n}\n" for n in sc.get("notes", []))
+    notes += "".join(_incomplete(f"emails/s, {b} backend, {x['slots']} slot(s)", x["mailvm"])
+                     for b, rs in sc.get("emails", {}).items() for x in rs
+                     if "mailvm" in x and not x["mailvm"].get("complete"))
     return (
         head
         + "`bench/scaling.py`. *Files per minute*: an in-process pool with N pre-warmed slots gets a batch of unique "
@@ -357,14 +391,19 @@ def analysis(c: dict[str, Any]) -> str:
         ok = [x for x in rows if "files_per_min" in x]
         if not ok:
             continue
-        best = max(ok, key=lambda x: x["files_per_min"])
         sat = next((x for x in ok if x["busy_cores"] >= 0.85 * cores), None)
         points = ", ".join(f"{x['slots']} slot(s) {num(x['files_per_min'], 0)} files/min" for x in ok)
-        txt += (f"{backend}: {points}; "
-                f"the best is {best['slots']} slots" + (f", and from {sat['slots']} slots on the machine's "
-                f"{cores} cores are busy ({num(sat['busy_cores'], 1)})" if sat else "") + ". ")
-    txt += ("More slots than cores only add contention: every slot is a process tree (or a whole emulated VM) that "
-            "needs CPU while its sample runs. ")
+        txt += f"{backend}: {points}" + (f"; from {sat['slots']} slot(s) on, the machine's {cores} cores are busy "
+                                        f"({num(sat['busy_cores'], 1)})" if sat else "") + ". "
+        at_cores = next((x for x in ok if x["slots"] == cores), None)
+        top = ok[-1]
+        if at_cores and top is not at_cores:
+            gain = top["files_per_min"] / at_cores["files_per_min"] - 1
+            txt += (f"From {cores} to {top['slots']} slots the rate changes by {num(gain * 100, 0)} %"
+                    f" while the time per file grows from {num(med(at_cores['run_s']), 1)} s to "
+                    f"{num(med(top['run_s']), 1)} s. ")
+    txt += ("Every slot is a process tree (or a whole emulated VM) that needs CPU while its sample runs: slots beyond "
+            "the cores help only while samples sleep or wait, and otherwise stretch every verdict. ")
     bn = get(pf, "mixes", "unseen_benign_10")
     if bn:
         txt += (f"With 10 % unseen files the mail rate falls to {num(med(bn['mailvm']['msg_per_s']), 1)} msg/s "

@@ -39,7 +39,7 @@ PARAMS: dict[str, dict[str, dict[str, Any]]] = {
         "components": {"reps": 10, "qemu_reps": 3},
         "flash_vs_classic": {"reps": 8, "boots": 3, "idle_s": 4.0, "clones": (1, 4, 8)},
         "postfix": {"messages": 400, "repeats": 3, "sessions": 20},
-        "scaling": {"slot_counts": (1, 2, 4, 8), "jobs": {"process": 16, "qemu": 8},
+        "scaling": {"slot_counts": (1, 2, 4, 8), "jobs": {"process": 24, "qemu": 16},
                     "messages": {"process": 200, "qemu": 80}},
     },
     "quick": {
@@ -113,8 +113,9 @@ def run(out: Path, quick: bool = False, only: tuple[str, ...] = STAGES, image_di
     for name in only:
         use_qemu = (qemu and image_dir is not None and name != "postfix"
                     and not (quick and name in ("components", "scaling")))
-        print(f"\n== {name} ({mode}, {'process + qemu' if use_qemu else 'qemu' if name == 'flash_vs_classic' else 'process'})",
-              file=sys.stderr, flush=True)
+        what = ("qemu" if use_qemu else "skipped: no qemu") if name == "flash_vs_classic" else \
+            ("process + qemu" if use_qemu else "process")
+        print(f"\n== {name} ({mode}, {what})", file=sys.stderr, flush=True)
         t0 = time.monotonic()
         try:
             res = RUNNERS[name](PARAMS[mode][name], image_dir, use_qemu, out)
