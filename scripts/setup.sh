@@ -16,6 +16,8 @@ APT_PACKAGES=(
   strace bubblewrap iproute2 iptables procps psmisc util-linux wine64 poppler-utils
   # the qemu flash-clone backend and its guest image (mvctl image build)
   qemu-system-x86 qemu-utils debootstrap busybox-static lz4 cpio
+  # libvirt (started by hand by scripts/start-libvirtd.sh where no systemd runs)
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients tini
   # the mail path
   postfix miltertest
 )
