@@ -185,9 +185,12 @@ def test_clone_is_a_transient_domain_running_the_same_machine(backends):
         dom = conn.lookupByName(slot.vm.name)
         assert not dom.isPersistent()  # transient: nothing of it stays in libvirt's configuration
         cmd = Path(f"/proc/{slot.vm.pid}/cmdline").read_bytes().split(b"\0")
-        assert b"tcg,tb-size=64" in cmd and b"-incoming" in cmd
+        assert f"tcg,tb-size={b.tb_mib}".encode() in cmd and b"-incoming" in cmd
         assert any(a.startswith(b"memory-backend-file,id=ram0") and a.endswith(b"share=off") for a in cmd)
         assert not any(a.startswith(b"-netdev") or a.startswith(b"-nic") for a in cmd)
+        # libvirt appends "-sandbox off" (seccomp_sandbox = 0); our seccomp filter must still be in force
+        status = Path(f"/proc/{slot.vm.pid}/status").read_text()
+        assert "\nSeccomp:\t2" in status
         assert slot.page.state() == P.READY
         print(f"\nrefill through libvirt: {slot.stats()['timings_ms']}")
     finally:

@@ -207,6 +207,8 @@ def test_clone_is_prewarmed_cheap_when_idle_and_destroyed_cleanly(backend):
     assert slot.alive() and slot.page.state() == P.READY
     print(f"\nrefill timings: {slot.stats()['timings_ms']}")
     pid = slot.vm.pid
+    assert "\nSeccomp:\t2" in Path(f"/proc/{pid}/status").read_text()  # QEMU under its seccomp filter
+    assert slot.vm.paths.kernel == backend.template.stub_kernel  # the clone did not load the real kernel
     time.sleep(0.5)
     cpu0, t0, hb0 = slot.stats()["cpu_s"], time.monotonic(), slot.page.heartbeat()
     time.sleep(3.0)

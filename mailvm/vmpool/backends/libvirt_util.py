@@ -19,8 +19,9 @@ repeated ``-machine``/``-m``/``-sandbox`` options, the last value winning):
 * ``-m 1``: the commandline's ``-m 256M,slots=1,maxmem=...`` wins;
 * ``-accel``/``-cpu``: from ``<features><tcg><tb-cache>`` and ``<cpu>``;
 * ``-sandbox off`` *after* the commandline when qemu.conf has
-  ``seccomp_sandbox = 0``: QEMU's own seccomp filter is then off for libvirt
-  domains (see docs/qemu-backend.md);
+  ``seccomp_sandbox = 0``: harmless, QEMU applies each ``-sandbox`` in turn
+  and the commandline's ``-sandbox on,...,spawn=deny`` filter, once
+  installed, stays (``Seccomp: 2`` in /proc/PID/status, tested);
 * ``-S``: a reference VM is started running; a clone with ``START_PAUSED``
   (it waits for its incoming migration anyway).
 

@@ -89,7 +89,7 @@ MAX_SPARES = 16
 MAX_MEM_MIB = 3072
 KVM_PROBE_S = 30.0
 SETTLE_S = 1.0
-TB_SIZE_MIB = 64
+TB_SIZE_MIB = 32  # measured: 64 -> 32 MiB cuts a busy clone by ~37 MiB for ~7 % job time; 16 doubles it
 QMP_TIMEOUT_S = 10.0
 KILL_WAIT_S = 5.0
 LOG_TAIL = 4000
@@ -672,6 +672,14 @@ class QemuBackend(Backend):
             return str(exc)
         if not os.access("/dev/shm", os.W_OK):
             return "/dev/shm is not writable"
+        try:
+            st = os.statvfs("/dev/shm")
+        except OSError as exc:
+            return f"/dev/shm: {exc.strerror}"
+        need = 2 * cfg.page_bytes + (64 << 20)  # two slot pages and room for guest writes to them
+        if st.f_bavail * st.f_frsize < need:
+            return (f"/dev/shm has {st.f_bavail * st.f_frsize >> 20} MiB free, slots need at least {need >> 20} MiB "
+                    f"(a container's default 64 MiB /dev/shm is too small: --shm-size)")
         if (getattr(cfg, "qemu_launcher", None) or "raw") == "libvirt":
             return lv.probe(getattr(cfg, "libvirt_uri", None) or lv.DEFAULT_URI)
         return None
@@ -922,6 +930,10 @@ class QemuBackend(Backend):
             os.unlink(t.ram)
         except FileNotFoundError:
             pass
+        st = os.statvfs(os.path.dirname(t.ram))
+        if st.f_bavail * st.f_frsize < (spec.mem_mib << 20) + 2 * spec.page_bytes:
+            raise BackendUnavailable(f"{os.path.dirname(t.ram)} has {st.f_bavail * st.f_frsize >> 20} MiB free: "
+                                     f"too little for the template RAM ({spec.mem_mib} MiB) and a page")
         fd = os.open(t.ram, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.ftruncate(fd, spec.mem_mib << 20)
         os.close(fd)
