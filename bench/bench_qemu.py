@@ -423,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     ap.add_argument("--warmups", nargs="+", default=["none", "files", "run"])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "qemu.json"))
+    ap.add_argument("--keep-templates", action="store_true",
+                    help="keep the templates (256 MiB of /dev/shm each) for the next run")
     args = ap.parse_args(argv)
     sec = set(args.sections)
     reps = args.reps
@@ -474,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for b in backends:
             b.close()
+        if not args.keep_templates:
+            for b in backends:
+                b.discard_template()
     res["load_avg_end"] = os.getloadavg()
     if "doorbells" in sec and "classic" in sec:
         first = next(iter(res["doorbells"].values()))

@@ -4,7 +4,8 @@ A session fixture makes sure libvirtd answers: when it does not, it runs
 ``scripts/start-libvirtd.sh`` (libvirtd by hand, no systemd) and skips the
 tests, printing why, only when that script cannot start it.  The guest image
 is built into the same cache as tests/test_backend_qemu.py; the libvirt
-template is cached next to the raw one (``.../libvirt-pool``).  At teardown
+template lives next to the raw one (``.../libvirt-pool``; removed from
+/dev/shm at the end unless MAILVM_TEST_KEEP_TEMPLATES is set).  At teardown
 no domain and no QEMU process of this session's backends may be left.
 """
 
@@ -140,6 +141,8 @@ def backends(libvirtd, image):
         try:
             for b in made:
                 b.close()
+            if made and not os.environ.get("MAILVM_TEST_KEEP_TEMPLATES"):
+                print(f"\ntemplate removed: {made[0].discard_template()}")
             deadline = soon(10)
             left_domains: list[str] = []
             for b in made:
@@ -257,7 +260,7 @@ import os, sys
 from mailvm.config import PoolConfig
 from mailvm.vmpool.backends.qemu import QemuBackend
 cfg = PoolConfig(backend="qemu", accel="tcg", work_dir=sys.argv[1], page_bytes=int(sys.argv[3]))
-b = QemuBackend(cfg, image_dir=sys.argv[2], launcher="libvirt")
+b = QemuBackend(cfg, image_dir=sys.argv[2], launcher="libvirt", spares=0)
 slot = b.create_slot("crash")
 print(slot.vm.name, flush=True)
 os._exit(3)  # no destroy, no close: as if the pool process were killed

@@ -3,8 +3,9 @@
 A session-scoped fixture builds the guest image into a fixed cache
 (``MAILVM_TEST_IMAGE_DIR``, default /var/cache/mailvm-test/image: rebuilt
 only when an input changes) and prepares one backend whose template is also
-cached (``.../qemu-pool``; sessions running side by side share it safely:
-templates are locked while in use).  Every slot the tests make is tracked
+kept in ``.../qemu-pool`` for the session (sessions running side by side
+share it safely: templates are locked while in use); its RAM file leaves
+/dev/shm at the end unless MAILVM_TEST_KEEP_TEMPLATES is set.  Every slot the tests make is tracked
 and destroyed at teardown, and the session fails if a QEMU process of this
 session's backend (its ``mailvm-<instance>-`` name) is still running.
 """
@@ -89,6 +90,8 @@ def backend(image):
     for slot in made:
         slot.destroy()
     b.close()
+    if not os.environ.get("MAILVM_TEST_KEEP_TEMPLATES"):  # 256 MiB of /dev/shm: not left behind in CI
+        print(f"\ntemplate removed: {b.discard_template()}")
     left = our_qemus(f"mailvm-{b.instance}-")
     for pid in left:  # never leave them running, but fail the check
         os.kill(pid, signal.SIGKILL)

@@ -923,6 +923,28 @@ class QemuBackend(Backend):
             finally:
                 os.close(fd)
 
+    def discard_template(self) -> bool:
+        """After close(): remove this backend's template (state, stub, RAM file on /dev/shm) unless
+        another pool holds it.  True when removed.  For throw-away pools (tests, CI)."""
+        t = self.template
+        if t is None or self._template_lock >= 0:
+            return False
+        tag = t.key[:16]
+        fd = self._flock(tag, fcntl.LOCK_EX, None)
+        if fd is None:
+            return False
+        try:
+            shutil.rmtree(t.dir, ignore_errors=True)
+            for p in (t.ram, self._lock_path(tag)):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+        finally:
+            os.close(fd)
+        self.template = None
+        return True
+
     def _make_template(self, spec: VMSpec, t: Template) -> Template:
         shutil.rmtree(t.dir, ignore_errors=True)
         os.makedirs(t.dir, mode=0o700)
