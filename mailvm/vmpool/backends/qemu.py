@@ -21,7 +21,10 @@ How it works (DESIGN.md "Backends", docs/qemu-backend.md):
   state from an inherited fd; ``cont``; a ring makes the agent notice its
   fresh page and publish READY again.  The slot is now pre-warmed: QEMU
   started, guest running, agent asleep on its doorbell, attached to its page.
-  Handing it a job costs a page write plus a doorbell.
+  Handing it a job costs a page write plus a doorbell.  A clone's ``-kernel``
+  is a stub (the bzImage setup sectors: same option ROM, none of the 14 MB
+  kernel in QEMU's heap), and ``spares`` QEMUs wait started and connected
+  (``-incoming defer``) so that a refill is only restore + ``cont``.
 * **Doorbell** (measured trade-off, see the docs): ``vport`` (default) --
   a virtio-serial port whose host side is a unix socket of the slot's QEMU;
   the agent sleeps in poll(2) on ``/dev/vportNpM``; ring() writes one byte.
