@@ -21,49 +21,12 @@ import time
 from pathlib import Path
 
 from mailvm.cli.common import EXIT_BAD, EXIT_ERROR, EXIT_OK, print_json
+from mailvm.lab.common import lab_config, wait_port
 
 DEFAULT_DIR = "/var/lib/mailvm-lab"
 SMTP_PORT = 2525
 MILTER_PORT = 8894
 
-LAB_CONFIG = """\
-# mailvm lab configuration (written by `mvctl lab start`)
-[spool]
-dir = "{d}/spool"
-
-[scantable]
-path = "{d}/scantable"
-
-[pool]
-backend = "{backend}"
-slots = {slots}
-work_dir = "{d}/pool"
-
-[links]
-# the lab has no business fetching the corpus' real-world links; production keeps this on
-enabled = false
-
-[milter]
-socket = "inet:{milter_port}@127.0.0.1"
-policy_dir = "{d}/policy.d"
-workers = 2
-
-[quarantine]
-dir = "{d}/quarantine"
-release_key = "{d}/release.key"
-reinject_host = "127.0.0.1"
-reinject_port = {smtp_port}
-
-[policy]
-max_wait_s = 120
-
-[policy.actions]
-clean = "tag"
-suspicious = "tag"
-malicious = "reject"
-timeout = "tempfail"
-error = "tempfail"
-"""
 
 QUARANTINE_POLICY = """\
 # recipients at quarantine.example get malicious mail quarantined instead of rejected
@@ -111,8 +74,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     d.mkdir(parents=True, exist_ok=True)
     (d / "policy.d").mkdir(exist_ok=True)
     cfg_path = d / "mailvm.toml"
-    cfg_path.write_text(LAB_CONFIG.format(d=d, backend=args.backend, slots=max(1, args.slots),
-                                          milter_port=MILTER_PORT, smtp_port=SMTP_PORT))
+    cfg_path.write_text(lab_config(d, MILTER_PORT, smtp_port=SMTP_PORT, backend=args.backend,
+                                   slots=max(1, args.slots), max_wait_s=120))
     (d / "policy.d" / "quarantine.example.toml").write_text(QUARANTINE_POLICY)
     _stop_mailvm(d)
     log = open(d / "mailvm.log", "ab")
@@ -121,8 +84,10 @@ def cmd_start(args: argparse.Namespace) -> int:
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     _pidfile(d).write_text(str(proc.pid))
-    if not _wait_port(MILTER_PORT, 60, proc):
-        print(f"mvctl lab: mailvm did not start; see {d / 'mailvm.log'}", file=sys.stderr)
+    try:
+        wait_port(MILTER_PORT, 60, alive=lambda: proc.poll() is None)
+    except RuntimeError as exc:
+        print(f"mvctl lab: mailvm did not start ({exc}); see {d / 'mailvm.log'}", file=sys.stderr)
         return EXIT_ERROR
     pf = _postfix(d)
     pf.start()
@@ -132,21 +97,6 @@ def cmd_start(args: argparse.Namespace) -> int:
     print(f"  inbox   : mvctl lab inbox")
     print(f"  stop    : mvctl lab stop")
     return EXIT_OK
-
-
-def _wait_port(port: int, timeout: float, proc: subprocess.Popen) -> bool:
-    import socket
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            return False
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.2)
-    return False
 
 
 def _stop_mailvm(d: Path) -> None:

@@ -8,10 +8,8 @@ the services' logs when a test fails.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import time
@@ -19,8 +17,9 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
-import pytest
 from testdata import CORPUS  # tests/ is on sys.path through tests/conftest.py
+
+from mailvm.lab.common import wait_port
 
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
@@ -31,25 +30,6 @@ POLICIES = {
     "strip.test": '[actions]\nmalicious = "strip"\n',
     "slow.test": 'max_wait_s = 3\n[actions]\ntimeout = "tempfail"\n',
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
 
 
 @dataclass
@@ -71,7 +51,8 @@ class MailLab:
             [sys.executable, "-m", "mailvm.cli.mailvm_main", "-c", str(self.config), "-v", "serve"],
             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        wait_port(self.milter_port, 90, self.proc)
+        proc = self.proc
+        wait_port(self.milter_port, 90, alive=lambda: proc.poll() is None)
 
     def kill_mailvm(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is None:

@@ -222,9 +222,25 @@ def test_killing_mailvm_mid_transaction_defers_and_recovers(mail_lab):
         except smtplib.SMTPException as exc:
             result["error"] = repr(exc)
 
+    from mailvm.config import load_config
+    from mailvm.scantable import ScanTable
+
     t = threading.Thread(target=send)
     t.start()
-    time.sleep(2.0)
+    # kill only once the file is really being analysed (claimed in the table), not on a timer
+    table = ScanTable(load_config(mail_lab.config).scantable)
+    try:
+        sha = hashlib.sha256(script).hexdigest()
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            entry = table.get(sha)
+            if entry is not None and entry.state == "pending":
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the attachment was never claimed for analysis")
+    finally:
+        table.close()
     mail_lab.kill_mailvm()
     t.join(timeout=120)
     assert result.get("code") in (421, 451), result
