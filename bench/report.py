@@ -304,9 +304,11 @@ def section_scaling(sc: dict[str, Any], img: str) -> str:
     for backend, rs in sc.get("files", {}).items():
         for x in rs:
             if "error" in x:
-                rows.append([backend, str(x["slots"]), "error: " + x["error"][:80], "", "", "", ""])
+                rows.append([backend, str(x["slots"]), "error: " + x["error"][:80], "", "", "", "", ""])
                 continue
-            rows.append([backend, str(x["slots"]), num(x["files_per_min"], 1), num(x["busy_cores"], 2),
+            err = x.get("errors", (x.get("verdicts") or {}).get("error", 0))
+            rows.append([backend, str(x["slots"]), num(x["files_per_min"], 1),
+                         f"**{err} of {x['jobs']}**" if err else f"0 of {x['jobs']}", num(x["busy_cores"], 2),
                          num(x["cpu_s_per_file"], 2), num(med(x["handover_ms"]), 2), num(med(x["run_s"]), 2)])
     erows = []
     for backend, rs in sc.get("emails", {}).items():
@@ -324,11 +326,16 @@ def section_scaling(sc: dict[str, Any], img: str) -> str:
     return (
         head
         + "`bench/scaling.py`. *Files per minute*: an in-process pool with N pre-warmed slots gets a batch of unique "
-        "harmless shell scripts at once; files / time to the last verdict (each slot is single-use, so every file "
-        "also costs a refill). *Emails per second*: `mailvm serve` restarted with N slots behind the lab Postfix, "
+        "harmless shell scripts at once; real verdicts / time to the last verdict (each slot is single-use, so "
+        "every file also costs a refill; an `error` verdict, where the sandbox or slot failed, is not an analysed "
+        "file: the milter tempfails such a message). *Emails per second*: `mailvm serve` restarted with N slots behind the lab Postfix, "
         f"mix `{sc.get('mix')}` (one message in ten carries an unseen script), end to end, with the reference "
         "Postfix on the same plan.\n\n"
-        + table(["backend", "slots", "files/min", "busy cores", "CPU s/file", "hand-over ms", "run s"], rows)
+        + table(["backend", "slots", "files/min (verdicts)", "error verdicts", "busy cores", "CPU s/file",
+                 "hand-over ms", "run s"], rows)
+        + "".join(f"\n- {x['backend']}, {x['slots']} slot(s): error verdicts "
+                  + "; ".join(f"{n}x `{why}`" for why, n in x["error_reasons"].items()) + "\n"
+                  for rs in sc.get("files", {}).values() for x in rs if x.get("error_reasons"))
         + "\n" + table(["backend", "slots", "Postfix msg/s", "Postfix + mailvm msg/s", "ratio", "busy cores",
                         "all delivered"], erows)
         + (f"\n{notes}" if notes else "")
@@ -395,6 +402,11 @@ def analysis(c: dict[str, Any]) -> str:
         points = ", ".join(f"{x['slots']} slot(s) {num(x['files_per_min'], 0)} files/min" for x in ok)
         txt += f"{backend}: {points}" + (f"; from {sat['slots']} slot(s) on, the machine's {cores} cores are busy "
                                         f"({num(sat['busy_cores'], 1)})" if sat else "") + ". "
+        for x in ok:
+            if x.get("errors"):
+                why = max(x["error_reasons"].items(), key=lambda kv: kv[1])[0] if x.get("error_reasons") else "?"
+                txt += (f"At {x['slots']} {backend} slots, {x['errors']} of {x['jobs']} detonations ended in an "
+                        f"error verdict (`{why}`): overload turns into failed analyses, not only slower ones. ")
         at_cores = next((x for x in ok if x["slots"] == cores), None)
         top = ok[-1]
         if at_cores and top is not at_cores:

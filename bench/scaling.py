@@ -2,8 +2,10 @@
 
 * **files per minute**: an in-process :class:`mailvm.vmpool.pool.Pool` with N
   pre-warmed slots gets ``jobs`` unique harmless shell scripts at once; the
-  figure is jobs / time until the last verdict (slot refills included: a slot
-  is single-use, so the pool makes a new clone per file).  Also recorded: the
+  figure is real verdicts / time until the last verdict (slot refills included:
+  a slot is single-use, so the pool makes a new clone per file).  ``error``
+  verdicts (the sandbox or slot failed: the milter would tempfail the message)
+  are not counted as analysed files; their number and reasons are recorded.  Also recorded: the
   machine's busy cores during the run (whole machine, other work included),
   the CPU of this process tree (the pool and every slot), and the pool's
   median hand-over and run time.
@@ -86,11 +88,19 @@ def files_per_minute(backend: str, slots: int, jobs: int, root: Path, image_dir:
         pool.close()
         b.close()
     counts: dict[str, int] = {}
+    reasons: dict[str, int] = {}
     for v in verdicts:
         counts[v.verdict] = counts.get(v.verdict, 0) + 1
+        if v.verdict == "error":
+            why = next((f"{f.id}: {f.detail[:120]}" for f in v.findings if f.severity == 0), "unknown")
+            reasons[why] = reasons.get(why, 0) + 1
+    good = jobs - counts.get("error", 0)
     return {
         "backend": backend, "slots": slots, "jobs": jobs, "warm": warm, "warm_s": round(warm_s, 2),
-        "seconds": round(elapsed, 2), "files_per_min": round(jobs / elapsed * 60, 1),
+        "seconds": round(elapsed, 2),
+        # an error verdict is no analysis (the milter tempfails its message): only real verdicts count
+        "files_per_min": round(good / elapsed * 60, 1), "files_per_min_incl_errors": round(jobs / elapsed * 60, 1),
+        "errors": counts.get("error", 0), "error_reasons": reasons,
         "busy_cores": round(busy, 2), "cpu_s_per_file": round(cpu / jobs, 3),
         "handover_ms": st["handover_ms"], "run_s": st["run_s"], "refill_ms": st["refill_ms"],
         "verdicts": counts,
@@ -179,14 +189,16 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         xs = [r["slots"] for r in ok]
         a1.plot(xs, [r["files_per_min"] for r in ok], marks.get(backend, "o-"), label=f"{backend}: files/min")
         for r in ok:
-            a1.annotate(f"{r['busy_cores']:.1f}", (r["slots"], r["files_per_min"]), textcoords="offset points",
+            note = f"{r['busy_cores']:.1f}" + (f" ({r['errors']} err)" if r.get("errors") else "")
+            a1.annotate(note, (r["slots"], r["files_per_min"]), textcoords="offset points",
                         xytext=(0, 6), ha="center", fontsize=7)
     a1.set_xscale("log", base=2)
     a1.set_yscale("log")
     a1.set_xticks(result["slot_counts"], [str(n) for n in result["slot_counts"]])
     a1.set_xlabel("slots")
     a1.set_ylabel("files per minute (log)")
-    a1.set_title(f"detonation throughput (labels: busy cores of {result['machine']['cores']})", fontsize=9)
+    a1.set_title(f"verdicts per minute, errors excluded (labels: busy cores of {result['machine']['cores']})",
+                 fontsize=9)
     a1.legend(fontsize=8)
     for backend, rows in result["emails"].items():
         ok = [r for r in rows if "mailvm" in r]
@@ -228,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     for backend, rows in result["files"].items():
         for r in rows:
             print(backend, r.get("slots"), r.get("files_per_min"), "files/min, busy cores", r.get("busy_cores"),
-                  r.get("error", ""))
+                  r.get("error", ""), r.get("error_reasons", ""))
     for backend, rows in result["emails"].items():
         for r in rows:
             print(backend, r.get("slots"), (r.get("mailvm") or {}).get("msg_per_s"), "msg/s", r.get("error", ""))
