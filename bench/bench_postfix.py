@@ -169,6 +169,9 @@ MIXES: dict[str, Mix] = {
     "unseen_malicious_1": Mix("unseen_malicious_1", "1 % unseen malicious files (detonated, rejected)",
                               cached=True, unseen="malicious", every=100),
 }
+#: plot labels
+SHORT = {"no_attachment": "no\nattachment", "cached": "all in the\nscanned table", "unseen_inert": "unseen inert\nevery message",
+         "unseen_benign_10": "10 % unseen\nbenign", "unseen_malicious_1": "1 % unseen\nmalicious"}
 ISSUE4_MIXES = ("cached", "unseen_inert")
 ISSUE6_MIXES = ("no_attachment", "cached", "unseen_benign_10", "unseen_malicious_1")
 
@@ -663,10 +666,10 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 
     rows = []
     if "canonical" in result:
-        rows.append(("canonical\n(1 file)", result["canonical"]))
+        rows.append(("canonical\nsmtp-source", result["canonical"]))
     for name, r in result["mixes"].items():
-        rows.append((r["title"].replace(" (", "\n("), r))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1.4]})
+        rows.append((SHORT.get(name, name), r))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1.2]})
     x = range(len(rows))
     pf = [r["postfix"]["msg_per_s"].get("median", 0) for _, r in rows]
     mv = [r["mailvm"]["msg_per_s"].get("median", 0) for _, r in rows]
@@ -675,14 +678,14 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     for i, (_, r) in enumerate(rows):
         if r.get("ratio"):
             a1.text(i + 0.2, mv[i], f"{r['ratio'] * 100:.0f} %", ha="center", va="bottom", fontsize=8)
-    a1.set_xticks(list(x), [n for n, _ in rows], fontsize=7)
+    a1.set_xticks(list(x), [n for n, _ in rows], fontsize=8)
     a1.set_ylabel("messages per second (median, end to end)")
     a1.set_title(f"smtp-source through a loopback Postfix ({result['machine']['cores']} cores, "
                  f"{result['backend']} backend, {result['settings']['slots']} slots)", fontsize=9)
     a1.legend(fontsize=8)
     cpu = [r["mailvm"]["cpu_ms_per_msg"].get("median", 0) for _, r in rows]
     a2.barh(list(x), cpu, color="tab:orange")
-    a2.set_yticks(list(x), [n.replace("\n", " ") for n, _ in rows], fontsize=6)
+    a2.set_yticks(list(x), [n.replace("\n", " ") for n, _ in rows], fontsize=8)
     a2.invert_yaxis()
     a2.set_xlabel("mailvm CPU per message (ms)")
     fig.tight_layout()

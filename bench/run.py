@@ -15,6 +15,7 @@ publishes only when ``--docs`` is given.  A measurement that fails is recorded
 with its error and the others still run; the exit status is then 1.
 
     python -m bench.run [--quick] [--out DIR] [--only NAME...] [--no-qemu] [--image-dir DIR]
+    python -m bench.run --replot [--out DIR]     # redraw plots + report from OUT/results.json
 """
 
 from __future__ import annotations
@@ -140,6 +141,32 @@ def run(out: Path, quick: bool = False, only: tuple[str, ...] = STAGES, image_di
     return combined
 
 
+PLOTTERS = {
+    "components": ("bench.components", "plot"),
+    "flash_vs_classic": ("bench.flash_vs_classic", "plot"),
+    "postfix": ("bench.bench_postfix", "plot"),
+    "scaling": ("bench.scaling", "plot"),
+}
+
+
+def replot(out: Path, docs: Path | None) -> dict[str, Any]:
+    """Redraw the plots and rewrite the report from ``out/results.json`` (no measuring)."""
+    import importlib
+    import json
+
+    from bench import report
+
+    combined = json.loads((out / "results.json").read_text())
+    for name, res in combined["results"].items():
+        module, func = PLOTTERS[name]
+        getattr(importlib.import_module(module), func)(res, out / f"{name}.png")
+    report.write_report(combined, out / "performance.md", image_src=out, image_prefix="")
+    if docs is not None:
+        report.write_report(combined, docs / "performance.md", image_src=out, image_dir=docs / "img",
+                            image_prefix="img/")
+    return combined
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run, under 3 minutes")
@@ -149,11 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-qemu", action="store_true", help="process backend only")
     ap.add_argument("--docs", default=None, help="publish performance.md + img/ here (full run default: docs/)")
     ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--replot", action="store_true", help="only redraw plots and rewrite the report from OUT")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     docs = None
     if not args.no_docs:
         docs = Path(args.docs) if args.docs else (None if args.quick else REPO / "docs")
+    if args.replot:
+        replot(Path(args.out), docs)
+        print(f"redrew plots and report in {args.out}" + (f" and {docs}" if docs else ""), file=sys.stderr)
+        return 0
     res = run(Path(args.out), args.quick, tuple(args.only), args.image_dir, not args.no_qemu, docs)
     failed = [n for n, s in res["stages"].items() if not s["ok"]]
     print(f"\nmailvm bench ({res['mode']}): {len(res['stages']) - len(failed)} of {len(res['stages'])} measurements "

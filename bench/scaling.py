@@ -187,7 +187,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     for backend, rows in result["files"].items():
         ok = [r for r in rows if "files_per_min" in r]
         xs = [r["slots"] for r in ok]
-        a1.plot(xs, [r["files_per_min"] for r in ok], marks.get(backend, "o-"), label=f"{backend}: files/min")
+        a1.plot(xs, [r["files_per_min"] for r in ok], marks.get(backend, "o-"), label=backend)
         for r in ok:
             note = f"{r['busy_cores']:.1f}" + (f" ({r['errors']} err)" if r.get("errors") else "")
             a1.annotate(note, (r["slots"], r["files_per_min"]), textcoords="offset points",
@@ -200,20 +200,23 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     a1.set_title(f"verdicts per minute, errors excluded (labels: busy cores of {result['machine']['cores']})",
                  fontsize=9)
     a1.legend(fontsize=8)
+    colors = {"process": "tab:blue", "qemu": "tab:orange"}
     for backend, rows in result["emails"].items():
         ok = [r for r in rows if "mailvm" in r]
         xs = [r["slots"] for r in ok]
-        a2.plot(xs, [r["mailvm"]["msg_per_s"] for r in ok], marks.get(backend, "o-"), label=f"mailvm, {backend}")
+        color = colors.get(backend)
+        a2.plot(xs, [r["mailvm"]["msg_per_s"] for r in ok], marks.get(backend, "o-"), color=color,
+                label=f"Postfix + mailvm ({backend})")
         if ok:
-            a2.plot(xs, [r["postfix"]["msg_per_s"] for r in ok], ":", color="gray",
-                    label="Postfix without milter" if backend == next(iter(result["emails"])) else None)
+            a2.plot(xs, [r["postfix"]["msg_per_s"] for r in ok], ":", color=color, alpha=0.6,
+                    label=f"Postfix alone, same plan ({backend} runs)")
     a2.set_xscale("log", base=2)
     a2.set_xticks(result["slot_counts"], [str(n) for n in result["slot_counts"]])
     a2.set_yscale("log")
     a2.set_xlabel("slots")
     a2.set_ylabel("emails per second (log)")
     a2.set_title("emails/s through Postfix, 10 % unseen benign files", fontsize=9)
-    a2.legend(fontsize=8)
+    a2.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
