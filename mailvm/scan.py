@@ -191,20 +191,20 @@ class Scanner:
 
     def _analyze(self, artifacts: Sequence[Artifact], deadline: float | None) -> list[ArtifactReport]:
         by_sha: dict[str, ArtifactReport] = {}
-        waits: list[tuple[str, Future | None]] = []
+        waits: list[tuple[str, Future | None, Any]] = []
         reports: list[ArtifactReport] = []
         for art in artifacts:
             if art.sha256 in by_sha:
                 first = by_sha[art.sha256]
                 reports.append(ArtifactReport(art, first.kind, first.verdict, first.score, first.source))
                 continue
-            rep, fut = self._lookup(art, deadline)
+            rep, fut, job = self._lookup(art, deadline)
             by_sha[art.sha256] = rep
             reports.append(rep)
             if rep.verdict == PENDING:
-                waits.append((art.sha256, fut))
-        for sha, fut in waits:
-            verdict = self._wait(sha, fut, deadline)
+                waits.append((art.sha256, fut, job))
+        for sha, fut, job in waits:
+            verdict = self._wait(sha, fut, job, deadline)
             rep = by_sha[sha]
             if verdict is not None:
                 self._settle(rep, verdict, SOURCE_DETONATION)
@@ -221,14 +221,15 @@ class Scanner:
         rep.source = source if verdict.source != SOURCE_TRIAGE or source == SOURCE_CACHE else SOURCE_TRIAGE
         rep.log = list(verdict.log)
 
-    def _lookup(self, art: Artifact, deadline: float | None) -> tuple[ArtifactReport, Future | None]:
+    def _lookup(self, art: Artifact, deadline: float | None) -> tuple[ArtifactReport, Future | None, Any]:
+        """The artifact's report; for a file being detonated also its Future (if ours) and Job."""
         rep = ArtifactReport(art, "unknown", PENDING, 0, PENDING, list(art.findings))
         if self.table is not None:
             cached = self.table.get(art.sha256)
             if cached is not None and cached.state == "done":
                 rep.kind = _kind_of(cached, rep.kind)
                 self._settle(rep, cached, SOURCE_CACHE)
-                return rep, None
+                return rep, None, None
         result = self.triage.analyze(art)
         rep.kind = result.kind
         static = Verdict.from_findings(result.findings, source=SOURCE_TRIAGE, log=[{"type": "kind", "kind": result.kind}])
@@ -237,12 +238,12 @@ class Scanner:
             self._settle(rep, static, SOURCE_TRIAGE)
             if result.kind not in self.detonate_kinds or static.score >= MALICIOUS_THRESHOLD:
                 self._publish_static(art.sha256, static)
-            return rep, None
+            return rep, None, None
         if self.detonator is None:
             # nothing can run it: the static verdict stands, and is not cached as final
             self._settle(rep, static, SOURCE_TRIAGE)
             rep.findings.append(Finding("not_detonated", 0, "no detonation backend in this run", "scan"))
-            return rep, None
+            return rep, None, None
         from mailvm.vmpool.pool import Job  # the pool is optional for the pipeline
 
         job = Job(
@@ -253,30 +254,41 @@ class Scanner:
             kind=result.kind,
             static_findings=list(result.findings),
             deadline=deadline,
-            # a unique owner per claim: two scans in one process never share a lease
-            owner=f"{self.owner}:{uuid.uuid4().hex[:8]}",
+            owner=self._new_owner(),
         )
         if self.table is None:
-            return rep, self.detonator.submit(job)
+            return rep, self.detonator.submit(job), job
         claim = self.table.claim(art.sha256, job.owner)
         if claim.won:
-            return rep, self.detonator.submit(job)
+            return rep, self.detonator.submit(job), job
         if claim.entry is not None and claim.entry.state == "done":
             self._settle(rep, claim.entry, SOURCE_CACHE)
-            return rep, None
-        return rep, None  # someone else is detonating it: wait on the table
+            return rep, None, None
+        return rep, None, job  # someone else is detonating it: wait on the table
+
+    def _new_owner(self) -> str:
+        """A unique claim owner ``node:pid:random``: two scans in one process never share a
+        lease, and the table can tell when the owning process died (``owner_is_dead``)."""
+        return f"{self.owner}:{uuid.uuid4().hex[:8]}"
 
     def _publish_static(self, sha: str, verdict: Verdict) -> None:
         if self.table is None:
             return
         try:
-            claim = self.table.claim(sha, self.owner)
+            claim = self.table.claim(sha, self._new_owner())
             if claim.won:
                 self.table.publish(sha, verdict)
         except Exception as exc:  # the table is a cache: failing to store is not fatal
             log.warning("could not store static verdict for %s: %s", sha[:12], exc)
 
-    def _wait(self, sha: str, fut: Future | None, deadline: float | None) -> Verdict | None:
+    def _wait(self, sha: str, fut: Future | None, job: Any, deadline: float | None) -> Verdict | None:
+        """The file's verdict, or None when it is not there by ``deadline``.
+
+        Waiting on the table ends early when the claim went stale (its owner
+        died: a killed service) or was released: then this scan takes the claim
+        over and queues the file itself, so a restart never leaves it waiting
+        for a detonation that nobody runs.
+        """
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         if fut is not None:
             try:
@@ -289,8 +301,19 @@ class Scanner:
         if self.table is None:
             return None
         end = deadline if deadline is not None else time.monotonic() + self.cfg.pool.job_timeout_s * 3
-        return self.table.wait(sha, end)
-
+        while True:
+            verdict = self.table.wait(sha, end)
+            if verdict is not None or job is None or self.detonator is None or time.monotonic() >= end:
+                return verdict
+            job.owner = self._new_owner()
+            claim = self.table.claim(sha, job.owner)
+            if claim.won:
+                log.info("taking over the analysis of %s (its claim went stale or was released)", sha[:12])
+                fut = self.detonator.submit(job)
+                if fut is not None:
+                    return self._wait(sha, fut, None, deadline)
+            elif claim.entry is not None and claim.entry.state == "done":
+                return claim.entry
 
 def _kind_of(verdict: Verdict, default: str) -> str:
     for entry in verdict.log[:3]:

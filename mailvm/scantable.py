@@ -169,12 +169,15 @@ def owner_is_dead(owner: str) -> bool:
     if node != os.uname().nodename or not pid_text.isdigit():
         return False
     try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
+        with open(f"/proc/{int(pid_text)}/stat", "rb") as fh:
+            stat = fh.read(4096)
+    except FileNotFoundError:
         return True
-    except (PermissionError, OverflowError, ValueError):
+    except (OSError, ValueError):
         return False
-    return False
+    # a killed process whose parent died too stays a zombie until init reaps it
+    state = stat.rpartition(b")")[2][1:2]
+    return state in (b"Z", b"X")
 
 
 def _check_owner(owner: Any) -> str:

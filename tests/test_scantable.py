@@ -614,3 +614,27 @@ def test_claim_of_a_dead_local_process_is_stale_at_once(tmp_path):
         assert not table.claim(other, f"{node}:{_os.getpid()}:job4").won
         assert table.claim("e" * 64, f"elsewhere.example:{dead.pid}:job5").won
         assert not table.claim("e" * 64, f"{node}:{_os.getpid()}:job6").won
+
+
+def test_claim_of_a_zombie_is_stale(tmp_path):
+    """A killed claimer whose parent died too lingers as a zombie until init reaps it: dead all the same."""
+    import os as _os
+
+    from mailvm.config import ScanTableConfig
+    from mailvm.scantable import ScanTable, owner_is_dead
+
+    pid = _os.fork()
+    if pid == 0:
+        _os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while open(f"/proc/{pid}/stat", "rb").read().rpartition(b")")[2][1:2] != b"Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        owner = f"{_os.uname().nodename}:{pid}:job"
+        assert owner_is_dead(owner)
+        with ScanTable(ScanTableConfig(path=str(tmp_path / "t"), pending_ttl_s=3600)) as table:
+            assert table.claim("f" * 64, owner).won
+            assert table.claim("f" * 64, f"{_os.uname().nodename}:{_os.getpid()}:next").won
+    finally:
+        _os.waitpid(pid, 0)
