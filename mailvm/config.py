@@ -116,6 +116,11 @@ class PoolConfig:
     image_dir: str = "/var/lib/mailvm/image"  # guest image of the qemu backend (mvctl image build)
     guest_mem_mib: int = _bounded(256, 64, 65536, "guest RAM of the qemu reference VM and its clones")
     doorbell: str = "vport"  # vport | serial | poll:MIN[:MAX] (how an idle qemu slot learns of a job)
+    qemu_launcher: str = "raw"  # raw (QEMU started directly) | libvirt (transient libvirt domains)
+    libvirt_uri: str = "qemu:///system"
+    qemu_spares: int = _bounded(1, 0, 16, "QEMU processes started and waiting for a restore (refill = restore only)")
+    qemu_tb_mib: int = _bounded(32, 1, 1024, "TCG translation cache per clone (TCG only)")
+    qemu_warmup: str = "none"  # none | files | run: exercise the guest before saving the template
     detonate_kinds: list[str] = _bounded(
         ["executable", "script", "office", "pdf", "html", "lnk", "disk_image", "unknown"],
         doc="triage kinds that are detonated",
@@ -255,6 +260,9 @@ def parse_config(data: dict[str, Any], file: str = "<string>") -> Config:
         raise ConfigError(file, "pool.backend", f"must be one of {', '.join(POOL_BACKENDS)}")
     if cfg.pool.doorbell not in ("vport", "serial") and not re.fullmatch(r"poll:[0-9.]+(:[0-9.]+)?", cfg.pool.doorbell):
         raise ConfigError(file, "pool.doorbell", "must be vport, serial or poll:MIN[:MAX] (seconds)")
+    for key, allowed in (("qemu_launcher", ("raw", "libvirt")), ("qemu_warmup", ("none", "files", "run"))):
+        if getattr(cfg.pool, key) not in allowed:
+            raise ConfigError(file, f"pool.{key}", f"must be one of {', '.join(allowed)}")
     if cfg.pool.accel not in ACCELS:
         raise ConfigError(file, "pool.accel", f"must be one of {', '.join(ACCELS)}")
     _check_socket(file, cfg.milter.socket)

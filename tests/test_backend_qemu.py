@@ -340,7 +340,7 @@ MALICIOUS = textwrap.dedent("""\
     #!/bin/sh
     mkdir -p "$HOME/.config/autostart"
     printf '[Desktop Entry]\\nType=Application\\nExec=/tmp/.x\\n' > "$HOME/.config/autostart/x.desktop"
-    exec 3<>/dev/tcp/203.0.113.10/4444 2>/dev/null || python3 -c 'import socket; s=socket.socket(); s.settimeout(3); s.connect(("203.0.113.10", 4444))'
+    python3 -c 'import socket; s=socket.socket(); s.settimeout(3); s.connect(("203.0.113.10", 4444))' || true
     (setsid sleep 987654 &)
     """).encode()
 
@@ -355,4 +355,7 @@ def test_end_to_end_verdicts_match_the_process_backend(backend, image, data, nam
     print(f"\n{name}: {P.state_name(st)} {result['verdict']} {result['score']}",
           [f["id"] for f in result["findings"]])
     assert st == P.DONE and result["verdict"] == expected, result["findings"]
+    if expected == "malicious":  # the same behaviours the process backend sees, seen from inside the VM
+        ids = {f["id"] for f in result["findings"]}
+        assert {"persistence_autostart", "network_raw_ip"} <= ids, ids
     slot.destroy()

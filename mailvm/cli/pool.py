@@ -37,6 +37,13 @@ def _alive(pid: Any) -> bool:
         return True
 
 
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from mailvm.vmpool.pool import read_status
 
@@ -60,9 +67,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"backend    {b.get('name', '?')}   isolation: {b.get('isolation', '?')}")
     loud = "   <-- software emulation, slow: no usable KVM here" if accel == "tcg" else ""
     print(f"accel      {accel.upper()}{loud}")
-    for key in ("image_version", "template_age_s", "template"):
-        if key in b.get("details", {}):
-            print(f"{key:<10} {b['details'][key]}")
+    details = b.get("details", {})
+    if "image_version" in details:
+        print(f"image      {details['image_version']}")
+    created = details.get("template_created_at")
+    if isinstance(created, (int, float)) and created > 0:
+        # computed now: the pool records backend info once, at start
+        print(f"template   {_age(time.time() - created)} old ({details.get('launcher', 'raw')} launcher)")
     s = status.get("slots", {})
     print(f"slots      ready {s.get('ready')} / busy {s.get('busy')} / starting {s.get('starting')} (target {s.get('target')})")
     j = status.get("jobs", {})
