@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from mailvm.config import PoolConfig
 from mailvm.guest import protocol as P
-from mailvm.vmpool.backends.process import ProcessBackend, cpu_seconds, process_tree
+from mailvm.procfs import cpu_seconds, process_tree
+from mailvm.vmpool.backends.process import ProcessBackend
 
 BENIGN = b"#!/bin/sh\necho hello > greeting.txt\ncat greeting.txt\n"
 RESULTS = Path(__file__).resolve().parent / "results"

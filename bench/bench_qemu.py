@@ -51,7 +51,8 @@ from tqdm import tqdm
 
 from mailvm.config import PoolConfig
 from mailvm.guest import protocol as P
-from mailvm.vmpool.backends.qemu import QemuBackend, QemuVM, VMPaths, VMSpec, cpu_seconds, send_fd
+from mailvm.procfs import cpu_seconds
+from mailvm.vmpool.backends.qemu import QemuBackend, QemuVM, VMPaths, VMSpec, send_fd
 from mailvm.vmpool.shmpage import HostPage
 
 PAGE = 8 << 20
@@ -220,9 +221,9 @@ def bench_doorbell(b: QemuBackend, reps: int, idle_s: float, bar: tqdm, e2e: boo
                 refill.setdefault(k, []).append(v * 1000)
             time.sleep(0.3)
             if i < idle_slots:  # idle cost: a few slots, long enough for 10 ms clock ticks
-                c0, t0 = cpu_seconds(slot.vm.pid), time.monotonic()
+                c0, t0 = cpu_seconds([slot.vm.pid]), time.monotonic()
                 time.sleep(idle_s)
-                idle.append((cpu_seconds(slot.vm.pid) - c0) / (time.monotonic() - t0) * 100)
+                idle.append((cpu_seconds([slot.vm.pid]) - c0) / (time.monotonic() - t0) * 100)
             t0 = time.perf_counter()
             slot.page.submit(SAMPLE, "t.sh", {"timeout_s": 10})
             slot.ring()

@@ -60,6 +60,7 @@ from typing import Any, Iterator
 import diskcache
 
 from mailvm.config import ScanTableConfig
+from mailvm.procfs import is_gone
 from mailvm.verdict import DONE, ENGINE_VERSION, ERROR, PENDING, VERDICTS, Verdict
 
 log = logging.getLogger(__name__)
@@ -168,16 +169,8 @@ def owner_is_dead(owner: str) -> bool:
     pid_text = rest.split(":", 1)[0]
     if node != os.uname().nodename or not pid_text.isdigit():
         return False
-    try:
-        with open(f"/proc/{int(pid_text)}/stat", "rb") as fh:
-            stat = fh.read(4096)
-    except FileNotFoundError:
-        return True
-    except (OSError, ValueError):
-        return False
     # a killed process whose parent died too stays a zombie until init reaps it
-    state = stat.rpartition(b")")[2][1:2]
-    return state in (b"Z", b"X")
+    return is_gone(int(pid_text))
 
 
 def _check_owner(owner: Any) -> str:

@@ -20,8 +20,8 @@ from mailvm.guest import protocol as P
 from mailvm.vmpool.backends import BACKENDS
 from mailvm.vmpool.backends import process as process_backend
 from mailvm.vmpool.backends.base import BackendError
-from mailvm.vmpool.backends.process import (ISOLATION, ProcessBackend, cpu_seconds, group_members, process_tree,
-                                            sweep_orphans)
+from mailvm.procfs import cpu_seconds, group_members, process_tree
+from mailvm.vmpool.backends.process import ISOLATION, ProcessBackend, sweep_orphans
 from mailvm.vmpool.shmpage import HostPage, PageError
 
 pytestmark = pytest.mark.sandbox

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from mailvm.config import PoolConfig
+from mailvm.procfs import cpu_seconds, group_members, process_tree
 from mailvm.vmpool.backends.base import Backend, BackendError, BackendInfo, Slot
 from mailvm.vmpool.shmpage import HostPage, PageError
 
@@ -68,60 +69,14 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 
 
-def _clk_tck() -> int:
-    return os.sysconf("SC_CLK_TCK")
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (field 3 onwards), or None."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2 :].split()
 
 
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its live descendants (from /proc/<pid>/task/*/children)."""
-    seen: list[int] = []
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        if p in seen or not os.path.exists(f"/proc/{p}"):
-            continue
-        seen.append(p)
-        try:
-            tasks = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for t in tasks:
-            try:
-                todo.extend(int(c) for c in Path(f"/proc/{p}/task/{t}/children").read_text().split())
-            except (OSError, ValueError):
-                pass
-    return seen
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is ``pgid``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        fields = _proc_stat(int(name))
-        if fields and len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-            found.append(int(name))
-    return found
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of ``pids`` in seconds (processes that are gone count 0)."""
-    ticks = 0
-    for pid in pids:
-        fields = _proc_stat(pid)
-        if fields and len(fields) > 12:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / _clk_tck()
 
 
 def _held(prefix: str) -> set[str]:

@@ -71,6 +71,7 @@ from typing import Any
 
 from mailvm.config import PoolConfig
 from mailvm.vmpool.backends import libvirt_util as lv
+from mailvm.procfs import cpu_seconds, pss_kib
 from mailvm.vmpool.backends.base import Backend, BackendError, BackendInfo, BackendUnavailable, Slot
 from mailvm.vmpool.backends.qmp import QMP, QMPError, send_fd
 from mailvm.vmpool.image.layout import DEFAULT_CACHE_DIR, Image, ImageMissing, load_image
@@ -247,24 +248,8 @@ def kvm_openable() -> str | None:
     return None
 
 
-def pss_kib(pid: int) -> int | None:
-    """Proportional set size of ``pid`` in KiB (smaps_rollup), None when gone."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
-def cpu_seconds(pid: int) -> float | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    f = raw[raw.rfind(")") + 2:].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _tail(path: str, limit: int = LOG_TAIL) -> str:
@@ -541,7 +526,7 @@ class QemuSlot(Slot):
 
     def stats(self) -> dict[str, Any]:
         pid = self.vm.pid
-        return {"pid": pid, "pss_kib": pss_kib(pid), "cpu_s": cpu_seconds(pid), "page": self.page.path,
+        return {"pid": pid, "pss_kib": pss_kib(pid), "cpu_s": cpu_seconds([pid]), "page": self.page.path,
                 "accel": self.vm.spec.accel, "doorbell": self.vm.spec.doorbell, "launcher": self.vm.spec.launcher,
                 "timings_ms": {k: round(v * 1000, 2) for k, v in self.timings.items()}}
 

@@ -1,0 +1,81 @@
+"""Reading /proc: process state, trees, CPU time and memory (Linux only, stdlib only).
+
+One place for what the backends, the scanned table's owner check, the tests
+and the benchmarks read about processes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (field 3, the state, onwards), or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # the command name may hold spaces and parentheses: split after the last ")"
+    return raw[raw.rfind(b")") + 2:].decode("ascii", "replace").split()
+
+
+def is_gone(pid: int) -> bool:
+    """True when ``pid`` does not exist or is a zombie (killed, not yet reaped)."""
+    fields = stat_fields(pid)
+    return fields is None or not fields or fields[0] in ("Z", "X")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (from /proc/<pid>/task/*/children)."""
+    seen: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        if p in seen or not os.path.exists(f"/proc/{p}"):
+            continue
+        seen.append(p)
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                todo.extend(int(c) for c in Path(f"/proc/{p}/task/{t}/children").read_text().split())
+            except (OSError, ValueError):
+                pass
+    return seen
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is ``pgid``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fields = stat_fields(int(name))
+        if fields and len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            found.append(int(name))
+    return found
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """utime + stime of ``pids`` in seconds (processes that are gone count 0)."""
+    ticks = 0
+    for pid in pids:
+        fields = stat_fields(pid)
+        if fields and len(fields) > 12:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def pss_kib(pid: int) -> int | None:
+    """Proportional set size of ``pid`` in KiB (smaps_rollup), None when gone."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
