@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 from mailvm.config import ExtractConfig
 from mailvm.extract import archives, mime, officecrypt
 from mailvm.extract.archives import ExpandContext, archive_kind, read_head, run_expander
-from mailvm.extract.passwords import Candidate, candidate_passwords
+from mailvm.extract.passwords import Candidate, LazyPasswords, candidate_passwords
 from mailvm.extract.spool import LimitExceeded, Spool
 from mailvm.verdict import Artifact, Finding
 
@@ -94,7 +94,7 @@ def container_kind(art: Artifact) -> str | None:
 # -- recursion ----------------------------------------------------------------------------
 
 
-def _expand(art: Artifact, spool: Spool, cfg: ExtractConfig, passwords: list[str]) -> None:
+def _expand(art: Artifact, spool: Spool, cfg: ExtractConfig, passwords: Sequence[str]) -> None:
     kind = container_kind(art)
     if kind is None:
         return
@@ -105,7 +105,7 @@ def _expand(art: Artifact, spool: Spool, cfg: ExtractConfig, passwords: list[str
         return  # the same file elsewhere in the message: listed again, expanded once
     spool.expanded.add(art.sha256)
     spool.check_time()
-    ctx = ExpandContext(art, spool, cfg, list(passwords))
+    ctx = ExpandContext(art, spool, cfg, passwords)
     children = run_expander(ctx, EXPANDERS[kind])
     for child in list(children):
         _expand(child, spool, cfg, ctx.passwords)
@@ -141,7 +141,7 @@ def extract_message(
     findings: list[Finding] = []
     try:
         mime.walk_message(bytes(raw), spool, cfg, (), 0, walk)
-        passwords = _passwords(walk.text, cfg, extra_passwords)
+        passwords = LazyPasswords(lambda: _passwords(walk.text, cfg, extra_passwords))
         for art in list(walk.artifacts):
             _expand(art, spool, cfg, passwords)
     except LimitExceeded:

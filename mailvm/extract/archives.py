@@ -28,7 +28,7 @@ import logging
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 from mailvm.config import ExtractConfig
 from mailvm.extract.spool import LimitExceeded, Spool, basename, clean_name
@@ -167,7 +167,7 @@ class ExpandContext:
     artifact: Artifact
     spool: Spool
     cfg: ExtractConfig
-    passwords: list[str] = field(default_factory=list)
+    passwords: Sequence[str] = field(default_factory=list)  # may be a LazyPasswords
     children: list[Artifact] = field(default_factory=list)
     entries: int = 0
     traversal: list[str] = field(default_factory=list)
