@@ -6,7 +6,8 @@ the pool then does (``mailvm.vmpool.pool``):
 
 ==================  ===========================================================
 mime_parse          ``mime.walk_message``: the MIME tree, decoded parts to the spool
-archive_extraction  ``extract.expand`` on each attachment (password guesses included)
+archive_extraction  ``extract.expand`` on each attachment (password guesses, made lazily when
+                    an encrypted container asks for them, included)
 link_download       ``links.find_urls`` + ``links.download_links`` from a local
                     HTTP server on 127.0.0.1 (``links.allow_networks``), downloads expanded
 static_triage       ``Triage.analyze`` on every file the table did not answer
@@ -174,7 +175,7 @@ class Pieces:
         """Run one message through every step; returns (ms per component, files per component, extra)."""
         from mailvm.extract import expand, mime
         from mailvm.extract.links import download_links, find_urls
-        from mailvm.extract.passwords import candidate_passwords
+        from mailvm.extract.passwords import LazyPasswords, candidate_passwords
         from mailvm.extract.spool import Spool
         from mailvm.policy import ArtifactOutcome, decide_for_recipients
         from mailvm.scan import combine
@@ -195,7 +196,9 @@ class Pieces:
             files["mime_parse"] = len(walk.artifacts)
 
             t = time.perf_counter()
-            passwords = candidate_passwords(walk.text, list(cfg.extract.passwords), cfg.extract.max_password_tries)
+            # as extract_message does: guesses from the body only when an encrypted container asks for them
+            passwords = LazyPasswords(lambda: candidate_passwords(walk.text, list(cfg.extract.passwords),
+                                                                  cfg.extract.max_password_tries))
             before = len(spool.artifacts)
             for art in list(walk.artifacts):
                 expand(art, spool, cfg.extract, passwords)

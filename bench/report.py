@@ -176,7 +176,8 @@ def section_components(comp: dict[str, Any], img: str) -> str:
         "link is fetched again: only the file's hash is cached, not the URL). Slots are created before the clock "
         f"starts (pre-warmed). Medians over {comp.get('reps')} messages, in ms; *per file* divides each step by the "
         "files it handled (hand-over, execution and verdict return: per detonated file). \"archive extraction\" "
-        "includes the archive-password guesses taken from the body text.\n\n"
+        "includes archive-password guessing from the body text, which runs only when an encrypted container asks "
+        "for it.\n\n"
         + table(["component", *[f"{c.replace('_', '-')} ms/message" for c in cases], "unseen ms/file (process)",
                  "unseen ms/file (qemu)"], rows)
         + f"\nCheck: the whole `Scanner.scan_message` + decision in one call (in-process pool of 2 slots, which "
@@ -435,7 +436,7 @@ def analysis(c: dict[str, Any]) -> str:
            + "; with it shrinks the time a message waits for an unseen file. The cache-hit path is CPU per message in "
            "Python: more cores raise both Postfix's and mailvm's rates, but the ratio stays set by the two CPU costs "
            "until mailvm's per-message cost falls (fewer milter callbacks, no spool copy, a cheaper hand-off to the "
-           "workers, and no password guessing for messages without encrypted archives). Past one host, the scanned "
+           "workers). Past one host, the scanned "
            "table and the job queue move to Redis and hypervisor hosts scale apart from the MX hosts (DESIGN.md).\n")
     parts.append(txt + "\n")
 
