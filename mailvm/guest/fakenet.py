@@ -533,7 +533,11 @@ class FakeNet:
         self.catchall_port = catchall_port
         self.proc: subprocess.Popen | None = None
 
-    def start(self, ready_timeout: float = 5.0) -> None:
+    #: the responder is a Python process: under TCG with many clones sharing few cores its
+    #: start-up alone took over 5 s (make bench, 8 qemu slots on 2 cores: 7 of 16 jobs failed)
+    READY_TIMEOUT_S = 30.0
+
+    def start(self, ready_timeout: float = READY_TIMEOUT_S) -> None:
         cmd = self.nsenter + [self.python, "-I", "-S", os.path.abspath(__file__), "--events", self.events_path,
                               "--catchall-port", str(self.catchall_port), "--parent", str(os.getpid())]
         if self.redirect:
