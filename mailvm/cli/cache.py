@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
+from typing import Any, Callable
 
 from mailvm.cli.common import EXIT_BAD, EXIT_ERROR, EXIT_OK, config_from, open_table, print_json
 
@@ -29,19 +31,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_forget)
 
 
-def _sha(text: str) -> str | None:
-    text = text.strip().lower()
+def _sha(args: argparse.Namespace) -> str | None:
+    """The SHA256 argument, normalised; None (and a message on stderr) when it is not one."""
+    text = args.sha256.strip().lower()
     if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
         return text
+    print(f"mvctl cache {args.cache_command}: SHA256 must be 64 hex digits", file=sys.stderr)
     return None
 
 
+def _with_table(args: argparse.Namespace, op: Callable[[Any], Any]) -> Any:
+    """Run ``op(table)`` on the configured scanned table, closing it afterwards."""
+    with open_table(config_from(args)) as table:
+        return op(table)
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
-    table = open_table(config_from(args))
-    try:
-        stats = table.stats()
-    finally:
-        table.close()
+    stats = _with_table(args, lambda t: t.stats())
     if args.json:
         print_json(stats)
     else:
@@ -52,15 +58,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    sha = _sha(args.sha256)
+    sha = _sha(args)
     if sha is None:
-        print("mvctl cache show: SHA256 must be 64 hex digits")
         return EXIT_ERROR
-    table = open_table(config_from(args))
-    try:
-        verdict = table.get(sha)
-    finally:
-        table.close()
+    verdict = _with_table(args, lambda t: t.get(sha))
     if verdict is None:
         if args.json:
             print_json({"sha256": sha, "found": False})
@@ -80,15 +81,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    sha = _sha(args.sha256)
+    sha = _sha(args)
     if sha is None:
-        print("mvctl cache forget: SHA256 must be 64 hex digits")
         return EXIT_ERROR
-    table = open_table(config_from(args))
-    try:
-        gone = table.forget(sha)
-    finally:
-        table.close()
+    gone = _with_table(args, lambda t: t.forget(sha))
     if args.json:
         print_json({"sha256": sha, "forgotten": gone})
     else:
@@ -97,11 +93,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 
 def cmd_expire(args: argparse.Namespace) -> int:
-    table = open_table(config_from(args))
-    try:
-        removed = table.expire()
-    finally:
-        table.close()
+    removed = _with_table(args, lambda t: t.expire())
     if args.json:
         print_json({"removed": removed})
     else:
