@@ -774,3 +774,48 @@ def test_property_any_header(prop_dir, fields, submit_first, payload, noise, raw
     finally:
         guest.close()
         page.close()
+
+
+def test_job_submitted_the_moment_ready_appears_is_not_lost(tmp_path):
+    """Regression: the agent must not take a job submitted right after READY for an old one."""
+    import threading as _threading
+
+    from mailvm.guest import agent as _agent
+    from mailvm.guest import protocol as _P
+    from mailvm.guest.page import GuestPage
+    from mailvm.vmpool.shmpage import HostPage
+
+    class Doorbell:
+        def __init__(self):
+            self.event = _threading.Event()
+
+        def wait(self, timeout, attention=None):
+            self.event.wait(min(timeout, 0.01))
+            self.event.clear()
+
+        def hung_up(self):
+            return False
+
+    size = 1 << 20
+    host = HostPage.create(str(tmp_path / "page"), size)
+    guest = GuestPage.open(str(tmp_path / "page"), size)
+    real_publish = guest.publish_ready
+
+    def publish_then_host_submits(*args):
+        real_publish(*args)
+        host.submit(b"#!/bin/sh\necho hi\n", "x.sh", {"timeout_s": 5})  # the host is fast
+
+    guest.publish_ready = publish_then_host_submits
+    ran = []
+
+    def runner(sample, options, workdir, should_stop):
+        ran.append(sample)
+        return {"schema": 1, "verdict": "clean", "score": 0, "findings": [], "log": [], "duration_s": 0.0,
+                "stopped": "exited_idle", "launcher": "sh", "events": {}}
+
+    bell = Doorbell()
+    t = _threading.Thread(target=_agent.serve, args=(guest, bell, runner, str(tmp_path / "work")), daemon=True)
+    t.start()
+    t.join(10)
+    assert ran, "the job submitted right after READY was never run"
+    assert host.state() in (_P.DONE, _P.FAILED)

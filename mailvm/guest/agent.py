@@ -274,8 +274,12 @@ def serve(page: GuestPage, doorbell: Doorbell, runner: Runner, workdir: str, *, 
     hb = Heartbeat(page, heartbeat_s)
 
     def publish() -> int:
+        # the last seq seen is read *before* READY goes out: read after, it could already be
+        # the seq of a job the host submitted the moment it saw READY, and that job would be
+        # taken for an old one and never run (seen under load: "page still REQUEST")
+        seen = page.header().seq
         page.publish_ready(boot_id, os.getpid(), hb.value)
-        return page.header().seq
+        return seen
 
     def should_stop() -> bool:
         return stop.is_set() or doorbell.hung_up()
