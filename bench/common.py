@@ -13,10 +13,8 @@ import json
 import math
 import os
 import platform
-import socket
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -223,30 +221,8 @@ class CpuMeter:
 # ----------------------------------------------------------------------------- files, ports
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float, alive=None) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if alive is not None and not alive():
-            raise RuntimeError(f"the process meant to listen on {port} exited")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
-
-
-def lab_dir(prefix: str) -> Path:
-    """A fresh directory under /var/tmp that Postfix's users (postfix, nobody) can traverse."""
-    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
-    os.chmod(root, 0o755)
-    return root
+# free_port, wait_port and lab_dir are shared with mvctl lab and the mail tests
+from mailvm.lab.common import free_port, lab_dir, wait_port  # noqa: E402,F401 (re-exported to the bench modules)
 
 
 def write_json(path: Path, obj: Any) -> Path:
