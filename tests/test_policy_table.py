@@ -123,3 +123,18 @@ def test_table_covers_every_shipped_policy(policies):
     # the table covers every shipped policy file
     used = {policy for _k, _r, _a, policy in TABLE}
     assert used == {"default", *policies.domains}
+
+
+def test_extraction_that_stopped_on_an_error_is_not_clean_by_omission():
+    """A report whose extraction stopped early gets the error action, not 'clean'."""
+    from mailvm.milter.service import outcomes_from_report
+    from mailvm.policy import Policy, decide
+
+    report = {"verdict": "clean", "score": 0,
+              "findings": [{"id": "extract_error", "severity": 0, "detail": "extraction stopped: RuntimeError"}],
+              "artifacts": [{"sha256": "a" * 64, "name": "x.txt", "verdict": "clean", "score": 0,
+                             "origin": "attachment:x.txt", "findings": []}]}
+    decision = decide(Policy(), outcomes_from_report(report))
+    assert decision.verdict == "error" and decision.action == "tempfail"
+    report["findings"] = []
+    assert decide(Policy(), outcomes_from_report(report)).action == "tag"

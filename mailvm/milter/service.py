@@ -35,6 +35,8 @@ from mailvm.verdict import Finding
 
 log = logging.getLogger(__name__)
 
+#: the finding extraction leaves when it stopped on an internal error (files may be missing)
+EXTRACT_ERROR = "extract_error"
 #: extra time past the policy's maximum wait before the worker is given up on
 WORKER_GRACE_S = 10.0
 PROGRESS_EVERY_S = 10.0
@@ -265,6 +267,13 @@ def outcomes_from_report(report: dict[str, Any]) -> list[ArtifactOutcome]:
     artifacts = report.get("artifacts", [])
     root_sha = {a.get("origin", ""): a["sha256"] for a in artifacts if " > " not in a.get("origin", "")}
     result = []
+    # extraction that stopped on an internal error may have missed files: never "clean" by
+    # omission; the policy's error action (tempfail by default) applies
+    broken = [f for f in report.get("findings", []) if f.get("id") == EXTRACT_ERROR]
+    broken += [f for a in artifacts for f in a.get("findings", []) if f.get("id") == EXTRACT_ERROR]
+    if broken:
+        result.append(ArtifactOutcome(sha256="", name="(extraction)", verdict="error", score=0,
+                                      findings=(Finding(EXTRACT_ERROR, 0, str(broken[0].get("detail", ""))[:200], "extract"),)))
     for a in artifacts:
         root = (a.get("origin") or "").split(" > ")[0]
         result.append(
