@@ -11,16 +11,10 @@ from pathlib import Path
 import pytest
 
 from mailvm.config import TriageConfig
-from mailvm.extract.spool import detect_type
 from mailvm.triage import Triage, elf
-from mailvm.verdict import Artifact
+from triage_helpers import art
 
 GCC = shutil.which("gcc")
-
-
-def art(path: Path) -> Artifact:
-    mime, desc = detect_type(path)
-    return Artifact("0" * 64, path.name, path.stat().st_size, mime, str(path), ("test",), desc)
 
 
 def ids(findings) -> dict[str, int]:

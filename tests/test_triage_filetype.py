@@ -14,6 +14,7 @@ from mailvm.config import TriageConfig
 from mailvm.extract.spool import detect_type
 from mailvm.triage import Triage
 from mailvm.verdict import Artifact
+from triage_helpers import ids
 
 MINGW = shutil.which("x86_64-w64-mingw32-gcc")
 
@@ -26,10 +27,6 @@ def art(path: Path, name: str | None = None) -> Artifact:
 @pytest.fixture(scope="module")
 def triage(tmp_path_factory) -> Triage:
     return Triage(TriageConfig(yara_rules_dir=str(tmp_path_factory.mktemp("noyara") / "absent")))
-
-
-def ids(result) -> dict[str, int]:
-    return {f.id: f.severity for f in result.findings}
 
 
 @pytest.fixture

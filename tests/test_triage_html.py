@@ -6,19 +6,12 @@ from __future__ import annotations
 import base64
 import io
 import zipfile
-from pathlib import Path
 
 import pytest
 
 from mailvm.config import TriageConfig
-from mailvm.extract.spool import detect_type
 from mailvm.triage import Triage, html
-from mailvm.verdict import Artifact
-
-
-def art(path: Path) -> Artifact:
-    mime, desc = detect_type(path)
-    return Artifact("0" * 64, path.name, path.stat().st_size, mime, str(path), ("test",), desc)
+from triage_helpers import art, ids
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +23,6 @@ def run(triage, tmp_path, text: str, name: str = "page.html"):
     p = tmp_path / name
     p.write_text(text)
     return triage.analyze(art(p))
-
-
-def ids(result) -> dict[str, int]:
-    return {f.id: f.severity for f in result.findings}
 
 
 def zip_b64() -> str:

