@@ -44,7 +44,6 @@ cannot be decoded is logged, dropped and treated as a miss.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import logging
 import math

@@ -93,9 +93,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     pf.start()
     print(f"mailvm lab running (config {cfg_path}, log {d / 'mailvm.log'})")
     print(f"  Postfix : 127.0.0.1:{SMTP_PORT} -> mailvm milter 127.0.0.1:{MILTER_PORT} -> Maildir {pf.inbox}")
-    print(f"  send    : mvctl lab send MESSAGE.eml --to user@example.com")
-    print(f"  inbox   : mvctl lab inbox")
-    print(f"  stop    : mvctl lab stop")
+    print("  send    : mvctl lab send MESSAGE.eml --to user@example.com")
+    print("  inbox   : mvctl lab inbox")
+    print("  stop    : mvctl lab stop")
     return EXIT_OK
 
 

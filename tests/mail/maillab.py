@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
-from testdata import CORPUS  # tests/ is on sys.path through tests/conftest.py
+from testdata import CORPUS  # noqa: F401 (re-exported to the mail tests; tests/ is on sys.path via tests/conftest.py)
 
 from mailvm.lab.common import wait_port
 

@@ -14,7 +14,6 @@ import json
 import smtplib
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
