@@ -436,7 +436,7 @@ def _py7zr_io_classes():
                 raise _Stop("probe done")
             return len(s)
 
-    class SpoolIO(Py7zIO):
+    class SpoolIO(SinkIO):
         """Writes one member into the spool; stops the extraction at the member's cap."""
 
         def __init__(self, writer, ctx):
@@ -449,15 +449,6 @@ def _py7zr_io_classes():
             if self.writer.full:
                 raise _Stop("member cut")
             return len(s)
-
-        def read(self, size=None):
-            return b""
-
-        def seek(self, offset, whence=0):
-            return 0
-
-        def flush(self):
-            return None
 
         def size(self):
             return self.writer.size
