@@ -66,6 +66,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from mailvm.lab.common import lab_config
+
 from bench.common import (
     RESULTS,
     CpuMeter,
@@ -267,36 +269,9 @@ def mailvm_config(root: Path, milter_port: int, *, backend: str, slots: int, wor
                   image_dir: str | None, page_bytes: int, job_timeout_s: float, idle_s: float,
                   max_wait_s: float) -> str:
     image = f'image_dir = "{image_dir}"\n' if image_dir else ""
-    return f"""
-[spool]
-dir = "{root}/spool"
-[scantable]
-path = "{root}/scantable"
-[pool]
-backend = "{backend}"
-slots = {slots}
-work_dir = "{pool_work}"
-{image}page_bytes = {page_bytes}
-job_timeout_s = {job_timeout_s}
-idle_s = {idle_s}
-[links]
-enabled = false
-[milter]
-socket = "inet:{milter_port}@127.0.0.1"
-policy_dir = "{root}/policy.d"
-workers = {workers}
-[quarantine]
-dir = "{root}/quarantine"
-release_key = "{root}/release.key"
-[policy]
-max_wait_s = {max_wait_s}
-[policy.actions]
-clean = "tag"
-suspicious = "tag"
-malicious = "reject"
-timeout = "tempfail"
-error = "tempfail"
-"""
+    return lab_config(root, milter_port, backend=backend, slots=slots, workers=workers, pool_work=pool_work,
+                      pool_extra=f"{image}page_bytes = {page_bytes}", job_timeout_s=job_timeout_s,
+                      idle_s=idle_s, max_wait_s=max_wait_s)
 
 
 @dataclass

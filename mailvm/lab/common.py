@@ -60,9 +60,14 @@ def lab_config(
     idle_s: float = 3.0,
     max_wait_s: float = 60.0,
     malicious: str = "reject",
+    pool_work: Path | None = None,
+    pool_extra: str = "",
     extra: str = "",
 ) -> str:
-    """A complete mailvm.toml whose every path lives under ``root`` (links off: no real-world fetching)."""
+    """A complete mailvm.toml whose every path lives under ``root`` (links off: no real-world fetching).
+
+    ``pool_extra`` adds lines to the ``[pool]`` table, ``extra`` whole tables.
+    """
     return f"""# written by mailvm.lab.common.lab_config
 [spool]
 dir = "{root}/spool"
@@ -71,9 +76,10 @@ path = "{root}/scantable"
 [pool]
 backend = "{backend}"
 slots = {slots}
-work_dir = "{root}/pool"
+work_dir = "{pool_work or f"{root}/pool"}"
 job_timeout_s = {job_timeout_s}
 idle_s = {idle_s}
+{pool_extra}
 [links]
 enabled = false
 [milter]
