@@ -79,3 +79,18 @@ def pss_kib(pid: int) -> int | None:
     except (OSError, ValueError):
         return None
     return None
+
+
+def find_processes(*needles: bytes) -> list[int]:
+    """Live (non-zombie) processes whose command line contains every one of ``needles``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if all(n in cmd for n in needles) and not is_gone(int(name)):
+            found.append(int(name))
+    return found

@@ -27,6 +27,7 @@ from mailvm.vmpool.backends import libvirt_util as lv
 from mailvm.vmpool.backends.qemu import QemuBackend, VMPaths, VMSpec, guest_args
 from mailvm.vmpool.image.layout import Image
 from mailvm.vmpool.shmpage import PageError
+from mailvm.procfs import find_processes
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 
@@ -43,16 +44,7 @@ def soon(s: float = 20.0) -> float:
 
 def qemus_named(marker: str) -> list[int]:
     """Live qemu-system processes whose command line mentions ``marker``."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
-        except (OSError, IndexError):
-            continue
-        if b"qemu-system" in cmd and marker.encode() in cmd and state != "Z":
-            found.append(int(pid))
-    return found
+    return find_processes(b"qemu-system", marker.encode())
 
 
 # -- without libvirtd ---------------------------------------------------------------------------

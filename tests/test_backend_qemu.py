@@ -30,6 +30,7 @@ from mailvm.vmpool.backends import BACKENDS
 from mailvm.vmpool.backends.qemu import QemuBackend, VMPaths, VMSpec, qemu_argv
 from mailvm.vmpool.image.layout import Image, load_image
 from mailvm.vmpool.shmpage import PageError
+from mailvm.procfs import find_processes
 
 pytestmark = pytest.mark.qemu
 
@@ -44,16 +45,7 @@ def soon(s: float = 20.0) -> float:
 
 def our_qemus(marker: str) -> list[int]:
     """Live qemu-system processes whose command line mentions ``marker``."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
-        except (OSError, IndexError):
-            continue
-        if b"qemu-system" in cmd and marker.encode() in cmd and state != "Z":
-            found.append(int(pid))
-    return found
+    return find_processes(b"qemu-system", marker.encode())
 
 
 @pytest.fixture(scope="session")
