@@ -10,7 +10,9 @@ backend)::
 (the CLI passes ``mailvm.guest.detonate.detonate``); tests pass their own.
 Loop: publish READY (with a random boot id), then sleep on the doorbell,
 waking at least every ``heartbeat_s`` to bump the heartbeat.  On REQUEST:
-bounds-check the request, acknowledge (``ack_seq``, RUNNING), write the file
+acknowledge at once (``ack_seq``, RUNNING: the hand-over is two field reads
+and two stores after the wake-up, see ``GuestPage.take``), bounds-check the
+request (FAILED if it is bad), write the file
 into a fresh directory, run it while a thread keeps the heartbeat going, and
 write the result JSON (shrunk to fit: log entries go first, then events,
 finding details, low-severity findings) and DONE; FAILED with an error result
@@ -204,16 +206,20 @@ def _result_cap(options: dict, room: int) -> int:
     return room
 
 
-def run_job(page: GuestPage, h: P.Header, runner: Runner, workdir: str, hb: Heartbeat,
+def run_job(page: GuestPage, seq: int, runner: Runner, workdir: str, hb: Heartbeat,
             should_stop: Callable[[], bool]) -> int:
-    """Take the job in header ``h`` through to DONE/FAILED; returns the final state.  Never raises."""
-    seq = h.seq
+    """Take job ``seq``, already acknowledged (RUNNING, see ``GuestPage.take``), to DONE/FAILED.
+
+    Returns the final state.  Never raises.
+    """
+    h = page.header()
     res_off, room = _result_area(h, page.size)
     problem = _request_problem(h, page.size)
+    if h.seq != seq:
+        problem = f"the host changed the job ({seq} -> {h.seq}) after it was acknowledged"
     if problem:
         log.warning("job %d refused: %s", seq, problem)
         return _finish(page, seq, res_off, room, error_result("agent_bad_request", problem), P.FAILED)
-    page.acknowledge(seq)  # the hand-over ends here: the host sees RUNNING
     t0 = time.monotonic()
     thread, stop_beat = hb.start()
     jobdir = None
@@ -289,17 +295,18 @@ def serve(page: GuestPage, doorbell: Doorbell, runner: Runner, workdir: str, *, 
     jobs = 0
     next_beat = time.monotonic() + heartbeat_s
     while not stop.is_set():
+        seq = page.take(last_seq)  # first thing after every wake-up: the hand-over ends here
+        if seq is not None:
+            last_seq = seq
+            run_job(page, seq, runner, workdir, hb, should_stop)
+            jobs += 1
+            if once:
+                break
+            continue
         h = page.header()
         if h.magic != P.MAGIC or h.state == P.EMPTY:
             log.info("page header gone (fresh page); publishing READY again")
             last_seq = publish()
-            continue
-        if h.state == P.REQUEST and h.seq != last_seq:
-            last_seq = h.seq
-            run_job(page, h, runner, workdir, hb, should_stop)
-            jobs += 1
-            if once:
-                break
             continue
         if doorbell.hung_up():
             log.info("doorbell hung up: the host is gone; exiting")

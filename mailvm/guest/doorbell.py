@@ -86,6 +86,8 @@ class FdDoorbell(Doorbell):
                 self._on_eof()
                 return got
             got = True
+            if len(chunk) < 4096:
+                return got  # queue emptied: no second read (its EAGAIN costs an exception)
 
     def _on_eof(self) -> None:
         if self._eof_is_hangup:
@@ -106,6 +108,8 @@ class FdDoorbell(Doorbell):
             return False
         if not events:
             return False
+        if pending():  # the usual wake-up: a job is there; the ring byte is drained at the next wait
+            return True
         flags = 0
         for _fd, ev in events:
             flags |= ev

@@ -98,6 +98,22 @@ class GuestPage:
     def beat(self, counter: int) -> None:
         self._u64(P.OFF_HEARTBEAT, counter & 0xFFFFFFFFFFFFFFFF)
 
+    def take(self, last_seq: int) -> int | None:
+        """The hand-over's fast path: acknowledge a new job at once; its seq, or None.
+
+        A new job is state REQUEST with a seq other than ``last_seq``.  Two
+        field reads and two stores, nothing else: under TCG every guest
+        instruction between the doorbell and this acknowledgement is emulated,
+        so the request is validated after it (a bad one ends FAILED).
+        """
+        if P.U32.unpack_from(self._mm, P.OFF_STATE)[0] != P.REQUEST:
+            return None
+        seq = P.U64.unpack_from(self._mm, P.OFF_SEQ)[0]
+        if seq == last_seq:
+            return None
+        self.acknowledge(seq)
+        return seq
+
     def acknowledge(self, seq: int) -> None:
         """Take job ``seq``: ack_seq first, RUNNING last."""
         self._u64(P.OFF_ACK_SEQ, seq)
