@@ -390,6 +390,25 @@ def test_guest_stores_never_expose_a_transient_zero(host):
     assert reads > 1000 and bad == 0
 
 
+def test_take_acknowledges_only_a_new_request(host):
+    g = GuestPage.open(host.path, SIZE)
+    try:
+        assert g.take(0) is None  # EMPTY
+        g.publish_ready(7, os.getpid(), 0)
+        host.wait_ready(soon(1))
+        assert g.take(0) is None  # READY: nothing to take
+        seq = host.submit(b"x", "x", {})
+        assert g.take(seq) is None  # the job already seen is not taken twice
+        assert host.state() == P.REQUEST
+        assert g.take(seq - 1) == seq
+        h = g.header()
+        assert (h.state, h.ack_seq) == (P.RUNNING, seq)
+        assert host.state() == P.RUNNING
+        assert g.take(seq - 1) is None  # RUNNING now
+    finally:
+        g.close()
+
+
 # -- the agent CLI as a real process ------------------------------------------
 def test_agent_cli_ready_heartbeat_and_exit_on_hangup(host, tmp_path):
     r, w = os.pipe()
