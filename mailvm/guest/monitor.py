@@ -107,6 +107,19 @@ def split_args(text: str, start: int = 0) -> tuple[list[str], int]:
     unfinished line).  Quoted strings, ``[]{}()`` nesting, ``/* */`` comments
     and ``-y`` fd annotations (``3</path>``) are skipped as units.
     """
+    return _split_top(text, start, ")")
+
+
+def split_list(text: str) -> list[str]:
+    """Elements of a strace array ``[a, b, ...]`` (the brackets included)."""
+    s = text.strip()
+    if not s.startswith("["):
+        return []
+    return _split_top(s, 1, "]")[0]
+
+
+def _split_top(text: str, start: int, close: str) -> tuple[list[str], int]:
+    """``split_args`` for any closing bracket ``close`` (``)`` for a call, ``]`` for an array)."""
     args: list[str] = []
     depth = 0
     i = start
@@ -130,10 +143,8 @@ def split_args(text: str, start: int = 0) -> tuple[list[str], int]:
             continue
         if c in "[{(":
             depth += 1
-        elif c in "]}":
-            depth -= 1
-        elif c == ")":
-            if depth == 0:
+        elif c in ")]}":
+            if depth == 0 and c == close:
                 piece = text[tok_start:i].strip()
                 if piece or args:
                     args.append(piece)
@@ -147,55 +158,6 @@ def split_args(text: str, start: int = 0) -> tuple[list[str], int]:
     if piece:
         args.append(piece)
     return args, n
-
-
-def split_list(text: str) -> list[str]:
-    """Elements of a strace array ``[a, b, ...]`` (the brackets included)."""
-    s = text.strip()
-    if not s.startswith("["):
-        return []
-    return _split_bracketed(s[1:])[0]
-
-
-def _split_bracketed(inner: str) -> tuple[list[str], int]:
-    # reuse split_args by treating the closing ']' of the outer list as the end
-    out: list[str] = []
-    depth = 0
-    i, n = 0, len(inner)
-    tok = 0
-    while i < n:
-        c = inner[i]
-        if c == '"':
-            i += 1
-            while i < n and inner[i] != '"':
-                i += 2 if inner[i] == "\\" else 1
-            i += 1
-            continue
-        if c == "/" and inner.startswith("/*", i):
-            j = inner.find("*/", i + 2)
-            i = n if j < 0 else j + 2
-            continue
-        if c in "[{(":
-            depth += 1
-        elif c in "}":
-            depth -= 1
-        elif c == ")":
-            depth -= 1
-        elif c == "]":
-            if depth == 0:
-                piece = inner[tok:i].strip()
-                if piece:
-                    out.append(piece)
-                return out, i + 1
-            depth -= 1
-        elif c == "," and depth == 0:
-            out.append(inner[tok:i].strip())
-            tok = i + 1
-        i += 1
-    piece = inner[tok:].strip()
-    if piece:
-        out.append(piece)
-    return out, n
 
 
 def fd_path(arg: str) -> str | None:
