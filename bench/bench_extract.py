@@ -27,6 +27,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from bench.common import pyplot, save_figure
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
@@ -131,18 +133,14 @@ def main() -> None:
 
 
 def plot(results: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(results["messages"])
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.boxplot([results["messages"][n]["samples_total_ms"] for n in names], tick_labels=names)
     ax.set_ylabel("extraction + triage per message (ms)")
     ax.set_title(f"mailvm extraction + triage ({results['machine']['cores']} cores)")
-    fig.tight_layout()
-    fig.savefig(RESULTS / "extract.png", dpi=100)
+    save_figure(fig, RESULTS / "extract.png")
 
 
 def machine() -> dict:

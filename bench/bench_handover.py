@@ -34,6 +34,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from bench.common import pyplot, save_figure
+
 from mailvm.config import PoolConfig
 from mailvm.guest import protocol as P
 from mailvm.procfs import cpu_seconds, process_tree
@@ -120,10 +122,7 @@ def run_doorbell(doorbell: str, runs: int, work: Path, page_bytes: int, timeout_
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     with_verdicts = any(r["samples"]["verdict_s"] for r in results.values())
     fig, axes = plt.subplots(1, 2 if with_verdicts else 1, figsize=(11 if with_verdicts else 6, 4), squeeze=False)
@@ -146,8 +145,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xlabel("benign script: job written -> DONE (s)")
         ax.set_title("verdict time")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,6 +75,8 @@ from bench.common import (
     lab_dir,
     machine,
     median,
+    pyplot,
+    save_figure,
     summary,
     tree_cpu_seconds,
     wait_port,
@@ -634,10 +636,7 @@ def bench(messages: int = 300, repeats: int = 3, sessions: int = 20, mixes: tupl
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = []
     if "canonical" in result:
@@ -663,11 +662,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     a2.set_yticks(list(x), [n.replace("\n", " ") for n, _ in rows], fontsize=8)
     a2.invert_yaxis()
     a2.set_xlabel("mailvm CPU per message (ms)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def print_table(result: dict[str, Any]) -> None:

@@ -49,6 +49,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from bench.common import plot_memory_per_clone, pyplot, save_figure
+
 from mailvm.config import PoolConfig
 from mailvm.guest import protocol as P
 from mailvm.procfs import cpu_seconds
@@ -367,10 +369,7 @@ def bench_classic_and_cold(b: QemuBackend, reps: int, bar: tqdm, boots: int = 3,
 
 
 def plot(res: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     names, med, p95 = [], [], []
@@ -390,15 +389,8 @@ def plot(res: dict[str, Any], path: Path) -> None:
     a1.set_ylabel("ms (log)")
     a1.set_title(f"qemu backend under {res['accel'].upper()}")
     a1.legend()
-    ns = sorted(res["memory"], key=int)
-    a2.plot([int(n) for n in ns], [res["memory"][n]["pss_mib_per_clone"] for n in ns], "o-", label="PSS")
-    a2.plot([int(n) for n in ns], [res["memory"][n]["private_mib_per_clone"] for n in ns], "s-", label="private")
-    a2.set_xlabel("clones")
-    a2.set_ylabel("MiB per clone")
-    a2.set_title("memory per clone")
-    a2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    plot_memory_per_clone(a2, res["memory"])
+    save_figure(fig, path, dpi=110)
 
 
 SECTIONS = ("doorbells", "variants", "libvirt", "warmup", "memory", "classic")

@@ -231,3 +231,37 @@ def write_json(path: Path, obj: Any) -> Path:
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display; imported only when a bench plots)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
+    """Lay out, write and close ``fig`` (the results directory is made on the way)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_memory_per_clone(ax: Any, memory: dict[str, dict[str, float]], target_mib: float | None = None) -> None:
+    """PSS and private MiB per clone against the number of clones running (bench_qemu, flash_vs_classic)."""
+    ns = sorted(memory, key=int)
+    ax.plot([int(n) for n in ns], [memory[n]["pss_mib_per_clone"] for n in ns], "o-", label="PSS")
+    ax.plot([int(n) for n in ns], [memory[n]["private_mib_per_clone"] for n in ns], "s-", label="private")
+    if target_mib is not None:
+        ax.axhline(target_mib, color="gray", ls="--", lw=0.8, label=f"target {target_mib:g} MiB private")
+    ax.set_xlabel("clones running")
+    ax.set_ylabel("MiB per clone")
+    ax.set_title("memory per flash clone", fontsize=9)
+    ax.legend(fontsize=8)

@@ -58,7 +58,7 @@ from typing import Any
 from tqdm import tqdm
 
 from bench.bench_postfix import RECIPIENT, _words, benign_script, email_bytes
-from bench.common import QEMU_WORK, RESULTS, machine, summary, write_json
+from bench.common import QEMU_WORK, RESULTS, machine, pyplot, save_figure, summary, write_json
 
 log = logging.getLogger(__name__)
 
@@ -464,10 +464,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     """Left: host-side steps per message, cache hit vs unseen (stacked, ms).  Right: the pool's own
     overhead per detonated file (queueing, hand-over, verdict return) per backend, with the guest's
     execution time written above (it is two to four orders of magnitude larger)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     colors = dict(zip([k for k, _ in COMPONENTS], plt.get_cmap("tab10").colors))
     titles = dict(COMPONENTS)
@@ -502,11 +499,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
                     fontsize=8)
     a2.set_ylabel("ms per detonated file (median)")
     a2.set_title("pool overhead per detonated file, by backend", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def print_table(result: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from bench.common import QEMU_WORK, RESULTS, find_image_dir, machine, write_json
+from bench.common import QEMU_WORK, RESULTS, find_image_dir, machine, plot_memory_per_clone, pyplot, save_figure, write_json
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,7 @@ def bench(image_dir: str | None, reps: int = 8, boots: int = 3, idle_s: float = 
 def plot(result: dict[str, Any], path: Path) -> Path | None:
     if "flash" not in result:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     f, c = result["flash"], result["classic"]
     rows = [
@@ -112,19 +109,8 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
     r = result["ratios"]
     a1.set_title(f"qemu under {result['accel'].upper()}: restore/hand-over {r['restore_vs_handover']}x, "
                  f"end to end {r['e2e_classic_vs_flash']}x", fontsize=9)
-    ns = sorted(result["memory"], key=int)
-    a2.plot([int(n) for n in ns], [result["memory"][n]["pss_mib_per_clone"] for n in ns], "o-", label="PSS")
-    a2.plot([int(n) for n in ns], [result["memory"][n]["private_mib_per_clone"] for n in ns], "s-", label="private")
-    a2.axhline(32, color="gray", ls="--", lw=0.8, label="target 32 MiB private")
-    a2.set_xlabel("clones running")
-    a2.set_ylabel("MiB per clone")
-    a2.set_title("memory per flash clone", fontsize=9)
-    a2.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    plot_memory_per_clone(a2, result["memory"], target_mib=32)
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,17 @@ from typing import Any
 from tqdm import tqdm
 
 from bench.bench_postfix import MIXES, Corpus, LabSettings, MailLab, benign_script, run_once, warm_cache
-from bench.common import QEMU_WORK, RESULTS, CpuMeter, lab_dir, machine, tree_cpu_seconds, write_json
+from bench.common import (
+    QEMU_WORK,
+    RESULTS,
+    CpuMeter,
+    lab_dir,
+    machine,
+    pyplot,
+    save_figure,
+    tree_cpu_seconds,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +187,7 @@ def bench(slot_counts: tuple[int, ...] = (1, 2, 4, 8), backends: tuple[str, ...]
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
     marks = {"process": "o-", "qemu": "s-"}
@@ -217,11 +224,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     a2.set_ylabel("emails per second (log)")
     a2.set_title("emails/s through Postfix, 10 % unseen benign files", fontsize=9)
     a2.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
