@@ -7,6 +7,7 @@ and the benchmarks read about processes.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Iterable
 
@@ -94,3 +95,49 @@ def find_processes(*needles: bytes) -> list[int]:
         if all(n in cmd for n in needles) and not is_gone(int(name)):
             found.append(int(name))
     return found
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot, /proc/<pid>/stat field 22), None when gone.
+
+    A pid together with its start time names one process for good: a pid reused
+    by a later process has a different start time.
+    """
+    fields = stat_fields(pid)
+    try:
+        return int(fields[19]) if fields and len(fields) > 19 else None
+    except ValueError:
+        return None
+
+
+def cwd_of(pid: int) -> str | None:
+    """The current directory of ``pid`` (root may read any process's), None when unreadable."""
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
+def kill_if(pid: int, needle: bytes, sig: int = 9) -> bool:
+    """Send ``sig`` to ``pid`` only if its command line still contains ``needle``; True when sent.
+
+    The check and the signal go through one pidfd, so a pid reused in between is never hit.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        if needle not in cmd:
+            return False
+        try:
+            signal.pidfd_send_signal(fd, sig)
+        except OSError:
+            return False
+        return True
+    finally:
+        os.close(fd)

@@ -56,6 +56,7 @@ import hashlib
 import json
 import logging
 import os
+import pwd
 import re
 import secrets
 import select
@@ -70,11 +71,13 @@ from pathlib import Path
 from typing import Any
 
 from mailvm.config import PoolConfig
+from mailvm.vmpool import reaper
 from mailvm.vmpool.backends import libvirt_util as lv
 from mailvm.procfs import cpu_seconds, pss_kib
 from mailvm.vmpool.backends.base import Backend, BackendError, BackendInfo, BackendUnavailable, Slot
 from mailvm.vmpool.backends.qmp import QMP, QMPError, send_fd
-from mailvm.vmpool.image.layout import DEFAULT_CACHE_DIR, Image, ImageMissing, load_image
+from mailvm.vmpool.image.layout import CURRENT, DEFAULT_CACHE_DIR, Image, ImageMissing, load_image
+from mailvm.guest.protocol import READY
 from mailvm.vmpool.shmpage import HostPage, PageError
 
 log = logging.getLogger(__name__)
@@ -109,6 +112,15 @@ PORT_NAME = "mailvm.bell"
 ISOLATION = {"kvm": "hardware VM (KVM)", "tcg": "VM (TCG emulation; no hardware virtualisation)"}
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 GUEST_CMDLINE = "console=ttyS0 panic=-1 mitigations=off nowatchdog quiet loglevel=4"
+#: the unprivileged user QEMU switches to (``-runas``) once its files are open (``pool.qemu_user``)
+DEFAULT_QEMU_USER = "mailvm-qemu"
+_USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+#: how often a running backend looks at ``<image_dir>/current`` (one readlink); 0 = never
+IMAGE_POLL_S = 5.0
+#: after a failed template build for a new image, wait this long before trying that image again
+IMAGE_RETRY_S = 600.0
+#: after a switch to a new template, idle clones of the old one are destroyed after this grace
+RETIRE_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,7 @@ class VMSpec:
     launcher: str = "raw"  # raw | libvirt: a libvirt domain carries an extra (unused) RAM block
     tb_mib: int = TB_SIZE_MIB  # TCG translation cache: host-side only, not part of the template key
     warmup: str = "none"  # none | files | run: what the guest warms up before the template is saved
+    runas: str | None = None  # QEMU's -runas user (host-only, not part of the key); None: stays as started
 
     def guest_doorbell(self) -> str:
         if self.doorbell == "vport":
@@ -159,6 +172,11 @@ class VMPaths:
 
 
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+#: with ``-runas``: QEMU installs its filter while parsing its options, before it drops root, so
+#: ``elevateprivileges=deny`` (or ``children``) kills it at its own setgid/setuid (measured: "Bad
+#: system call").  After that drop (real, effective and saved uid, no capabilities, setuid(0)
+#: checked to fail) there is nothing to elevate to, and ``spawn=deny`` forbids exec (no set-uid binaries).
+SANDBOX_RUNAS = "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
 
 
 def guest_args(spec: VMSpec, paths: VMPaths, incoming: bool, sandbox: bool = True) -> list[str]:
@@ -186,8 +204,10 @@ def guest_args(spec: VMSpec, paths: VMPaths, incoming: bool, sandbox: bool = Tru
     elif spec.doorbell == "serial":
         argv += ["-chardev", f"socket,id=bell,path={paths.bell},server=on,wait=off", "-serial", "chardev:bell"]
     argv += list(paths.extra_args)
+    if spec.runas:
+        argv += ["-runas", spec.runas]
     if sandbox:
-        argv += ["-sandbox", SANDBOX]
+        argv += ["-sandbox", SANDBOX_RUNAS if spec.runas else SANDBOX]
     if incoming:
         argv += ["-incoming", "defer"]
     return argv
@@ -246,6 +266,27 @@ def kvm_openable() -> str | None:
         return f"/dev/kvm: {exc.strerror}"
     os.close(fd)
     return None
+
+
+def resolve_qemu_user(name: str) -> tuple[str | None, str]:
+    """``(user for -runas, warning)`` for ``pool.qemu_user`` = ``name``.
+
+    None means QEMU keeps the uid it is started with: root when the pool runs as
+    root and the user does not exist or ``name`` is ``root``/empty (the warning
+    says so); the pool's own uid when the pool is not root (no -runas possible).
+    """
+    if name in ("", "root"):
+        return None, "QEMU runs as root (pool.qemu_user = root): a guest escape would own the host"
+    if os.geteuid() != 0:
+        return None, ""  # started by an unprivileged pool: QEMU has its uid already
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        return None, (f"QEMU runs as ROOT: user {name!r} does not exist (create it: useradd --system "
+                      f"--no-create-home --shell /usr/sbin/nologin {name})")
+    if pw.pw_uid == 0:
+        return None, f"QEMU runs as root: user {name!r} has uid 0"
+    return name, ""
 
 
 
@@ -505,11 +546,12 @@ class LibvirtVM(VM):
 class QemuSlot(Slot):
     """A flash clone: its QEMU, its page file and its slot directory."""
 
-    def __init__(self, slot_id: str, vm: VM, page: HostPage, slot_dir: str) -> None:
+    def __init__(self, slot_id: str, vm: VM, page: HostPage, slot_dir: str, gen: "_Generation | None" = None) -> None:
         self.id = slot_id
         self.vm = vm
         self.page = page
         self.slot_dir = slot_dir
+        self.gen = gen  # the template it was cloned from
         self.created_at = time.time()
         self.ready_s = 0.0
         self.timings: dict[str, float] = {}
@@ -522,11 +564,28 @@ class QemuSlot(Slot):
             self.vm.ring()
 
     def alive(self) -> bool:
-        return not self._destroyed and self.vm.alive()
+        """False once QEMU is gone, and also for a clone of a retired template that was never given
+        a job (the pool then treats it as a dead ready slot: not an attempt, the job takes another)."""
+        if self._destroyed or not self.vm.alive():
+            return False
+        return not (self.outdated and self.unused())
+
+    @property
+    def outdated(self) -> bool:
+        """Cloned from a template the backend no longer uses (the image changed)."""
+        return self.gen is not None and self.gen.retired
+
+    def unused(self) -> bool:
+        """The page is still READY: no job was ever written on it (single-use slots)."""
+        try:
+            return self.page.state() == READY
+        except PageError:
+            return False  # the pool's own page checks report a broken page
 
     def stats(self) -> dict[str, Any]:
         pid = self.vm.pid
         return {"pid": pid, "pss_kib": pss_kib(pid), "cpu_s": cpu_seconds([pid]), "page": self.page.path,
+                "template": self.gen.template.key[:12] if self.gen else None,
                 "accel": self.vm.spec.accel, "doorbell": self.vm.spec.doorbell, "launcher": self.vm.spec.launcher,
                 "timings_ms": {k: round(v * 1000, 2) for k, v in self.timings.items()}}
 
@@ -538,6 +597,8 @@ class QemuSlot(Slot):
             if self._destroyed:
                 return
             self._destroyed = True
+        if self.gen is not None:
+            self.gen.slots.discard(self)
         try:
             self.vm.kill()
             self.page.close()
@@ -562,6 +623,28 @@ class Template:
         return os.path.join(self.dir, "kernel.stub")
 
 
+@dataclass(eq=False)
+class _Generation:
+    """One template this backend clones from, and what still depends on it.
+
+    The backend has one current generation; when the image changes, a new one
+    is made in the background and becomes current, and the old one is
+    *retired*: its spares are discarded, its clones that never got a job are
+    destroyed (:data:`RETIRE_GRACE_S` later), its busy clones finish their
+    job.  Its template lock (shared flock) is released once no slot creation
+    uses it any more; the template files are then removed unless another pool
+    holds them (running clones keep their RAM mapping of an unlinked file).
+    """
+
+    template: Template
+    spec: VMSpec
+    image: Image
+    lock_fd: int  # shared flock on the template's lock file; -1 once released
+    users: int = 0  # slot creations and spare spawns in flight
+    retired: bool = False
+    slots: set = field(default_factory=set)  # live QemuSlots cloned from it
+
+
 @dataclass
 class _Spawned:
     """A clone's QEMU started with ``-incoming defer`` and connected, not yet restored."""
@@ -572,6 +655,7 @@ class _Spawned:
     vm: VM
     spawn_s: float
     spawned_at: float
+    gen: _Generation | None = None
 
     def discard(self) -> None:
         self.vm.kill()
@@ -596,7 +680,8 @@ class QemuBackend(Backend):
                  doorbell: str | None = None, shm_dir: str = "/dev/shm", qemu: str = QEMU_BIN,
                  accel: str | None = None, launcher: str | None = None, libvirt_uri: str | None = None,
                  control_via: str = "qmp", tb_mib: int | None = None, spares: int | None = None,
-                 stub_kernel: bool = True, warmup: str | None = None) -> None:
+                 stub_kernel: bool = True, warmup: str | None = None, qemu_user: str | None = None,
+                 image_poll_s: float | None = None, watchdog: bool = True) -> None:
         super().__init__(cfg)
         self.image_dir = image_dir or getattr(cfg, "image_dir", None) or DEFAULT_CACHE_DIR
         self.mem_mib = int(mem_mib or getattr(cfg, "guest_mem_mib", 0) or DEFAULT_MEM_MIB)
@@ -612,6 +697,12 @@ class QemuBackend(Backend):
         self.warmup = warmup or getattr(cfg, "qemu_warmup", None) or DEFAULT_WARMUP
         self.shm_dir = shm_dir
         self.qemu = qemu
+        cfg_user = getattr(cfg, "qemu_user", None)
+        self.qemu_user = qemu_user if qemu_user is not None else cfg_user if cfg_user is not None else DEFAULT_QEMU_USER
+        cfg_poll = getattr(cfg, "qemu_image_poll_s", None)
+        self.image_poll_s = float(image_poll_s if image_poll_s is not None else cfg_poll if cfg_poll is not None
+                                  else IMAGE_POLL_S)
+        self.watchdog = watchdog
         kind = self.doorbell.split(":", 1)[0]
         if kind not in DOORBELLS or (kind == "poll") != (":" in self.doorbell):
             raise ValueError(f"doorbell must be vport, serial or poll:MIN[:MAX], not {self.doorbell!r}")
@@ -629,6 +720,10 @@ class QemuBackend(Backend):
             raise ValueError(f"TCG translation cache {self.tb_mib} MiB is not in [1, 1024]")
         if not 0 <= self.spares <= MAX_SPARES:
             raise ValueError(f"spares {self.spares} is not in [0, {MAX_SPARES}]")
+        if self.qemu_user and not _USER_NAME.match(self.qemu_user):
+            raise ValueError(f"qemu_user must be a user name ([a-z_][a-z0-9_-]*, at most 32), not {self.qemu_user!r}")
+        if not (self.image_poll_s == 0 or 0.1 <= self.image_poll_s <= 3600):
+            raise ValueError(f"image poll interval {self.image_poll_s} s is not 0 (off) or in [0.1, 3600]")
         self.page_bytes = (cfg.page_bytes + PAGE_ALIGN - 1) // PAGE_ALIGN * PAGE_ALIGN
         self.template: Template | None = None
         self.spec: VMSpec | None = None
@@ -639,7 +734,18 @@ class QemuBackend(Backend):
         self.instance = secrets.token_hex(4)
         self._lock = threading.Lock()
         self._reference: VM | None = None
-        self._template_lock = -1  # fd holding a shared flock on the template in use
+        self._gen: _Generation | None = None  # the template new clones come from
+        self._old: list[_Generation] = []  # retired generations whose template lock is still held
+        self.run_as: str | None = None  # -runas user (resolved in prepare)
+        self.user_warning = ""
+        self.image_pending: str | None = None  # version of a new image whose template is being made
+        self.image_error = ""
+        self._image_failed: dict[str, float] = {}  # image key -> monotonic time before which it is not retried
+        self._rebuild_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._watchdog: reaper.Watchdog | None = None
+        self._owner_written = False
         self._conn: Any = None  # libvirt connection (libvirt launcher)
         self._conn_lock = threading.Lock()
         self._spares: list[_Spawned] = []
@@ -698,6 +804,11 @@ class QemuBackend(Backend):
                 "guest_mem_mib": self.mem_mib,
                 "page_bytes": self.page_bytes,
                 "qemu": self.qemu_version,
+                "qemu_user": (self.run_as or ("root" if os.geteuid() == 0 else str(os.geteuid())))
+                if self.spec else None,
+                "image_pending": self.image_pending,
+                "image_error": self.image_error or None,
+                "warnings": [w for w in (self.user_warning,) if w],
             },
         )
 
@@ -739,63 +850,210 @@ class QemuBackend(Backend):
 
     def prepare(self) -> None:
         with self._lock:
-            if self.template is not None:
+            if self._gen is not None:
                 return
+            if self._closed:
+                raise BackendError("qemu backend is closed")
             reason = self.probe(self.cfg) if shutil.which(self.qemu) is None else None
             if reason:
                 raise BackendUnavailable(reason)
             try:
-                self.image = load_image(self.image_dir)
+                image = load_image(self.image_dir)
             except ImageMissing as exc:
                 raise BackendUnavailable(str(exc)) from None
             if self.launcher == "libvirt":
                 self._connection()  # BackendUnavailable now rather than at the first clone
             self.qemu_version = qemu_version(self.qemu)
             os.makedirs(self.cfg.work_dir, mode=0o700, exist_ok=True)
-            candidates = self._accel_candidates()
-            memo = self._read_accel_memo()
-            if self.accel_wanted == "auto" and memo in candidates:
-                candidates = [memo]  # an earlier probe with this image and QEMU decided already
-            errors = []
-            for accel in candidates:
-                spec = VMSpec(self.image, accel, self.mem_mib, self.page_bytes, self.doorbell, self.launcher,
-                              self.tb_mib, self.warmup)
-                try:
-                    self.template = self._load_or_make_template(spec)
-                    self.spec = spec
-                    break
-                except BackendError as exc:
-                    errors.append(f"{accel}: {exc}")
-                    log.warning("qemu backend: reference VM under %s failed: %s", accel.upper(), exc)
-            if self.template is None or self.spec is None:
-                raise BackendError("qemu backend: no reference VM could boot: " + " | ".join(errors))
-            if self.accel_wanted == "auto":
-                self._write_accel_memo(self.spec.accel)
+            self.run_as, self.user_warning = resolve_qemu_user(self.qemu_user)
+            if self.user_warning:
+                log.warning("qemu backend: %s", self.user_warning)
+            if self.launcher == "raw":
+                self._guard_orphans()
+            gen = self._make_generation(image)
+            self._gen, self.template, self.spec, self.image = gen, gen.template, gen.spec, image
             if self.spec.accel == "tcg":
-                if errors:
-                    self.accel_reason = errors[0]
                 log.warning(
                     "qemu backend: guests run under TCG EMULATION (no usable KVM: %s); isolation is still a VM, "
                     "but expect samples to run 10-50x slower than on a KVM host",
                     self.accel_reason or f"accel = {self.accel_wanted}")
             else:
                 log.info("qemu backend: KVM accelerator in use")
-            log.info("qemu backend: launcher %s, doorbell %s", self.launcher, self.doorbell)
+            log.info("qemu backend: launcher %s, doorbell %s, QEMU as %s", self.launcher, self.doorbell,
+                     self.run_as or "the pool's user")
+            if self.image_poll_s > 0:
+                self._watcher = threading.Thread(target=self._watch_image, name="qemu-image-watch", daemon=True)
+                self._watcher.start()
 
-    def _read_accel_memo(self) -> str | None:
+    def _guard_orphans(self) -> None:
+        """Raw launcher: reap QEMUs of dead pools in this work dir, record this pool as the owner of
+        its instance and start the watchdog that kills our QEMUs if this process dies (:mod:`reaper`)."""
+        try:
+            reaper.sweep(self.cfg.work_dir, self.shm_dir)
+        except OSError as exc:
+            log.warning("qemu backend: sweeping QEMUs of dead pools failed: %s", exc)
+        reaper.write_owner(self.cfg.work_dir, self.instance)
+        self._owner_written = True
+        if self.watchdog:
+            try:
+                self._watchdog = reaper.start_watchdog(self.cfg.work_dir, self.shm_dir, self.instance)
+            except OSError as exc:
+                log.warning("qemu backend: no watchdog (%s): if this process is killed, its QEMUs run on "
+                            "until the next pool starts in %s", exc, self.cfg.work_dir)
+
+    def _make_generation(self, image: Image) -> _Generation:
+        """The template for ``image`` (reused or made; the accelerator chosen as configured), locked shared."""
+        candidates = self._accel_candidates()
+        memo = self._read_accel_memo(image)
+        if self.accel_wanted == "auto" and memo in candidates:
+            candidates = [memo]  # an earlier probe with this image and QEMU decided already
+        errors = []
+        for accel in candidates:
+            spec = VMSpec(image, accel, self.mem_mib, self.page_bytes, self.doorbell, self.launcher,
+                          self.tb_mib, self.warmup, self.run_as)
+            try:
+                t, fd = self._load_or_make_template(spec)
+            except BackendError as exc:
+                errors.append(f"{accel}: {exc}")
+                log.warning("qemu backend: reference VM under %s failed: %s", accel.upper(), exc)
+                continue
+            if self.accel_wanted == "auto":
+                self._write_accel_memo(image, accel)
+            if accel == "tcg" and errors:
+                self.accel_reason = errors[0]
+            return _Generation(t, spec, image, fd)
+        raise BackendError("qemu backend: no reference VM could boot: " + " | ".join(errors))
+
+    # -- a new image while running ---------------------------------------------------
+    def _watch_image(self) -> None:
+        while not self._stop.wait(self.image_poll_s):
+            try:
+                self.check_image()
+            except Exception:  # the watcher must survive anything; the old template keeps serving
+                log.exception("qemu backend: checking the image failed")
+
+    def check_image(self) -> bool:
+        """Switch to the image ``<image_dir>/current`` points at, if it changed; True when switched.
+
+        Cheap when nothing changed (one readlink).  Otherwise the new template is
+        made here (the caller's thread: the image watcher's), while clones of the
+        old one keep being made and served; then new clones come from the new
+        template and the old generation is retired (see :class:`_Generation`).
+        A failed build is logged and retried after :data:`IMAGE_RETRY_S`.
+        """
+        with self._rebuild_lock:
+            cur = self._gen
+            if cur is None or self._closed:
+                return False
+            if os.path.realpath(os.path.join(self.image_dir, CURRENT)) == cur.image.dir:
+                return False
+            try:
+                image = load_image(self.image_dir)
+            except ImageMissing as exc:  # e.g. a build half-way: the old image keeps serving
+                log.debug("qemu backend: image check: %s", exc)
+                return False
+            if image.key == cur.image.key or self._image_failed.get(image.key, 0) > time.monotonic():
+                return False
+            log.info("qemu backend: image changed (%s -> %s): making its template while clones of %s keep serving",
+                     cur.image.version, image.version, cur.image.version)
+            self.image_pending = image.version
+            t0 = time.monotonic()
+            try:
+                gen = self._make_generation(image)
+            except BackendError as exc:
+                self._image_failed[image.key] = time.monotonic() + IMAGE_RETRY_S
+                self.image_error = f"image {image.version}: {exc}"[:500]
+                log.error("qemu backend: no template for the new image %s (%s); still serving image %s, "
+                          "retry in %.0f s", image.version, exc, cur.image.version, IMAGE_RETRY_S)
+                return False
+            finally:
+                self.image_pending = None
+            self.image_error = ""
+            if not self._switch(gen):
+                return False
+            log.info("qemu backend: now cloning image %s (template %s, ready after %.1f s)", image.version,
+                     gen.template.key[:12], time.monotonic() - t0)
+        self._stop.wait(RETIRE_GRACE_S)  # a runner that took an old slot just before the switch writes its job now
+        self._retire_idle(cur)
+        return True
+
+    def _switch(self, gen: _Generation) -> bool:
+        """Make ``gen`` current and retire the old generation; False (gen released) when closed."""
+        with self._lock:
+            old = self._gen
+            if self._closed or old is None:
+                closed = True
+            else:
+                closed = False
+                old.retired = True
+                self._old.append(old)
+                self._gen, self.template, self.spec, self.image = gen, gen.template, gen.spec, gen.image
+        if closed:
+            os.close(gen.lock_fd)
+            gen.lock_fd = -1
+            return False
+        with self._spare_lock:
+            stale = [sp for sp in self._spares if sp.gen is not gen]
+            self._spares = [sp for sp in self._spares if sp.gen is gen]
+        for sp in stale:
+            sp.discard()
+        self._release_retired()
+        if self.spares:
+            self._top_up_spares()
+        return True
+
+    def _retire_idle(self, gen: _Generation) -> int:
+        """Destroy the clones of retired ``gen`` that never got a job; returns how many."""
+        n = 0
+        for slot in list(gen.slots):
+            if slot.unused():
+                slot.destroy()
+                n += 1
+        if n:
+            log.info("qemu backend: destroyed %d idle clone(s) of the old template %s", n, gen.template.key[:12])
+        return n
+
+    def _use_gen(self) -> _Generation:
+        with self._lock:
+            gen = self._gen
+            assert gen is not None
+            gen.users += 1
+            return gen
+
+    def _unuse_gen(self, gen: _Generation) -> None:
+        with self._lock:
+            gen.users -= 1
+            last = gen.retired and gen.users == 0
+        if last:
+            self._release_retired()
+
+    def _release_retired(self) -> None:
+        """Release the template locks of retired generations nobody creates clones from any more,
+        then remove their templates unless another pool holds them."""
+        with self._lock:
+            done = [g for g in self._old if g.users == 0]
+            self._old = [g for g in self._old if g.users > 0]
+            keep = self._gen.template.key if self._gen else None
+        for g in done:
+            if g.lock_fd >= 0:
+                os.close(g.lock_fd)
+                g.lock_fd = -1
+        if done and keep and not self._closed:
+            self._remove_old_templates(keep=keep)
+
+    def _read_accel_memo(self, image: Image) -> str | None:
         try:
             memo = json.loads(self._accel_memo().read_text())
         except (OSError, ValueError):
             return None
-        if (isinstance(memo, dict) and self.image and memo.get("image") == self.image.key
+        if (isinstance(memo, dict) and memo.get("image") == image.key
                 and memo.get("qemu") == self.qemu_version):
             self.accel_reason = str(memo.get("reason", ""))
             return memo.get("accel")
         return None
 
-    def _write_accel_memo(self, accel: str) -> None:
-        assert self.image is not None
-        memo = {"image": self.image.key, "qemu": self.qemu_version, "accel": accel, "reason": self.accel_reason,
+    def _write_accel_memo(self, image: Image, accel: str) -> None:
+        memo = {"image": image.key, "qemu": self.qemu_version, "accel": accel, "reason": self.accel_reason,
                 "at": time.time()}
         tmp = self._accel_memo().with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(memo))
@@ -843,8 +1101,8 @@ class QemuBackend(Backend):
                 return fd
             os.close(fd)
 
-    def _load_or_make_template(self, spec: VMSpec) -> Template:
-        """The valid template for ``spec`` (made if needed), held under a shared lock until close().
+    def _load_or_make_template(self, spec: VMSpec) -> tuple[Template, int]:
+        """The valid template for ``spec`` (made if needed) and the fd holding its shared lock.
 
         Pools sharing a work directory (tests run side by side, a restart while the old
         process still drains) coordinate through ``qemu-template-<key>.lock``: users hold
@@ -874,10 +1132,7 @@ class QemuBackend(Backend):
             if fd >= 0:
                 os.close(fd)
             raise
-        if self._template_lock >= 0:
-            os.close(self._template_lock)
-        self._template_lock = fd
-        return t
+        return t, fd
 
     def _template_valid(self, t: Template) -> bool:
         try:
@@ -915,7 +1170,7 @@ class QemuBackend(Backend):
         """After close(): remove this backend's template (state, stub, RAM file on /dev/shm) unless
         another pool holds it.  True when removed.  For throw-away pools (tests, CI)."""
         t = self.template
-        if t is None or self._template_lock >= 0:
+        if t is None or not self._closed or (self._gen is not None and self._gen.lock_fd >= 0):
             return False
         tag = t.key[:16]
         fd = self._flock(tag, fcntl.LOCK_EX, None)
@@ -967,6 +1222,8 @@ class QemuBackend(Backend):
             raise
         self._reference = vm
         try:
+            if self._closed:  # close() ran while it started: it did not see it
+                raise BackendError("backend closed")
             vm.connect(t0 + 30)
             try:
                 page.wait_ready(t0 + bound, alive=vm.alive)
@@ -1024,14 +1281,17 @@ class QemuBackend(Backend):
         return t
 
     # -- slots ---------------------------------------------------------------------
-    def _spawn(self, hint: str) -> _Spawned:
-        """Start a clone's QEMU (``-incoming defer``) with its own page and directory, and connect."""
-        assert self.template is not None and self.spec is not None
-        t, spec = self.template, self.spec
+    def _spawn(self, hint: str, gen: _Generation) -> _Spawned:
+        """Start a clone's QEMU (``-incoming defer``) of ``gen`` with its own page and directory, and connect.
+
+        Its name, slot directory and page file carry ``mailvm-<instance>-`` / ``qslot-<instance>-``
+        (the watchdog and the start-up sweep find what a dead pool left by that).
+        """
+        t, spec = gen.template, gen.spec
         t0 = time.monotonic()
         tag = f"{_SAFE.sub('_', hint)[:40]}-{secrets.token_hex(6)}"
-        slot_dir = os.path.join(self.cfg.work_dir, f"qslot-{tag}")
-        page_path = os.path.join(self.shm_dir, f"mailvm-{tag}.page")
+        slot_dir = os.path.join(self.cfg.work_dir, f"{reaper.SLOT_PREFIX}{self.instance}-{tag}")
+        page_path = os.path.join(self.shm_dir, f"{reaper.NAME_PREFIX}{self.instance}-{tag}.page")
         try:
             os.mkdir(slot_dir, 0o700)
             page = HostPage.create(page_path, spec.page_bytes)
@@ -1048,7 +1308,7 @@ class QemuBackend(Backend):
             page.unlink()
             shutil.rmtree(slot_dir, ignore_errors=True)
             raise
-        sp = _Spawned(tag, slot_dir, page, vm, 0.0, t0)
+        sp = _Spawned(tag, slot_dir, page, vm, 0.0, t0, gen)
         try:
             vm.connect(t0 + self.cfg.ready_timeout_s)
         except (QMPError, BackendError, OSError) as exc:
@@ -1058,15 +1318,18 @@ class QemuBackend(Backend):
         sp.spawn_s = time.monotonic() - t0
         return sp
 
-    def _take_spare(self) -> _Spawned | None:
-        with self._spare_lock:
-            while self._spares:
+    def _take_spare(self, gen: _Generation) -> _Spawned | None:
+        """A waiting spare QEMU of ``gen`` (spares of other generations are discarded)."""
+        while True:
+            with self._spare_lock:
+                if not self._spares:
+                    return None
                 sp = self._spares.pop(0)
-                if sp.vm.alive():
-                    return sp
+            if sp.gen is gen and sp.vm.alive():
+                return sp
+            if sp.gen is gen:
                 log.warning("qemu backend: spare QEMU %s died while waiting: %s", sp.tag, sp.vm.log_tail())
-                sp.discard()
-        return None
+            sp.discard()
 
     def _top_up_spares(self) -> None:
         """Start background spawns until ``spares`` QEMUs are waiting (or being started)."""
@@ -1081,34 +1344,51 @@ class QemuBackend(Backend):
                 th.start()
 
     def _spawn_spare(self) -> None:
+        gen = self._use_gen()
         try:
-            sp = self._spawn("spare")
+            sp = self._spawn("spare", gen)
         except BackendError as exc:
             log.warning("qemu backend: spare QEMU failed: %s", exc)
             return
+        finally:
+            self._unuse_gen(gen)
         with self._spare_lock:
-            if not self._closed:
+            if not self._closed and not gen.retired:
                 self._spares.append(sp)
                 return
         sp.discard()
 
     def create_slot(self, slot_id: str) -> QemuSlot:
         self.prepare()
-        assert self.template is not None and self.spec is not None
+        for _ in range(2):
+            gen = self._use_gen()
+            try:
+                slot = self._clone(slot_id, gen)
+            finally:
+                self._unuse_gen(gen)
+            if not gen.retired:
+                return slot
+            # the image changed while it was made: one more, from the new template
+            log.info("slot %s: its template was retired while it started; cloning the new one", slot_id)
+            slot.destroy()
+        raise BackendError(f"slot {slot_id}: the template changed twice while the slot started")
+
+    def _clone(self, slot_id: str, gen: _Generation) -> QemuSlot:
         t0 = time.monotonic()
         deadline = t0 + self.cfg.ready_timeout_s
-        sp = self._take_spare()
+        sp = self._take_spare(gen)
         from_spare = sp is not None
         if sp is None:
             try:
-                sp = self._spawn(slot_id)
+                sp = self._spawn(slot_id, gen)
             except BackendError as exc:
                 raise BackendError(f"slot {slot_id}: {exc}") from None
         vm, page = sp.vm, sp.page
-        slot = QemuSlot(slot_id, vm, page, sp.slot_dir)
+        slot = QemuSlot(slot_id, vm, page, sp.slot_dir, gen)
+        gen.slots.add(slot)
         try:
             t2 = time.monotonic()
-            vm.restore(self.template.state, deadline)
+            vm.restore(gen.template.state, deadline)
             t3 = time.monotonic()
             vm.control("cont")
             vm.ring()  # the agent finds its page zeroed and publishes READY on it
@@ -1142,22 +1422,43 @@ class QemuBackend(Backend):
         return slot
 
     def close(self) -> None:
-        """Kill a reference VM still booting and the spare QEMUs, release the template lock and the
-        libvirt connection (destroying any domain of ours still running)."""
+        """Stop the image watcher, kill a reference VM still booting and the spare QEMUs, release the
+        template locks, stop the watchdog and the libvirt connection (destroying any domain of ours
+        still running)."""
+        with self._spare_lock:
+            self._closed = True
+        self._stop.set()
         vm, self._reference = self._reference, None
         if vm is not None:
             vm.kill()
+        if self._watcher is not None:  # a template build in flight fails once its reference VM is killed
+            self._watcher.join(timeout=self.cfg.ready_timeout_s)
+            vm, self._reference = self._reference, None
+            if vm is not None:
+                vm.kill()
         with self._spare_lock:
-            self._closed = True
             spares, self._spares = self._spares, []
             threads, self._spare_threads = self._spare_threads, []
         for th in threads:  # a spawn in flight discards its QEMU itself once it sees _closed
             th.join(timeout=self.cfg.ready_timeout_s)
         for sp in spares:
             sp.discard()
-        fd, self._template_lock = self._template_lock, -1
-        if fd >= 0:
-            os.close(fd)
+        with self._lock:
+            gens = [g for g in (self._gen, *self._old) if g is not None]
+            self._old = []
+        for g in gens:
+            if g.lock_fd >= 0:
+                os.close(g.lock_fd)
+                g.lock_fd = -1
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+        if self._owner_written:
+            try:
+                reaper.owner_path(self.cfg.work_dir, self.instance).unlink()
+            except OSError:
+                pass
+            self._owner_written = False
         with self._conn_lock:
             conn, self._conn = self._conn, None
         if conn is not None:
