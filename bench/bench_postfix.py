@@ -56,6 +56,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -268,12 +269,12 @@ class Corpus:
 
 
 def mailvm_config(root: Path, milter_port: int, *, backend: str, slots: int, workers: int, pool_work: Path,
-                  image_dir: str | None, page_bytes: int, job_timeout_s: float, idle_s: float,
+                  spool_dir: Path, image_dir: str | None, page_bytes: int, job_timeout_s: float, idle_s: float,
                   max_wait_s: float) -> str:
     image = f'image_dir = "{image_dir}"\n' if image_dir else ""
     return lab_config(root, milter_port, backend=backend, slots=slots, workers=workers, pool_work=pool_work,
-                      pool_extra=f"{image}page_bytes = {page_bytes}", job_timeout_s=job_timeout_s,
-                      idle_s=idle_s, max_wait_s=max_wait_s)
+                      spool_dir=spool_dir, pool_extra=f"{image}page_bytes = {page_bytes}",
+                      job_timeout_s=job_timeout_s, idle_s=idle_s, max_wait_s=max_wait_s)
 
 
 @dataclass
@@ -287,6 +288,8 @@ class LabSettings:
     job_timeout_s: float = 20.0
     idle_s: float = 1.0
     max_wait_s: float = 120.0
+    # where mailvm writes each message's files: "tmpfs" (/dev/shm, as README recommends) or "disk" (the lab dir)
+    spool: str = "tmpfs"
 
 
 class MailLab:
@@ -303,6 +306,10 @@ class MailLab:
         self.proc: subprocess.Popen | None = None
         self.log_path = root / "mailvm.log"
         (root / "policy.d").mkdir(parents=True, exist_ok=True)
+        if settings.spool == "tmpfs" and os.path.isdir("/dev/shm"):
+            self.spool_dir = Path(tempfile.mkdtemp(prefix="mailvm-bench-spool-", dir="/dev/shm"))
+        else:
+            self.spool_dir = root / "spool"
 
     # -- mailvm ------------------------------------------------------------------
     @property
@@ -318,7 +325,8 @@ class MailLab:
         (pool_work / "status.json").unlink(missing_ok=True)
         config = self.root / "mailvm.toml"
         config.write_text(mailvm_config(self.root, self.milter_port, backend=s.backend, slots=s.slots,
-                                        workers=s.workers, pool_work=pool_work, image_dir=s.image_dir,
+                                        workers=s.workers, pool_work=pool_work, spool_dir=self.spool_dir,
+                                        image_dir=s.image_dir,
                                         page_bytes=s.page_bytes, job_timeout_s=s.job_timeout_s, idle_s=s.idle_s,
                                         max_wait_s=s.max_wait_s))
         logf = open(self.log_path, "ab")
@@ -418,6 +426,8 @@ class MailLab:
             except Exception as exc:  # keep stopping the rest
                 log.warning("stopping postfix %s: %s", pf.root, exc)
         self.stop_mailvm()
+        if self.spool_dir.parent != self.root:
+            shutil.rmtree(self.spool_dir, ignore_errors=True)
 
     def __enter__(self) -> "MailLab":
         try:
@@ -611,7 +621,7 @@ def bench(messages: int = 300, repeats: int = 3, sessions: int = 20, mixes: tupl
         "machine": machine(settings.image_dir),
         "backend": settings.backend,
         "settings": {"messages": messages, "repeats": repeats, "sessions": sessions, "slots": settings.slots,
-                     "workers": settings.workers, "batch": BATCH, "cached_files": CACHED_FILES,
+                     "workers": settings.workers, "spool": settings.spool, "batch": BATCH, "cached_files": CACHED_FILES,
                      "attachment_bytes": ATTACHMENT_BYTES},
         "method": ("smtp-source lanes: one process per batch (<= %d identical messages, 1 for a unique file), "
                    "%d lanes; end to end = last delivery in the Maildir" % (BATCH, sessions)),
@@ -686,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="process", choices=("process", "qemu"))
     ap.add_argument("--image-dir", default=None)
     ap.add_argument("--mixes", nargs="+", default=list(ISSUE4_MIXES), choices=list(MIXES))
+    ap.add_argument("--spool", choices=("tmpfs", "disk"), default="tmpfs",
+                    help="mailvm's spool on /dev/shm (the README's recommendation) or in the lab dir on disk")
     ap.add_argument("--no-canonical", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the lab directory (logs, Maildirs)")
     ap.add_argument("--out", default=str(RESULTS / "postfix.json"))
@@ -695,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
 
     image_dir = find_image_dir(args.image_dir) if args.backend == "qemu" else args.image_dir
     settings = LabSettings(backend=args.backend, slots=args.slots, workers=args.workers, image_dir=image_dir,
+                           spool=args.spool,
                            pool_work=QEMU_WORK / "vport" if args.backend == "qemu" else None)
     result = bench(args.messages, args.repeats, args.sessions, tuple(args.mixes), settings,
                    canonical=not args.no_canonical, keep=args.keep)

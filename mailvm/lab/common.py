@@ -61,6 +61,7 @@ def lab_config(
     max_wait_s: float = 60.0,
     malicious: str = "reject",
     pool_work: Path | None = None,
+    spool_dir: Path | None = None,
     pool_extra: str = "",
     extra: str = "",
 ) -> str:
@@ -70,7 +71,7 @@ def lab_config(
     """
     return f"""# written by mailvm.lab.common.lab_config
 [spool]
-dir = "{root}/spool"
+dir = "{spool_dir or f"{root}/spool"}"
 [scantable]
 path = "{root}/scantable"
 [pool]
