@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailvm.procfs import cwd_of, find_processes, is_gone, kill_if, start_ticks
+from mailvm.procfs import cwd_of, find_processes, is_gone, kill_if, start_ticks, stat_fields
 
 log = logging.getLogger(__name__)
 
@@ -107,24 +107,36 @@ def reap_instance(work_dir: str, shm_dir: str, instance: str) -> list[int]:
 def sweep(work_dir: str, shm_dir: str) -> dict[str, list[int]]:
     """Reap the instances in ``work_dir`` whose owning pool process is gone.
 
-    An instance counts as ours when it has an owner record here, or when one of
-    its QEMUs runs in a directory of ``work_dir`` (its slot directory) without one.
+    An instance with an owner record here is reaped when the record names a
+    process that is gone.  QEMUs running in a directory of ``work_dir`` (their
+    slot directory) whose instance has no record are killed only when they have
+    been re-parented to PID 1 (a live pool is the parent of its raw QEMUs; a
+    pool of a version without records, still draining, keeps its QEMUs).
+    Slot directories of an instance without a record and without a running QEMU
+    (slots a closed backend's caller never destroyed) are removed too.
     Returns {instance: pids killed}.
     """
     wd = os.path.realpath(work_dir)
-    instances = {p.name[len(OWNER_PREFIX):-len(".json")] for p in Path(wd).glob(f"{OWNER_PREFIX}*.json")}
+    recorded = {p.name[len(OWNER_PREFIX):-len(".json")] for p in Path(wd).glob(f"{OWNER_PREFIX}*.json")}
+    dead = {i for i in recorded if _INSTANCE.match(i) and not owner_alive(wd, i)}
+    for d in Path(wd).glob(f"{SLOT_PREFIX}*-*"):
+        inst = d.name[len(SLOT_PREFIX):].split("-", 1)[0]
+        if _INSTANCE.match(inst) and inst not in recorded and not instance_qemus(inst):
+            dead.add(inst)
+    reaped: dict[str, list[int]] = {}
     for pid in find_processes(b"qemu-system", b"-name\x00" + NAME_PREFIX.encode()):
         try:
             m = _NAME_IN_CMDLINE.search(Path(f"/proc/{pid}/cmdline").read_bytes())
         except OSError:
             continue
         cwd = cwd_of(pid) or ""
-        if m and (cwd == wd or cwd.startswith(wd + os.sep)):
-            instances.add(m.group(1).decode())
-    reaped = {}
-    for inst in sorted(i for i in instances if _INSTANCE.match(i)):
-        if owner_alive(wd, inst):
+        if not m or not (cwd == wd or cwd.startswith(wd + os.sep)):
             continue
+        inst = m.group(1).decode()
+        fields = stat_fields(pid)
+        if inst not in recorded and fields and len(fields) > 1 and fields[1] == "1":
+            dead.add(inst)
+    for inst in sorted(dead):
         reaped[inst] = reap_instance(wd, shm_dir, inst)
         if reaped[inst]:
             log.warning("qemu backend: killed %d QEMU(s) left by a dead pool (instance %s): %s",

@@ -37,15 +37,24 @@ How it works (DESIGN.md "Backends", docs/qemu-backend.md):
   :data:`KVM_PROBE_S`; otherwise TCG, logged as a warning.  The probe's
   outcome is remembered per image and QEMU version.
 * **Launchers**: ``raw`` (default) starts QEMU as our child in its own
-  session under ``-sandbox on`` (no spawning, no privilege changes);
+  session under ``-sandbox on`` (no spawning);
   ``libvirt`` (``pool.qemu_launcher``) starts the same arguments as a
   transient libvirt domain (``libvirt_util``), restores it over the domain's
   own QMP socket (or libvirt's passthrough: ``control_via``) and rings the
   same doorbell socket: libvirt stays off the hand-over path.
+* **Privileges**: QEMU opens its files as root, then drops to
+  ``pool.qemu_user`` (``-runas``, default ``mailvm-qemu``; root with a
+  warning when that user does not exist), with either launcher.  Templates,
+  slot directories and page files stay root-only.
 * **Lifecycle**: destroy() SIGKILLs QEMU and removes the slot's page,
   sockets and logs; close() kills any reference VM still up and, with
   libvirt, every domain of this backend still running.  Templates are
   shared between pools in one work dir under a file lock (``.lock``).
+  A thread watches ``<image_dir>/current``: a new image gets its template in
+  the background, then the old template is retired (:class:`_Generation`).
+  With the raw launcher a watchdog process kills this backend's QEMUs if the
+  pool process dies, and prepare() kills those of dead pools
+  (:mod:`mailvm.vmpool.reaper`).
 """
 
 from __future__ import annotations
@@ -1154,7 +1163,7 @@ class QemuBackend(Backend):
                 continue
             fd = self._flock(tag, fcntl.LOCK_EX, None)
             if fd is None:
-                log.info("qemu backend: template %s is in use by another pool; kept", tag)
+                log.info("qemu backend: old template %s is still in use (by a pool or a clone starting); kept", tag)
                 continue
             try:
                 shutil.rmtree(os.path.join(self.cfg.work_dir, f"qemu-template-{tag}"), ignore_errors=True)
