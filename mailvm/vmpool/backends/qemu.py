@@ -52,8 +52,8 @@ How it works (DESIGN.md "Backends", docs/qemu-backend.md):
   shared between pools in one work dir under a file lock (``.lock``).
   A thread watches ``<image_dir>/current``: a new image gets its template in
   the background, then the old template is retired (:class:`_Generation`).
-  With the raw launcher a watchdog process kills this backend's QEMUs if the
-  pool process dies, and prepare() kills those of dead pools
+  A watchdog process kills this backend's QEMUs and removes its slot files if
+  the pool process dies, and prepare() does the same for dead pools
   (:mod:`mailvm.vmpool.reaper`).
 """
 
@@ -877,8 +877,7 @@ class QemuBackend(Backend):
             self.run_as, self.user_warning = resolve_qemu_user(self.qemu_user)
             if self.user_warning:
                 log.warning("qemu backend: %s", self.user_warning)
-            if self.launcher == "raw":
-                self._guard_orphans()
+            self._guard_orphans()
             gen = self._make_generation(image)
             self._gen, self.template, self.spec, self.image = gen, gen.template, gen.spec, image
             if self.spec.accel == "tcg":
@@ -895,8 +894,10 @@ class QemuBackend(Backend):
                 self._watcher.start()
 
     def _guard_orphans(self) -> None:
-        """Raw launcher: reap QEMUs of dead pools in this work dir, record this pool as the owner of
-        its instance and start the watchdog that kills our QEMUs if this process dies (:mod:`reaper`)."""
+        """Reap QEMUs and files of dead pools in this work dir, record this pool as the owner of its
+        instance and start the watchdog that kills our QEMUs and removes our slot files if this
+        process dies (:mod:`reaper`).  With libvirt, AUTODESTROY kills the domains as well; the
+        watchdog and the sweep still remove the slot directories and page files."""
         try:
             reaper.sweep(self.cfg.work_dir, self.shm_dir)
         except OSError as exc:
