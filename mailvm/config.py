@@ -121,6 +121,9 @@ class PoolConfig:
     qemu_spares: int = _bounded(1, 0, 16, "QEMU processes started and waiting for a restore (refill = restore only)")
     qemu_tb_mib: int = _bounded(32, 1, 1024, "TCG translation cache per clone (TCG only)")
     qemu_warmup: str = "none"  # none | files | run: exercise the guest before saving the template
+    # QEMU drops root to this user (-runas); "" or "root" keeps root (a warning at start)
+    qemu_user: str = "mailvm-qemu"
+    qemu_image_poll_s: float = _bounded(5.0, 0, 3600, "how often a running pool looks for a rebuilt image (0: never)")
     detonate_kinds: list[str] = _bounded(
         ["executable", "script", "office", "pdf", "html", "lnk", "disk_image", "unknown"],
         doc="triage kinds that are detonated",
@@ -263,6 +266,10 @@ def parse_config(data: dict[str, Any], file: str = "<string>") -> Config:
     for key, allowed in (("qemu_launcher", ("raw", "libvirt")), ("qemu_warmup", ("none", "files", "run"))):
         if getattr(cfg.pool, key) not in allowed:
             raise ConfigError(file, f"pool.{key}", f"must be one of {', '.join(allowed)}")
+    if cfg.pool.qemu_user not in ("", "root") and not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", cfg.pool.qemu_user):
+        raise ConfigError(file, "pool.qemu_user", "must be a system user name (or \"root\" to keep QEMU as root)")
+    if 0 < cfg.pool.qemu_image_poll_s < 0.1:
+        raise ConfigError(file, "pool.qemu_image_poll_s", "must be 0 (off) or at least 0.1 s")
     if cfg.pool.accel not in ACCELS:
         raise ConfigError(file, "pool.accel", f"must be one of {', '.join(ACCELS)}")
     _check_socket(file, cfg.milter.socket)

@@ -44,6 +44,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# the qemu backend's clones drop root to this user (pool.qemu_user); no group, no home, no shell
+if ! id mailvm-qemu >/dev/null 2>&1; then
+  echo ">> useradd mailvm-qemu"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin mailvm-qemu
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo ">> creating .venv"
   python3 -m venv .venv

@@ -259,6 +259,24 @@ def test_killed_slot_is_retried_once_then_slot_failed(pools, table, tmp_path):
 
 
 @sandbox
+def test_a_ready_slot_that_dies_is_replaced_before_any_job_needs_it(pools):
+    pool = pools()
+    assert pool.wait_warm(30)
+    with pool._cond:
+        victim = pool._ready[0]
+    os.killpg(victim.stats()["pid"], signal.SIGKILL)
+
+    def replaced():
+        st = pool.status()
+        with pool._cond:
+            ids = [s.id for s in pool._ready]
+        return st["slot_events"]["stale"] >= 1 and st["slots"]["ready"] == 2 and victim.id not in ids
+
+    wait_for(replaced, 20, "the dead ready slot to be replaced")
+    wait_for(lambda: len(page_files()) == 2, 10, "the dead slot's page file to be removed")
+
+
+@sandbox
 def test_killed_slot_then_the_retry_delivers_the_result(pools, tmp_path):
     pool = pools(retries=1)
     job = make_job(tmp_path, "nap.sh", "#!/bin/sh\nsleep 2\necho rested\n")

@@ -68,12 +68,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     loud = "   <-- software emulation, slow: no usable KVM here" if accel == "tcg" else ""
     print(f"accel      {accel.upper()}{loud}")
     details = b.get("details", {})
+    if not isinstance(details, dict):
+        details = {}
     if "image_version" in details:
-        print(f"image      {details['image_version']}")
+        pending = details.get("image_pending")
+        extra = f"   (switching to {pending}: its template is being made)" if pending else ""
+        print(f"image      {details['image_version']}{extra}")
+    if details.get("image_error"):
+        print(f"WARNING    the newest image cannot be used: {details['image_error']}")
     created = details.get("template_created_at")
     if isinstance(created, (int, float)) and created > 0:
-        # computed now: the pool records backend info once, at start
         print(f"template   {_age(time.time() - created)} old ({details.get('launcher', 'raw')} launcher)")
+    if details.get("qemu_user"):
+        print(f"qemu user  {details['qemu_user']}")
+    warnings = details.get("warnings")
+    for w in warnings if isinstance(warnings, list) else []:
+        print(f"WARNING    {w}")
     s = status.get("slots", {})
     print(f"slots      ready {s.get('ready')} / busy {s.get('busy')} / starting {s.get('starting')} (target {s.get('target')})")
     j = status.get("jobs", {})

@@ -103,6 +103,8 @@ CREATE_BACKOFF_FIRST_S = 0.5
 CREATE_BACKOFF_MAX_S = 30.0
 #: consecutive creation failures, with no slot ready, after which queued jobs fail with vm_error
 BROKEN_AFTER = 3
+#: how often the refill thread checks that ready slots are still alive
+READY_CHECK_S = 1.0
 #: status.json: written at most this often, and at least this often while running
 STATUS_INTERVAL_S = 1.0
 STATUS_KEEPALIVE_S = 5.0
@@ -300,9 +302,13 @@ class Pool:
             self.backend.prepare()
             self._start_threads()
 
-    def _start_threads(self) -> None:
+    def _backend_info(self) -> dict[str, Any]:
         info = self.backend.info()
-        self._info = {"name": info.name, "isolation": info.isolation, "accel": info.accel, "details": dict(info.details)}
+        return {"name": info.name, "isolation": info.isolation, "accel": info.accel, "details": dict(info.details)}
+
+    def _start_threads(self) -> None:
+        self._info = self._backend_info()
+        info = self.backend.info()
         log.info(
             "pool: backend %s (%s, accel %s), %d slots, page %d bytes (files up to %d)",
             info.name, info.isolation, info.accel, self.cfg.slots, self.cfg.page_bytes, self._max_file,
@@ -373,6 +379,12 @@ class Pool:
 
     def status(self) -> dict[str, Any]:
         """Backend, slots, queue, counters and timings (also in status.json)."""
+        if self._started:
+            # asked again each time: a backend's image, template and warnings change while it runs
+            try:
+                self._info = self._backend_info()
+            except Exception as exc:  # keep the last known description
+                log.debug("pool: backend info failed: %s", exc)
         with self._cond:
             state = "closed" if self._closing else "broken" if self._broken else "running" if self._started else "new"
             c = self._counts
@@ -724,20 +736,33 @@ class Pool:
         self._guarded(self._refill_once)
 
     def _refill_once(self) -> bool:
-        """Wait until a slot is missing (and any backoff is over), then start creating one."""
+        """Wait until a slot is missing (and any backoff is over), then start creating one.
+
+        Ready slots that died while waiting (a killed QEMU, a clone of a replaced template)
+        are dropped on the way, so their replacements start at once, not when a job finds them.
+        """
+        dead: list[Slot] = []
         with self._cond:
             while True:
                 if self._closing:
                     return False
+                dead += self._drop_dead_ready()
                 now = time.monotonic()
                 short = len(self._ready) + self._starting < self.cfg.slots
                 if short and self._starting < MAX_PARALLEL_STARTS and now >= self._backoff_until:
                     break
-                wait = self._backoff_until - now if short and now < self._backoff_until else None
-                self._cond.wait(wait)
-            self._starting += 1
-            slot_id = f"{os.getpid()}-{next(self._ids)}"
-            self._status_dirty = True
+                wait = self._backoff_until - now if short and now < self._backoff_until else READY_CHECK_S
+                if dead:  # destroy outside the lock, then come back
+                    break
+                self._cond.wait(min(wait, READY_CHECK_S))
+            if not dead:
+                self._starting += 1
+                slot_id = f"{os.getpid()}-{next(self._ids)}"
+                self._status_dirty = True
+        if dead:
+            for slot in dead:
+                slot.destroy()
+            return True
         try:
             self._spawn(f"mailvm-start-{slot_id}", self._create_slot, slot_id)
         except BaseException:  # could not even start a thread: do not leak the count
@@ -745,6 +770,23 @@ class Pool:
                 self._starting -= 1
             raise
         return True
+
+    def _drop_dead_ready(self) -> list[Slot]:
+        """Under ``_cond``: take ready slots whose ``alive()`` is False out of the ready list."""
+        dead = []
+        for slot in list(self._ready):
+            try:
+                ok = slot.alive()
+            except Exception:  # a backend bug reads as a dead slot
+                ok = False
+            if not ok:
+                self._ready.remove(slot)
+                dead.append(slot)
+        if dead:
+            self._counts["stale_slots"] += len(dead)
+            self._status_dirty = True
+            log.info("pool: %d ready slot(s) gone (%s); replacing them", len(dead), ", ".join(s.id for s in dead))
+        return dead
 
     def _create_slot(self, slot_id: str) -> None:
         t0 = time.monotonic()
