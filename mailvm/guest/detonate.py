@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from mailvm.guest import wine
+from mailvm.guest import wine, winewarm
 from mailvm.guest.launcher import HOME_IN, HOSTNAME, WORK_IN, Launch, SampleInfo, choose, find_tool
 from mailvm.guest.monitor import JsonLinesMonitor, StraceMonitor
 from mailvm.guest.rules import RuleContext, RuleEngine, prog_name, quiet
@@ -177,23 +177,50 @@ def _result(verdict: str, score: int, findings: list[Finding], log_events: list[
 
 
 def detonate(sample_path: str, options: dict, workdir: str,
-             should_stop: Callable[[], bool] | None = None) -> dict:
-    """Run ``sample_path`` in the sandbox and return the result dict (never raises)."""
+             should_stop: Callable[[], bool] | None = None, warm: winewarm.WarmWine | None = None) -> dict:
+    """Run ``sample_path`` in the sandbox and return the result dict (never raises).
+
+    A Wine job goes to the warm Wine sandbox when ``warm`` is given (the warm
+    daemon itself) or when :data:`~mailvm.guest.winewarm.SOCKET_ENV` names the
+    socket of one (set by the VM's ``mailvm-init`` only); otherwise, or when
+    that daemon cannot take it, it runs cold in a fresh sandbox.
+    """
     t_start = time.monotonic()
     try:
         opts = parse_options(options)
-        return Detonation(sample_path, opts, workdir, should_stop).run()
+        if warm is None and os.environ.get(winewarm.SOCKET_ENV):
+            remote = _run_warm(sample_path, options, opts, workdir, should_stop)
+            if remote is not None:
+                return remote
+        return Detonation(sample_path, opts, workdir, should_stop, warm=warm).run()
     except Exception as exc:  # the agent must always answer the host
         log.exception("detonation failed")
         finding = Finding("agent_error", 0, f"{type(exc).__name__}: {exc}"[:400], SOURCE)
         return _result(ERROR, 0, [finding], [], time.monotonic() - t_start, "error", "", {})
 
 
+def _run_warm(sample_path: str, raw_options: dict, opts: Options, workdir: str,
+              should_stop: Callable[[], bool] | None) -> dict | None:
+    """A Wine job through the warm daemon's socket; None when it is not a Wine job or the daemon cannot take it."""
+    info = SampleInfo.from_file(sample_path, opts.name or os.path.basename(sample_path), opts.type, opts.kind,
+                                opts.launcher)
+    launch, _ = choose(info, WORK_IN + "/" + info.name)
+    if launch is None or launch.prepare != "wine":
+        return None
+    try:
+        return winewarm.run_remote(os.environ[winewarm.SOCKET_ENV], sample_path, raw_options, workdir, should_stop)
+    except winewarm.WarmError as exc:
+        log.error("%s; running it cold", exc)
+        return None
+
+
 class Detonation:
     """One run of :func:`detonate` (state shared by its steps)."""
 
     def __init__(self, sample_path: str, opts: Options, workdir: str,
-                 should_stop: Callable[[], bool] | None, limits: Limits = Limits()) -> None:
+                 should_stop: Callable[[], bool] | None, limits: Limits = Limits(),
+                 warm: winewarm.WarmWine | None = None) -> None:
+        self.warm = warm
         self.sample_path = sample_path
         self.opts = opts
         self.workdir = workdir
@@ -205,6 +232,7 @@ class Detonation:
         self.extra: list[Finding] = []
         self.stderr_events: queue.Queue = queue.Queue(maxsize=50_000)
         self.t0 = 0.0
+        self.wine_state: dict[str, Any] = {}  # the "wine" log event: warm or cold, prefix time
 
     # -- the whole run
     def run(self) -> dict[str, Any]:
@@ -217,14 +245,21 @@ class Detonation:
             findings = [Finding("no_launcher", 0, reason, SOURCE)]
             verdict, score = score_findings(findings)
             return _result(verdict, score, findings, [], self.elapsed(), "exited_idle", "", {})
-        log.info("detonating %s with %s", info.name, reason)
+        log.info("detonating %s with %s%s", info.name, reason, " (warm Wine)" if self._warm(launch) else "")
+        if self._warm(launch):
+            assert self.warm is not None and self.warm.box is not None
+            return self._run_in(self.warm.box, launch, sample_in)  # the warm daemon closes its box
         try:
-            with Sandbox(self.workdir, self.limits) as box:
+            binds = (os.path.realpath(wine.template_path()),) if launch.prepare == "wine" else ()
+            with Sandbox(self.workdir, self.limits, ro_binds=binds) as box:
                 return self._run_in(box, launch, sample_in)
         except SandboxError as exc:
             log.error("sandbox: %s", exc)
             findings = [Finding("sandbox_error", 0, str(exc)[:400], SOURCE)]
             return _result(ERROR, 0, findings, [], self.elapsed(), "error", launch.launcher, {})
+
+    def _warm(self, launch: Launch) -> bool:
+        return self.warm is not None and self.warm.box is not None and launch.prepare == "wine"
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t_start
@@ -237,11 +272,15 @@ class Detonation:
                 raise SandboxError("wine disappeared")
             template = wine.template_path()
             prefix = os.path.join(box.home, ".wine")
+            t0 = time.monotonic()
+            shipped = os.path.isfile(os.path.join(template, "system.reg"))
             try:
                 wine.ensure_template(template, wine_bin)
                 wine.prepare_prefix(template, prefix, box.uid, box.uid)
             except (OSError, subprocess.SubprocessError) as exc:
                 raise SandboxError(f"Wine prefix: {exc}") from exc
+            self.wine_state = {"type": "wine", "warm": False, "prefix": "copied" if shipped else "created",
+                               "prefix_s": round(time.monotonic() - t0, 3)}
             return prefix
         if launch.prepare == "libreoffice":
             write_libreoffice_profile(box.home, box.uid)
@@ -249,7 +288,12 @@ class Detonation:
 
     def _run_in(self, box: Sandbox, launch: Launch, sample_in: str) -> dict[str, Any]:
         o = self.opts
-        prefix = self._prepare(box, launch)
+        warm = self.warm if self._warm(launch) else None
+        if warm is not None:
+            prefix = warm.prefix
+            self.wine_state = warm.state()
+        else:
+            prefix = self._prepare(box, launch)
         reg_before = wine.snapshot_registry(prefix) if prefix else {}
         box.stage(self.sample_path, sample_in.rsplit("/", 1)[1], launch.make_executable)
         ctx = RuleContext(sample_path=sample_in, launcher=launch.launcher, role=launch.role, platform=launch.platform,
@@ -259,23 +303,30 @@ class Detonation:
         self.log.quiet_prefixes = launch.quiet_prefixes
         engine = RuleEngine(ctx)
         self.t0 = time.time()
-        strace = StraceMonitor(box.strace_log, INIT_MARKER, self.t0)
+        strace = warm.monitor(self.t0) if warm is not None else StraceMonitor(box.strace_log, INIT_MARKER, self.t0)
         strace.builder.initial_cwd = WORK_IN
         net = JsonLinesMonitor(box.fakenet_log, self.t0)
+        if warm is not None:
+            net.tail.offset = _size(box.fakenet_log)  # the warm-up's own lines (none expected) are not the sample's
         parser = wine.WineTraceParser() if launch.platform == "windows" else None
-        box.start(launch.argv, launch.env, launch.unlimited_address_space,
-                  on_stderr_line=self._stderr_handler(parser), cpu_s=int(o.timeout_s) + 30)
+        if warm is not None:
+            warm.launch(launch.argv, launch.env, self._stderr_handler(parser))
+        else:
+            box.start(launch.argv, launch.env, launch.unlimited_address_space,
+                      on_stderr_line=self._stderr_handler(parser), cpu_s=int(o.timeout_s) + 30)
         self.log.add({"t": 0.0, "type": "sandbox", "launcher": launch.launcher, "argv": list(launch.argv),
                       "network": box.net_detail, "cgroups": list(box.cgroups.controllers) if box.cgroups else [],
                       "degraded": list(box.degraded)},
                      [])
+        if self.wine_state:
+            self.log.add(dict(self.wine_state, t=0.0), [])
         started = time.monotonic()
         last_activity = started
         began = False
         stopped = ""
         while not stopped:
             time.sleep(POLL_S)
-            exited = box.exited()
+            exited = box.exited() if warm is None else self._warm_job_exited(strace, launch)
             batch = self._collect(strace, net)
             if batch:
                 last_activity = time.monotonic()
@@ -383,6 +434,12 @@ class Detonation:
         except Exception as exc:
             log.warning("should_stop() failed: %r", exc)
             return False
+
+    def _warm_job_exited(self, strace: StraceMonitor, launch: Launch) -> bool:
+        """A warm box never exits by itself (its wineserver is persistent): the job has ended when its
+        init has (after its children) and none of the sample's processes but Wine's helpers is left."""
+        exited = getattr(strace, "job_exited", None)
+        return bool(exited and exited()) and not self._working(strace, launch)
 
     @staticmethod
     def _working(strace: StraceMonitor, launch: Launch) -> bool:

@@ -509,8 +509,12 @@ class _Reader(threading.Thread):
 class Sandbox:
     """One detonation's sandbox: ``with Sandbox(workdir) as box: box.stage(...); box.start(...)``."""
 
-    def __init__(self, workdir: str, limits: Limits = Limits(), keep_files: bool = False) -> None:
+    def __init__(self, workdir: str, limits: Limits = Limits(), keep_files: bool = False,
+                 ro_binds: tuple[str, ...] = ()) -> None:
         self.limits = limits
+        #: extra host directories visible read-only at the same path (a Wine prefix template: the
+        #: per-detonation prefix links to its files, by symlink when it is on another file system)
+        self.ro_binds = tuple(ro_binds)
         self.keep_files = keep_files
         tag = f"{own_pidns()}-{os.getpid()}-{random.getrandbits(32):08x}"
         self.name = NAME_PREFIX + tag
@@ -533,6 +537,7 @@ class Sandbox:
         self.decoys: list[str] = []
         self.proc: subprocess.Popen | None = None
         self.readers: list[_Reader] = []
+        self.marker = INIT_MARKER
         self._fds: list[int] = []
         self._closed = False
 
@@ -619,7 +624,7 @@ class Sandbox:
             elif os.path.isdir(d):
                 a += ["--ro-bind", d, d]
         a += ["--ro-bind", "/etc", "/etc"]
-        for d in ("/opt", "/sys", "/var/cache/fontconfig", "/var/lib/dbus"):
+        for d in ("/opt", "/sys", "/var/cache/fontconfig", "/var/lib/dbus") + self.ro_binds:
             if os.path.isdir(d):
                 a += ["--ro-bind", d, d]
         a += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.limits.tmp_size), "--tmpfs", "/tmp",
@@ -636,8 +641,14 @@ class Sandbox:
         return a, list(self._fds)
 
     def start(self, argv: Iterable[str], env: dict[str, str], unlimited_address_space: bool = False,
-              on_stderr_line: Callable[[str], None] | None = None, cpu_s: int | None = None) -> None:
-        """Start the sample under strace in the sandbox (returns at once)."""
+              on_stderr_line: Callable[[str], None] | None = None, cpu_s: int | None = None,
+              marker: str = INIT_MARKER) -> None:
+        """Start the sample under strace in the sandbox (returns at once).
+
+        ``marker`` goes into the init's argv; the behaviour trace starts at the
+        init that carries :data:`INIT_MARKER` (a warm sandbox's outer init
+        carries another, see :mod:`~mailvm.guest.winewarm`).
+        """
         assert self.netns is not None and self.cgroups is not None
         argv = list(argv)
         if not argv:
@@ -647,6 +658,7 @@ class Sandbox:
         if missing:
             self.degraded.append(f"cgroups: no {' or '.join(missing)} controller; only the rlimits bound the sample")
         bwrap, fds = self._bwrap_args()
+        self.marker = marker
         t = self.tools
         lim = self.limits
         rl = [t["prlimit"], f"--nproc={lim.nproc}:{lim.nproc}", f"--nofile={lim.nofile}:{lim.nofile}",
@@ -661,7 +673,7 @@ class Sandbox:
                        "mailvm-stage", str(len(cg_procs)), *cg_procs, self.home, self.work, STAGE_DIR + "/home",
                        STAGE_DIR + "/work", t["setpriv"], f"--reuid={self.uid}", f"--regid={self.uid}",
                        "--clear-groups", "--"]
-               + bwrap + ["--", t["python3"], "-I", "-S", "-c", INIT_CODE, INIT_MARKER] + argv)
+               + bwrap + ["--", t["python3"], "-I", "-S", "-c", INIT_CODE, marker] + argv)
         full_env = self.base_env()
         full_env.update(env)
         try:
@@ -681,6 +693,13 @@ class Sandbox:
             r.start()
 
     # -- while running
+    def hand_output_to(self, on_stderr_line: Callable[[str], None] | None) -> None:
+        """From now on: stderr lines to ``on_stderr_line``, and :meth:`output` starts afresh (a warm box's job)."""
+        for r in self.readers:
+            r.head = b""
+        if len(self.readers) == 2:
+            self.readers[1].on_line = on_stderr_line
+
     def exited(self) -> bool:
         return self.proc is None or self.proc.poll() is not None
 
@@ -713,7 +732,8 @@ class Sandbox:
                 time.sleep(0.02)
         if self.uid >= 0:
             for pid in self.sandbox_pids():
-                if INIT_MARKER in _cmdline(pid):  # pid 1 of the sandbox: its death ends the pid namespace
+                cmd = _cmdline(pid)
+                if INIT_MARKER in cmd or self.marker in cmd:  # pid 1 of the sandbox: its death ends the pid namespace
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except OSError:

@@ -50,6 +50,12 @@ def template_path() -> str:
     return os.environ.get(TEMPLATE_ENV) or DEFAULT_TEMPLATE
 
 
+def prefix_env(prefix: str, home: str) -> dict[str, str]:
+    """The environment a prefix is created in (no Gecko/Mono prompts, no debug output)."""
+    return {"PATH": "/usr/bin:/bin", "HOME": home, "USER": "user", "LOGNAME": "user", "WINEPREFIX": prefix,
+            "WINEDEBUG": "-all", "WINEDLLOVERRIDES": "mscoree,mshtml=", "WINEARCH": "win64", "LANG": "C.UTF-8"}
+
+
 def ensure_template(template: str, wine: str, timeout_s: float = 180.0) -> None:
     """Create the Wine prefix template if it does not exist (idempotent)."""
     if os.path.isfile(os.path.join(template, "system.reg")):
@@ -59,8 +65,7 @@ def ensure_template(template: str, wine: str, timeout_s: float = 180.0) -> None:
     os.makedirs(os.path.dirname(template) or "/", exist_ok=True)
     home = tmp + "-home"
     os.makedirs(home, exist_ok=True)
-    env = {"PATH": "/usr/bin:/bin", "HOME": home, "USER": "user", "LOGNAME": "user", "WINEPREFIX": tmp,
-           "WINEDEBUG": "-all", "WINEDLLOVERRIDES": "mscoree,mshtml=", "WINEARCH": "win64", "LANG": "C.UTF-8"}
+    env = prefix_env(tmp, home)
     t0 = time.monotonic()
     umask = ["/bin/sh", "-c", 'umask 022; exec "$@"', "sh"]  # files readable by the sandbox users
     server = os.path.join(os.path.dirname(wine), "wineserver")

@@ -8,6 +8,11 @@ Stages, each cached under ``cache_dir`` and redone only when its inputs change:
 2. **rootfs** -- ``debootstrap --variant=minbase --include=python3,strace,...``
    from the Debian mirror named in apt's own sources (the only network access),
    trimmed (docs, man pages, apt lists);
+2b. **wine** (``with_wine`` only) -- in the rootfs tree: DWARF stripped from
+   Wine's PE DLLs/EXEs (``x86_64-w64-mingw32-strip --strip-debug``) and its
+   unix-side ``.so`` files (``strip --strip-debug``), then a ready Wine prefix
+   made by the image's own wine in a chroot (``wineboot -i``, ``wineserver -w``)
+   at :data:`mailvm.guest.wine.DEFAULT_TEMPLATE`;
 3. **image** -- the guest agent (``mailvm/guest/*.py`` and ``mailvm/verdict.py``
    from this package, byte-compiled in the guest's Python) and PID 1's script
    are put in the tree, which becomes an ext4 file ``root.img`` (``mke2fs -d``,
@@ -36,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from mailvm.guest import wine as guest_wine
 from mailvm.vmpool.image import guestinit
 from mailvm.vmpool.image.layout import (
     CURRENT, DEFAULT_CACHE_DIR, INITRD, KERNEL, MANIFEST, ROOTFS, Image, ImageMissing, load_image,
@@ -55,6 +61,12 @@ STAGE_STAMP = ".mailvm-stage.json"
 TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/cache/apt",
         "var/lib/apt/lists", "var/log")
 COMMAND_TIMEOUT_S = 1800
+#: bump when the Wine stage (stripping, prefix creation) changes in a way its inputs do not capture
+WINE_STAGE_VERSION = "2"
+WINE_STAMP = ".mailvm-wine-stage.json"
+WINE_LIB = "usr/lib/x86_64-linux-gnu/wine"
+PE_STRIP = "x86_64-w64-mingw32-strip"
+WINE_PREFIX_TIMEOUT_S = 600
 ROOTFS_SLACK_BYTES = 64 << 20
 
 
@@ -301,6 +313,158 @@ def stage_rootfs(cache: Path, suite: str, mirror: str, packages: tuple[str, ...]
     return d, stamp, False
 
 
+# -- stage 2b: Wine (stripped, with a ready prefix) ----------------------------------------
+def _tool_version(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise BuildError(f"{tool} is not installed (apt-get install binutils-mingw-w64-x86-64 binutils)")
+    first = _run([path, "--version"], f"{tool} --version").stdout.decode("utf-8", "replace").split("\n", 1)[0]
+    return first.strip()
+
+
+def _strip_batch(tool: str, files: list[Path], what: str) -> None:
+    for i in range(0, len(files), 200):
+        _run([tool, "--strip-debug", "-p", *map(str, files[i:i + 200])], what)
+
+
+def _wine_files(tree: Path) -> tuple[list[Path], list[Path]]:
+    """(PE files, unix-side ELF files) of the Wine installation in ``tree`` (regular files only)."""
+    pe: list[Path] = []
+    elf: list[Path] = []
+    for p in sorted((tree / WINE_LIB).rglob("*")):
+        if p.is_symlink() or not p.is_file():
+            continue
+        with open(p, "rb") as f:
+            magic = f.read(4)
+        if magic[:2] == b"MZ":
+            pe.append(p)
+        elif magic == b"\x7fELF":
+            elf.append(p)
+    for loader in ("usr/lib/wine/wine64", "usr/lib/wine/wineserver64"):
+        p = tree / loader
+        if p.is_file() and not p.is_symlink():
+            elf.append(p)
+    return pe, elf
+
+
+def _mounted(path: Path) -> bool:
+    try:
+        with open("/proc/self/mounts") as f:
+            return any(line.split()[1] == str(path) for line in f)
+    except OSError:
+        return False
+
+
+def _make_wine_prefix(tree: Path, prefix: str) -> str:
+    """A Wine prefix at ``prefix`` (a path inside ``tree``), made by the tree's own wine in a chroot; wine's version.
+
+    /proc and /dev are bind-mounted into the tree for the duration (and always
+    unmounted); Wine's socket and temporary home stay under the tree's /tmp and
+    are removed.  Files are made with umask 022: readable, not writable, by the
+    guest's sandbox users.
+    """
+    target = tree / prefix.lstrip("/")
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    home = "/tmp/mailvm-wineboot-home"
+    env = guest_wine.prefix_env(prefix, home)
+    script = ('umask 022; mkdir -p "$HOME" && /usr/lib/wine/wine64 wineboot -i; rc=$?; '
+              '/usr/lib/wine/wineserver -w; rm -rf "$HOME" /tmp/.wine-0 /tmp/wine-*; exit $rc')
+    mounts: list[Path] = []
+    try:
+        for src in ("/proc", "/dev"):
+            mp = tree / src.lstrip("/")
+            mp.mkdir(exist_ok=True)
+            if _mounted(mp):
+                raise BuildError(f"{mp} is already a mount point (a build killed half-way?); unmount it first")
+            _run(["mount", "--bind", src, str(mp)], f"mounting {src} into the tree")
+            mounts.append(mp)
+        _run(["chroot", str(tree), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()),
+              "/bin/sh", "-c", script], "creating the Wine prefix", timeout=WINE_PREFIX_TIMEOUT_S)
+        version = _run(["chroot", str(tree), "/usr/lib/wine/wine64", "--version"], "wine --version").stdout
+    finally:
+        for mp in reversed(mounts):
+            res = subprocess.run(["umount", str(mp)], capture_output=True, timeout=60)
+            if res.returncode != 0:
+                subprocess.run(["umount", "-l", str(mp)], capture_output=True, timeout=60)
+    if not (target / "system.reg").is_file():
+        raise BuildError(f"wineboot made no prefix at {prefix}")
+    try:
+        (target / "wineserver").unlink()  # the server's lock file, not part of the prefix
+    except FileNotFoundError:
+        pass
+    for dirpath, dirnames, filenames in os.walk(target):  # readable by every sandbox user, writable by none
+        os.chmod(dirpath, 0o755)
+        for n in filenames:
+            p = os.path.join(dirpath, n)
+            if not os.path.islink(p):
+                os.chmod(p, os.stat(p).st_mode & 0o755 | 0o444)
+    return version.decode("utf-8", "replace").strip()[:100]
+
+
+def _dedup_prefix(tree: Path, prefix: str) -> int:
+    """Hard-link the prefix's copies of Wine's own files (wineboot copies its DLLs into system32) to
+    the originals: one inode each in root.img and in the guest's page cache.  Bytes saved."""
+    by_size: dict[int, list[Path]] = {}
+    for p in (tree / WINE_LIB).rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            by_size.setdefault(p.stat().st_size, []).append(p)
+    saved = 0
+    for p in sorted((tree / prefix.lstrip("/")).rglob("*")):
+        if p.is_symlink() or not p.is_file():
+            continue
+        st = p.stat()
+        if st.st_nlink > 1:
+            continue
+        data = None
+        for cand in by_size.get(st.st_size, ()):
+            if data is None:
+                data = p.read_bytes()
+            if cand.read_bytes() == data:
+                tmp = p.with_name(p.name + ".mailvm-link")
+                os.link(cand, tmp)
+                os.replace(tmp, p)
+                saved += st.st_size
+                break
+    return saved
+
+
+def stage_wine(rdir: Path, rstamp: dict, prefix: str = guest_wine.DEFAULT_TEMPLATE) -> tuple[dict, bool]:
+    """Strip Wine in the rootfs tree and make its ready prefix; (stamp, cached).  Idempotent, in place."""
+    tree = rdir / "tree"
+    if not (tree / "usr/lib/wine/wine64").exists():
+        raise BuildError("the rootfs has no /usr/lib/wine/wine64 (wine64 not installed)")
+    recipe = {"stage": WINE_STAGE_VERSION, "rootfs_key": rstamp["key"], "prefix": prefix,
+              "prefix_env": guest_wine.prefix_env(prefix, "HOME"), "pe_strip": _tool_version(PE_STRIP),
+              "strip": _tool_version("strip")}
+    key = _hash_obj(recipe)
+    try:
+        stamp = json.loads((rdir / WINE_STAMP).read_text())
+    except (OSError, ValueError):
+        stamp = None
+    if stamp and stamp.get("key") == key and (tree / prefix.lstrip("/") / "system.reg").is_file():
+        return stamp, True
+    try:
+        (rdir / WINE_STAMP).unlink()
+    except FileNotFoundError:
+        pass
+    t0 = time.monotonic()
+    before = _tree_bytes(tree / WINE_LIB)
+    pe, elf = _wine_files(tree)
+    _strip_batch(PE_STRIP, pe, "stripping Wine's PE files")
+    _strip_batch("strip", elf, "stripping Wine's unix libraries")
+    after = _tree_bytes(tree / WINE_LIB)
+    t1 = time.monotonic()
+    version = _make_wine_prefix(tree, prefix)
+    linked = _dedup_prefix(tree, prefix)
+    stamp = {"key": key, "recipe": recipe, "wine_version": version,
+             "prefix": prefix, "prefix_bytes": _tree_bytes(tree / prefix.lstrip("/")), "prefix_linked_bytes": linked,
+             "wine_lib_bytes": {"before": before, "after": after}, "pe_files": len(pe), "elf_files": len(elf),
+             "seconds": {"strip": round(t1 - t0, 1), "prefix": round(time.monotonic() - t1, 1)}}
+    _write_json_atomic(rdir / WINE_STAMP, stamp)
+    return stamp, False
+
+
 # -- stage 3: the image ---------------------------------------------------------------
 def agent_files() -> dict[str, Path]:
     """Files of this package the guest needs: path inside the guest's /opt/mailvm -> source."""
@@ -311,7 +475,8 @@ def agent_files() -> dict[str, Path]:
     return files
 
 
-def _input_key(kstamp: dict, rstamp: dict, agent_hashes: dict[str, str], modules: tuple[str, ...]) -> tuple[str, dict]:
+def _input_key(kstamp: dict, rstamp: dict, agent_hashes: dict[str, str], modules: tuple[str, ...],
+               wstamp: dict | None = None) -> tuple[str, dict]:
     busybox_sha = sha256_file(BUSYBOX) if os.path.exists(BUSYBOX) else "missing"
     inputs = {
         "recipe": RECIPE_VERSION,
@@ -323,6 +488,8 @@ def _input_key(kstamp: dict, rstamp: dict, agent_hashes: dict[str, str], modules
         "initramfs_modules": list(modules),
         "busybox_sha256": busybox_sha,
     }
+    if wstamp is not None:
+        inputs["wine_key"] = wstamp["key"]
     return _hash_obj(inputs), inputs
 
 
@@ -371,7 +538,9 @@ def _make_initramfs(kdir: Path, kstamp: dict, out: Path, modules: tuple[str, ...
 
 
 def _tree_bytes(tree: Path) -> int:
+    """Disk use of a tree in 4 KiB blocks, hard-linked files counted once."""
     total = 0
+    seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(tree):
         total += 4096 * (len(dirnames) + 1)
         for n in filenames:
@@ -379,6 +548,10 @@ def _tree_bytes(tree: Path) -> int:
                 st = os.lstat(os.path.join(dirpath, n))
             except OSError:
                 continue
+            if st.st_nlink > 1:
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
             total += (st.st_size + 4095) // 4096 * 4096
     return total
 
@@ -407,6 +580,7 @@ def status(cache_dir: str = DEFAULT_CACHE_DIR) -> dict[str, Any]:
         "kernel": m.get("inputs", {}).get("kernel", {}).get("version"),
         "packages": len(m.get("packages", {})),
         "with_wine": m.get("with_wine", False),
+        "wine": m.get("wine"),
         "files": m.get("files", {}),
     }
 
@@ -439,10 +613,15 @@ def build(opts: BuildOptions, progress: Callable[[str], None] | None = None) -> 
     mirror = opts.mirror or find_mirror(opts.suite)
     rdir, rstamp, cached = stage_rootfs(cache, opts.suite, mirror, packages)
     stages["rootfs"] = "cached" if cached else "built"
+    wstamp: dict | None = None
+    if opts.with_wine:
+        note("wine")
+        wstamp, cached = stage_wine(rdir, rstamp)
+        stages["wine"] = "cached" if cached else "built"
 
     files = agent_files()
     agent_hashes = {rel: sha256_file(src) for rel, src in files.items()}
-    key, inputs = _input_key(kstamp, rstamp, agent_hashes, guestinit.INITRAMFS_MODULES)
+    key, inputs = _input_key(kstamp, rstamp, agent_hashes, guestinit.INITRAMFS_MODULES, wstamp)
     out = cache / f"image-{key[:16]}"
     if not opts.force:
         try:
@@ -470,6 +649,11 @@ def build(opts: BuildOptions, progress: Callable[[str], None] | None = None) -> 
             "inputs": inputs,
             "rootfs_recipe": rstamp["recipe"],
             "with_wine": opts.with_wine,
+            "wine": None if wstamp is None else {
+                "version": wstamp["wine_version"], "prefix": wstamp["prefix"],
+                "prefix_bytes": wstamp["prefix_bytes"], "prefix_linked_bytes": wstamp.get("prefix_linked_bytes", 0),
+                "wine_lib_bytes": wstamp["wine_lib_bytes"],
+                "stage_key": wstamp["key"]},
             "packages": rstamp["packages"],
             "initramfs_modules_loaded": modules,
             "files": {

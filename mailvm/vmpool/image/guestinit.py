@@ -18,6 +18,12 @@ tools and their libraries and imports the guest modules the sandbox runs in
 separate processes; ``run`` also detonates a harmless script once (bwrap,
 strace, fakenet, cgroups: every path a job takes), then deletes its traces.
 Any failure there is only logged: the agent starts regardless.
+
+When the image has Wine (its loader and the shipped prefix), ``mailvm.guest.winewarm``
+is started before the agent and PID 1 waits (up to 15 min: TCG) for its socket: a
+sandbox with wineserver, Wine's session processes and the page cache warm is then part
+of the template; the agent gets the socket in ``MAILVM_WINE_WARM`` and hands Windows
+samples to it.
 """
 
 from __future__ import annotations
@@ -107,6 +113,25 @@ r = detonate(sys.argv[1], {"timeout_s": 30, "idle_s": 0.2}, sys.argv[2], lambda:
 print("mailvm-init: warm-up detonation:", r.get("verdict"), r.get("stopped"), r.get("duration_s"))
 ' "$w/warm.sh" "$w/work" > /dev/console 2>&1 || echo "mailvm-init: warm-up failed" > /dev/console
     rm -rf "$w"
+fi
+# Wine in the image: a warm Wine sandbox (wineserver and its session running as a sandbox uid, inside
+# the sandbox's namespaces) is made now, so the template -- and every clone -- holds it warm
+# (mailvm.wine=cold on the kernel command line skips it: for measuring what it buys)
+if [ -x /usr/lib/wine/wine64 ] && [ -f /var/lib/mailvm/wine-prefix/system.reg ] && [ "$(arg mailvm.wine)" != cold ]; then
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    PYTHONPATH=/opt/mailvm python3 -m mailvm.guest.winewarm --socket /run/mailvm-wine/warm.sock \
+        --workdir /tmp/mailvm-wine > /dev/console 2>&1 &
+    WW=$!
+    i=0
+    while [ ! -S /run/mailvm-wine/warm.sock ] && kill -0 $WW 2>/dev/null && [ $i -lt 9000 ]; do
+        i=$((i+1)); sleep 0.1
+    done
+    if [ -S /run/mailvm-wine/warm.sock ]; then
+        export MAILVM_WINE_WARM=/run/mailvm-wine/warm.sock
+        echo "mailvm-init: warm Wine ready after $t0 -> $(cut -d' ' -f1 /proc/uptime) s uptime" > /dev/console
+    else
+        echo "mailvm-init: no warm Wine sandbox; Windows samples run cold" > /dev/console
+    fi
 fi
 echo "mailvm-init: agent on page $PAGE_ADDR+$PAGE_SIZE, doorbell $BELL" > /dev/console
 cd /
