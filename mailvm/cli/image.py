@@ -18,6 +18,7 @@ from mailvm.cli.common import EXIT_BAD, EXIT_ERROR, EXIT_OK, config_from, print_
 log = logging.getLogger(__name__)
 
 STAGES = ("kernel", "rootfs", "image", "root.img")
+WINE_STAGES = ("kernel", "rootfs", "wine", "image", "root.img")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--cache-dir", help="image cache (default: [pool] image_dir, else /var/lib/mailvm/image)")
     b.add_argument("--mirror", help="Debian mirror URL (default: the one in apt's sources)")
     b.add_argument("--suite", default=None, help="Debian suite (default bookworm)")
-    b.add_argument("--with-wine", action="store_true", help="add wine64 for Windows samples")
+    b.add_argument("--with-wine", action="store_true",
+                   help="add wine64 (DLLs stripped, a ready prefix) for Windows samples; give such guests "
+                        "[pool] guest_mem_mib >= 512")
     b.add_argument("--force", action="store_true", help="rebuild the image even when no input changed")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.set_defaults(func=cmd_build)
@@ -59,7 +62,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                           force=args.force)
     if args.suite:
         opts.suite = args.suite
-    bar = tqdm(total=len(STAGES), unit="step", disable=args.json, desc="image")
+    bar = tqdm(total=len(WINE_STAGES if args.with_wine else STAGES), unit="step", disable=args.json, desc="image")
 
     def progress(stage: str) -> None:
         bar.set_description(f"image: {stage}")
@@ -95,7 +98,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(st["reason"])
     else:
         print(f"image {st['version']} built {st['built_at']} in {st['dir']}")
-        print(f"kernel {st['kernel']}, {st['packages']} packages, wine: {'yes' if st['with_wine'] else 'no'}")
+        wine = st.get("wine") or {}
+        wine_text = "no" if not st["with_wine"] else (
+            f"{wine.get('version', 'yes')}, prefix {wine.get('prefix', '?')} ({wine.get('prefix_bytes', 0) / 1e6:.0f} MB)")
+        print(f"kernel {st['kernel']}, {st['packages']} packages, wine: {wine_text}")
         for name, f in st["files"].items():
             print(f"  {name:<11} {f.get('bytes', 0) / 1e6:8.1f} MB")
     return EXIT_OK if st["built"] else EXIT_BAD

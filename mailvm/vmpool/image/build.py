@@ -62,7 +62,7 @@ TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", 
         "var/lib/apt/lists", "var/log")
 COMMAND_TIMEOUT_S = 1800
 #: bump when the Wine stage (stripping, prefix creation) changes in a way its inputs do not capture
-WINE_STAGE_VERSION = "2"
+WINE_STAGE_VERSION = "3"
 WINE_STAMP = ".mailvm-wine-stage.json"
 WINE_LIB = "usr/lib/x86_64-linux-gnu/wine"
 PE_STRIP = "x86_64-w64-mingw32-strip"
@@ -355,6 +355,29 @@ def _mounted(path: Path) -> bool:
         return False
 
 
+FONT_DIRS = ("usr/share/fonts", "usr/local/share/fonts", "usr/share/wine")
+
+
+def _settle_font_dirs(tree: Path) -> None:
+    """Whole-second mtimes on the font directories, old fontconfig caches removed.
+
+    fontconfig's caches record their directory's mtime with nanoseconds;
+    ``mke2fs -d`` keeps whole seconds only, so caches made on the build tree
+    were stale in the guest and every Wine process tried to rewrite them (into
+    the sandbox's read-only /var/cache/fontconfig: ``write_outside_workdir``).
+    The caches the chroot's wineboot then writes stay valid in the guest.
+    """
+    for rel in FONT_DIRS:
+        top = tree / rel
+        if not top.is_dir():
+            continue
+        for dirpath, _dirs, _files in os.walk(top):
+            st = os.stat(dirpath)
+            os.utime(dirpath, ns=(st.st_atime_ns // 10**9 * 10**9, st.st_mtime_ns // 10**9 * 10**9))
+    for cache in (tree / "var/cache/fontconfig").glob("*.cache-*"):
+        cache.unlink()
+
+
 def _make_wine_prefix(tree: Path, prefix: str) -> str:
     """A Wine prefix at ``prefix`` (a path inside ``tree``), made by the tree's own wine in a chroot; wine's version.
 
@@ -455,6 +478,7 @@ def stage_wine(rdir: Path, rstamp: dict, prefix: str = guest_wine.DEFAULT_TEMPLA
     _strip_batch("strip", elf, "stripping Wine's unix libraries")
     after = _tree_bytes(tree / WINE_LIB)
     t1 = time.monotonic()
+    _settle_font_dirs(tree)
     version = _make_wine_prefix(tree, prefix)
     linked = _dedup_prefix(tree, prefix)
     stamp = {"key": key, "recipe": recipe, "wine_version": version,
