@@ -689,6 +689,51 @@ def test_windows_pe_run_key_and_c2_under_wine(run, tmp_path, monkeypatch):
 
 
 @pytest.mark.sandbox
+@pytest.mark.slow
+@pytest.mark.skipif(_wine_reason() is not None, reason=f"Wine test unavailable: {_wine_reason()}")
+def test_windows_pe_in_a_warm_wine_sandbox_through_its_socket(tmp_path, monkeypatch):
+    """The qemu guest's path, on the host: a warm Wine sandbox serves one job handed over its socket."""
+    from mailvm.guest import winewarm as WW
+
+    monkeypatch.setenv(W.TEMPLATE_ENV, "/var/tmp/mailvm-test-wine-template")
+    src = tmp_path / "pe.c"
+    src.write_text(PE_SOURCE)
+    exe = tmp_path / "Invoice_2024.exe"
+    subprocess.run(["x86_64-w64-mingw32-gcc", "-O1", "-o", str(exe), str(src), "-lws2_32"], check=True)
+    sock = str(tmp_path / "run" / "warm.sock")
+    (tmp_path / "warm").mkdir()
+    served: list[int] = []
+    daemon = threading.Thread(target=lambda: served.append(WW.serve(sock, str(tmp_path / "warm"))), daemon=True)
+    daemon.start()
+    deadline = time.monotonic() + 120
+    while not os.path.exists(sock) and daemon.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.path.exists(sock), "the warm Wine sandbox never became ready"
+    assert oct(os.stat(os.path.dirname(sock)).st_mode & 0o777) == "0o700"
+    box_dirs = [d for d in (tmp_path / "warm").iterdir() if d.name.startswith("det-")]
+    assert len(box_dirs) == 1 and not (box_dirs[0] / "box/work" / WW.CTL_DIR).exists()  # channel unlinked
+    monkeypatch.setenv(WW.SOCKET_ENV, sock)
+    (tmp_path / "job").mkdir()
+    t0 = time.monotonic()
+    r = detonate(str(exe), {"name": exe.name, "timeout_s": 60}, str(tmp_path / "job"))
+    took = time.monotonic() - t0
+    daemon.join(30)
+    assert served == [0] and not os.path.exists(sock)  # one job, then gone
+    assert r["launcher"] == "wine_pe" and r["verdict"] == "malicious", r["findings"]
+    assert ids(r) == {"persistence_registry_run", "network_raw_ip"}, r["findings"]
+    wine_ev = [e for e in r["log"] if e["type"] == "wine"]
+    assert wine_ev and wine_ev[0]["warm"] is True and wine_ev[0]["server_age_s"] > 0, wine_ev
+    # the warm wineserver served the sample and counts as the sample's: its connect is in the trace
+    assert any(e["type"] == "connect" and e.get("port") == 8443 and "src" not in e for e in r["log"]), r["log"]
+    assert any(e["type"] == "reg_set" and e.get("src") == "reg_diff" and e["value"] == "WindowsUpdate"
+               for e in r["log"])
+    # nothing of the warm-up (wineboot, services.exe) is reported as the sample's
+    assert not any(e["type"] == "exec" and "wineboot" in str(e.get("argv")) for e in r["log"]), r["log"]
+    assert not [d for d in (tmp_path / "warm").iterdir() if d.name.startswith("det-")]
+    print(f"\nwarm Wine on the host: {took:.2f} s ({r['duration_s']} s in the detonation)")
+
+
+@pytest.mark.sandbox
 @pytest.mark.skipif(SANDBOX_REASON is not None, reason=f"sandbox unavailable: {SANDBOX_REASON}")
 def test_a_syscall_flood_is_cut_at_the_trace_cap(run, monkeypatch):
     import mailvm.guest.detonate as D
