@@ -88,17 +88,41 @@ def memory_bytes() -> int:
     return 0
 
 
-def find_image_dir(explicit: str | None = None) -> str | None:
-    """The first directory holding a complete guest image (``explicit`` first), else None."""
+def find_image_dir(explicit: str | None = None, update: bool = True) -> str | None:
+    """The guest image the qemu benchmarks use, brought up to date with this tree; None without one.
+
+    The first directory holding a complete image (``explicit`` first).  With ``update`` the image
+    is rebuilt there when one of its inputs changed (the agent's files, most often: only that
+    stage is redone, seconds), so figures are never taken with an old guest agent; with no image
+    anywhere one is built into the test image cache (about a minute from Debian packages).
+    """
     from mailvm.vmpool.image.layout import ImageMissing, load_image
 
-    for d in ([explicit] if explicit else []) + [d for d in IMAGE_DIRS if d]:
+    dirs = ([explicit] if explicit else []) + [d for d in IMAGE_DIRS if d]
+    found = None
+    for d in dirs:
         try:
-            load_image(d)
-            return d
+            found = (d, load_image(d))
+            break
         except (ImageMissing, OSError, ValueError):
             continue
-    return None
+    if not update:
+        return found[0] if found else None
+    from mailvm.vmpool.image.build import BuildError, BuildOptions, build
+
+    target = found[0] if found else (explicit or "/var/cache/mailvm-test/image")
+    wine = bool(found and found[1].manifest.get("with_wine"))
+    t0 = time.monotonic()
+    try:
+        res = build(BuildOptions(cache_dir=target, with_wine=wine))
+    except (BuildError, OSError) as exc:
+        print(f"bench: guest image in {target} not brought up to date ({exc})", flush=True)
+        return found[0] if found else None
+    built = [s for s, how in res.stages.items() if how == "built"]
+    if built:
+        print(f"bench: guest image {res.image.version} in {target}: rebuilt {', '.join(built)} "
+              f"({time.monotonic() - t0:.1f} s)", flush=True)
+    return target
 
 
 def accelerator(image_dir: str | None) -> dict[str, str]:

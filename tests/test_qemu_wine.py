@@ -36,14 +36,6 @@ CACHE = Path(os.environ.get("MAILVM_TEST_WINE_IMAGE_DIR", "/var/cache/mailvm-tes
 POOL_DIR = CACHE.parent / "qemu-pool"
 #: the reference VM boots and warms Wine under TCG: about a minute, more on a loaded 2-core host
 READY_S = 900.0
-#: Wine's session (wineserver, services, winedevice, explorer...) plus its DLLs in the page cache
-#: thrash in the default 256 MiB guest (every Wine run hung under TCG there); 512 and 1024 MiB measured alike
-WINE_MEM_MIB = 512
-#: QEMU 7.2's TCG pops IRETQ's frame with a supervisor access even from CPL 3, so with SMAP on a
-#: user-mode IRETQ (Wine's syscall return path, every thread start) oopses the guest kernel.
-#: The backend should add this for TCG guests (mailvm/vmpool/backends/qemu.py, VMSpec.cmdline);
-#: until it does, this session adds it to the guest command line itself.
-TCG_SMAP_WORKAROUND = "clearcpuid=smap"
 
 
 def _missing() -> str | None:
@@ -74,11 +66,11 @@ def wine_image() -> Image:
 def _backend(extra_cmdline: str):
     """A prepared backend on the Wine image whose guests get ``extra_cmdline`` too; yields it, cleans up."""
     mp = pytest.MonkeyPatch()
-    extra = " ".join(a for a in (TCG_SMAP_WORKAROUND, extra_cmdline) if a and a not in Q.GUEST_CMDLINE)
+    extra = extra_cmdline if extra_cmdline and extra_cmdline not in Q.GUEST_CMDLINE else ""
     if extra:
         mp.setattr(Q, "GUEST_CMDLINE", f"{Q.GUEST_CMDLINE} {extra}")
-    cfg = PoolConfig(backend="qemu", accel="tcg", work_dir=str(POOL_DIR), page_bytes=PAGE, ready_timeout_s=READY_S,
-                     guest_mem_mib=WINE_MEM_MIB)
+    # the default guest_mem_mib (256): the backend raises it for a Wine image (Wine thrashes below 512)
+    cfg = PoolConfig(backend="qemu", accel="tcg", work_dir=str(POOL_DIR), page_bytes=PAGE, ready_timeout_s=READY_S)
     b = QemuBackend(cfg, image_dir=str(CACHE))
     t0 = time.monotonic()
     try:
@@ -154,6 +146,9 @@ def test_wine_image_is_stripped_and_ships_a_ready_prefix(wine_image, tmp_path):
 
 
 def test_pe_in_a_clone_runs_under_a_warm_wineserver(wine_backend, pe_bytes):
+    d = wine_backend.info().details
+    assert d["wine"] is True and d["guest_mem_mib"] == Q.WINE_MIN_MEM_MIB  # raised from the default 256
+    assert Q.TCG_SMAP_OFF in wine_backend.spec.cmdline()  # Wine oopses a TCG guest kernel with SMAP on
     slot = wine_backend.create_slot("wine-pe")
     t0 = time.monotonic()
     handover, st, result = _job(slot, pe_bytes, "Invoice_2024.exe", timeout=60.0)

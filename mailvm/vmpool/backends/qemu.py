@@ -121,6 +121,12 @@ PORT_NAME = "mailvm.bell"
 ISOLATION = {"kvm": "hardware VM (KVM)", "tcg": "VM (TCG emulation; no hardware virtualisation)"}
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 GUEST_CMDLINE = "console=ttyS0 panic=-1 mitigations=off nowatchdog quiet loglevel=4"
+#: added under TCG only (see VMSpec.cmdline)
+TCG_SMAP_OFF = "clearcpuid=smap"
+#: a guest image with Wine thrashes below this (every Wine run hung at 256 MiB under TCG; 512 and 1024 alike)
+WINE_MIN_MEM_MIB = 512
+#: the reference VM of a Wine image warms Wine before READY (52 s measured under TCG; the guest stops at 100 s)
+WINE_READY_S = 180.0
 #: the unprivileged user QEMU switches to (``-runas``) once its files are open (``pool.qemu_user``)
 DEFAULT_QEMU_USER = "mailvm-qemu"
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -155,7 +161,10 @@ class VMSpec:
 
     def cmdline(self) -> str:
         warm = f" mailvm.warmup={self.warmup}" if self.warmup != "none" else ""
-        return (f"{GUEST_CMDLINE} mailvm.page_addr={PAGE_ADDR:#x} mailvm.page_size={self.page_bytes} "
+        # QEMU 7.2's TCG pops a user-mode IRETQ frame with supervisor accesses: with SMAP on, the
+        # guest kernel oopses on Wine's syscall returns and thread starts.  KVM keeps SMAP.
+        smap = f" {TCG_SMAP_OFF}" if self.accel == "tcg" else ""
+        return (f"{GUEST_CMDLINE}{smap} mailvm.page_addr={PAGE_ADDR:#x} mailvm.page_size={self.page_bytes} "
                 f"mailvm.doorbell={self.guest_doorbell()}{warm}")
 
     def key(self, qemu_version: str) -> str:
@@ -810,7 +819,8 @@ class QemuBackend(Backend):
                 "accel_reason": self.accel_reason,
                 "launcher": self.launcher,
                 "doorbell": self.doorbell,
-                "guest_mem_mib": self.mem_mib,
+                "guest_mem_mib": self.spec.mem_mib if self.spec else self.mem_mib,
+                "wine": bool(image and image.manifest.get("with_wine")),
                 "page_bytes": self.page_bytes,
                 "qemu": self.qemu_version,
                 "qemu_user": (self.run_as or ("root" if os.geteuid() == 0 else str(os.geteuid())))
@@ -911,6 +921,13 @@ class QemuBackend(Backend):
                 log.warning("qemu backend: no watchdog (%s): if this process is killed, its QEMUs run on "
                             "until the next pool starts in %s", exc, self.cfg.work_dir)
 
+    def _reference_bound(self, spec: VMSpec) -> float:
+        """How long the reference VM may take to reach READY."""
+        if spec.accel == "kvm":
+            return KVM_PROBE_S
+        floor = WINE_READY_S if spec.image.manifest.get("with_wine") else 120.0
+        return max(self.cfg.ready_timeout_s, floor)
+
     def _make_generation(self, image: Image) -> _Generation:
         """The template for ``image`` (reused or made; the accelerator chosen as configured), locked shared."""
         candidates = self._accel_candidates()
@@ -918,8 +935,13 @@ class QemuBackend(Backend):
         if self.accel_wanted == "auto" and memo in candidates:
             candidates = [memo]  # an earlier probe with this image and QEMU decided already
         errors = []
+        mem_mib = self.mem_mib
+        if image.manifest.get("with_wine") and mem_mib < WINE_MIN_MEM_MIB:
+            log.warning("qemu backend: image %s has Wine, which needs %d MiB of guest RAM; using that instead of "
+                        "pool.guest_mem_mib = %d", image.version, WINE_MIN_MEM_MIB, mem_mib)
+            mem_mib = WINE_MIN_MEM_MIB
         for accel in candidates:
-            spec = VMSpec(image, accel, self.mem_mib, self.page_bytes, self.doorbell, self.launcher,
+            spec = VMSpec(image, accel, mem_mib, self.page_bytes, self.doorbell, self.launcher,
                           self.tb_mib, self.warmup, self.run_as)
             try:
                 t, fd = self._load_or_make_template(spec)
@@ -1121,7 +1143,7 @@ class QemuBackend(Backend):
         """
         key = spec.key(self.qemu_version)
         t = self._template_paths(key)
-        bound = KVM_PROBE_S if spec.accel == "kvm" else max(self.cfg.ready_timeout_s, 120.0)
+        bound = self._reference_bound(spec)
         wait_until = time.monotonic() + bound + 60
         fd = self._flock(key[:16], fcntl.LOCK_SH, wait_until)  # waits only while someone makes it
         assert fd is not None
@@ -1221,7 +1243,7 @@ class QemuBackend(Backend):
         paths = VMPaths(t.ram, True, page_path, os.path.join(t.dir, "qmp.sock"), os.path.join(t.dir, "bell.sock"),
                         os.path.join(t.dir, "console.log"))
         t0 = time.monotonic()
-        bound = KVM_PROBE_S if spec.accel == "kvm" else max(self.cfg.ready_timeout_s, 120.0)
+        bound = self._reference_bound(spec)
         log.info("qemu backend: booting the reference VM under %s via %s (image %s)", spec.accel.upper(),
                  spec.launcher, spec.image.version)
         try:
