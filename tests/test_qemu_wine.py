@@ -25,6 +25,7 @@ import pytest
 from mailvm.config import PoolConfig
 from mailvm.guest import protocol as P
 import mailvm.vmpool.backends.qemu as Q
+import mailvm.vmpool.backends.qemu_vm as QV
 from mailvm.vmpool.backends.qemu import QemuBackend
 from mailvm.vmpool.image.layout import Image
 from test_backend_qemu import PAGE, _job, our_qemus
@@ -66,9 +67,9 @@ def wine_image() -> Image:
 def _backend(extra_cmdline: str):
     """A prepared backend on the Wine image whose guests get ``extra_cmdline`` too; yields it, cleans up."""
     mp = pytest.MonkeyPatch()
-    extra = extra_cmdline if extra_cmdline and extra_cmdline not in Q.GUEST_CMDLINE else ""
+    extra = extra_cmdline if extra_cmdline and extra_cmdline not in QV.GUEST_CMDLINE else ""
     if extra:
-        mp.setattr(Q, "GUEST_CMDLINE", f"{Q.GUEST_CMDLINE} {extra}")
+        mp.setattr(QV, "GUEST_CMDLINE", f"{QV.GUEST_CMDLINE} {extra}")
     # the default guest_mem_mib (256): the backend raises it for a Wine image (Wine thrashes below 512)
     cfg = PoolConfig(backend="qemu", accel="tcg", work_dir=str(POOL_DIR), page_bytes=PAGE, ready_timeout_s=READY_S)
     b = QemuBackend(cfg, image_dir=str(CACHE))
@@ -148,7 +149,7 @@ def test_wine_image_is_stripped_and_ships_a_ready_prefix(wine_image, tmp_path):
 def test_pe_in_a_clone_runs_under_a_warm_wineserver(wine_backend, pe_bytes):
     d = wine_backend.info().details
     assert d["wine"] is True and d["guest_mem_mib"] == Q.WINE_MIN_MEM_MIB  # raised from the default 256
-    assert Q.TCG_SMAP_OFF in wine_backend.spec.cmdline()  # Wine oopses a TCG guest kernel with SMAP on
+    assert QV.TCG_SMAP_OFF in wine_backend.spec.cmdline()  # Wine oopses a TCG guest kernel with SMAP on
     slot = wine_backend.create_slot("wine-pe")
     t0 = time.monotonic()
     handover, st, result = _job(slot, pe_bytes, "Invoice_2024.exe", timeout=60.0)
