@@ -116,9 +116,12 @@ def headline(c: dict[str, Any]) -> str:
     ratio = get(fvc, "ratios", "restore_vs_handover")
     rows.append(["Hand-over >= 50x faster than a classic full revert (same image, same run)", num(ratio, 1, "x"),
                  verdict_of(ratio >= 50 if ratio else None)])
+    # issue 5 defines refill as template -> restored, paused clone; the agent's READY after `cont` is shown too
+    paused = med(get(fvc, "flash", "refill_ms", "paused"))
     refill = med(get(fvc, "flash", "refill_ms", "total"))
-    rows.append(["Refill (new pre-warmed clone, raw QEMU), median < 50 ms", num(refill, 1, " ms"),
-                 verdict_of(refill < 50 if refill else None)])
+    rows.append(["Refill (template -> restored, paused clone, raw QEMU), median < 50 ms",
+                 f"{num(paused, 1, ' ms')} (to agent READY: {num(refill, 1, ' ms')})",
+                 verdict_of(paused < 50 if paused else None)])
     cr = get(pf, "mixes", "cached", "ratio")
     can = get(pf, "canonical", "ratio")
     rows.append(["Cache-hit mix through Postfix >= 80 % of Postfix without milter",
