@@ -23,6 +23,7 @@ from mailvm.vmpool.backends.base import BackendError
 from mailvm.procfs import cpu_seconds, group_members, process_tree
 from mailvm.vmpool.backends.process import ISOLATION, ProcessBackend, sweep_orphans
 from mailvm.vmpool.shmpage import HostPage, PageError
+from backend_helpers import track_slots
 
 pytestmark = pytest.mark.sandbox
 
@@ -42,15 +43,7 @@ def backend(tmp_path):
     cfg = PoolConfig(backend="process", work_dir=str(tmp_path / "pool"), page_bytes=PAGE, ready_timeout_s=30.0)
     b = ProcessBackend(cfg)
     b.prepare()
-    made = []
-    real_create = b.create_slot
-
-    def create(slot_id):
-        slot = real_create(slot_id)
-        made.append(slot)
-        return slot
-
-    b.create_slot = create  # track, as firecracker's factory does
+    made = track_slots(b)
     yield b
     for slot in made:
         slot.destroy()

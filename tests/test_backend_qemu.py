@@ -31,6 +31,7 @@ from mailvm.vmpool.backends.qemu import QemuBackend, VMPaths, VMSpec, qemu_argv
 from mailvm.vmpool.image.layout import Image, load_image
 from mailvm.vmpool.shmpage import PageError
 from mailvm.procfs import find_processes
+from backend_helpers import track_slots
 
 pytestmark = pytest.mark.qemu
 
@@ -63,21 +64,18 @@ def image() -> Image:
 
 @pytest.fixture(scope="session")
 def backend(image):
-    cfg = PoolConfig(backend="qemu", accel="tcg", work_dir=str(POOL_DIR), page_bytes=PAGE, ready_timeout_s=60.0)
-    cfg.image_dir = str(CACHE)  # type: ignore[attr-defined]  # the key the lead adds to PoolConfig
+    cfg = PoolConfig(backend="qemu", accel="tcg", work_dir=str(POOL_DIR), page_bytes=PAGE, ready_timeout_s=60.0,
+                     image_dir=str(CACHE))
     b = QemuBackend(cfg, image_dir=str(CACHE))
     t0 = time.monotonic()
     b.prepare()
     print(f"\nprepare: {time.monotonic() - t0:.1f} s, template {b.template.meta}")
-    made = []
-    real_create = b.create_slot
+    yield from serve_prepared(b)
 
-    def create(slot_id):
-        slot = real_create(slot_id)
-        made.append(slot)
-        return slot
 
-    b.create_slot = create
+def serve_prepared(b: QemuBackend):
+    """Yield a prepared backend; then destroy its slots, close it, drop its template, check for leftovers."""
+    made = track_slots(b)
     yield b
     for slot in made:
         slot.destroy()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import mailvm.vmpool.backends.qemu as Q
 import mailvm.vmpool.backends.qemu_vm as QV
 from mailvm.vmpool.backends.qemu import QemuBackend
 from mailvm.vmpool.image.layout import Image
-from test_backend_qemu import PAGE, _job, our_qemus
+from test_backend_qemu import PAGE, _job, serve_prepared
 from test_guest_detonate import PE_SOURCE
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
@@ -79,25 +78,7 @@ def _backend(extra_cmdline: str):
     finally:
         mp.undo()
     print(f"\nprepare ({extra_cmdline or 'warm Wine'}): {time.monotonic() - t0:.1f} s")
-    made = []
-    real_create = b.create_slot
-
-    def create(slot_id):
-        slot = real_create(slot_id)
-        made.append(slot)
-        return slot
-
-    b.create_slot = create
-    yield b
-    for slot in made:
-        slot.destroy()
-    b.close()
-    if not os.environ.get("MAILVM_TEST_KEEP_TEMPLATES"):
-        b.discard_template()
-    left = our_qemus(f"mailvm-{b.instance}-")
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert left == [], f"QEMU processes left after the session: {left}"
+    yield from serve_prepared(b)
 
 
 @pytest.fixture(scope="session")
