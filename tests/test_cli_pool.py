@@ -28,14 +28,15 @@ def _setup(tmp_path: Path, details: dict, pid: int, age_s: float = 0.0) -> Path:
 
 
 def test_status_shows_accelerator_image_switch_user_and_warnings(tmp_path, capsys):
-    details = {"image_version": "aaaa1111", "image_pending": "bbbb2222", "image_error": "",
+    details = {"image_version": "aaaa1111", "image_pending": "bbbb2222", "image_error": "", "wine": True,
+               "guest_mem_mib": 512,
                "template_created_at": time.time() - 7200, "launcher": "raw", "qemu_user": "root",
                "warnings": ["QEMU runs as root (pool.qemu_user = root): a guest escape would own the host"]}
     cfg = _setup(tmp_path, details, os.getpid())
     assert mvctl(["-c", str(cfg), "pool", "status"]) == 0
     out = capsys.readouterr().out
     assert "TCG" in out and "software emulation" in out
-    assert "image      aaaa1111   (switching to bbbb2222" in out
+    assert "image      aaaa1111 with Wine, guest RAM 512 MiB   (switching to bbbb2222" in out
     assert "template   2.0 h old" in out
     assert "qemu user  root" in out
     assert "WARNING    QEMU runs as root" in out

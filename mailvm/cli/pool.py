@@ -73,7 +73,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if "image_version" in details:
         pending = details.get("image_pending")
         extra = f"   (switching to {pending}: its template is being made)" if pending else ""
-        print(f"image      {details['image_version']}{extra}")
+        wine = " with Wine" if details.get("wine") else ""
+        mem = f", guest RAM {details['guest_mem_mib']} MiB" if details.get("guest_mem_mib") else ""
+        print(f"image      {details['image_version']}{wine}{mem}{extra}")
     if details.get("image_error"):
         print(f"WARNING    the newest image cannot be used: {details['image_error']}")
     created = details.get("template_created_at")
