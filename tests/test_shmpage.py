@@ -400,6 +400,12 @@ def test_take_acknowledges_only_a_new_request(host):
         seq = host.submit(b"x", "x", {})
         assert g.take(seq) is None  # the job already seen is not taken twice
         assert host.state() == P.REQUEST
+        raw = bytearray(Path(host.path).read_bytes()[:8])
+        with open(host.path, "r+b") as f:  # a header that is not ours is never acknowledged
+            f.write(b"XXXXXXXX")
+        assert g.take(seq - 1) is None
+        with open(host.path, "r+b") as f:
+            f.write(raw)
         assert g.take(seq - 1) == seq
         h = g.header()
         assert (h.state, h.ack_seq) == (P.RUNNING, seq)

@@ -109,8 +109,8 @@ class GuestPage:
         if P.U32.unpack_from(self._mm, P.OFF_STATE)[0] != P.REQUEST:
             return None
         seq = P.U64.unpack_from(self._mm, P.OFF_SEQ)[0]
-        if seq == last_seq:
-            return None
+        if seq == last_seq or self._mm[P.OFF_MAGIC : P.OFF_MAGIC + 8] != P.MAGIC:
+            return None  # seen already, or not our header (the slow path republishes READY)
         self.acknowledge(seq)
         return seq
 
