@@ -763,19 +763,25 @@ class QemuBackend(Backend):
         for tag in sorted(tags):
             if keep.startswith(tag):
                 continue
-            fd = self._flock(tag, fcntl.LOCK_EX, None)
-            if fd is None:
+            if not self._delete_template(tag):
                 log.info("qemu backend: old template %s is still in use (by a pool or a clone starting); kept", tag)
-                continue
-            try:
-                shutil.rmtree(os.path.join(self.cfg.work_dir, f"qemu-template-{tag}"), ignore_errors=True)
-                for p in (f"{self._shm_prefix()}{tag}.ram", f"{self._shm_prefix()}{tag}.page", self._lock_path(tag)):
-                    try:
-                        os.unlink(p)
-                    except FileNotFoundError:
-                        pass
-            finally:
-                os.close(fd)
+
+    def _delete_template(self, tag: str) -> bool:
+        """Remove template ``tag`` (directory, RAM and reference page on /dev/shm, lock) unless a pool
+        holds its lock; True when removed."""
+        fd = self._flock(tag, fcntl.LOCK_EX, None)
+        if fd is None:
+            return False
+        try:
+            shutil.rmtree(os.path.join(self.cfg.work_dir, f"qemu-template-{tag}"), ignore_errors=True)
+            for p in (f"{self._shm_prefix()}{tag}.ram", f"{self._shm_prefix()}{tag}.page", self._lock_path(tag)):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+        finally:
+            os.close(fd)
+        return True
 
     def discard_template(self) -> bool:
         """After close(): remove this backend's template (state, stub, RAM file on /dev/shm) unless
@@ -783,19 +789,8 @@ class QemuBackend(Backend):
         t = self.template
         if t is None or not self._closed or (self._gen is not None and self._gen.lock_fd >= 0):
             return False
-        tag = t.key[:16]
-        fd = self._flock(tag, fcntl.LOCK_EX, None)
-        if fd is None:
+        if not self._delete_template(t.key[:16]):
             return False
-        try:
-            shutil.rmtree(t.dir, ignore_errors=True)
-            for p in (t.ram, self._lock_path(tag)):
-                try:
-                    os.unlink(p)
-                except FileNotFoundError:
-                    pass
-        finally:
-            os.close(fd)
         self.template = None
         return True
 
