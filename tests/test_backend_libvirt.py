@@ -28,6 +28,7 @@ from mailvm.vmpool.backends.qemu import QemuBackend, VMPaths, VMSpec, guest_args
 from mailvm.vmpool.image.layout import Image
 from mailvm.vmpool.shmpage import PageError
 from mailvm.procfs import find_processes
+from test_backend_qemu import _job
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 
@@ -147,19 +148,6 @@ def backends(libvirtd, image):
                 assert not left_domains and not left_qemus, f"left after the session: {left_domains} {left_qemus}"
         finally:
             lv.close_connection(conn)
-
-
-def _job(slot, data=b"#!/bin/sh\ntrue\n", name="t.sh", timeout=20.0):
-    t0 = time.perf_counter()
-    slot.page.submit(data, name, {"timeout_s": timeout, "idle_s": 2, "max_result_bytes": 1 << 20})
-    slot.ring()
-    try:
-        st = slot.page.wait_state({P.RUNNING, P.DONE, P.FAILED}, soon(), alive=slot.alive)
-        handover = (time.perf_counter() - t0) * 1000
-        st = slot.page.wait_state({P.DONE, P.FAILED}, soon(timeout + 60), alive=slot.alive, heartbeat_timeout=20)
-    except (PageError, TimeoutError) as exc:
-        raise AssertionError(f"{exc}; {slot.vm.log_tail()}") from None
-    return handover, st, slot.page.read_result(1 << 20)
 
 
 def test_template_made_through_libvirt(backends, image):

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from mailvm.config import PoolConfig, ScanTableConfig
+from mailvm.procfs import find_processes
 from mailvm.scantable import ScanTable
 from mailvm.verdict import CLEAN, DONE, ERROR, MALICIOUS, SUSPICIOUS, Finding
 from mailvm.vmpool.backends import BACKENDS
@@ -75,18 +76,7 @@ def table(tmp_path: Path):
 
 def agent_processes(work_dir: str) -> list[int]:
     """Live processes whose command line mentions ``work_dir`` (the agents of one pool)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{name}/cmdline").read_bytes()
-            st = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue
-        if work_dir.encode() in cmd and st[st.rfind(")") + 2] != "Z":
-            found.append(int(name))
-    return found
+    return find_processes(work_dir.encode())
 
 
 def page_files() -> list[str]:
