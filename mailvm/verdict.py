@@ -130,6 +130,12 @@ class Artifact:
     description: str = ""
     depth: int = 0
     findings: list[Finding] = field(default_factory=list)
+    #: the MIME part (its path in the message tree, e.g. ``"1.2"``) that carries this file: for an
+    #: attachment its own part, for an archive member the attachment that holds the archive.  This is
+    #: the identity ``strip`` uses; it is never parsed back from ``origin`` (names are attacker data).
+    part_id: str = ""
+    #: what the file is to the message: attachment | member | body | embedded | download
+    role: str = "attachment"
 
     @property
     def origin_str(self) -> str:
@@ -145,6 +151,8 @@ class Artifact:
             "origin": self.origin_str,
             "path": self.path,
             "depth": self.depth,
+            "part_id": self.part_id,
+            "role": self.role,
             "findings": [f.to_dict() for f in self.findings],
         }
 
