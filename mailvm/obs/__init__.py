@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics and the per-message log line."""
