@@ -79,3 +79,31 @@ def test_message_line_text_and_json_are_one_line_and_bounded():
     assert "+10 more" in text and "domain=example.com" in text and 'time="extract:0.010,total:0.500"' in text
     data = json.loads(render(rec, "json"))
     assert data["recipients_more"] == 10 and data["action"] == "reject" and "\n" not in data["message_id"]
+
+
+def test_mvctl_top_once_and_json_against_a_live_endpoint(capsys):
+    import socket
+
+    from mailvm.cli.mvctl import main
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    m = new_metrics(lambda: {"state": "running", "updated_at": time.time(), "slots": {"ready": 2, "busy": 0}})
+    for _ in range(3):
+        m.observe_message("clean", "tag", 0.02, artifacts=[{"source": "cache"}])
+    m.observe_message("malicious", "reject", 4.0, artifacts=[{"source": "detonation", "kind": "script", "verdict": "malicious"}])
+    server = start_server(m, f"127.0.0.1:{port}")
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        assert main(["top", "--url", url, "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["messages"] == 4 and data["by_action"] == {"reject": 1, "tag": 3}
+        assert data["cache_hit_ratio"] == 0.75 and data["pool"]["up"] and data["pool"]["slots"]["ready"] == 2
+        assert data["latency_s"]["p50"] == 0.025 and data["latency_s"]["p95"] == 5
+        assert main(["top", "--url", url, "--once"]) == 0
+        assert "verdicts clean 3  malicious 1" in capsys.readouterr().out
+    finally:
+        server.shutdown()
+    assert main(["top", "--url", url, "--once"]) == 2

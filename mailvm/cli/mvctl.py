@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from mailvm.cli import cache, image, lab, policy, pool, quarantine, scan
+from mailvm.cli import cache, image, lab, policy, pool, quarantine, scan, top
 from mailvm.config import ConfigError
 from mailvm.logsetup import setup_logging
 
@@ -32,6 +32,7 @@ GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     quarantine.register,
     policy.register,
     pool.register,
+    top.register,
     image.register,
     lab.register,
 ]
