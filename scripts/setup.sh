@@ -20,6 +20,8 @@ APT_PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients tini
   # the mail path
   postfix miltertest
+  # the web console's browser tests (selenium drives Debian's headless chromium)
+  chromium chromium-driver
 )
 
 stamp=.venv/.setup-stamp
