@@ -29,6 +29,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("sha256")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_forget)
+    s = csub.add_parser("pin", help="pin a file clean (after a false positive) or malicious, for good",
+                        description="A pinned file is answered from its pin before any lookup or analysis. "
+                        "The action is written to the audit log.")
+    s.add_argument("sha256")
+    s.add_argument("verdict", choices=("clean", "malicious"))
+    s.add_argument("--reason", required=True, help="why (kept with the pin and shown in reports)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_pin)
+    s = csub.add_parser("unpin", help="remove a pin: the file is judged by analysis again")
+    s.add_argument("sha256")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_unpin)
+    s = csub.add_parser("pins", help="list pinned files")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_pins)
 
 
 def _sha(args: argparse.Namespace) -> str | None:
@@ -98,4 +113,66 @@ def cmd_expire(args: argparse.Namespace) -> int:
         print_json({"removed": removed})
     else:
         print(f"removed {removed} stale or expired entr{'y' if removed == 1 else 'ies'}")
+    return EXIT_OK
+
+
+def _pins_and_audit(args: argparse.Namespace):
+    from pathlib import Path
+
+    from mailvm.audit import AuditLog
+    from mailvm.pins import PinStore, pins_path
+
+    cfg = config_from(args)
+    return PinStore(pins_path(cfg.scantable.path)), AuditLog(Path(cfg.quarantine.dir) / "audit.log")
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    from mailvm.audit import current_user
+
+    sha = _sha(args)
+    if sha is None:
+        return EXIT_ERROR
+    store, audit = _pins_and_audit(args)
+    who = current_user()
+    try:
+        pin = store.pin(sha, args.verdict, args.reason, who)
+    except ValueError as exc:
+        print(f"mvctl cache pin: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    audit.record(who, "pin", sha, f"{pin.verdict}: {pin.reason}")
+    if args.json:
+        print_json({"sha256": sha, "pinned": pin.verdict, "reason": pin.reason, "who": who})
+    else:
+        print(f"{sha}: pinned {pin.verdict} ({pin.reason})")
+    return EXIT_OK
+
+
+def cmd_unpin(args: argparse.Namespace) -> int:
+    from mailvm.audit import current_user
+
+    sha = _sha(args)
+    if sha is None:
+        return EXIT_ERROR
+    store, audit = _pins_and_audit(args)
+    removed = store.unpin(sha)
+    if removed:
+        audit.record(current_user(), "unpin", sha)
+    if args.json:
+        print_json({"sha256": sha, "removed": removed})
+    else:
+        print(f"{sha}: {'pin removed' if removed else 'was not pinned'}")
+    return EXIT_OK if removed else EXIT_BAD
+
+
+def cmd_pins(args: argparse.Namespace) -> int:
+    store, _audit = _pins_and_audit(args)
+    pins = sorted(store.all(), key=lambda p: p.at)
+    if args.json:
+        print_json([{"sha256": p.sha256, "verdict": p.verdict, "reason": p.reason, "who": p.who, "at": p.at} for p in pins])
+        return EXIT_OK
+    for p in pins:
+        when = dt.datetime.fromtimestamp(p.at).isoformat(timespec="seconds")
+        print(f"{p.sha256}  {p.verdict:<9}  {when}  {p.who}: {p.reason}")
+    if not pins:
+        print("no pinned files")
     return EXIT_OK
