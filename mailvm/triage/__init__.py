@@ -24,14 +24,18 @@ from mailvm.triage import (
     filetype,
     html,
     lnk,
+    mobileconfig,
     office_crypto,
     office_dde,
     office_objects,
     office_vba,
+    onenote,
     pdf,
     pe,
     rtf,
     script,
+    shortcut,
+    svg,
     yarascan,
 )
 from mailvm.triage.base import Analyzer, Context
@@ -41,7 +45,9 @@ from mailvm.verdict import ERROR, Artifact, Finding, score_findings
 log = logging.getLogger(__name__)
 
 KINDS = ("executable", "script", "office", "pdf", "html", "lnk", "disk_image", "archive", "email", "text", "image",
-         "audio", "video", "unknown")
+         "audio", "video", "unknown",
+         # static only (no launcher in the sandbox; never in DETONATE_KINDS): lures judged by their analyzers
+         "onenote", "shortcut", "mobileconfig")
 #: kinds whose files are detonated; archives and emails are containers (their members are artifacts)
 DETONATE_KINDS = frozenset({"executable", "script", "office", "pdf", "html", "lnk", "disk_image", "unknown"})
 SLOW_ANALYZER_S = 2.0
@@ -63,6 +69,10 @@ ANALYZERS: list[Analyzer] = [
     Analyzer("script", frozenset({"script", "html"}), script.analyze),
     Analyzer("html", frozenset({"html", "script"}), html.analyze),
     Analyzer("lnk", frozenset({"lnk"}), lnk.analyze),
+    Analyzer("svg", frozenset({"html"}), svg.analyze),
+    Analyzer("onenote", frozenset({"onenote"}), onenote.analyze),
+    Analyzer("shortcut", frozenset({"shortcut"}), shortcut.analyze),
+    Analyzer("mobileconfig", frozenset({"mobileconfig"}), mobileconfig.analyze),
 ]
 
 

@@ -21,7 +21,7 @@ import os
 import re
 from typing import BinaryIO, Callable
 
-from mailvm.triage import ziputil
+from mailvm.triage import mobileconfig, shortcut, ziputil
 from mailvm.triage.base import extension, looks_binary
 from mailvm.verdict import Artifact
 
@@ -191,7 +191,7 @@ def classify_data(mime: str, desc: str, name: str, head: bytes, tail: bytes, siz
         kind = _mime_kind(mime, desc)
         return kind if kind in ("executable", "email") else "office"
     if head.startswith(ONENOTE_MAGIC):
-        return "office"
+        return "onenote"  # OneNote section: analysed statically, its embedded files are carved out
     if head.startswith(b"{\\rt"):  # Word opens anything starting with {\rt as RTF
         return "office"
     if head.startswith(b"PK\x03\x04") or (head.startswith(b"PK") and mime == "application/zip"):
@@ -207,6 +207,10 @@ def classify_data(mime: str, desc: str, name: str, head: bytes, tail: bytes, siz
         return "pdf"
     if head.startswith(b"ID;P") and ext in ("slk", "sylk", "xls", "csv", ""):
         return "office"  # SYLK spreadsheet (can carry Excel 4 macros)
+    if shortcut.is_shortcut(head):  # .url/.scf/.library-ms/.search(Connector)-ms: static only
+        return "shortcut"
+    if mobileconfig.is_profile(head):  # Apple configuration profile, plist or signed: static only
+        return "mobileconfig"
     # -- 2. libmagic -----------------------------------------------------------
     kind = _mime_kind(mime, desc)
     text_like = kind in ("text", "html", None) and not looks_binary(head)

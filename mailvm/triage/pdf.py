@@ -11,15 +11,38 @@ and one function maps counts to findings:
 ``/EmbeddedFile``, ``/RichMedia``, ``/XFA``, ``/URI`` (count), ``/SubmitForm``,
 ``/GoToE`` ``/GoToR``, ``/Encrypt``, ``/JBIG2Decode``, and names written with
 ``#xx`` escapes (``/J#61vaScript``: evasion).
+
+Then the document's structure, read with pypdf (:mod:`mailvm.triage.pdfdoc`),
+which also sees what object streams hide from a byte scanner:
+
+* **lure shape** (``pdf_link_lure``): at most 3 pages and 1-3 link targets, and
+  the link is the page's main content: a link covering 15 %+ of a page, or a
+  document of at most 2 pages with at most 120 words (typically an image of a
+  blurred "document" or a "View invoice" button), or a link that looks like a
+  phishing link by itself;
+* **links** rated by :mod:`mailvm.triage.urlrisk` (``pdf_suspicious_link``), and a
+  URI action run on open (``pdf_uri_on_open``);
+* **forms**: password fields (``pdf_password_form``), submission to a remote URL;
+* **actions** by what starts them (open, an automatic event, a click): JavaScript,
+  /Launch, remote GoTo with UNC targets, under the same ids as the counts so that
+  each piece of evidence counts once;
+* **embedded files** with an executable or script name (``pdf_embedded_executable``).
+
+:func:`link_urls` (the targets a reader would click, most prominent first) is
+what the link downloader follows for a PDF attachment
+(:mod:`mailvm.triage.doclinks`).
 """
 
 from __future__ import annotations
 
 import re
+import urllib.parse
 
 from pdfid import pdfid
 
-from mailvm.triage.base import Context
+from mailvm.triage import urlrisk
+from mailvm.triage.base import Context, clip, extension
+from mailvm.triage.pdfdoc import PdfFacts, link_urls, read_facts
 from mailvm.verdict import Artifact, Finding
 
 SOURCE = "triage:pdf"
@@ -104,6 +127,165 @@ def count_findings(counts: dict[str, tuple[int, int]]) -> list[Finding]:
     return out
 
 
+#: lure shape: a document this short whose main content is a link
+LURE_MAX_PAGES = 3
+LURE_MAX_TARGETS = 3
+LURE_TEXT_PAGES = 2
+LURE_MAX_WORDS = 120
+PROMINENT_AREA = 0.15
+
+DOCUMENT_EXTENSIONS = frozenset({"txt", "pdf", "doc", "docx", "xls", "xlsx", "ppt", "pptx", "odt", "ods", "odp", "rtf",
+                                 "csv", "jpg", "jpeg", "png", "gif", "tif", "tiff", "md", "xml"})
+EXECUTABLE_EXTENSIONS = frozenset({
+    "exe", "scr", "com", "pif", "bat", "cmd", "js", "jse", "vbs", "vbe", "wsf", "wsh", "hta", "lnk", "ps1", "psm1",
+    "jar", "msi", "dll", "cpl", "reg", "url", "iso", "img", "vhd", "vhdx", "one", "xll", "docm", "xlsm", "pptm",
+    "dotm", "xlam", "sh", "apk", "app", "dmg", "pkg", "chm", "library-ms", "search-ms", "appx", "msix",
+})
+
+
+def _describe_shape(facts: PdfFacts) -> str:
+    text = "" if facts.words is None else f", {facts.words} words"
+    images = f", {facts.images} image(s)" if facts.images else ""
+    return f"{facts.pages} page(s){text}{images}"
+
+
+#: redirectors that mail security gateways and trackers wrap links in (visible text != target host, harmlessly)
+REDIRECTORS = ("safelinks.protection.outlook.com", "urldefense.com", "urldefense.proofpoint.com", "mimecast.com",
+               "cudasvc.com", "google.com", "t.co", "lnkd.in", "fb.me")
+COMMON_TLDS = frozenset({"com", "net", "org", "edu", "gov", "info", "biz", "io"})
+_DOMAIN_IN_TEXT = re.compile(r"(?i)\b(?:https?://)?((?:[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\.){1,8}[a-z]{2,24})\b")
+
+
+def _host(url: str) -> str:
+    try:
+        return (urllib.parse.urlsplit(url).hostname or "").rstrip(".")
+    except ValueError:
+        return ""
+
+
+def _shows_target(text: str, url: str) -> bool:
+    """Whether a link's visible text names where it goes (its registrable domain)."""
+    host = _host(url)
+    if not text or not host:
+        return False
+    return urlrisk.registrable_domain(host) in text.lower()
+
+
+def _shown_domain(text: str) -> str:
+    """The domain a link's text shows: a URL, a ``www.`` name, or a whole text like ``paypal.com`` ("" when none)."""
+    text = text.strip()[:300]
+    for m in _DOMAIN_IN_TEXT.finditer(text):
+        dom = m.group(1).lower()
+        written = m.group(0).lower()
+        whole = m.group(0) == text.rstrip("/") and dom.rsplit(".", 1)[-1] in COMMON_TLDS
+        if (written.startswith(("http://", "https://", "www.")) or whole) and urlrisk.known_suffix(dom):
+            return dom
+    return ""
+
+
+def _deceptive(facts: PdfFacts) -> Finding | None:
+    """A link whose text shows one domain and whose target is another (``pdf_deceptive_link``)."""
+    for link in facts.links:
+        if not link.text:
+            continue
+        shown = _shown_domain(link.text)
+        host = _host(link.url)
+        if not shown or not host:
+            continue
+        target = urlrisk.registrable_domain(host)
+        if target == urlrisk.registrable_domain(shown) or any(host == r or host.endswith("." + r) for r in REDIRECTORS):
+            continue
+        return Finding("pdf_deceptive_link", 5, f"link text shows {clip(shown, 80)} but goes to {clip(link.url, 120)} "
+                                                f"(page {link.page})", SOURCE)
+    return None
+
+
+def _lure(facts: PdfFacts, targets: list[str], risk: urlrisk.UrlRisk | None) -> Finding | None:
+    """``pdf_link_lure`` when the document is a short carrier for one prominent link (see the module doc)."""
+    if not 1 <= len(targets) <= LURE_MAX_TARGETS or not 1 <= facts.pages <= LURE_MAX_PAGES:
+        return None
+    area: dict[str, float] = {}
+    for link in facts.links:
+        area[link.url] = area.get(link.url, 0.0) + link.area
+    top = max(area, key=lambda u: area[u]) if area else targets[0]
+    why: list[str] = []
+    if area and area[top] >= PROMINENT_AREA:
+        why.append(f"the link covers {min(area[top], 1.0):.0%} of its page")
+    hidden = [link for link in facts.links if link.text is not None and not _shows_target(link.text, link.url)]
+    if facts.pages <= LURE_TEXT_PAGES and facts.words is not None and facts.words <= LURE_MAX_WORDS and hidden:
+        shown = f"{hidden[0].text!r}" if hidden[0].text else "an image or a drawn button"
+        why.append(f"little text besides a link shown as {clip(shown, 60)}")
+        top = hidden[0].url if top not in {h.url for h in hidden} else top
+    risky = risk is not None and risk.severity >= 4
+    if risky:
+        why.append(f"the link looks like phishing ({risk.describe()})")
+    if not why:
+        return None
+    sev = 6 if risky and len(why) >= 2 else 5
+    return Finding("pdf_link_lure", sev, f"{_describe_shape(facts)}, {len(targets)} link target(s): "
+                                         f"{'; '.join(why)}; top link {clip(top, 120)}", SOURCE)
+
+
+def _launch_severity(target: str) -> int:
+    """8 for a program, a script or anything with parameters; 3 for a document opened by its own viewer."""
+    words = target.split()
+    if len(words) == 1 and extension(words[0]) in DOCUMENT_EXTENSIONS:
+        return 3
+    return 8
+
+
+def structure_findings(facts: PdfFacts) -> list[Finding]:
+    """Findings from the document's structure (pages, links, actions, forms, embedded files)."""
+    out: list[Finding] = []
+    if facts.errors and not facts.pages:
+        out.append(Finding("pdf_malformed", 2, f"pypdf: {facts.errors[0]}", SOURCE))
+    if facts.partial:
+        out.append(Finding("pdf_partial_scan", 1, "; ".join(facts.partial)[:300], SOURCE))
+    targets = facts.urls()
+    risk = urlrisk.worst(targets)
+    if risk is not None and risk.severity >= 3:
+        out.append(Finding("pdf_suspicious_link", risk.severity, f"{clip(risk.url, 160)}: {risk.describe()}", SOURCE))
+    for extra in (_lure(facts, targets, risk), _deceptive(facts)):
+        if extra is not None:
+            out.append(extra)
+    remote_submit = ""
+    for a in facts.actions:
+        auto = a.trigger in ("open", "auto")
+        if a.kind == "JavaScript":
+            if auto:
+                out.append(Finding("pdf_auto_javascript", 8, f"JavaScript run on {a.trigger}: {clip(a.target, 120)}", SOURCE))
+            else:
+                out.append(Finding("pdf_javascript", 6, f"JavaScript ({a.trigger}): {clip(a.target, 120)}", SOURCE))
+        elif a.kind == "Launch":
+            out.append(Finding("pdf_launch", _launch_severity(a.target),
+                               f"/Launch ({a.trigger}) starts {clip(a.target, 120) or 'a program'}", SOURCE))
+        elif a.kind == "URI" and auto and a.target:
+            out.append(Finding("pdf_uri_on_open", 5, f"opens {clip(a.target, 160)} by itself ({a.trigger})", SOURCE))
+        elif a.kind == "SubmitForm" and re.match(r"(?i)^(https?|ftp)://", a.target):
+            remote_submit = a.target
+            out.append(Finding("pdf_submit_form", 4, f"form data sent to {clip(a.target, 160)}", SOURCE))
+        elif a.kind in ("GoToR", "GoToE", "ImportData"):
+            target_risk = urlrisk.assess(a.target) if a.target else None
+            sev = 6 if target_risk is not None and "unc-or-file" in target_risk.reasons else 4
+            out.append(Finding("pdf_remote_goto", sev, f"/{a.kind} to {clip(a.target, 160) or '(no file)'}", SOURCE))
+    if facts.password_fields:
+        sev = 6 if remote_submit else 5
+        where = f", submitted to {clip(remote_submit, 120)}" if remote_submit else ""
+        out.append(Finding("pdf_password_form", sev, f"{facts.password_fields} password field(s) among {facts.fields} "
+                                                     f"form field(s){where}", SOURCE))
+    bad = [n for n in facts.embedded if extension(n) in EXECUTABLE_EXTENSIONS]
+    if bad:
+        out.append(Finding("pdf_embedded_executable", 7, f"embedded {', '.join(clip(n, 60) for n in bad[:5])}", SOURCE))
+    elif facts.embedded:
+        out.append(Finding("pdf_embedded_file", 4, f"embedded file(s): {', '.join(clip(n, 60) for n in facts.embedded[:5])}",
+                           SOURCE))
+    return out
+
+
+def _complete(facts: PdfFacts) -> bool:
+    return facts.pages > 0 and not facts.partial and not facts.errors
+
+
 def analyze(artifact: Artifact, data_path: str, ctx: Context) -> list[Finding]:
     data = ctx.data
     findings: list[Finding] = []
@@ -118,4 +300,13 @@ def analyze(artifact: Artifact, data_path: str, ctx: Context) -> list[Finding]:
     start = data.find(b"%PDF")
     if start > 0:
         findings.append(Finding("pdf_header_offset", 3, f"PDF header at offset {start} (polyglot?)", SOURCE))
-    return findings + count_findings(counts)
+    facts = read_facts(data)
+    counted = count_findings(counts)
+    launches = sum(1 for a in facts.actions if a.kind == "Launch")
+    if _complete(facts) and launches and launches >= counts.get("/Launch", (0, 0))[0]:
+        # the structure accounts for every /Launch name: its per-target severity replaces the count's
+        counted = [f for f in counted if f.id != "pdf_launch"]
+    return findings + counted + structure_findings(facts)
+
+
+__all__ = ["analyze", "count_findings", "count_names", "link_urls", "pdfid_counts", "structure_findings"]
