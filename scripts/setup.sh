@@ -10,10 +10,12 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev gcc make pkg-config ca-certificates
   libmilter-dev libvirt-dev libmagic1 libmagic-mgc libarchive13
   # archive tools and compilers used by tests (building fixtures: ISO, cab, PE, ELF samples)
-  p7zip-full zip xorriso gcab openssl gcc-mingw-w64-x86-64
+  p7zip-full zip xorriso gcab openssl gcc-mingw-w64-x86-64 gcc-mingw-w64-i686 mono-mcs
   # detonation sandbox (process backend and guest image); Wine runs Windows samples,
   # poppler-utils renders PDFs inside the sandbox
   strace bubblewrap iproute2 iptables procps psmisc util-linux wine64 poppler-utils
+  # 32-bit Windows programs (the i386 multiarch is added below) and .NET assemblies (Mono)
+  wine32:i386 mono-runtime
   # the qemu flash-clone backend and its guest image (mvctl image build)
   qemu-system-x86 qemu-utils debootstrap busybox-static lz4 cpio
   # libvirt (started by hand by scripts/start-libvirtd.sh where no systemd runs)
@@ -32,6 +34,13 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
+# wine32 is an i386 package: the architecture must be known to dpkg before apt can resolve it
+if ! dpkg --print-foreign-architectures | grep -qx i386; then
+  echo ">> dpkg --add-architecture i386"
+  dpkg --add-architecture i386
+  apt_stale=1
+fi
+
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -44,6 +53,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "postfix postfix/mailname string $(hostname -f 2>/dev/null || hostname)" | debconf-set-selections
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+elif [ -n "${apt_stale:-}" ]; then
+  apt-get update -qq
 fi
 
 # the qemu backend's clones drop root to this user (pool.qemu_user); no group, no home, no shell

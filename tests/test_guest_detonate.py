@@ -295,27 +295,49 @@ def test_event_log_caps_total_and_per_type_and_counts_drops():
     out = lg.finish()
     # 7 forks, the output (reserved slots), the truncation marker: never more than the cap
     assert len(out) == 9 and out[-1]["type"] == "log_truncated" and out[-1]["dropped"] == 13
-    assert out[-2]["type"] == "output"
+    assert out[0]["type"] == "output"  # no proof of execution yet: everything else is start-up, listed last
     lg = EventLog(2000)
     for i in range(400):
         lg.add({"t": i, "type": "fork", "child": i}, [])
     lg.add({"t": 500, "type": "exec", "path": "/bin/sh"}, ["shell_spawned"])
     out = lg.finish()
-    assert sum(e["type"] == "fork" for e in out) == 300 and out[-2]["rules"] == ["shell_spawned"]
+    assert sum(e["type"] == "fork" for e in out) == 300 and out[0]["rules"] == ["shell_spawned"]
+
+
+def test_event_log_keeps_the_samples_events_ahead_of_start_up_noise():
+    """Wine's start-up fills the log before the sample runs; the sample's own events still get in, first."""
+    lg = EventLog(50)
+    lg.add_meta({"t": 0.0, "type": "sandbox"})
+    for i in range(100):  # start-up: more than the log holds
+        lg.add({"t": i / 100, "type": "file", "op": "write", "path": f"/home/user/.wine/x{i}"}, [])
+    lg.proof_t = 1.5  # the sample's entry thread started
+    for i in range(20):
+        lg.add({"t": 2 + i, "type": "file", "op": "write", "path": f"/home/user/own{i}"}, [])
+    lg.add({"t": 30, "type": "reg_set", "key": "HKCU\\Run"}, ["persistence_registry_run"])
+    out = lg.finish()
+    assert len(out) <= 50 and out[0]["type"] == "sandbox" and out[1]["rules"] == ["persistence_registry_run"]
+    own = [e["path"] for e in out[2:22]]
+    assert own == [f"/home/user/own{i}" for i in range(20)]  # all of the sample's, in time order
+    startup = [e for e in out if ".wine" in str(e.get("path"))]
+    assert startup and out.index(startup[0]) > 21 and out[-1]["type"] == "log_truncated"
+    # the host keeps the first entries: the sample's events and the finding's evidence are among them
+    assert all(".wine" not in str(e.get("path")) for e in out[:22])
 
 
 def test_detonate_never_raises_on_a_missing_sample(tmp_path):
     r = detonate(str(tmp_path / "nope"), {"name": "x.sh"}, str(tmp_path))
-    assert r["verdict"] == "error" and ids(r) == {"agent_error"} and r["stopped"] == "error"
+    assert r["verdict"] == "error" and ids(r) == {"agent_error", "not_executed"} and r["stopped"] == "error"
+    assert r["executed"] is False and r["execution"]["reason"].startswith("launcher error")
 
 
-def test_no_launcher_is_clean_and_immediate(tmp_path):
+def test_no_launcher_is_immediate_and_says_the_file_did_not_run(tmp_path):
     sample = tmp_path / "disk.iso"
     sample.write_bytes(b"\0" * 32768 + b"CD001")
-    t = time.monotonic()
     r = detonate(str(sample), {"name": "disk.iso", "kind": "disk_image"}, str(tmp_path))
-    assert time.monotonic() - t < 1
-    assert r["verdict"] == "clean" and ids(r) == {"no_launcher"} and r["launcher"] == ""
+    # the guest's own score stays 0; the host marks it as not detonated (source triage, policy not_executed)
+    assert r["verdict"] == "clean" and ids(r) == {"no_launcher", "not_executed"} and r["launcher"] == ""
+    assert r["executed"] is False and r["execution"]["reason"].startswith("no launcher for kind disk_image")
+    assert r["stopped"] == "exited_idle" and r["log"] == []
 
 
 # ------------------------------------------------------------------ Wine parsing (pure)

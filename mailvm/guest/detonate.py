@@ -33,7 +33,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from mailvm.guest import wine, winewarm
+from mailvm.guest import execproof, monoreg, winearch, wine, winewarm
+from mailvm.guest.execproof import Execution, ProofWatcher
 from mailvm.guest.launcher import HOME_IN, HOSTNAME, WORK_IN, Launch, SampleInfo, choose, find_tool
 from mailvm.guest.monitor import JsonLinesMonitor, StraceMonitor
 from mailvm.guest.rules import RuleContext, RuleEngine, prog_name, quiet
@@ -105,14 +106,33 @@ def parse_options(raw: Any) -> Options:
 
 
 class EventLog:
-    """The behaviour log sent to the host: noise dropped, per-type and total caps, drops counted."""
+    """The behaviour log sent to the host: noise dropped, per-type and total caps, drops counted.
+
+    The sample's own events come first.  Until the proof of execution arrives
+    (:attr:`proof_t`, set by the detonation) an event belongs to the start-up
+    (Wine's wineboot, services, DLL loads, the runtime's own files); once the
+    log is full, a later event of the sample evicts the oldest start-up event
+    that no rule matched.  :meth:`finish` orders the log by importance: the
+    summary events (``sandbox``, ``wine``, ``execution``), the events a rule
+    matched, the sample's events after the proof, its output, then what is left
+    of the start-up; each part in time order (every event carries ``t``).  The
+    host keeps the first entries, so an administrator sees the sample, not
+    Wine starting.
+    """
 
     def __init__(self, max_events: int, quiet_prefixes: tuple[str, ...] = ()) -> None:
         self.max_events = max_events
         self.quiet_prefixes = quiet_prefixes
-        self.events: list[dict[str, Any]] = []
+        self.meta: list[dict[str, Any]] = []
+        self.startup: list[dict[str, Any]] = []  # before the proof, no rule matched: evictable
+        self.events: list[dict[str, Any]] = []  # matched, or after the proof
+        self.output: list[dict[str, Any]] = []
         self.per_type: Counter = Counter()
         self.dropped = 0
+        self.proof_t: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.meta) + len(self.startup) + len(self.events) + len(self.output)
 
     def is_noise(self, ev: dict[str, Any], matched: bool) -> bool:
         if matched:
@@ -136,29 +156,60 @@ class EventLog:
             return True
         return False
 
+    def _sample_phase(self, ev: dict[str, Any]) -> bool:
+        t = ev.get("t")
+        return self.proof_t is not None and isinstance(t, (int, float)) and t >= self.proof_t
+
     def add(self, ev: dict[str, Any], matched: list[str]) -> None:
         if self.is_noise(ev, bool(matched)):
             return
         typ = str(ev.get("type"))
         cap = TYPE_CAPS.get(typ)
         room = self.max_events - RESERVED_LOG_SLOTS
-        if len(self.events) >= room or (cap is not None and self.per_type[typ] >= cap and not matched):
+        important = bool(matched) or self._sample_phase(ev)
+        if cap is not None and self.per_type[typ] >= cap and not matched:
+            if not (important and self._evict(typ)):
+                self.dropped += 1
+                return
+        if len(self) >= room and not (important and self._evict(None)):
             self.dropped += 1
             return
         self.per_type[typ] += 1
         if matched:
             ev = dict(ev, rules=matched)
-        self.events.append(ev)
+        (self.events if important else self.startup).append(ev)
+
+    def _evict(self, typ: str | None) -> bool:
+        """Drop the oldest start-up event (of ``typ`` when given); False when there is none."""
+        for k, old in enumerate(self.startup):
+            if typ is None or old.get("type") == typ:
+                del self.startup[k]
+                self.per_type[str(old.get("type"))] -= 1
+                self.dropped += 1
+                return True
+        return False
+
+    def add_meta(self, ev: dict[str, Any]) -> None:
+        """A summary event (the sandbox, Wine's state, the execution record): always kept, listed first."""
+        if len(self.meta) < RESERVED_LOG_SLOTS + 5:
+            self.meta.append(ev)
 
     def add_output(self, ev: dict[str, Any]) -> None:
         """The sample's output: kept in the slots reserved for it."""
-        if len(self.events) < self.max_events - 1:
-            self.events.append(ev)
+        if len(self) < self.max_events - 1:
+            self.output.append(ev)
 
-    def finish(self) -> list[dict[str, Any]]:
-        out = list(self.events)
+    def finish(self, proof_t: float | None = None) -> list[dict[str, Any]]:
+        if proof_t is not None:
+            self.proof_t = proof_t
+        by_t = (lambda e: e.get("t", 0.0) if isinstance(e.get("t"), (int, float)) else 0.0)
+        matched = [e for e in self.events if e.get("rules")]
+        after = [e for e in self.events if not e.get("rules")]
+        out = (self.meta + sorted(matched, key=by_t) + sorted(after, key=by_t) + self.output
+               + sorted(self.startup, key=by_t))
         if self.dropped:
-            out.append({"t": out[-1]["t"] if out else 0.0, "type": "log_truncated", "dropped": self.dropped})
+            last = max((by_t(e) for e in out), default=0.0)
+            out.append({"t": last, "type": "log_truncated", "dropped": self.dropped})
         return out
 
 
@@ -170,10 +221,17 @@ def _size(path: str) -> int:
 
 
 def _result(verdict: str, score: int, findings: list[Finding], log_events: list[dict[str, Any]], duration: float,
-            stopped: str, launcher: str, counts: dict[str, int]) -> dict[str, Any]:
+            stopped: str, launcher: str, counts: dict[str, int], execution: Execution | None = None) -> dict[str, Any]:
+    """The result dict; ``execution`` (contract C1) says whether the sample ran (None: it did not, the
+    detonation failed before it could)."""
+    ex = execution or execproof.not_run(launcher, "launcher error: the detonation failed before the sample ran")
     return {"schema": SCHEMA, "verdict": verdict, "score": score, "findings": [f.to_dict() for f in findings],
             "log": log_events, "duration_s": round(duration, 3), "stopped": stopped, "launcher": launcher,
-            "events": dict(counts)}
+            "events": dict(counts), "executed": ex.executed, "execution": ex.to_dict()}
+
+
+def not_executed_finding(execution: Execution) -> Finding:
+    return Finding("not_executed", 0, execution.reason or "the sample did not run", SOURCE)
 
 
 def detonate(sample_path: str, options: dict, workdir: str,
@@ -196,7 +254,9 @@ def detonate(sample_path: str, options: dict, workdir: str,
     except Exception as exc:  # the agent must always answer the host
         log.exception("detonation failed")
         finding = Finding("agent_error", 0, f"{type(exc).__name__}: {exc}"[:400], SOURCE)
-        return _result(ERROR, 0, [finding], [], time.monotonic() - t_start, "error", "", {})
+        ex = execproof.not_run("", f"launcher error: the agent failed ({type(exc).__name__})")
+        return _result(ERROR, 0, [finding, not_executed_finding(ex)], [], time.monotonic() - t_start, "error", "",
+                       {}, ex)
 
 
 def _run_warm(sample_path: str, raw_options: dict, opts: Options, workdir: str,
@@ -233,6 +293,10 @@ class Detonation:
         self.stderr_events: queue.Queue = queue.Queue(maxsize=50_000)
         self.t0 = 0.0
         self.wine_state: dict[str, Any] = {}  # the "wine" log event: warm or cold, prefix time
+        self.info: SampleInfo | None = None
+        self.proof: ProofWatcher | None = None
+        self.proof_t: float | None = None  # when the proof arrived (seconds from t0): the log's priority split
+        self.launcher_starts: Counter = Counter()  # Windows programs the launcher starts (not the sample's doing)
 
     # -- the whole run
     def run(self) -> dict[str, Any]:
@@ -240,11 +304,13 @@ class Detonation:
         info = SampleInfo.from_file(self.sample_path, o.name or os.path.basename(self.sample_path), o.type, o.kind,
                                     o.launcher)
         sample_in = WORK_IN + "/" + info.name
+        self.info = info
         launch, reason = choose(info, sample_in)
         if launch is None:
-            findings = [Finding("no_launcher", 0, reason, SOURCE)]
+            ex = execproof.not_run("", reason)
+            findings = [Finding("no_launcher", 0, reason, SOURCE), not_executed_finding(ex)]
             verdict, score = score_findings(findings)
-            return _result(verdict, score, findings, [], self.elapsed(), "exited_idle", "", {})
+            return _result(verdict, score, findings, [], self.elapsed(), "exited_idle", "", {}, ex)
         log.info("detonating %s with %s%s", info.name, reason, " (warm Wine)" if self._warm(launch) else "")
         if self._warm(launch):
             assert self.warm is not None and self.warm.box is not None
@@ -255,8 +321,9 @@ class Detonation:
                 return self._run_in(box, launch, sample_in)
         except SandboxError as exc:
             log.error("sandbox: %s", exc)
-            findings = [Finding("sandbox_error", 0, str(exc)[:400], SOURCE)]
-            return _result(ERROR, 0, findings, [], self.elapsed(), "error", launch.launcher, {})
+            ex = execproof.not_run(launch.launcher, f"launcher error: sandbox: {exc}")
+            findings = [Finding("sandbox_error", 0, str(exc)[:400], SOURCE), not_executed_finding(ex)]
+            return _result(ERROR, 0, findings, [], self.elapsed(), "error", launch.launcher, {}, ex)
 
     def _warm(self, launch: Launch) -> bool:
         return self.warm is not None and self.warm.box is not None and launch.prepare == "wine"
@@ -275,8 +342,9 @@ class Detonation:
             t0 = time.monotonic()
             shipped = os.path.isfile(os.path.join(template, "system.reg"))
             try:
-                wine.ensure_template(template, wine_bin)
+                winearch.ensure_template(template, wine_bin)
                 wine.prepare_prefix(template, prefix, box.uid, box.uid)
+                execproof.enable_relay_markers(prefix)
             except (OSError, subprocess.SubprocessError) as exc:
                 raise SandboxError(f"Wine prefix: {exc}") from exc
             self.wine_state = {"type": "wine", "warm": False, "prefix": "copied" if shipped else "created",
@@ -295,6 +363,9 @@ class Detonation:
         else:
             prefix = self._prepare(box, launch)
         reg_before = wine.snapshot_registry(prefix) if prefix else {}
+        mono = launch.launcher == "dotnet_mono"
+        mono_before = monoreg.snapshot(box.home) if mono else {}
+        self.launcher_starts = Counter(launch.started_programs)
         box.stage(self.sample_path, sample_in.rsplit("/", 1)[1], launch.make_executable)
         ctx = RuleContext(sample_path=sample_in, launcher=launch.launcher, role=launch.role, platform=launch.platform,
                           viewer_exes=launch.viewer_exes, quiet_prefixes=launch.quiet_prefixes,
@@ -309,17 +380,22 @@ class Detonation:
         if warm is not None:
             net.tail.offset = _size(box.fakenet_log)  # the warm-up's own lines (none expected) are not the sample's
         parser = wine.WineTraceParser() if launch.platform == "windows" else None
+        pe = self.info.pe if self.info is not None else None
+        self.proof = ProofWatcher(launch.launcher, launch.proof, sample_in, launch.argv,
+                                  entry_rva=pe.entry_rva if pe else None, clr_entry=pe.clr_entry if pe else "",
+                                  has_dllmain=bool(pe.entry_rva) if pe else True)
         if warm is not None:
-            warm.launch(launch.argv, launch.env, self._stderr_handler(parser))
+            warm.launch(launch.argv, launch.env, self._stderr_handler(parser), self._stdout_handler())
         else:
             box.start(launch.argv, launch.env, launch.unlimited_address_space,
-                      on_stderr_line=self._stderr_handler(parser), cpu_s=int(o.timeout_s) + 30)
-        self.log.add({"t": 0.0, "type": "sandbox", "launcher": launch.launcher, "argv": list(launch.argv),
-                      "network": box.net_detail, "cgroups": list(box.cgroups.controllers) if box.cgroups else [],
-                      "degraded": list(box.degraded)},
-                     [])
+                      on_stderr_line=self._stderr_handler(parser), cpu_s=int(o.timeout_s) + 30,
+                      on_stdout_line=self._stdout_handler())
+        self.log.add_meta({"t": 0.0, "type": "sandbox", "launcher": launch.launcher, "argv": list(launch.argv),
+                           "network": box.net_detail,
+                           "cgroups": list(box.cgroups.controllers) if box.cgroups else [],
+                           "degraded": list(box.degraded)})
         if self.wine_state:
-            self.log.add(dict(self.wine_state, t=0.0), [])
+            self.log.add_meta(dict(self.wine_state, t=0.0))
         started = time.monotonic()
         last_activity = started
         began = False
@@ -374,7 +450,15 @@ class Detonation:
         if prefix:
             self._feed(engine, [dict(ev, t=round(time.time() - self.t0, 4))
                                 for ev in wine.diff_registry(reg_before, wine.snapshot_registry(prefix))])
-        self._launch_problems(box, strace)
+        if mono:
+            self._feed(engine, [dict(ev, t=round(time.time() - self.t0, 4))
+                                for ev in monoreg.diff(mono_before, monoreg.snapshot(box.home))])
+        launch_error = self._launch_problems(box, strace)
+        execution = self.proof.result(launch_error)
+        if not execution.executed:
+            self.extra.append(not_executed_finding(execution))
+        self.log.add_meta({"t": round(time.time() - self.t0, 4), "type": "execution",
+                           "executed": execution.executed, **execution.to_dict()})
         findings = engine.findings() + self.extra
         verdict, score = score_findings(findings)
         if stopped == "error" and score < 4:
@@ -385,14 +469,32 @@ class Detonation:
             counts["trace_lines_dropped"] = strace.lines_dropped
         if self.log.dropped:
             counts["log_dropped"] = self.log.dropped
-        return _result(verdict, score, findings, self.log.finish(), self.elapsed(), stopped, launch.launcher, counts)
+        return _result(verdict, score, findings, self.log.finish(self.proof_t), self.elapsed(), stopped,
+                       launch.launcher, counts, execution)
 
     # -- helpers
-    def _stderr_handler(self, parser: wine.WineTraceParser | None) -> Callable[[str], None] | None:
-        if parser is None:
-            return None
+    def _proved(self) -> None:
+        if self.proof_t is None and self.proof is not None and self.proof.proof:
+            self.proof_t = round(time.time() - self.t0, 4)
+            self.log.proof_t = self.proof_t
 
+    def _stdout_handler(self) -> Callable[[str], None]:
         def on_line(line: str) -> None:
+            if self.proof is not None:
+                self.proof.stdout_line(line)
+                self._proved()
+        return on_line
+
+    def _stderr_handler(self, parser: wine.WineTraceParser | None) -> Callable[[str], None]:
+        def on_line(line: str) -> None:
+            if self.proof is not None:
+                if parser is not None:
+                    self.proof.wine_line(line)
+                else:
+                    self.proof.stderr_line(line)
+                self._proved()
+            if parser is None:
+                return
             for ev in parser.feed(line):
                 ev["t"] = round(time.time() - self.t0, 4)
                 try:
@@ -417,6 +519,12 @@ class Detonation:
         """Rules over a batch; True once the findings are conclusive."""
         for ev in batch:
             self.counts[str(ev.get("type"))] += 1
+            if self.proof is not None:
+                self.proof.event(ev)
+                self._proved()
+            if self._launcher_start(ev):
+                self.log.add(dict(ev, launcher=True), [])
+                continue
             before = dict(engine.counts)
             engine.feed(ev)
             matched = [rid for rid, n in engine.counts.items() if n != before.get(rid, 0)]
@@ -425,6 +533,17 @@ class Detonation:
             return False
         _, score = score_findings(engine.findings())
         return score >= CONCLUSIVE_SCORE
+
+    def _launcher_start(self, ev: dict[str, Any]) -> bool:
+        """Is ``ev`` Wine creating a process the launcher asked for (rundll32.exe for a DLL, wscript.exe for a
+        script, the sample itself)?  Each counts once per launcher command; the rules never see them."""
+        if ev.get("type") != "exec" or ev.get("src") != "wine":
+            return False
+        name = str(ev.get("path", "")).replace("\\", "/").rsplit("/", 1)[-1].lower()
+        if self.launcher_starts[name] > 0:
+            self.launcher_starts[name] -= 1
+            return True
+        return False
 
     def _aborted(self) -> bool:
         if self.should_stop is None:
@@ -452,15 +571,19 @@ class Detonation:
                 return True
         return False
 
-    def _launch_problems(self, box: Sandbox, strace: StraceMonitor) -> None:
+    def _launch_problems(self, box: Sandbox, strace: StraceMonitor) -> str:
+        """``launch_failed`` findings; the launcher error for the execution record ("" when none)."""
         _, err = box.output()
         text = err.decode("utf-8", "replace")
         if "mailvm-init: exec" in text:
             line = text[text.index("mailvm-init: exec"):].split("\n", 1)[0]
             self.extra.append(Finding("launch_failed", 0, line[:300], SOURCE))
-        elif not strace.builder.started:
-            self.extra.append(Finding("launch_failed", 0, "the sandbox never started the sample: "
-                                      + text.strip()[-300:], SOURCE))
+            return line[:300]
+        if not strace.builder.started:
+            detail = "the sandbox never started the sample: " + text.strip()[-300:]
+            self.extra.append(Finding("launch_failed", 0, detail, SOURCE))
+            return detail
+        return ""
 
     def _add_output(self, box: Sandbox, launch: Launch) -> None:
         out, err = box.output()

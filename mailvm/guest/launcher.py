@@ -22,6 +22,9 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Callable
 
+from mailvm.guest import peinfo
+from mailvm.guest.peinfo import PeInfo
+
 log = logging.getLogger(__name__)
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -33,6 +36,9 @@ HOSTNAME = "desktop-7f3a"
 WORK_IN = "/work"
 WINEPREFIX_IN = HOME_IN + "/.wine"
 WINEDEBUG = "+reg,+loaddll,+process,+winsock"
+#: Wine's relay channel with relay thunks for no function (see execproof.RELAY_INCLUDE): it then prints only
+#: "Starting thread proc <entry>" and "Call PE DLL ... PROCESS_ATTACH": proof that the sample's code ran
+WINE_PROOF_CHANNELS = "+relay"
 
 WINE_HELPERS = frozenset({
     "wineserver", "wineserver64", "services.exe", "winedevice.exe", "explorer.exe", "plugplay.exe", "svchost.exe",
@@ -71,12 +77,29 @@ class SampleInfo:
     kind: str = "unknown"
     head: bytes = b""
     hint: str = ""
+    pe: PeInfo | None = None  # the PE facts of an MZ file (None: not read, or not MZ)
 
     @classmethod
     def from_file(cls, path: str, name: str, mime: str = "", kind: str = "unknown", hint: str = "") -> "SampleInfo":
         with open(path, "rb") as fh:
             head = fh.read(4096)
-        return cls(safe_name(name), (mime or "").lower(), (kind or "unknown").lower(), head, hint or "")
+        pe = peinfo.parse(path) if head[:2] == MAGIC_MZ else None
+        return cls(safe_name(name), (mime or "").lower(), (kind or "unknown").lower(), head, hint or "", pe)
+
+    @property
+    def pe_kind(self) -> str:
+        """``exe32`` | ``exe64`` | ``dll32`` | ``dll64`` | ``dotnet`` | ``dotnet_dll`` | ``pe_other`` |
+        ``pe_unknown`` (MZ, not parsed) | ``dos`` (MZ without a PE header) | ``""`` (not MZ)."""
+        if self.head[:2] != MAGIC_MZ:
+            return ""
+        pe = self.pe
+        if pe is None or (pe.error and not pe.machine):
+            return "dos" if pe is not None and "DOS" in pe.error else "pe_unknown"
+        if pe.clr:
+            return "dotnet_dll" if pe.dll else "dotnet"
+        if pe.machine not in ("i386", "amd64"):
+            return "pe_other"
+        return ("dll" if pe.dll else "exe") + ("32" if pe.machine == "i386" else "64")
 
     @property
     def ext(self) -> str:
@@ -116,10 +139,35 @@ class Launch:
     unlimited_address_space: bool = False
     prepare: str = ""  # "wine" | "libreoffice" | ""
     make_executable: bool = False
+    #: how the detonation proves the sample ran (see mailvm.guest.execproof): "wine_module" (the sample's PE
+    #: loaded and its entry thread started), "wine_dll" (the DLL's DllMain or an export called), "wine_host"
+    #: (a Wine script host started on the file and did not reject it), "mono" (the .NET entry method entered),
+    #: "process" (the sample, or its interpreter with the sample, was exec'd), "viewer" (the viewer opened it)
+    proof: str = "process"
+
+    @property
+    def started_programs(self) -> tuple[str, ...]:
+        """The Windows programs the launcher itself starts through Wine (``rundll32.exe``, ``wscript.exe``, the
+        sample...), once per command: their process creation is the launcher's doing, not the sample's."""
+        if self.platform != "windows":
+            return ()
+        argv = list(self.argv[2:] if self.argv[:1] == (SEQ_START,) else self.argv)
+        out = []
+        cmd: list[str] = []
+        for a in argv + [SEQ_THEN]:
+            if a != SEQ_THEN:
+                cmd.append(a)
+                continue
+            if len(cmd) > 1:
+                prog = cmd[1].replace("\\", "/").rsplit("/", 1)[-1].lower()
+                out.append(prog if "." in prog else prog + ".exe")
+            cmd = []
+        return tuple(out)
 
 
 Scorer = Callable[[SampleInfo], int]
-ArgvBuilder = Callable[[dict[str, str], str], list[str]]
+#: (tool paths, the sample's path inside the sandbox, the sample's facts) -> argv
+ArgvBuilder = Callable[[dict[str, str], str, SampleInfo], list[str]]
 
 
 @dataclass(frozen=True)
@@ -139,6 +187,9 @@ class Launcher:
     unlimited_address_space: bool = False
     prepare: str = ""
     make_executable: bool = False
+    proof: str = "process"
+    #: a runtime the launcher needs, named in ``not_executed`` when its programs are missing
+    runtime: str = ""
 
     def resolve(self, find: Callable[[str], str | None]) -> tuple[dict[str, str] | None, str]:
         """Tool paths keyed by each entry's first name, or ``(None, missing)``."""
@@ -208,14 +259,17 @@ def _elf(i: SampleInfo) -> int:
     return 100 if i.head.startswith(MAGIC_ELF) else 0
 
 
-def _pe(i: SampleInfo) -> int:
-    if i.head.startswith(MAGIC_MZ) and i.ext not in (".msi",):
-        return 95
-    if i.ext in PE_EXT:
-        return 60
-    if "dosexec" in i.mime or "x-msdownload" in i.mime or "vnd.microsoft.portable-executable" in i.mime:
-        return 50
-    return 0
+def _pe_of(*kinds: str) -> Scorer:
+    """Scores an MZ file whose PE kind is one of ``kinds`` (magic beats extension); a file with a PE
+    extension but unreadable headers goes to the 64-bit loader (which starts either bitness)."""
+    def score(i: SampleInfo) -> int:
+        k = i.pe_kind
+        if k in kinds:
+            return 97
+        if k == "pe_unknown" and "exe64" in kinds and i.ext != ".msi":
+            return 90
+        return 0
+    return score
 
 
 def _bat(i: SampleInfo) -> int:
@@ -269,6 +323,8 @@ def _office(i: SampleInfo) -> int:
 
 
 def _html(i: SampleInfo) -> int:
+    if i.ext == ".hta":
+        return 0  # an HTML Application is a program for mshta, not a page: a browser would not run it
     t = i.text_head()
     if t.startswith(("<!doctype html", "<html", "<head", "<script", "<body")):
         return 70
@@ -281,8 +337,8 @@ def _html(i: SampleInfo) -> int:
 
 # ------------------------------------------------------------------ registry
 
-_WINE_ENV = (("WINEPREFIX", WINEPREFIX_IN), ("WINEDEBUG", WINEDEBUG), ("WINEDLLOVERRIDES", "mscoree,mshtml="),
-             ("WINEARCH", "win64"))
+_WINE_ENV = (("WINEPREFIX", WINEPREFIX_IN), ("WINEDEBUG", WINEDEBUG + "," + WINE_PROOF_CHANNELS),
+             ("WINEDLLOVERRIDES", "mscoree,mshtml="), ("WINEARCH", "win64"))
 _WINE_QUIET = (WINEPREFIX_IN + "/drive_c/windows", WINEPREFIX_IN + "/system.reg", WINEPREFIX_IN + "/user.reg",
                WINEPREFIX_IN + "/userdef.reg", WINEPREFIX_IN + "/.update-timestamp", WINEPREFIX_IN + "/dosdevices",
                WINEPREFIX_IN + "/wineserver", WINEPREFIX_IN + "/reg*", "/tmp/wine-*", "/tmp/.wine-*",
@@ -291,81 +347,160 @@ _WINE_QUIET = (WINEPREFIX_IN + "/drive_c/windows", WINEPREFIX_IN + "/system.reg"
                HOME_IN + "/.local/share/icons", HOME_IN + "/.config/menus",
                HOME_IN + "/.local/share/desktop-directories")
 _WINE = "wine64"
+#: the 32-bit loader (Debian's wine32:i386); "wine" is also the name of Debian's wrapper script, which runs it
+_WINE32 = "wine"
 _WINE_TOOLS = (("wine64", "wine"), ("wineserver",))
+_WINE32_TOOLS = (("/usr/lib/wine/wine", "wine"), ("wineserver",))
+#: Windows programs run by the DLL launcher's export calls and by the script hosts
+DLL_EXPORT_PRIORITY = ("DllRegisterServer", "DllInstall", "ServiceMain", "Start", "Run", "Main", "Install", "Init",
+                       "Initialize", "Execute", "Launch", "Control_RunDLL", "EntryPoint", "Entry")
+#: exports never called: COM class-factory plumbing that only crashes when called with rundll32's arguments
+DLL_EXPORT_SKIP = ("DllGetClassObject", "DllCanUnloadNow", "DllUnregisterServer", "DllGetVersion")
+MAX_DLL_EXPORTS = 4
+#: seconds the sandbox's init gives one export call before it starts the next (it does not stop it)
+DLL_EXPORT_SLICE_S = 5.0
+#: sandbox init argv conventions (mailvm.guest.sandbox.INIT_CODE): a sequence of commands
+SEQ_START = "--mailvm-seq"
+SEQ_THEN = "--mailvm-then"
 
 
 def _win_path(sample: str) -> str:
     return "Z:" + sample.replace("/", "\\")
 
 
+def _wine_loader(t: dict[str, str]) -> str:
+    return t.get(_WINE) or t.get("/usr/lib/wine/wine") or t[_WINE32]
+
+
+def _pe_argv(t: dict[str, str], s: str, i: SampleInfo) -> list[str]:
+    # a screen saver runs its saver with /S (what Windows does when it starts one)
+    return [_wine_loader(t), s] + (["/S"] if i.ext == ".scr" else [])
+
+
+def dll_exports(info: SampleInfo, limit: int = MAX_DLL_EXPORTS) -> list[str]:
+    """The exports the DLL launcher calls, best first: well-known entry names, then the others in table order
+    (code only, no forwarders, no COM plumbing); none when the DLL exports no code."""
+    exports = [e for e in (info.pe.exports if info.pe else ()) if e.code and not e.forwarded
+               and e.name.split("@", 1)[0] not in DLL_EXPORT_SKIP]
+    rank = {n.lower(): k for k, n in enumerate(DLL_EXPORT_PRIORITY)}
+    exports.sort(key=lambda e: rank.get(e.name.split("@", 1)[0].lstrip("_").lower(), len(rank)))
+    return [e.name for e in exports[:limit]]
+
+
+def _dll_argv(t: dict[str, str], s: str, i: SampleInfo) -> list[str]:
+    """rundll32 once per chosen export (the sandbox init starts the next after a slice of time); with no code
+    export, one call of a name it does not have: the DLL is still loaded and its DllMain runs."""
+    loader = _wine_loader(t)
+    names = dll_exports(i) or ["DllMain"]
+    argv = [SEQ_START, f"{DLL_EXPORT_SLICE_S:g}"]
+    for k, name in enumerate(names):
+        if k:
+            argv.append(SEQ_THEN)
+        argv += [loader, "rundll32", f"{_win_path(s)},{name}"]
+    return argv
+
+
+def _mono_argv(t: dict[str, str], s: str, i: SampleInfo) -> list[str]:
+    """Mono with its tracer on the entry method's name only: 'ENTER: Type:Name' proves the entry ran."""
+    entry = i.pe.clr_entry if i.pe else ""
+    return [t["mono"]] + ([f"--trace=M::{entry}"] if entry else []) + [s]
+
+
+def _wine(name: str, score: Scorer, argv: ArgvBuilder, role: str, proof: str, tools=_WINE_TOOLS,
+          runtime: str = "wine64", helpers: frozenset[str] = frozenset(), **kw) -> Launcher:
+    return Launcher(name, score, tools, argv, role=role, platform="windows", env=_WINE_ENV,
+                    helper_exes=WINE_HELPERS | helpers, quiet_prefixes=_WINE_QUIET, unlimited_address_space=True,
+                    prepare="wine", proof=proof, runtime=runtime, **kw)
+
+
 REGISTRY: tuple[Launcher, ...] = (
-    Launcher("elf", _elf, (), lambda t, s: [s], role="program", make_executable=True),
-    Launcher("python", _py, (("python3",),), lambda t, s: [t["python3"], s], role="script"),
-    Launcher("perl", _perl, (("perl",),), lambda t, s: [t["perl"], s], role="script"),
-    Launcher("bash", _bash, (("bash",),), lambda t, s: [t["bash"], s], role="script"),
-    Launcher("sh", _sh, (("sh", "dash", "bash"),), lambda t, s: [t["sh"], s], role="script"),
-    Launcher("wine_pe", _pe, _WINE_TOOLS, lambda t, s: [t[_WINE], s], role="program", platform="windows",
-             env=_WINE_ENV, helper_exes=WINE_HELPERS, quiet_prefixes=_WINE_QUIET, unlimited_address_space=True,
-             prepare="wine"),
-    Launcher("wine_msi", _msi, _WINE_TOOLS, lambda t, s: [t[_WINE], "msiexec", "/i", _win_path(s), "/qn"],
-             role="program", platform="windows", env=_WINE_ENV, helper_exes=WINE_HELPERS | {"msiexec.exe"},
-             quiet_prefixes=_WINE_QUIET, unlimited_address_space=True, prepare="wine"),
-    Launcher("wine_cmd", _bat, _WINE_TOOLS, lambda t, s: [t[_WINE], "cmd", "/c", _win_path(s)], role="script",
-             platform="windows", env=_WINE_ENV, helper_exes=WINE_HELPERS, quiet_prefixes=_WINE_QUIET,
-             unlimited_address_space=True, prepare="wine"),
-    Launcher("wine_wsh", _wsh, _WINE_TOOLS, lambda t, s: [t[_WINE], "wscript", _win_path(s)], role="script",
-             platform="windows", env=_WINE_ENV, helper_exes=WINE_HELPERS, quiet_prefixes=_WINE_QUIET,
-             unlimited_address_space=True, prepare="wine"),
-    Launcher("wine_mshta", _hta, _WINE_TOOLS, lambda t, s: [t[_WINE], "mshta", _win_path(s)], role="script",
-             platform="windows", env=_WINE_ENV, helper_exes=WINE_HELPERS, quiet_prefixes=_WINE_QUIET,
-             unlimited_address_space=True, prepare="wine"),
-    Launcher("wine_lnk", _lnk, _WINE_TOOLS, lambda t, s: [t[_WINE], "start", "/wait", "/unix", s], role="viewer",
-             platform="windows", env=_WINE_ENV, viewer_exes=frozenset({"start.exe"}), helper_exes=WINE_HELPERS,
-             quiet_prefixes=_WINE_QUIET, unlimited_address_space=True, prepare="wine"),
+    Launcher("elf", _elf, (), lambda t, s, i: [s], role="program", make_executable=True),
+    Launcher("python", _py, (("python3",),), lambda t, s, i: [t["python3"], s], role="script", runtime="python3"),
+    Launcher("perl", _perl, (("perl",),), lambda t, s, i: [t["perl"], s], role="script", runtime="perl"),
+    Launcher("bash", _bash, (("bash",),), lambda t, s, i: [t["bash"], s], role="script", runtime="bash"),
+    Launcher("sh", _sh, (("sh", "dash", "bash"),), lambda t, s, i: [t["sh"], s], role="script", runtime="sh"),
+    _wine("wine_pe", _pe_of("exe64"), _pe_argv, "program", "wine_module"),
+    _wine("wine_pe32", _pe_of("exe32"), _pe_argv, "program", "wine_module", tools=_WINE32_TOOLS,
+          runtime="wine32 (i386 multiarch)"),
+    _wine("wine_dll", _pe_of("dll64"), _dll_argv, "program", "wine_dll"),
+    _wine("wine_dll32", _pe_of("dll32"), _dll_argv, "program", "wine_dll", tools=_WINE32_TOOLS,
+          runtime="wine32 (i386 multiarch)"),
+    Launcher("dotnet_mono", _pe_of("dotnet"), (("mono",),), _mono_argv, role="program", platform="dotnet",
+             env=(("LANG", "en_US.UTF-8"),), quiet_prefixes=(HOME_IN + "/.mono", "/etc/mono", "/tmp/.mono"),
+             unlimited_address_space=True, proof="mono", runtime="mono (mono-runtime)"),
+    _wine("wine_msi", _msi, lambda t, s, i: [t[_WINE], "msiexec", "/i", _win_path(s), "/qn"], "program",
+          "wine_host", helpers=frozenset({"msiexec.exe"})),
+    _wine("wine_cmd", _bat, lambda t, s, i: [t[_WINE], "cmd", "/c", _win_path(s)], "script", "wine_host"),
+    _wine("wine_wsh", _wsh, lambda t, s, i: [t[_WINE], "wscript", _win_path(s)], "script", "wine_host"),
+    _wine("wine_lnk", _lnk, lambda t, s, i: [t[_WINE], "start", "/wait", "/unix", s], "viewer", "viewer",
+          viewer_exes=frozenset({"start.exe"})),
     Launcher("libreoffice", _office, (("soffice", "libreoffice"),),
-             lambda t, s: [t["soffice"], "--headless", "--norestore", "--nolockcheck", "--nodefault",
-                           "--convert-to", "pdf", "--outdir", "/tmp/lo-out", s],
+             lambda t, s, i: [t["soffice"], "--headless", "--norestore", "--nolockcheck", "--nodefault",
+                              "--convert-to", "pdf", "--outdir", "/tmp/lo-out", s],
              role="viewer", viewer_exes=frozenset({"soffice.bin", "soffice", "oosplash", "libreoffice"}),
              quiet_prefixes=(HOME_IN + "/.config/libreoffice", HOME_IN + "/.cache", "/tmp/lo-out"),
-             unlimited_address_space=True, prepare="libreoffice"),
-    Launcher("pdf_mutool", _pdf, (("mutool",),), lambda t, s: [t["mutool"], "draw", "-q", "-F", "txt", "-o",
-                                                                "/dev/null", s],
-             role="viewer", viewer_exes=frozenset({"mutool"})),
-    Launcher("pdf_poppler", _pdf, (("pdftotext",),), lambda t, s: [t["pdftotext"], "-q", s, "/dev/null"],
-             role="viewer", viewer_exes=frozenset({"pdftotext"})),
+             unlimited_address_space=True, prepare="libreoffice", proof="viewer", runtime="libreoffice"),
+    Launcher("pdf_mutool", _pdf, (("mutool",),), lambda t, s, i: [t["mutool"], "draw", "-q", "-F", "txt", "-o",
+                                                                   "/dev/null", s],
+             role="viewer", viewer_exes=frozenset({"mutool"}), proof="viewer", runtime="mupdf-tools"),
+    Launcher("pdf_poppler", _pdf, (("pdftotext",),), lambda t, s, i: [t["pdftotext"], "-q", s, "/dev/null"],
+             role="viewer", viewer_exes=frozenset({"pdftotext"}), proof="viewer", runtime="poppler-utils"),
     Launcher("html_chromium", _html, (("chromium", "chromium-browser", "google-chrome"),),
-             lambda t, s: [t["chromium"], "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                           "--virtual-time-budget=10000", "--dump-dom", "file://" + s],
+             lambda t, s, i: [t["chromium"], "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                              "--virtual-time-budget=10000", "--dump-dom", "file://" + s],
              role="viewer", viewer_exes=frozenset({"chromium", "chrome", "chromium-browser", "google-chrome"}),
              quiet_prefixes=(HOME_IN + "/.config/chromium", HOME_IN + "/.cache", HOME_IN + "/.pki",
                              HOME_IN + "/.local/share"),
-             unlimited_address_space=True),
+             unlimited_address_space=True, proof="viewer", runtime="chromium"),
     Launcher("html_firefox", _html, (("firefox", "firefox-esr"),),
-             lambda t, s: [t["firefox"], "--headless", "--screenshot", "/tmp/shot.png", "file://" + s],
+             lambda t, s, i: [t["firefox"], "--headless", "--screenshot", "/tmp/shot.png", "file://" + s],
              role="viewer", viewer_exes=frozenset({"firefox", "firefox-esr", "firefox-bin"}),
-             quiet_prefixes=(HOME_IN + "/.mozilla", HOME_IN + "/.cache"), unlimited_address_space=True),
+             quiet_prefixes=(HOME_IN + "/.mozilla", HOME_IN + "/.cache"), unlimited_address_space=True,
+             proof="viewer", runtime="firefox-esr"),
 )
 
 BY_NAME = {entry.name: entry for entry in REGISTRY}
 
 
-def _launch(entry: Launcher, tools: dict[str, str], sample_in: str) -> Launch:
+def _launch(entry: Launcher, tools: dict[str, str], sample_in: str, info: SampleInfo) -> Launch:
     return Launch(
-        launcher=entry.name, argv=tuple(entry.argv(tools, sample_in)), role=entry.role, platform=entry.platform,
-        env=dict(entry.env), viewer_exes=entry.viewer_exes, helper_exes=entry.helper_exes,
+        launcher=entry.name, argv=tuple(entry.argv(tools, sample_in, info)), role=entry.role,
+        platform=entry.platform, env=dict(entry.env), viewer_exes=entry.viewer_exes, helper_exes=entry.helper_exes,
         quiet_prefixes=entry.quiet_prefixes, unlimited_address_space=entry.unlimited_address_space,
-        prepare=entry.prepare, make_executable=entry.make_executable,
+        prepare=entry.prepare, make_executable=entry.make_executable, proof=entry.proof,
     )
+
+
+def unrunnable(info: SampleInfo) -> str:
+    """Why no launcher can run ``info`` when its format itself says so ("" otherwise): the ``not_executed``
+    reason for Windows files that look runnable by name or magic but are not."""
+    k = info.pe_kind
+    if k == "dos" or (info.ext in (".com", ".pif") and k == ""):
+        return "bad format: a DOS program (16-bit) or a PIF; Wine on 64-bit Linux runs no DOS programs"
+    if k == "pe_other":
+        return f"bad format: a PE for machine {info.pe.machine if info.pe else '?'}, no runtime for it here"
+    if k == "dotnet_dll":
+        return "no launcher for a .NET DLL (a library without an entry point)"
+    if info.ext == ".hta":
+        return "missing runtime: an HTML Application host (Wine's mshta.exe is a stub)"
+    if info.ext in PE_EXT and k == "":
+        return f"bad format: {info.ext} file without a PE (MZ) header"
+    return ""
 
 
 def choose(info: SampleInfo, sample_in: str, registry: tuple[Launcher, ...] = REGISTRY,
            find: Callable[[str], str | None] = find_tool) -> tuple[Launch | None, str]:
-    """The launcher for ``info`` and a one-line reason (why this one, or why none)."""
+    """The launcher for ``info`` and a one-line reason (why this one, or why none).
+
+    Without a launcher the reason starts with ``missing runtime:`` (the best launchers' programs are not
+    installed), ``bad format:`` or ``no launcher for`` (see :func:`unrunnable`): it becomes the
+    ``not_executed`` finding's detail.
+    """
     if info.hint and info.hint in {e.name for e in registry}:
         entry = next(e for e in registry if e.name == info.hint)
         tools, missing = entry.resolve(find)
         if tools is not None:
-            return _launch(entry, tools, sample_in), f"{entry.name} (hint)"
+            return _launch(entry, tools, sample_in, info), f"{entry.name} (hint)"
         log.info("launcher hint %s unusable: %s missing", info.hint, missing)
     scored = [(entry.score(info), i, entry) for i, entry in enumerate(registry)]
     candidates = sorted((c for c in scored if c[0] > 0), key=lambda c: (-c[0], c[1]))
@@ -373,9 +508,10 @@ def choose(info: SampleInfo, sample_in: str, registry: tuple[Launcher, ...] = RE
     for score, _, entry in candidates:
         tools, missing = entry.resolve(find)
         if tools is not None:
-            return _launch(entry, tools, sample_in), f"{entry.name} (score {score})"
+            return _launch(entry, tools, sample_in, info), f"{entry.name} (score {score})"
         if not first_missing:
-            first_missing = f"{entry.name} needs {missing}, not installed"
+            first_missing = (f"missing runtime: {entry.runtime or missing} ({entry.name} needs {missing}, "
+                             "not installed)")
     if first_missing:
         return None, first_missing
-    return None, f"no launcher for name={info.name!r} type={info.mime!r} kind={info.kind!r}"
+    return None, unrunnable(info) or f"no launcher for kind {info.kind} (name={info.name!r} type={info.mime!r})"

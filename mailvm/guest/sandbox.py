@@ -69,33 +69,65 @@ STALE_CGROUP_S = 60  # an empty cgroup this old belongs to no live detonation (s
 MAX_STDERR_LINE = 64 * 1024
 
 #: pid 1 inside the sandbox: ignore the signals a sample could send it, run the launcher argv
-#: in a child, reap every orphan, exit when no process is left.
+#: in a child, reap every orphan, exit when no process is left (with the first command's status).
+#: An argv "--mailvm-seq SLICE cmd1... --mailvm-then cmd2..." (launcher.SEQ_START / SEQ_THEN) runs
+#: the commands one after the other: the next starts when the previous has exited or after SLICE
+#: seconds (the previous one is not stopped); at most 16 commands.
 INIT_CODE = r"""
-import os, signal, sys
+import os, signal, sys, time
 argv = sys.argv[2:]
+slice_s = 0.0
+if argv[:1] == ["--mailvm-seq"] and len(argv) > 2:
+    try:
+        slice_s = min(max(float(argv[1]), 0.0), 600.0)
+    except ValueError:
+        pass
+    argv = argv[2:]
+cmds = [[]]
+for a in argv:
+    if a == "--mailvm-then" and slice_s:
+        cmds.append([])
+    else:
+        cmds[-1].append(a)
+cmds = [c for c in cmds if c][:16]
 sigs = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
         signal.SIGPIPE, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU]
 for s in sigs:
     signal.signal(s, signal.SIG_IGN)
 os.closerange(3, 65536)
-pid = os.fork()
-if pid == 0:
-    for s in sigs:
-        signal.signal(s, signal.SIG_DFL)
-    try:
-        os.execv(argv[0], argv)
-    except OSError as e:
-        sys.stderr.write("mailvm-init: exec %s: %s\n" % (argv[0], e))
-    os._exit(127)
+def spawn(cmd):
+    pid = os.fork()
+    if pid == 0:
+        for s in sigs:
+            signal.signal(s, signal.SIG_DFL)
+        try:
+            os.execv(cmd[0], cmd)
+        except OSError as e:
+            sys.stderr.write("mailvm-init: exec %s: %s\n" % (cmd[0], e))
+        os._exit(127)
+    return pid
+first = current = spawn(cmds.pop(0))
+since = time.monotonic()
 code = 0
+done = False
 while True:
+    if cmds and (done or time.monotonic() - since >= slice_s):
+        current, since, done = spawn(cmds.pop(0)), time.monotonic(), False
     try:
-        p, st = os.wait()
+        p, st = os.waitpid(-1, os.WNOHANG if cmds else 0)
     except ChildProcessError:
+        if cmds:
+            done = True
+            continue
         break
     except InterruptedError:
         continue
-    if p == pid:
+    if p == 0:
+        time.sleep(0.05)
+        continue
+    if p == current:
+        done = True
+    if p == first:
         code = os.waitstatus_to_exitcode(st)
 os._exit(code & 255 if code >= 0 else 128 - code)
 """
@@ -642,7 +674,7 @@ class Sandbox:
 
     def start(self, argv: Iterable[str], env: dict[str, str], unlimited_address_space: bool = False,
               on_stderr_line: Callable[[str], None] | None = None, cpu_s: int | None = None,
-              marker: str = INIT_MARKER) -> None:
+              marker: str = INIT_MARKER, on_stdout_line: Callable[[str], None] | None = None) -> None:
         """Start the sample under strace in the sandbox (returns at once).
 
         ``marker`` goes into the init's argv; the behaviour trace starts at the
@@ -687,17 +719,20 @@ class Sandbox:
                 except OSError:
                     pass
             self._fds = []
-        self.readers = [_Reader(self.proc.stdout, MAX_OUTPUT, None),
+        self.readers = [_Reader(self.proc.stdout, MAX_OUTPUT, on_stdout_line),
                         _Reader(self.proc.stderr, MAX_OUTPUT, on_stderr_line)]
         for r in self.readers:
             r.start()
 
     # -- while running
-    def hand_output_to(self, on_stderr_line: Callable[[str], None] | None) -> None:
-        """From now on: stderr lines to ``on_stderr_line``, and :meth:`output` starts afresh (a warm box's job)."""
+    def hand_output_to(self, on_stderr_line: Callable[[str], None] | None,
+                       on_stdout_line: Callable[[str], None] | None = None) -> None:
+        """From now on: stderr (stdout) lines to ``on_stderr_line`` (``on_stdout_line``), and :meth:`output`
+        starts afresh (a warm box's job)."""
         for r in self.readers:
             r.head = b""
         if len(self.readers) == 2:
+            self.readers[0].on_line = on_stdout_line
             self.readers[1].on_line = on_stderr_line
 
     def exited(self) -> bool:

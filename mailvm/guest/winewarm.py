@@ -44,7 +44,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from mailvm.guest import wine
+from mailvm.guest import execproof, winearch, wine
 from mailvm.guest.launcher import WINEPREFIX_IN, WORK_IN, find_tool
 from mailvm.guest.monitor import StraceMonitor
 from mailvm.guest.sandbox import INIT_CODE, INIT_MARKER, Limits, Sandbox, SandboxError, _cmdline, _state
@@ -58,6 +58,8 @@ CTL_DIR = ".mailvm-warm"
 STEP_TIMEOUT_S = 300.0
 MAX_REQUEST = 1 << 20
 MAX_REPLY = 256 << 20
+#: Debian's 32-bit Wine loader (package wine32:i386)
+WINE32_LOADER = winearch.WINE32_LOADER
 WARM_CPU_S = 3600  # RLIMIT_CPU of the warm sandbox's processes: warm-up and the job's timeout together
 
 #: the warm sandbox's payload (run by its init, as the sandbox uid): read JSON commands from the
@@ -201,8 +203,9 @@ class WarmWine:
         box.open()
         self.prefix = os.path.join(box.home, ".wine")
         try:
-            wine.ensure_template(template, self.wine_bin)
+            winearch.ensure_template(template, self.wine_bin)
             wine.prepare_prefix(template, self.prefix, box.uid, box.uid)
+            execproof.enable_relay_markers(self.prefix)
         except (OSError, ValueError) as exc:
             raise WarmError(f"Wine prefix: {exc}") from exc
         self.timings["prefix_s"] = round(time.monotonic() - t0, 3)
@@ -230,6 +233,13 @@ class WarmWine:
         self.timings["first_run_s"] = round(time.monotonic() - t2, 3)
         if rc != 0:
             raise WarmError(f"the warm-up run (wine cmd /c exit) exited {rc}: {self._stderr_tail()}")
+        wine32 = find_tool(WINE32_LOADER)
+        if wine32:  # the 32-bit side too (WoW64 DLLs in syswow64, the i386 loader): a 32-bit sample starts warm
+            t3 = time.monotonic()
+            rc = self.run([wine32, "cmd", "/c", "exit"])
+            self.timings["first_run32_s"] = round(time.monotonic() - t3, 3)
+            if rc != 0:
+                log.warning("the 32-bit warm-up run exited %s: %s", rc, self._stderr_tail())
         if not self.server_pids():
             raise WarmError("no wineserver running after the warm-up")
         self.timings["total_s"] = round(time.monotonic() - t0, 3)
@@ -304,7 +314,8 @@ class WarmWine:
         tids = [t for p in self.box.sandbox_pids() for t in _tasks(p)]  # strace -f names threads by tid
         return WarmStraceMonitor(self.box.strace_log, t0, tids, [t for p in self.server_pids() for t in _tasks(p)])
 
-    def launch(self, argv: list[str], env: dict[str, str], on_stderr_line: Callable[[str], None] | None) -> None:
+    def launch(self, argv: list[str], env: dict[str, str], on_stderr_line: Callable[[str], None] | None,
+               on_stdout_line: Callable[[str], None] | None = None) -> None:
         """Start the job: the waiter becomes the sandbox init that runs ``argv`` (once only)."""
         assert self.box is not None
         if self.used:
@@ -312,7 +323,7 @@ class WarmWine:
         self.used = True
         full = self.box.base_env()
         full.update(env)
-        self.box.hand_output_to(on_stderr_line)
+        self.box.hand_output_to(on_stderr_line, on_stdout_line)
         self._send({"op": "exec", "argv": [self.box.tools["python3"], "-I", "-S", "-c", INIT_CODE, INIT_MARKER]
                     + list(argv), "env": full})
         self._close_channel()

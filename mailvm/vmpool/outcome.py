@@ -22,10 +22,19 @@ Rules:
   sample that did nothing suspicious until the timeout stays ``clean``, and
   the ``timed_out`` finding stays in the findings so the policy and the
   administrator can see the analysis was cut short.
+* **Not executed** (contract C1): a result with ``"executed": false`` (the
+  guest found no launcher or runtime, the format was bad, the sample crashed at
+  load, the launcher failed) is scored like any other, but its ``source`` is
+  ``triage``, never ``detonation``: nothing was seen to run, so nothing was
+  cleared by running it.  The guest's ``not_executed`` finding (severity 0,
+  detail = the reason) is kept next to the static findings (the policy's
+  ``not_executed`` key raises such a file's verdict); when the guest omitted
+  it, the host adds it.  The ``run`` summary carries ``executed`` and the
+  ``execution`` record.
 * **No result** (slot failure, deadline, pool closed, file refused):
   :func:`failure_verdict`, ``error`` with one engine finding naming why, under
   the same rule as a guest error (static evidence that is already suspicious
-  or malicious stands).
+  or malicious stands); its source is ``triage`` too: the file did not run.
 
 The verdict's log starts with ``{"type": "kind", "kind": ...}`` (the scan
 pipeline reads a cached file's triage kind from there), then one ``run``
@@ -42,6 +51,9 @@ from typing import Any, Iterable, Sequence
 from mailvm.verdict import ERROR, MALICIOUS, SUSPICIOUS, Finding, Verdict, score_findings
 
 SOURCE = "detonation"
+#: the source of a verdict whose file did not run (static evidence only, as far as running it goes)
+SOURCE_NOT_RUN = "triage"
+NOT_EXECUTED = "not_executed"
 #: ``Finding.source`` of the pool's own findings (slot_failed, timed_out in the queue...)
 ENGINE = "engine"
 #: the guest's behaviour log kept in the verdict: entries, and JSON bytes in all
@@ -136,17 +148,40 @@ def compose_verdict(
         "launcher": str(result.get("launcher", ""))[:64],
         "events": event_count(result.get("events")),
     }
+    executed, execution = execution_of(result)
+    summary["executed"] = executed
+    summary["execution"] = execution
+    if not executed and not any(f.id == NOT_EXECUTED for f in findings):
+        findings.append(Finding(NOT_EXECUTED, 0, execution.get("reason") or "the guest did not run the file", ENGINE))
     raw_log = result.get("log")
     entries = [{"type": "kind", "kind": kind}, summary] + cap_log(raw_log if isinstance(raw_log, list) else [])
-    kw: dict[str, Any] = dict(source=SOURCE, slot=slot, duration_s=round(run_s, 3), log=entries)
+    kw: dict[str, Any] = dict(source=SOURCE if executed else SOURCE_NOT_RUN, slot=slot, duration_s=round(run_s, 3),
+                              log=entries)
     if result.get("verdict") == ERROR:
         return error_unless_evident(findings, **kw)
     return Verdict.from_findings(findings, **kw)
+
+
+def execution_of(result: dict[str, Any]) -> tuple[bool, dict[str, str]]:
+    """(ran?, the ``execution`` record) from a guest result; a result that does not say counts as ran only
+    when it carries no ``not_executed`` finding (a guest older than contract C1)."""
+    raw = result.get("execution")
+    execution = {k: str(raw.get(k) or "")[:300] for k in ("launcher", "proof", "reason")} if isinstance(
+        raw, dict) else {"launcher": str(result.get("launcher", ""))[:64], "proof": "", "reason": ""}
+    flag = result.get("executed")
+    if isinstance(flag, bool):
+        return flag, execution
+    findings = result.get("findings")
+    for item in findings if isinstance(findings, list) else []:
+        if isinstance(item, dict) and item.get("id") == NOT_EXECUTED:
+            execution["reason"] = execution["reason"] or str(item.get("detail") or "")[:300]
+            return False, execution
+    return True, execution
 
 
 def failure_verdict(static: Sequence[Finding], kind: str, finding_id: str, detail: str, slot: str = "") -> Verdict:
     """The verdict of a job that produced no result: ``error`` with ``finding_id``, static evidence kept."""
     err = Finding(finding_id, 0, detail, ENGINE)
     return error_unless_evident(
-        list(static) + [err], source=SOURCE, slot=slot, log=[{"type": "kind", "kind": kind}]
+        list(static) + [err], source=SOURCE_NOT_RUN, slot=slot, log=[{"type": "kind", "kind": kind}]
     )

@@ -77,7 +77,8 @@ def check_result(obj: Any) -> dict[str, Any]:
     most severe).  Optional: ``log`` (list, str/dict entries kept, capped),
     ``duration_s`` (finite number >= 0), ``stopped`` (str or bool),
     ``launcher``, ``error`` (str), ``events`` (count >= 0, list or dict), ``truncated``
-    (list of str).  Unknown keys are dropped.
+    (list of str), ``executed`` (bool, else None) and ``execution`` (object of strings, else None).
+    Unknown keys are dropped.
     """
     if not isinstance(obj, dict):
         raise PageError(f"result is a {type(obj).__name__}, not an object")
@@ -129,6 +130,10 @@ def check_result(obj: Any) -> dict[str, Any]:
         "events": events,
         "truncated": [str(t)[:40] for t in truncated[:20]],
         "error": _text(obj.get("error"), "error") or None,
+        # contract C1: did the sample run, and what proved it (or why not)
+        "executed": obj["executed"] if isinstance(obj.get("executed"), bool) else None,
+        "execution": {k: str(v)[:300] for k, v in list(obj["execution"].items())[:8] if isinstance(k, str)}
+        if isinstance(obj.get("execution"), dict) else None,
     }
 
 

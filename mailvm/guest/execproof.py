@@ -1,0 +1,263 @@
+"""Did the sample really run?  Proof of execution for every launcher (contract C1).
+
+Standard library only (runs inside the guest).
+
+A detonation whose sample never ran has seen nothing, and "nothing seen" must
+not read as "clean".  :class:`ProofWatcher` is fed everything the detonation
+sees (Wine's stderr trace lines, the sample's stdout lines, the behaviour
+events, the exit codes) and decides, per the launcher's ``proof`` kind:
+
+``wine_module``
+    Wine's loader printed ``Loaded L"...\\<sample>" at <base>: native`` and then,
+    in the same thread, ``Starting thread proc <entry>`` (or a TLS callback of
+    that module): the sample's own first instructions were called.  The relay
+    channel prints these two lines only because the prefix's ``RelayInclude``
+    names no function (:func:`enable_relay_markers`): no relay thunks, no cost.
+``wine_dll``
+    ``Call PE DLL (... L"<sample>",reason=PROCESS_ATTACH ...)``: the DLL's
+    DllMain was called by rundll32 (a DLL without DllMain: loaded, and
+    rundll32 called one of its exports).
+``wine_host``
+    A Wine script host (wscript, cmd, msiexec) started on the file and did not
+    reject it (a JScript/VBScript parse error, an invalid package).
+``mono``
+    Mono's tracer printed ``ENTER: <Type>:<entry method>``: the assembly's entry
+    method was entered.
+``process`` / ``viewer``
+    The sample (or its interpreter, or the viewer, with the sample in argv)
+    was exec'd successfully.
+
+Otherwise the reason, in the words of C1: ``missing runtime: ...``,
+``bad format: ...``, ``crash at load: <status> (...)``, ``launcher error: ...``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+#: RelayInclude value naming no real function: relay tracing on, relay thunks for nothing
+RELAY_INCLUDE = "ntdll.mailvmNoSuchFunction"
+MAX_REASON = 300
+
+_LOADED_RE = re.compile(r'^([0-9a-f]{4,8}):trace:loaddll:\w+ Loaded L"((?:[^"\\]|\\.)*)" at ([0-9A-Fa-f]+): (\w+)')
+_START_RE = re.compile(r"^([0-9a-f]{4,8}):Starting (?:thread|process) proc ([0-9A-Fa-f]+)")
+_TLS_RE = re.compile(r"^([0-9a-f]{4,8}):Call TLS callback \(proc=[0-9A-Fa-f]+,module=([0-9A-Fa-f]+),")
+_DLLMAIN_RE = re.compile(r'^([0-9a-f]{4,8}):Call PE DLL \(proc=[0-9A-Fa-f]+,module=[0-9A-Fa-f]+ L"([^"]*)",'
+                         r"reason=PROCESS_ATTACH")
+_RUNDLL_RE = re.compile(r'^([0-9a-f]{4,8}):trace:rundll32:\w+ Calling L?"?([^"( ]*)')
+_ERR_RE = re.compile(r"^(?:[0-9a-f]{4,8}:)?err:module:(\w+) (.*)$")
+_STATUS_RE = re.compile(r"(?:status|error) ?(c0000[0-9a-f]{3})", re.I)
+_WINE_FATAL = ("wine: Bad EXE format", "wine: could not load", "wine: failed to start", "wine: cannot find",
+               "wine: could not open", "wine: failed to open", "Application could not be started")
+_UNHANDLED_RE = re.compile(r"^(?:[0-9a-f]{4,8}:)?(?:err:seh:\w+ )?(?:Unhandled exception|wine: Unhandled) ?(.*)$")
+_WSH_PARSE = "ParseScriptText failed"
+_MONO_ENTER_RE = re.compile(r"\] ENTER: (?!\(wrapper)([^ (]{1,300}):([^ (:]{1,200}) \(")
+_MONO_BAD = ("File does not contain a valid CIL image", "Cannot open assembly", "is not a valid Win32 application")
+_MONO_MISSING = ("The assembly mscorlib.dll was not found", "Missing method", "Could not load file or assembly")
+
+#: a host's exit codes that say it did not take the file (msiexec: ERROR_INSTALL_PACKAGE_OPEN_FAILED 1619,
+#: ERROR_INSTALL_PACKAGE_INVALID 1620; the sandbox sees the low byte)
+MSI_REJECTED = {1619 & 255: "the package could not be opened (1619)", 1620 & 255: "not a valid installer package (1620)"}
+#: the engines a Wine script host loads for a script file
+SCRIPT_ENGINES = ("jscript.dll", "vbscript.dll")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """What the result says about running the sample (C1's ``executed`` and ``execution``)."""
+
+    executed: bool
+    launcher: str
+    proof: str = ""
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"launcher": self.launcher, "proof": self.proof[:MAX_REASON], "reason": self.reason[:MAX_REASON]}
+
+
+def not_run(launcher: str, reason: str) -> Execution:
+    return Execution(False, launcher, "", reason[:MAX_REASON])
+
+
+def _unescape(s: str) -> str:
+    return s.replace("\\\\", "\\")
+
+
+def _basename_win(path: str) -> str:
+    return _unescape(path).replace("/", "\\").rsplit("\\", 1)[-1].lower()
+
+
+def enable_relay_markers(prefix: str) -> None:
+    """Relay tracing with no relay thunks in the prefix at ``prefix`` (its user.reg is the detonation's copy):
+    Wine then prints thread starts, TLS callbacks and DllMain calls, the proof that a module's code ran."""
+    path = os.path.join(prefix, "user.reg")
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(f'\n[Software\\\\Wine\\\\Debug] 1700000000\n"RelayInclude"="{RELAY_INCLUDE}"\n')
+
+
+class ProofWatcher:
+    """Collects the evidence that the sample ran; :meth:`result` decides."""
+
+    def __init__(self, launcher: str, proof: str, sample_in: str, argv: tuple[str, ...] = (),
+                 entry_rva: int | None = None, clr_entry: str = "", has_dllmain: bool = True) -> None:
+        self.launcher = launcher
+        self.kind = proof
+        self.sample_in = sample_in
+        self.sample_name = sample_in.rsplit("/", 1)[-1]
+        self.sample_base = self.sample_name.lower()  # Wine's paths are compared without case
+        self.argv = argv
+        self.entry_rva = entry_rva
+        self.clr_entry = clr_entry
+        self.has_dllmain = has_dllmain
+        self.loaded: dict[str, int] = {}  # tid -> base of the sample's module
+        self.proof = ""
+        self.failure = ""
+        self.host_started = False
+        self.engines: set[str] = set()
+        self.root_pid: int | None = None
+        self.root_exit: int | None = None
+        self.exec_failed = ""
+        self.lines = 0
+
+    # -- evidence
+    def wine_line(self, line: str) -> None:
+        self.lines += 1
+        if self.proof and self.failure:
+            return
+        line = line.strip()[:4096]
+        m = _LOADED_RE.match(line)
+        if m:
+            tid, path, base, how = m.groups()
+            name = _basename_win(path)
+            if name == self.sample_base and how == "native":
+                self.loaded[tid] = int(base, 16)
+            elif self.kind == "wine_host" and name.endswith(SCRIPT_ENGINES):
+                self.engines.add(name.rsplit("\\", 1)[-1])
+            return
+        if self.kind == "wine_module" and self.loaded and not self.proof:
+            m = _START_RE.match(line)
+            if m and m.group(1) in self.loaded:
+                addr, base = int(m.group(2), 16), self.loaded[m.group(1)]
+                where = (f"its entry point {base + self.entry_rva:#x}" if self.entry_rva is not None
+                         and addr == base + self.entry_rva else f"{addr:#x}")
+                self.proof = f"Wine loaded {self.sample_name} at {base:#x} and started its main thread at {where}"
+                return
+            m = _TLS_RE.match(line)
+            if m and int(m.group(2), 16) in self.loaded.values():
+                self.proof = f"Wine loaded {self.sample_name} and called its TLS callback"
+                return
+        if self.kind == "wine_dll" and not self.proof:
+            m = _DLLMAIN_RE.match(line)
+            if m and _basename_win(m.group(2)) == self.sample_base:
+                self.proof = f"rundll32 loaded {self.sample_name} and called its DllMain (PROCESS_ATTACH)"
+                return
+            m = _RUNDLL_RE.match(line)
+            if m and self.loaded:
+                self.proof = f"rundll32 loaded {self.sample_name} and called its export {m.group(2)[:80]}"
+                return
+        if self.kind == "wine_host":
+            if _WSH_PARSE in line and not self.failure:
+                status = line.rsplit(":", 1)[-1].strip()[:20]
+                self.failure = f"bad format: the script host could not parse the script ({status})"
+                return
+            if ":Starting thread proc" in line or ":Starting process proc" in line:
+                self.host_started = True
+        self._failure_line(line)
+
+    def _failure_line(self, line: str) -> None:
+        if self.failure or self.proof:
+            return
+        m = _ERR_RE.match(line)
+        if m:
+            func, rest = m.groups()
+            status = _STATUS_RE.search(rest)
+            if func in ("import_dll", "LdrInitializeThunk", "load_wow64_ntdll", "attach_dlls", "process_attach",
+                        "load_dll", "build_module") and (status or "not found" in rest):
+                code = status.group(1).lower() if status else "c0000135"
+                self.failure = f"crash at load: {code} ({func}: {_unescape(rest)[:200]})"
+            return
+        for fatal in _WINE_FATAL:
+            if fatal in line:
+                self.failure = f"crash at load: {line[line.index(fatal):][:200]}"
+                return
+        m = _UNHANDLED_RE.match(line)
+        if m and self.kind in ("wine_module", "wine_dll") and not self.proof:
+            self.failure = f"crash at load: unhandled exception before the sample's code ran ({m.group(1)[:160]})"
+
+    def stdout_line(self, line: str) -> None:
+        if self.kind != "mono" or self.proof:
+            return
+        m = _MONO_ENTER_RE.search(line[:2048])
+        if m and (not self.clr_entry or m.group(2) == self.clr_entry):
+            self.proof = f"mono entered the assembly's entry method {m.group(1)}:{m.group(2)}"
+
+    def stderr_line(self, line: str) -> None:
+        """The sample's own stderr (native launchers, Mono)."""
+        if self.failure or self.proof:
+            return
+        text = line.strip()[:1024]
+        if self.kind == "mono":
+            if any(b in text for b in _MONO_BAD):
+                self.failure = f"bad format: {text[:200]}"
+            elif any(m in text for m in _MONO_MISSING):
+                self.failure = f"missing runtime: {text[:200]}"
+            elif text.startswith(("Unhandled Exception", "[ERROR] FATAL UNHANDLED EXCEPTION")):
+                self.failure = f"crash at load: {text[:200]}"
+        elif self.launcher == "python" and text.startswith(("SyntaxError", "IndentationError", "TabError")):
+            self.failure = f"bad format: {text[:200]}"
+
+    def event(self, ev: dict[str, Any]) -> None:
+        typ = ev.get("type")
+        if typ == "exec" and ev.get("src") != "wine":
+            argv = [str(a) for a in ev.get("argv") or []]
+            if self.root_pid is None and ev.get("ok", True):
+                self.root_pid = ev.get("pid") if isinstance(ev.get("pid"), int) else None
+            if self.kind in ("process", "viewer") and not self.proof:
+                if not ev.get("ok", True):
+                    if str(ev.get("path")) == self.sample_in or (self.argv and str(ev.get("path")) == self.argv[0]):
+                        self.exec_failed = f"exec {ev.get('path')}: {ev.get('err')}"
+                    return
+                if str(ev.get("path")) == self.sample_in:
+                    self.proof = f"execve {self.sample_in} succeeded"
+                elif any(a == self.sample_in or a.endswith("://" + self.sample_in) for a in argv[1:]):
+                    self.proof = f"{os.path.basename(str(ev.get('path')))} started with {self.sample_in}"
+        elif typ == "exit" and self.root_pid is not None and ev.get("pid") == self.root_pid:
+            if isinstance(ev.get("code"), int):
+                self.root_exit = ev["code"]
+
+    # -- the decision
+    def result(self, launch_error: str = "") -> Execution:
+        if self.proof:
+            return Execution(True, self.launcher, self.proof)
+        if self.kind == "wine_host" and not self.failure:
+            code = self.root_exit
+            if self.launcher == "wine_msi" and code in MSI_REJECTED:
+                return not_run(self.launcher, f"bad format: msiexec: {MSI_REJECTED[code]}")
+            if self.launcher == "wine_wsh" and self.host_started and not self.engines:
+                return not_run(self.launcher, "bad format: wscript loaded no script engine for the file")
+            if self.host_started:
+                host = {"wine_msi": "msiexec", "wine_cmd": "cmd", "wine_wsh": "wscript"}.get(self.launcher, "host")
+                engines = f" ({', '.join(sorted(self.engines))} loaded)" if self.engines else ""
+                return Execution(True, self.launcher, f"{host} ran the file{engines}")
+        if self.failure:
+            return not_run(self.launcher, self.failure)
+        if launch_error:
+            return not_run(self.launcher, f"launcher error: {launch_error}")
+        if self.exec_failed:
+            return not_run(self.launcher, f"bad format: {self.exec_failed}")
+        if self.kind == "wine_module":
+            if self.loaded:
+                return not_run(self.launcher, f"crash at load: Wine loaded {self.sample_name} but never started it")
+            return not_run(self.launcher, f"crash at load: Wine never loaded {self.sample_name}")
+        if self.kind == "wine_dll":
+            if self.loaded and not self.has_dllmain:
+                return Execution(True, self.launcher, f"rundll32 loaded {self.sample_name} (it has no DllMain)")
+            return not_run(self.launcher, f"crash at load: rundll32 never called into {self.sample_name}")
+        if self.kind == "mono":
+            return not_run(self.launcher, "crash at load: mono never entered the assembly's entry method")
+        if self.kind == "wine_host":
+            return not_run(self.launcher, "launcher error: the Wine script host never started")
+        return not_run(self.launcher, "launcher error: the sample was never started")
