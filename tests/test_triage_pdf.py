@@ -17,6 +17,7 @@ import pytest
 from mailvm.config import Config, LinksConfig, SpoolConfig, TriageConfig
 from mailvm.scan import Scanner
 from mailvm.triage import Triage, pdf, pdfdoc
+from pdf_builder import Doc
 from triage_helpers import art, ids
 
 
@@ -131,74 +132,6 @@ def test_pdfid_error_falls_back_to_counting(triage, tmp_path):
 
 
 # -- documents with pages, text, images and link annotations (structure, lure shape) ---------------------
-
-
-def _esc(text: str) -> bytes:
-    return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").encode("latin-1")
-
-
-class Doc:
-    """A hand-written PDF: pages with text lines, images and link annotations, an optional catalog extra.
-
-    Object 1 is the catalog, 2 the page tree, 3 the font; everything else is added in order.
-    """
-
-    def __init__(self) -> None:
-        self.objects: list[bytes] = [b"", b"", b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
-        self.pages: list[int] = []
-        self.catalog_extra = b""
-
-    def add(self, body: bytes) -> int:
-        self.objects.append(body)
-        return len(self.objects)
-
-    def stream(self, data: bytes, extra: bytes = b"") -> int:
-        return self.add(b"<< /Length %d %s>>\nstream\n" % (len(data), extra) + data + b"\nendstream")
-
-    def page(self, lines: tuple[str, ...] = (), links: tuple[tuple[str, tuple[float, float, float, float], str], ...] = (),
-             image: tuple[float, float, float, float] | None = None, annots: tuple[int, ...] = (),
-             extra: bytes = b"") -> "Doc":
-        """``links``: (url, rect, label drawn inside the rect); ``image``: rect covered by an image."""
-        content = bytearray()
-        resources = b"/Font << /F1 3 0 R >>"
-        if image is not None:
-            img = self.stream(b"\x80", b"/Type /XObject /Subtype /Image /Width 1 /Height 1 /ColorSpace /DeviceGray "
-                                       b"/BitsPerComponent 8 ")
-            x0, y0, x1, y1 = image
-            content += b"q %g 0 0 %g %g %g cm /Im1 Do Q\n" % (x1 - x0, y1 - y0, x0, y0)
-            resources += b" /XObject << /Im1 %d 0 R >>" % img
-        if lines:
-            content += b"BT /F1 11 Tf 14 TL 72 740 Td\n"
-            for line in lines:
-                content += b"(" + _esc(line) + b") Tj T*\n"
-            content += b"ET\n"
-        refs = list(annots)
-        for url, rect, label in links:
-            if label:
-                content += b"BT /F1 12 Tf %g %g Td (" % (rect[0] + 2, rect[1] + 2) + _esc(label) + b") Tj ET\n"
-            refs.append(self.add(b"<< /Type /Annot /Subtype /Link /Rect [%g %g %g %g] /Border [0 0 0] "
-                                 b"/A << /S /URI /URI (" % rect + _esc(url) + b") >> >>"))
-        contents = self.stream(bytes(content))
-        annot_arr = b" /Annots [" + b" ".join(b"%d 0 R" % r for r in refs) + b"]" if refs else b""
-        self.pages.append(self.add(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << "
-                                   + resources + b" >> /Contents %d 0 R" % contents + annot_arr + extra + b" >>"))
-        return self
-
-    def build(self) -> bytes:
-        self.objects[0] = b"<< /Type /Catalog /Pages 2 0 R " + self.catalog_extra + b">>"
-        self.objects[1] = (b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % p for p in self.pages)
-                           + b"] /Count %d >>" % len(self.pages))
-        out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
-        offsets = []
-        for i, obj in enumerate(self.objects, start=1):
-            offsets.append(len(out))
-            out += b"%d 0 obj\n" % i + obj + b"\nendobj\n"
-        xref = len(out)
-        out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(offsets) + 1)
-        for off in offsets:
-            out += b"%010d 00000 n \n" % off
-        out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(offsets) + 1, xref)
-        return bytes(out)
 
 
 LOREM = ("Quarterly results were reviewed by the committee and the figures for each region are attached in the "

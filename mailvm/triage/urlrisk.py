@@ -240,6 +240,21 @@ def _path_extension(path: str) -> str:
     return last.rsplit(".", 1)[1][:16]
 
 
+def _file_host(rest: str) -> str:
+    """The remote host of a ``file:`` URL's remainder ("" for a local path).
+
+    ``//host/x`` and ``\\\\host\\x`` name a host; ``///C:/x`` is local; four or more
+    separators (``////host/x``) are a UNC path again, as Windows reads them.
+    """
+    n = len(rest) - len(rest.lstrip("/\\"))
+    first = re.split(r"[\\/]", rest.lstrip("/\\"), 1)[0]
+    if n == 2 or n >= 4:
+        host = first.split("@", 1)[0].split(":", 1)[0].lower()
+        if host and host not in ("localhost", "127.0.0.1", ".", "?") and not re.fullmatch(r"[a-z]:?", first.lower()):
+            return host
+    return ""
+
+
 def _score(reasons: list[str]) -> int:
     if not reasons:
         return 0
@@ -267,16 +282,15 @@ def assess(url: str) -> UrlRisk:
         return UrlRisk(text, WEIGHTS["data-uri"], ("data-uri",))
     if scheme in PROTOCOL_HANDLERS:
         return UrlRisk(text, WEIGHTS["protocol-handler"], ("protocol-handler",))
+    if scheme == "file":
+        host = _file_host(text[5:])
+        return UrlRisk(text, WEIGHTS["unc-or-file"], ("unc-or-file",), host) if host else UrlRisk(text, 0, ())
     try:
-        parts = urllib.parse.urlsplit(text.replace("\\", "/") if scheme in ("http", "https", "file") else text)
+        parts = urllib.parse.urlsplit(text.replace("\\", "/") if scheme in ("http", "https") else text)
         port = parts.port
     except ValueError:
         return UrlRisk(text, 0, ())
     host = (parts.hostname or "").rstrip(".")
-    if scheme == "file":
-        if host and host not in ("localhost", "127.0.0.1"):
-            return UrlRisk(text, WEIGHTS["unc-or-file"], ("unc-or-file",), host)
-        return UrlRisk(text, 0, (), host)
     if scheme not in ("http", "https", "ftp", "ftps") or not host:
         return UrlRisk(text, 0, (), host)
     if "@" in parts.netloc:
