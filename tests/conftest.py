@@ -10,16 +10,16 @@ import pytest
 from mailvm.config import ExtractConfig
 from mailvm.extract.spool import Spool
 
-# -- test corpus (/work/shared/corpus, read-only) ---------------------------------
+# -- external test corpus (tests/testdata.py knows where; read-only) ------------------
 
-#: the shared corpus; ``MAILVM_CORPUS`` overrides (tests skip when it is absent)
-from testdata import CORPUS  # noqa: E402,F401  (defined there so test modules can import it)
+#: ``$MAILVM_CORPUS`` or its default (tests/testdata.py); tests skip, saying why, when it is absent
+from testdata import CORPUS, CORPUS_MISSING, corpus_available  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
 def corpus() -> Path:
-    if not CORPUS.is_dir():
-        pytest.skip(f"test corpus not found at {CORPUS} (set MAILVM_CORPUS)")
+    if not corpus_available():
+        pytest.skip(CORPUS_MISSING)
     return CORPUS
 
 

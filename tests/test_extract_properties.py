@@ -29,7 +29,7 @@ from mailvm.extract.mime import html_visible_text
 from mailvm.extract.passwords import candidate_passwords
 from mailvm.extract.spool import Spool
 
-from testdata import CORPUS
+from testdata import CORPUS, CORPUS_MISSING
 
 CFG = dataclasses.replace(
     ExtractConfig(), max_total_bytes=8 * 1024 * 1024, max_file_bytes=4 * 1024 * 1024, time_budget_s=10.0
@@ -138,7 +138,7 @@ def mutate(data: bytes, ops) -> bytes:
     return bytes(buf)
 
 
-@pytest.mark.skipif(not SAMPLES, reason="test corpus not available")
+@pytest.mark.skipif(not SAMPLES, reason=CORPUS_MISSING)
 @PROPS
 @given(st.sampled_from(SAMPLES or [Path("/dev/null")]), st.lists(mutation, min_size=1, max_size=6))
 def test_mutated_real_messages(path, ops):

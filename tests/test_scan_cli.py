@@ -16,11 +16,24 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from testdata import CORPUS
+from testdata import corpus_file
 
-EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+from mailvm.lab.samples import clean_message, eicar, eicar_zip
+
+EICAR = eicar()
 EICAR_SHA = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"
-SPAM = CORPUS / "apache-spamassassin-tdata" / "t" / "data" / "spam" / "olevbmacro"
+SPAM = Path("apache-spamassassin-tdata") / "t" / "data" / "spam" / "olevbmacro"
+
+
+@pytest.fixture
+def eicar_zipped_twice(tmp_path: Path) -> Path:
+    """eicar.com in a zip in a zip (as the EICAR site's eicarcom2.zip), built here."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("eicar_com.zip", eicar_zip())
+    path = tmp_path / "eicarcom2.zip"
+    path.write_bytes(buf.getvalue())
+    return path
 
 
 @pytest.fixture
@@ -55,8 +68,8 @@ def as_json(res: subprocess.CompletedProcess):
     return json.loads(res.stdout)
 
 
-def test_eicar_zipped_twice_is_malicious_and_cached(config):
-    res = mvctl(config, "scan", "--json", "--no-detonate", str(CORPUS / "eicar" / "eicarcom2.zip"))
+def test_eicar_zipped_twice_is_malicious_and_cached(config, eicar_zipped_twice):
+    res = mvctl(config, "scan", "--json", "--no-detonate", str(eicar_zipped_twice))
     assert res.returncode == 1, res.stderr
     report = as_json(res)
     assert report["verdict"] == "malicious" and report["score"] == 10
@@ -65,7 +78,7 @@ def test_eicar_zipped_twice_is_malicious_and_cached(config):
     assert eicar[0]["origin"].count("member:") == 2
     assert {"sha256", "name", "type", "origin", "size", "verdict", "score", "source", "findings"} <= set(eicar[0])
     # the second scan is answered from the scanned table
-    again = as_json(mvctl(config, "scan", "--json", "--no-detonate", str(CORPUS / "eicar" / "eicarcom2.zip")))
+    again = as_json(mvctl(config, "scan", "--json", "--no-detonate", str(eicar_zipped_twice)))
     assert [a for a in again["artifacts"] if a["sha256"] == EICAR_SHA][0]["source"] == "cache"
     shown = mvctl(config, "cache", "show", "--json", EICAR_SHA)
     assert shown.returncode == 0 and as_json(shown)["verdict"] == "malicious"
@@ -76,7 +89,7 @@ def test_eicar_zipped_twice_is_malicious_and_cached(config):
 
 
 def test_clean_message_from_stdin_exit_zero(config):
-    raw = (CORPUS / "apache-spamassassin-tdata" / "t" / "data" / "nice" / "001").read_bytes()
+    raw = clean_message()
     res = mvctl(config, "scan", "--json", "--no-detonate", "-", stdin=raw)
     assert res.returncode == 0, res.stdout + res.stderr
     assert as_json(res)["verdict"] == "clean"
@@ -93,9 +106,7 @@ def test_clean_message_from_stdin_exit_zero(config):
     ("zippwmacro.eml", {"clean", "suspicious", "malicious"}),  # handled gracefully, whatever it holds
 ])
 def test_spamassassin_office_mails_get_their_labels(config, name, expected):
-    path = SPAM / name
-    if not path.exists():
-        pytest.skip(f"{path} not in the corpus")
+    path = corpus_file(SPAM / name)  # skips, saying why, without the external corpus
     res = mvctl(config, "scan", "--json", "--no-detonate", str(path))
     report = as_json(res)
     assert report["verdict"] in expected, json.dumps(report, indent=1)[:3000]
@@ -111,7 +122,8 @@ def test_unreadable_path_is_an_error(config, tmp_path):
 def test_bad_config_names_file_and_key(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[extract]\nmax_depht = 3\n")
-    res = mvctl(cfg, "scan", "--no-detonate", str(CORPUS / "eicar" / "eicar.com"))
+    (tmp_path / "eicar.com").write_bytes(EICAR)
+    res = mvctl(cfg, "scan", "--no-detonate", str(tmp_path / "eicar.com"))
     assert res.returncode == 2
     err = res.stderr.decode()
     assert "bad.toml" in err and "extract.max_depht" in err and "unknown key" in err

@@ -1,4 +1,4 @@
-"""Triage against the labelled corpus (/work/shared/corpus/README.md).
+"""Triage against the labelled external corpus (its README.md lists the labels; location: tests/testdata.py).
 
 A regression table: every labelled file -> the least verdict triage must give
 and a finding id that must be among its findings.  Zipped corpus files are

@@ -3,7 +3,8 @@
 ``start`` writes a self-contained configuration under ``--dir`` (default
 ``/var/lib/mailvm-lab``), starts ``mailvm serve`` on 127.0.0.1:8894 and a
 private Postfix on 127.0.0.1:2525 that uses it and delivers into a Maildir.
-``send`` submits a message file to that Postfix and prints the SMTP answer;
+``send`` submits a message file (or a built-in sample, ``--sample clean|eicar-zip``, made
+by :mod:`mailvm.lab.samples`) to that Postfix and prints the SMTP answer;
 ``inbox`` lists what was delivered with mailvm's verdict headers.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from mailvm.cli.common import EXIT_BAD, EXIT_ERROR, EXIT_OK, print_json
 from mailvm.lab.common import lab_config, wait_port
+from mailvm.lab.samples import SAMPLES
 
 DEFAULT_DIR = "/var/lib/mailvm-lab"
 SMTP_PORT = 2525
@@ -49,8 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_start)
     s = lsub.add_parser("stop", help="stop Postfix and mailvm")
     s.set_defaults(func=cmd_stop)
-    s = lsub.add_parser("send", help="send a message file through the lab Postfix")
-    s.add_argument("message", help="an RFC 5322 message file")
+    s = lsub.add_parser("send", help="send a message file (or a built-in sample) through the lab Postfix")
+    s.add_argument("message", nargs="?", help="an RFC 5322 message file")
+    s.add_argument("--sample", choices=sorted(SAMPLES), help="send a built-in sample message instead of a file")
     s.add_argument("--to", action="append", default=[], help="recipient (repeatable; default user@example.com)")
     s.add_argument("--from", dest="sender", default="sender@lab.test", help="envelope sender")
     s.set_defaults(func=cmd_send)
@@ -131,8 +134,19 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    raw = Path(args.message).read_bytes()
     rcpts = args.to or ["user@example.com"]
+    if (args.message is None) == (args.sample is None):
+        print("mvctl lab send: give a message file or --sample NAME (one of them)", file=sys.stderr)
+        return EXIT_BAD
+    if args.sample:
+        raw = SAMPLES[args.sample](", ".join(rcpts), args.sender)
+        args.message = f"sample {args.sample}"
+    else:
+        try:
+            raw = Path(args.message).read_bytes()
+        except OSError as exc:
+            print(f"mvctl lab send: cannot read {args.message}: {exc.strerror}", file=sys.stderr)
+            return EXIT_BAD
     try:
         with smtplib.SMTP("127.0.0.1", SMTP_PORT, timeout=900) as smtp:
             refused = smtp.sendmail(args.sender, rcpts, raw)

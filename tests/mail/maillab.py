@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
-from testdata import CORPUS  # noqa: F401 (re-exported to the mail tests; tests/ is on sys.path via tests/conftest.py)
-
 from mailvm.lab.common import wait_port
 
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
