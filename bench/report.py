@@ -97,8 +97,9 @@ def section_machine(c: dict[str, Any]) -> str:
         "on are **comparisons inside one run**: the same measurement with and without mailvm, flash clone and "
         "classic revert, one slot count and the next, taken minutes apart under the same conditions. "
         "Every JSON result records the machine (cores, memory, accelerator), the backend, the date and the git "
-        "revision. When the accelerator says `tcg`, qemu guests are emulated (no usable KVM on these machines: "
-        "/work/shared/notes/vm-on-these-machines.md); section 5 compares that with the same agent run natively.\n"
+        "revision. When the accelerator says `tcg`, qemu guests are emulated (no usable KVM on the machine: "
+        "`/dev/kvm` may exist, but a stock kernel did not boot under it: docs/qemu-backend.md, Accelerator); section 5 "
+        "compares that with the same agent run natively.\n"
     )
 
 
@@ -144,7 +145,7 @@ def headline(c: dict[str, Any]) -> str:
         priv = mem[n]["private_mib_per_clone"]
         rows.append(["Private memory per clone < 32 MiB", f"{num(priv, 1, ' MiB')} ({n} clones; PSS "
                      f"{num(mem[n]['pss_mib_per_clone'], 1, ' MiB')})", verdict_of(priv < 32)])
-    return "## Headline figures against the design targets\n\n" + table(["target (DESIGN.md)", "measured", "met"], rows)
+    return "## Headline figures against the design targets\n\n" + table(["target (design brief)", "measured", "met"], rows)
 
 
 def section_components(comp: dict[str, Any], img: str) -> str:
@@ -440,7 +441,7 @@ def analysis(c: dict[str, Any]) -> str:
            "Python: more cores raise both Postfix's and mailvm's rates, but the ratio stays set by the two CPU costs "
            "until mailvm's per-message cost falls (fewer milter callbacks, no spool copy, a cheaper hand-off to the "
            "workers). Past one host, the scanned "
-           "table and the job queue move to Redis and hypervisor hosts scale apart from the MX hosts (DESIGN.md).\n")
+           "table and the job queue move to Redis and hypervisor hosts scale apart from the MX hosts.\n")
     parts.append(txt + "\n")
 
     # classic
