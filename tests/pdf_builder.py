@@ -27,13 +27,14 @@ class Doc:
 
     def page(self, lines: tuple[str, ...] = (), links: tuple[tuple[str, tuple[float, float, float, float], str], ...] = (),
              image: tuple[float, float, float, float] | None = None, annots: tuple[int, ...] = (),
-             extra: bytes = b"") -> "Doc":
-        """``links``: (url, rect, label drawn inside the rect); ``image``: rect covered by an image."""
+             extra: bytes = b"", image_extra: bytes = b"") -> "Doc":
+        """``links``: (url, rect, label drawn inside the rect); ``image``: rect covered by an image (whose
+        dictionary gets ``image_extra``); ``extra``: added to the page dictionary."""
         content = bytearray()
         resources = b"/Font << /F1 3 0 R >>"
         if image is not None:
             img = self.stream(b"\x80", b"/Type /XObject /Subtype /Image /Width 1 /Height 1 /ColorSpace /DeviceGray "
-                                       b"/BitsPerComponent 8 ")
+                                       b"/BitsPerComponent 8 " + image_extra)
             x0, y0, x1, y1 = image
             content += b"q %g 0 0 %g %g %g cm /Im1 Do Q\n" % (x1 - x0, y1 - y0, x0, y0)
             resources += b" /XObject << /Im1 %d 0 R >>" % img

@@ -436,3 +436,33 @@ def test_pdf_links_are_not_fetched_when_links_are_off(tmp_path, phish_server):
     lure = Doc().page(image=FULL_PAGE, links=((phish_server + "/session/1", FULL_PAGE, ""),)).build()
     report = _scanner(tmp_path, links=False).scan_message(_mail_with("a.pdf", lure))
     assert _PhishPage.seen == [] and len(report.artifacts) == 1
+
+
+def test_remote_launch_thread_and_external_image(triage, tmp_path):
+    doc = Doc()
+    doc.catalog_extra = (b"/OpenAction << /S /Launch /F << /Type /FileSpec /FS /URL /F (https://e.test/x.pdf) >> >> "
+                         b"/AA << /WC << /S /Thread /F << /F (\\\\\\\\files.e.test\\\\s\\\\t.pdf) >> /D 0 >> >> ")
+    data = doc.page(lines=words(300)).build()
+    found = ids(run(triage, tmp_path, data))
+    assert found["pdf_launch"] == 8 and found["pdf_remote_goto"] == 6  # a remote file; a UNC path
+    ext = Doc().page(lines=words(300), image=(72, 72, 200, 200),
+                     image_extra=b"/F (\\\\\\\\198.51.100.4\\\\share\\\\logo.jpg) ")
+    found = ids(run(triage, tmp_path, ext.build(), "ext.pdf"))
+    assert found["pdf_remote_resource"] == 6
+
+
+def test_font_matrix_injection(triage, tmp_path):
+    doc = Doc()
+    doc.objects[2] = (b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica "
+                      b"/FontMatrix [1 2 3 4 5 (1\\); fetch\\('https://e.test/')] >>")
+    found = ids(run(triage, tmp_path, doc.page(lines=("x",)).build()))
+    assert found["pdf_font_matrix_injection"] == 7
+
+
+def test_file_without_cross_reference_table_is_still_read(triage, tmp_path):
+    whole = image_lure()
+    cut = whole[: whole.index(b"xref\n")] + b"trailer\n<< /Root 1 0 R /Size 9 >>\n%%EOF\n"
+    r = run(triage, tmp_path, cut)
+    found = ids(r)
+    assert found["pdf_xref_rebuilt"] == 2 and found["pdf_link_lure"] == 5, r.findings
+    assert pdfdoc.link_urls(cut) == [PHISH]

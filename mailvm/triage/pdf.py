@@ -227,9 +227,11 @@ def _lure(facts: PdfFacts, targets: list[str], risk: urlrisk.UrlRisk | None) -> 
 
 
 def _launch_severity(target: str) -> int:
-    """8 for a program, a script or anything with parameters; 3 for a document opened by its own viewer."""
+    """8 for a program, a script, a remote file or anything with parameters; 3 for a local document
+    opened by its own viewer."""
     words = target.split()
-    if len(words) == 1 and extension(words[0]) in DOCUMENT_EXTENSIONS:
+    remote = re.match(r"(?i)^\s*(\\\\|//|[a-z][a-z0-9+.-]{1,31}://)", target) is not None
+    if len(words) == 1 and extension(words[0]) in DOCUMENT_EXTENSIONS and not remote:
         return 3
     return 8
 
@@ -239,6 +241,9 @@ def structure_findings(facts: PdfFacts) -> list[Finding]:
     out: list[Finding] = []
     if facts.errors and not facts.pages:
         out.append(Finding("pdf_malformed", 2, f"pypdf: {facts.errors[0]}", SOURCE))
+    if facts.rebuilt:
+        out.append(Finding("pdf_xref_rebuilt", 2, f"no usable cross-reference table ({facts.rebuilt}); objects "
+                                                  "found by scanning, as readers do", SOURCE))
     if facts.partial:
         out.append(Finding("pdf_partial_scan", 1, "; ".join(facts.partial)[:300], SOURCE))
     targets = facts.urls()
@@ -264,10 +269,18 @@ def structure_findings(facts: PdfFacts) -> list[Finding]:
         elif a.kind == "SubmitForm" and re.match(r"(?i)^(https?|ftp)://", a.target):
             remote_submit = a.target
             out.append(Finding("pdf_submit_form", 4, f"form data sent to {clip(a.target, 160)}", SOURCE))
-        elif a.kind in ("GoToR", "GoToE", "ImportData"):
+        elif a.kind in ("GoToR", "GoToE", "ImportData", "Thread") and (a.kind != "Thread" or a.target):
             target_risk = urlrisk.assess(a.target) if a.target else None
             sev = 6 if target_risk is not None and "unc-or-file" in target_risk.reasons else 4
             out.append(Finding("pdf_remote_goto", sev, f"/{a.kind} to {clip(a.target, 160) or '(no file)'}", SOURCE))
+    if facts.remote_refs:
+        unc = any("unc-or-file" in urlrisk.assess(r).reasons for r in facts.remote_refs)
+        out.append(Finding("pdf_remote_resource", 6 if unc else 4,
+                           f"a page loads content from elsewhere when shown: {clip(facts.remote_refs[0], 160)}"
+                           + (" (SMB: leaks the reader's NTLM hash)" if unc else ""), SOURCE))
+    if facts.bad_font_matrix:
+        out.append(Finding("pdf_font_matrix_injection", 7, f"font matrix with non-numbers (CVE-2024-4367, code run "
+                                                           f"by PDF.js): {clip(facts.bad_font_matrix[0], 160)}", SOURCE))
     if facts.password_fields:
         sev = 6 if remote_submit else 5
         where = f", submitted to {clip(remote_submit, 120)}" if remote_submit else ""

@@ -104,6 +104,11 @@ class PdfFacts:
     field_names: list[str] = field(default_factory=list)
     xfa: bool = False
     embedded: list[str] = field(default_factory=list)  # file names (embedded file tree, file attachment annotations)
+    #: resources fetched from elsewhere when a page is shown (external image XObjects: URL or UNC /F)
+    remote_refs: list[str] = field(default_factory=list)
+    #: fonts whose /FontMatrix holds something other than numbers (CVE-2024-4367, code run by PDF.js)
+    bad_font_matrix: list[str] = field(default_factory=list)
+    rebuilt: str = ""  # why the cross-reference table had to be rebuilt ("" when it was usable)
     partial: list[str] = field(default_factory=list)  # what was not read and why
     errors: list[str] = field(default_factory=list)
 
@@ -199,7 +204,7 @@ def _action_chain(walk: _Walk, action: Any, trigger: str) -> None:
                 target = (_text(win.get("/F", "")) + " " + _text(win.get("/P", ""))).strip()
             else:
                 target = _text(act.get("/F", ""))
-        elif kind in ("SubmitForm", "GoToR", "GoToE", "ImportData"):
+        elif kind in ("SubmitForm", "GoToR", "GoToE", "ImportData", "Thread"):
             target = _clean_url(_text(act.get("/F", "")))
         if kind:
             walk.facts.actions.append(Action(kind, trigger, target))
@@ -359,19 +364,33 @@ def _annotations(walk: _Walk, page: Any, number: int) -> None:
         _additional_actions(walk, a)
 
 
-def _count_images(walk: _Walk, page: Any) -> int:
+def _resources(walk: _Walk, page: Any) -> int:
+    """Image XObjects on the page (returned), external XObjects and odd font matrices (into ``walk.facts``)."""
+    facts = walk.facts
     res = _resolve(page.get("/Resources"))
     if not isinstance(res, DictionaryObject):
         return 0
+    images = 0
     xobjs = _resolve(res.get("/XObject"))
-    if not isinstance(xobjs, DictionaryObject):
-        return 0
-    n = 0
-    for _name, raw in list(xobjs.items())[:200]:
-        x = _resolve(raw)
-        if isinstance(x, DictionaryObject) and str(x.get("/Subtype", "")) == "/Image":
-            n += 1
-    return n
+    if isinstance(xobjs, DictionaryObject):
+        for _name, raw in list(xobjs.items())[:200]:
+            x = _resolve(raw)
+            if not isinstance(x, DictionaryObject):
+                continue
+            if str(x.get("/Subtype", "")) == "/Image":
+                images += 1
+            if "/F" in x and len(facts.remote_refs) < 20:
+                facts.remote_refs.append(_clean_url(_text(x.get("/F")) or "(external stream)"))
+    fonts = _resolve(res.get("/Font"))
+    if isinstance(fonts, DictionaryObject):
+        for name, raw in list(fonts.items())[:200]:
+            font = _resolve(raw)
+            matrix = _resolve(font.get("/FontMatrix")) if isinstance(font, DictionaryObject) else None
+            if isinstance(matrix, ArrayObject) and any(
+                    not isinstance(_resolve(v), (int, float)) for v in list(matrix)[:16]):
+                if len(facts.bad_font_matrix) < 10:
+                    facts.bad_font_matrix.append(f"{name}: {_text(matrix, 200)}")
+    return images
 
 
 def _page_text(page: Any, links: list[Link]) -> tuple[str, list[Link]]:
@@ -410,7 +429,7 @@ def _pages(walk: _Walk, reader: pypdf.PdfReader) -> None:
         _additional_actions(walk, page)
         first_link = len(facts.links)
         _annotations(walk, page, i + 1)
-        facts.images += _count_images(walk, page)
+        facts.images += _resources(walk, page)
         if want_text:
             try:
                 text, placed = _page_text(page, facts.links[first_link:])
@@ -424,13 +443,33 @@ def _pages(walk: _Walk, reader: pypdf.PdfReader) -> None:
         facts.words = words
 
 
+#: appended when a file has no usable startxref: pypdf then rebuilds the cross-reference table by
+#: scanning for objects, as PDF readers do (files without xref are an evasion of strict parsers)
+_REBUILD_TAIL = b"\nstartxref\n0\n%%EOF\n"
+
+
+def _open(data: bytes, facts: PdfFacts) -> pypdf.PdfReader | None:
+    try:
+        return pypdf.PdfReader(io.BytesIO(data), strict=False)
+    except Exception as first:  # PdfReadError (no startxref, no EOF marker...) and hostile-input failures
+        try:
+            reader = pypdf.PdfReader(io.BytesIO(data + _REBUILD_TAIL), strict=False)
+        except Exception:
+            facts.errors.append(f"{type(first).__name__}: {first}"[:200])
+            return None
+        facts.rebuilt = f"{type(first).__name__}: {first}"[:120]
+        return reader
+
+
 def read_facts(data: bytes, deadline_s: float = DEADLINE_S) -> PdfFacts:
     """The structure of the PDF in ``data`` (see the module doc); never raises."""
     facts = PdfFacts()
     walk = _Walk(facts, time.monotonic() + deadline_s)
     try:
         with pypdf.apply_configuration(**PYPDF_LIMITS):
-            reader = pypdf.PdfReader(io.BytesIO(data), strict=False)
+            reader = _open(data, facts)
+            if reader is None:
+                return facts
             try:
                 facts.objects = int(_resolve(reader.trailer.get("/Size", 0)) or 0)
             except (TypeError, ValueError):
@@ -500,8 +539,8 @@ def embedded_files(data: bytes, max_files: int = MAX_EMBEDDED, max_bytes: int = 
     walk = _Walk(facts, time.monotonic() + DEADLINE_S)
     try:
         with pypdf.apply_configuration(**PYPDF_LIMITS):
-            reader = pypdf.PdfReader(io.BytesIO(data), strict=False)
-            if reader.is_encrypted and not reader.decrypt(""):
+            reader = _open(data, facts)
+            if reader is None or (reader.is_encrypted and not reader.decrypt("")):
                 return out
             root = _resolve(reader.trailer.get("/Root"))
             names = _resolve(root.get("/Names")) if isinstance(root, DictionaryObject) else None
