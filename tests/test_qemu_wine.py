@@ -29,6 +29,7 @@ from mailvm.vmpool.backends.qemu import QemuBackend
 from mailvm.vmpool.image.layout import Image
 from test_backend_qemu import PAGE, _job, serve_prepared
 from test_guest_detonate import PE_SOURCE
+from test_windows_launchers import DOTNET_SOURCE, JS_DOWNLOADER, build
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -111,10 +112,15 @@ def test_wine_image_is_stripped_and_ships_a_ready_prefix(wine_image, tmp_path):
 
     m = wine_image.manifest
     assert m["with_wine"] is True and m["packages"].get("wine64")
+    # the 32-bit side (i386 multiarch) and Mono for .NET assemblies
+    assert m["packages"].get("wine32") and m["packages"].get("mono-runtime"), sorted(m["packages"])[:20]
+    assert m["rootfs_recipe"]["foreign"] == {"i386": ["wine32:i386"]}
     w = m["wine"]
     assert w["version"].startswith("wine-") and w["prefix"] == "/var/lib/mailvm/wine-prefix"
-    assert m["inputs"]["wine_key"] == w["stage_key"]
-    assert 50e6 < w["prefix_bytes"] < 300e6, w  # 693 MB unstripped (notes); ~212 MB stripped
+    assert m["inputs"]["wine_key"] == w["stage_key"] and w["wow64"] is True  # syswow64 filled
+    assert 50e6 < w["prefix_bytes"] < 700e6, w  # 64-bit only: ~219 MB; with syswow64 more, hard-linked
+    print(f"\nimage: root.img {m['files']['root.img']['bytes'] / 2**20:.0f} MiB, prefix "
+          f"{w['prefix_bytes'] / 2**20:.0f} MiB, Wine libs {w['wine_lib_bytes']}")
     st = status(str(CACHE))
     assert st["with_wine"] and st["wine"]["version"] == w["version"]
     # the prefix is in root.img, readable by every sandbox user and writable by none
@@ -170,3 +176,50 @@ def test_cold_wine_in_a_clone_sees_the_same_and_the_warm_one_is_much_faster(cold
     assert cold["verdict"] == warm["verdict"] == "malicious", cold["findings"]
     assert ids == {f["id"] for f in warm["findings"]} == {"persistence_registry_run", "network_raw_ip"}, ids
     assert warm["duration_s"] < cold["duration_s"] / 2, (warm["duration_s"], cold["duration_s"])
+
+
+@pytest.fixture(scope="session")
+def windows_samples(tmp_path_factory) -> dict[str, bytes]:
+    """The crafted Windows samples: 32-bit PE, 64-bit PE, .NET assembly, JScript downloader."""
+    d = tmp_path_factory.mktemp("win")
+    for tool in ("i686-w64-mingw32-gcc", "mcs"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (scripts/setup.sh)")
+    return {
+        "Invoice_32.exe": build("i686-w64-mingw32-gcc", PE_SOURCE, d / "pe32.exe", "-lws2_32"),
+        "Invoice_64.exe": build("x86_64-w64-mingw32-gcc", PE_SOURCE, d / "pe64.exe", "-lws2_32"),
+        "PaymentAdvice.exe": build("mcs", DOTNET_SOURCE, d / "net.exe"),
+        "dogovor.js": JS_DOWNLOADER.encode(),
+    }
+
+
+def test_windows_samples_give_the_process_backends_verdicts_in_clones(wine_backend, windows_samples, tmp_path,
+                                                                      monkeypatch):
+    """Each crafted sample in its own clone of the warm Wine template and in the process backend's sandbox
+    on the host: both say it ran, and both give the same verdict and findings."""
+    from mailvm.guest.detonate import detonate
+    from mailvm.guest.sandbox import sandbox_tools
+
+    if sandbox_tools()[1]:
+        pytest.skip(f"host sandbox unavailable: {sandbox_tools()[1]}")
+    monkeypatch.setenv("MAILVM_WINE_TEMPLATE", "/var/tmp/mailvm-test-wine-template")
+    rows = []
+    for name, data in windows_samples.items():
+        slot = wine_backend.create_slot("win-" + name.split(".")[0].lower())
+        _, st, vm = _job(slot, data, name, timeout=120.0)
+        slot.destroy()
+        src = tmp_path / name
+        src.write_bytes(data)
+        (tmp_path / ("wd-" + name)).mkdir()
+        host = detonate(str(src), {"name": name, "timeout_s": 60}, str(tmp_path / ("wd-" + name)))
+        vm_ids, host_ids = {f["id"] for f in vm["findings"]}, {f["id"] for f in host["findings"]}
+        rows.append((name, vm["launcher"], vm["verdict"], sorted(vm_ids), vm["duration_s"], vm.get("execution"),
+                     host["verdict"], sorted(host_ids), host["duration_s"]))
+        print(f"\n{name}: qemu {vm['launcher']} {vm['verdict']} {sorted(vm_ids)} {vm['duration_s']:.1f} s "
+              f"{vm.get('execution')} | process {host['verdict']} {sorted(host_ids)} {host['duration_s']:.1f} s")
+        assert st == P.DONE and vm["executed"] is True and host["executed"] is True, (vm["execution"],
+                                                                                      host["execution"])
+        assert vm["launcher"] == host["launcher"] and vm["verdict"] == host["verdict"], rows[-1]
+        assert vm_ids == host_ids, rows[-1]
+    verdicts = {r[0]: r[2] for r in rows}
+    assert verdicts["Invoice_32.exe"] == verdicts["Invoice_64.exe"] == verdicts["PaymentAdvice.exe"] == "malicious"

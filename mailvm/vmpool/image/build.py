@@ -54,7 +54,10 @@ RECIPE_VERSION = "1"
 DEFAULT_SUITE = "bookworm"
 KERNEL_META = "linux-image-cloud-amd64"
 BASE_PACKAGES = ("python3", "strace", "bubblewrap", "iproute2", "iptables", "procps")
-WINE_PACKAGES = ("wine64",)
+#: Windows runtimes: Wine (64-bit, and its 32-bit side below) and Mono for .NET assemblies
+WINE_PACKAGES = ("wine64", "mono-runtime")
+#: packages of another architecture (Debian multiarch), installed in the tree after debootstrap
+WINE_FOREIGN = {"i386": ("wine32:i386",)}
 BUSYBOX = "/bin/busybox"
 STAGE_STAMP = ".mailvm-stage.json"
 #: what the trim step deletes from the rootfs (paths relative to its root)
@@ -62,9 +65,10 @@ TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", 
         "var/lib/apt/lists", "var/log")
 COMMAND_TIMEOUT_S = 1800
 #: bump when the Wine stage (stripping, prefix creation) changes in a way its inputs do not capture
-WINE_STAGE_VERSION = "3"
+WINE_STAGE_VERSION = "4"
 WINE_STAMP = ".mailvm-wine-stage.json"
 WINE_LIB = "usr/lib/x86_64-linux-gnu/wine"
+WINE_LIB32 = "usr/lib/i386-linux-gnu/wine"
 PE_STRIP = "x86_64-w64-mingw32-strip"
 WINE_PREFIX_TIMEOUT_S = 600
 ROOTFS_SLACK_BYTES = 64 << 20
@@ -280,9 +284,41 @@ def module_closure(modroot: Path, wanted: Iterable[str]) -> list[str]:
 
 
 # -- stage 2: rootfs ------------------------------------------------------------------
-def stage_rootfs(cache: Path, suite: str, mirror: str, packages: tuple[str, ...]) -> tuple[Path, dict, bool]:
+def _install_foreign(tree: Path, foreign: dict[str, tuple[str, ...]]) -> None:
+    """Multiarch packages (``wine32:i386``) in the debootstrapped tree: add the architecture, update, install,
+    through the tree's own apt (its sources name the same mirror), with /proc and /dev bound for the duration."""
+    if not foreign:
+        return
+    mounts: list[Path] = []
+    try:
+        for src in ("/proc", "/dev"):
+            mp = tree / src.lstrip("/")
+            mp.mkdir(exist_ok=True)
+            if _mounted(mp):
+                raise BuildError(f"{mp} is already a mount point (a build killed half-way?); unmount it first")
+            _run(["mount", "--bind", src, str(mp)], f"mounting {src} into the tree")
+            mounts.append(mp)
+        env = ["/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND=noninteractive"]
+        for arch in sorted(foreign):
+            _run(["chroot", str(tree), *env, "dpkg", "--add-architecture", arch], f"adding architecture {arch}")
+        _run(["chroot", str(tree), *env, "apt-get", "update", "-qq"], "apt-get update in the tree")
+        pkgs = sorted(p for ps in foreign.values() for p in ps)
+        _run(["chroot", str(tree), *env, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *pkgs],
+             f"installing {' '.join(pkgs)} in the tree")
+        _run(["chroot", str(tree), *env, "apt-get", "clean"], "apt-get clean in the tree")
+    finally:
+        for mp in reversed(mounts):
+            res = subprocess.run(["umount", str(mp)], capture_output=True, timeout=60)
+            if res.returncode != 0:
+                subprocess.run(["umount", "-l", str(mp)], capture_output=True, timeout=60)
+
+
+def stage_rootfs(cache: Path, suite: str, mirror: str, packages: tuple[str, ...],
+                 foreign: dict[str, tuple[str, ...]] | None = None) -> tuple[Path, dict, bool]:
     recipe = {"suite": suite, "mirror": mirror, "variant": "minbase", "packages": sorted(set(packages)),
               "trim": list(TRIM), "recipe": RECIPE_VERSION}
+    if foreign:
+        recipe["foreign"] = {arch: sorted(p) for arch, p in sorted(foreign.items())}
     key = _hash_obj(recipe)
     d = cache / f"rootfs-{key[:16]}"
     stamp = _read_stamp(d)
@@ -296,6 +332,7 @@ def stage_rootfs(cache: Path, suite: str, mirror: str, packages: tuple[str, ...]
         tree = tmp / "tree"
         _run(["debootstrap", "--variant=minbase", f"--include={','.join(recipe['packages'])}",
               suite, str(tree), mirror], "debootstrap")
+        _install_foreign(tree, foreign or {})
         for rel in TRIM:
             p = tree / rel
             if p.is_dir():
@@ -331,7 +368,7 @@ def _wine_files(tree: Path) -> tuple[list[Path], list[Path]]:
     """(PE files, unix-side ELF files) of the Wine installation in ``tree`` (regular files only)."""
     pe: list[Path] = []
     elf: list[Path] = []
-    for p in sorted((tree / WINE_LIB).rglob("*")):
+    for p in sorted(list((tree / WINE_LIB).rglob("*")) + list((tree / WINE_LIB32).rglob("*"))):
         if p.is_symlink() or not p.is_file():
             continue
         with open(p, "rb") as f:
@@ -340,7 +377,8 @@ def _wine_files(tree: Path) -> tuple[list[Path], list[Path]]:
             pe.append(p)
         elif magic == b"\x7fELF":
             elf.append(p)
-    for loader in ("usr/lib/wine/wine64", "usr/lib/wine/wineserver64"):
+    for loader in ("usr/lib/wine/wine64", "usr/lib/wine/wineserver64", "usr/lib/wine/wine",
+                   "usr/lib/wine/wineserver32"):
         p = tree / loader
         if p.is_file() and not p.is_symlink():
             elf.append(p)
@@ -429,7 +467,7 @@ def _dedup_prefix(tree: Path, prefix: str) -> int:
     """Hard-link the prefix's copies of Wine's own files (wineboot copies its DLLs into system32) to
     the originals: one inode each in root.img and in the guest's page cache.  Bytes saved."""
     by_size: dict[int, list[Path]] = {}
-    for p in (tree / WINE_LIB).rglob("*"):
+    for p in list((tree / WINE_LIB).rglob("*")) + list((tree / WINE_LIB32).rglob("*")):
         if p.is_file() and not p.is_symlink():
             by_size.setdefault(p.stat().st_size, []).append(p)
     saved = 0
@@ -472,16 +510,17 @@ def stage_wine(rdir: Path, rstamp: dict, prefix: str = guest_wine.DEFAULT_TEMPLA
     except FileNotFoundError:
         pass
     t0 = time.monotonic()
-    before = _tree_bytes(tree / WINE_LIB)
+    before = _tree_bytes(tree / WINE_LIB) + _tree_bytes(tree / WINE_LIB32)
     pe, elf = _wine_files(tree)
     _strip_batch(PE_STRIP, pe, "stripping Wine's PE files")
     _strip_batch("strip", elf, "stripping Wine's unix libraries")
-    after = _tree_bytes(tree / WINE_LIB)
+    after = _tree_bytes(tree / WINE_LIB) + _tree_bytes(tree / WINE_LIB32)
     t1 = time.monotonic()
     _settle_font_dirs(tree)
     version = _make_wine_prefix(tree, prefix)
     linked = _dedup_prefix(tree, prefix)
     stamp = {"key": key, "recipe": recipe, "wine_version": version,
+             "wow64": (tree / prefix.lstrip("/") / "drive_c/windows/syswow64/kernel32.dll").exists(),
              "prefix": prefix, "prefix_bytes": _tree_bytes(tree / prefix.lstrip("/")), "prefix_linked_bytes": linked,
              "wine_lib_bytes": {"before": before, "after": after}, "pe_files": len(pe), "elf_files": len(elf),
              "seconds": {"strip": round(t1 - t0, 1), "prefix": round(time.monotonic() - t1, 1)}}
@@ -635,7 +674,8 @@ def build(opts: BuildOptions, progress: Callable[[str], None] | None = None) -> 
     stages["kernel"] = "cached" if cached else "built"
     note("rootfs")
     mirror = opts.mirror or find_mirror(opts.suite)
-    rdir, rstamp, cached = stage_rootfs(cache, opts.suite, mirror, packages)
+    rdir, rstamp, cached = stage_rootfs(cache, opts.suite, mirror, packages,
+                                        WINE_FOREIGN if opts.with_wine else None)
     stages["rootfs"] = "cached" if cached else "built"
     wstamp: dict | None = None
     if opts.with_wine:
@@ -676,7 +716,7 @@ def build(opts: BuildOptions, progress: Callable[[str], None] | None = None) -> 
             "wine": None if wstamp is None else {
                 "version": wstamp["wine_version"], "prefix": wstamp["prefix"],
                 "prefix_bytes": wstamp["prefix_bytes"], "prefix_linked_bytes": wstamp.get("prefix_linked_bytes", 0),
-                "wine_lib_bytes": wstamp["wine_lib_bytes"],
+                "wine_lib_bytes": wstamp["wine_lib_bytes"], "wow64": wstamp.get("wow64", False),
                 "stage_key": wstamp["key"]},
             "packages": rstamp["packages"],
             "initramfs_modules_loaded": modules,
