@@ -466,3 +466,15 @@ def test_file_without_cross_reference_table_is_still_read(triage, tmp_path):
     found = ids(r)
     assert found["pdf_xref_rebuilt"] == 2 and found["pdf_link_lure"] == 5, r.findings
     assert pdfdoc.link_urls(cut) == [PHISH]
+
+
+def test_urls_written_in_javascript_are_links_too(triage, tmp_path):
+    # a "click to view" button whose action is script (app.launchURL to a look-alike on a shared host)
+    doc = Doc()
+    button = doc.add(b"<< /Type /Annot /Subtype /Widget /FT /Btn /T (view) /Rect [220 380 392 412] "
+                     b"/A << /S /JavaScript /JS (app.launchURL\\(\"https://bocking.netlify.app/hotel/4471\", true\\);) >> >>")
+    doc.page(lines=("Your reservation needs to be confirmed.", "Click below."), annots=(button,))
+    data = doc.build()
+    found = ids(run(triage, tmp_path, data))
+    assert found["pdf_javascript"] == 6 and found["pdf_link_lure"] == 5 and found["pdf_suspicious_link"] == 3
+    assert pdfdoc.link_urls(data) == ["https://bocking.netlify.app/hotel/4471"]

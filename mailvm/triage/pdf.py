@@ -211,11 +211,14 @@ def _lure(facts: PdfFacts, targets: list[str], risk: urlrisk.UrlRisk | None) -> 
     why: list[str] = []
     if area and area[top] >= PROMINENT_AREA:
         why.append(f"the link covers {min(area[top], 1.0):.0%} of its page")
-    hidden = [link for link in facts.links if link.text is not None and not _shows_target(link.text, link.url)]
+    hidden = [(link.url, f"{link.text!r}" if link.text else "an image or a drawn button")
+              for link in facts.links if link.text is not None and not _shows_target(link.text, link.url)]
+    annotated = {link.url for link in facts.links}
+    hidden += [(u, "a button running an action") for a in facts.actions if a.trigger == "click"
+               for u in ((a.target,) if a.kind == "URI" and a.target else a.urls) if u not in annotated]
     if facts.pages <= LURE_TEXT_PAGES and facts.words is not None and facts.words <= LURE_MAX_WORDS and hidden:
-        shown = f"{hidden[0].text!r}" if hidden[0].text else "an image or a drawn button"
-        why.append(f"little text besides a link shown as {clip(shown, 60)}")
-        top = hidden[0].url if top not in {h.url for h in hidden} else top
+        why.append(f"little text besides a link shown as {clip(hidden[0][1], 60)}")
+        top = hidden[0][0] if top not in {u for u, _ in hidden} else top
     risky = risk is not None and risk.severity >= 4
     if risky:
         why.append(f"the link looks like phishing ({risk.describe()})")

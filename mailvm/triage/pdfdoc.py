@@ -64,6 +64,8 @@ PYPDF_LIMITS = dict(
     jbig2dec_binary=None,  # never start a subprocess
 )
 
+MAX_SCRIPT_CHARS = 64 * 1024
+_SCRIPT_URL_RE = re.compile(r"https?://[^\s'\"()<>\\]{1,2000}", re.I)
 PASSWORD_FLAG = 1 << 13  # /Ff bit 14: a text field whose input is hidden (password)
 _WORD_RE = re.compile(r"\w{2,}")
 
@@ -87,6 +89,7 @@ class Action:
     kind: str  # JavaScript, Launch, URI, SubmitForm, GoToR, GoToE, ImportData, ResetForm...
     trigger: str  # open (OpenAction), auto (an /AA event), click (a link or widget), names (document JavaScript)
     target: str = ""  # URL, file, script excerpt
+    urls: tuple[str, ...] = ()  # http(s) URLs written in a script (app.launchURL, this.submitForm...)
 
 
 @dataclass
@@ -120,6 +123,8 @@ class PdfFacts:
         for a in self.actions:
             if a.kind == "URI" and a.target:
                 seen.setdefault(a.target, None)
+            for u in a.urls:
+                seen.setdefault(u, None)
         return list(seen)[:MAX_URLS]
 
 
@@ -194,10 +199,13 @@ def _action_chain(walk: _Walk, action: Any, trigger: str) -> None:
             continue
         kind = str(act.get("/S", "")).lstrip("/")
         target = ""
+        urls: tuple[str, ...] = ()
         if kind == "URI":
             target = _clean_url(_text(act.get("/URI", "")))
         elif kind == "JavaScript":
-            target = _text(act.get("/JS", ""), 300)
+            code = _text(act.get("/JS", ""), MAX_SCRIPT_CHARS)
+            target = code[:300]
+            urls = tuple(dict.fromkeys(m.group(0) for m in _SCRIPT_URL_RE.finditer(code)))[:10]
         elif kind == "Launch":
             win = _resolve(act.get("/Win"))
             if isinstance(win, DictionaryObject):
@@ -207,7 +215,7 @@ def _action_chain(walk: _Walk, action: Any, trigger: str) -> None:
         elif kind in ("SubmitForm", "GoToR", "GoToE", "ImportData", "Thread"):
             target = _clean_url(_text(act.get("/F", "")))
         if kind:
-            walk.facts.actions.append(Action(kind, trigger, target))
+            walk.facts.actions.append(Action(kind, trigger, target, urls))
         nxt = act.get("/Next")
         if nxt is not None:
             nxt_r = _resolve(nxt)
@@ -516,13 +524,17 @@ def ranked_urls(facts: PdfFacts, limit: int = 3) -> list[str]:
         if a.kind == "URI" and a.trigger in ("open", "auto") and a.target:
             area[a.target] = 2.0  # opens by itself
             order.setdefault(a.target, len(order))
+        if a.kind == "JavaScript" and a.trigger in ("open", "auto"):
+            for u in a.urls:
+                area[u] = 2.0
+                order.setdefault(u, len(order))
     for link in facts.links:
         area[link.url] = area.get(link.url, 0.0) + link.area
         order.setdefault(link.url, len(order))
     for a in facts.actions:
-        if a.kind == "URI" and a.target:
-            area.setdefault(a.target, 0.0)
-            order.setdefault(a.target, len(order))
+        for u in ((a.target,) if a.kind == "URI" and a.target else a.urls):
+            area.setdefault(u, 0.0)
+            order.setdefault(u, len(order))
     ranked = sorted(order, key=lambda u: (-area[u], order[u]))
     return [u for u in ranked if re.match(r"(?i)^https?://", u)][:limit]
 
