@@ -6,7 +6,7 @@ import logging
 import sys
 
 #: third-party loggers that log whole tracebacks for every malformed sample
-NOISY = ("olevba", "oleobj", "rtfobj", "msodde", "pdfid", "oletools", "pyzipper", "py7zr")
+NOISY = ("olevba", "oleobj", "rtfobj", "msodde", "pdfid", "oletools", "pyzipper", "py7zr", "pypdf")
 
 
 def setup_logging(level: int, fmt: str) -> None:
