@@ -133,6 +133,7 @@ def test_link_urls_for_the_downloader():
     (LIBRARY.replace("<version>6</version>", "<!ENTITY x 'y'>").encode(), "entity.library-ms"),
     (LIBRARY.replace("</libraryDescription>", "").replace("{location}", "\\\\h.example\\s").encode(), "cut.library-ms"),
     (b"[InternetShortcut]\r\n" + b"URL=" + b"A" * 300000, "huge.url"),
+    (LIBRARY.replace('encoding="UTF-8"', 'encoding="UTF-X"').encode(), "enc.library-ms"),
 ])
 def test_malformed_files_are_findings(triage, tmp_path, data, name):
     r = run(triage, tmp_path, data, name)

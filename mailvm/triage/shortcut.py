@@ -104,8 +104,8 @@ def _parse_xml(data: bytes, fmt: str) -> ShortcutInfo:
         return _regex_locations(_text(data), info)
     try:
         root = ET.fromstring(data[:MAX_TEXT])
-    except ET.ParseError as exc:
-        info.errors.append(f"XML: {exc}")
+    except (ET.ParseError, LookupError, ValueError) as exc:  # bad XML, an unknown declared encoding
+        info.errors.append(f"XML: {type(exc).__name__}: {clip(exc, 120)}")
         return _regex_locations(_text(data), info)
     for el in root.iter():
         if len(info.locations) >= MAX_LOCATIONS:
