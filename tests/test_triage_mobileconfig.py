@@ -148,3 +148,13 @@ def test_hostile_profiles_are_findings_not_errors(triage, tmp_path, data):
     r = run(triage, tmp_path, data)
     assert r.errors == [] and r.kind == "mobileconfig"
     assert ids(r)["mobileconfig_malformed"] == 3
+
+
+def test_static_only_kinds_are_never_detonated_by_default():
+    """No launcher in the sandbox opens these kinds: triage never asks for it, nor does the default pool or policy."""
+    from mailvm.config import PoolConfig
+    from mailvm.policy import TRIAGE_KINDS
+    from mailvm.triage import DETONATE_KINDS, KINDS
+    static_only = {"onenote", "shortcut", "mobileconfig"}
+    assert static_only <= set(KINDS)
+    assert not static_only & (DETONATE_KINDS | set(PoolConfig().detonate_kinds) | set(TRIAGE_KINDS))
