@@ -27,9 +27,11 @@ class Doc:
 
     def page(self, lines: tuple[str, ...] = (), links: tuple[tuple[str, tuple[float, float, float, float], str], ...] = (),
              image: tuple[float, float, float, float] | None = None, annots: tuple[int, ...] = (),
-             extra: bytes = b"", image_extra: bytes = b"") -> "Doc":
+             extra: bytes = b"", image_extra: bytes = b"",
+             picture: tuple[int, tuple[float, float, float, float]] | None = None) -> "Doc":
         """``links``: (url, rect, label drawn inside the rect); ``image``: rect covered by an image (whose
-        dictionary gets ``image_extra``); ``extra``: added to the page dictionary."""
+        dictionary gets ``image_extra``); ``picture``: (object number of an image added with
+        :func:`gray_image`, rect it is drawn in); ``extra``: added to the page dictionary."""
         content = bytearray()
         resources = b"/Font << /F1 3 0 R >>"
         if image is not None:
@@ -37,7 +39,12 @@ class Doc:
                                        b"/BitsPerComponent 8 " + image_extra)
             x0, y0, x1, y1 = image
             content += b"q %g 0 0 %g %g %g cm /Im1 Do Q\n" % (x1 - x0, y1 - y0, x0, y0)
-            resources += b" /XObject << /Im1 %d 0 R >>" % img
+            resources += b" /XObject << /Im1 %d 0 R" % img + (b" /Pic %d 0 R" % picture[0] if picture else b"") + b" >>"
+        elif picture is not None:
+            resources += b" /XObject << /Pic %d 0 R >>" % picture[0]
+        if picture is not None:
+            x0, y0, x1, y1 = picture[1]
+            content += b"q %g 0 0 %g %g %g cm /Pic Do Q\n" % (x1 - x0, y1 - y0, x0, y0)
         if lines:
             content += b"BT /F1 11 Tf 14 TL 72 740 Td\n"
             for line in lines:
@@ -70,3 +77,11 @@ class Doc:
             out += b"%010d 00000 n \n" % off
         out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(offsets) + 1, xref)
         return bytes(out)
+
+
+def gray_image(pixels: bytes, width: int, height: int) -> bytes:
+    """An image XObject's dictionary tail and Flate-compressed data for ``Doc.add`` (8-bit grayscale)."""
+    import zlib
+    data = zlib.compress(pixels)
+    return (b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray /BitsPerComponent 8 "
+            b"/Filter /FlateDecode /Length %d >>\nstream\n" % (width, height, len(data)) + data + b"\nendstream")

@@ -17,7 +17,7 @@ import pytest
 from mailvm.config import Config, LinksConfig, SpoolConfig, TriageConfig
 from mailvm.scan import Scanner
 from mailvm.triage import Triage, pdf, pdfdoc
-from pdf_builder import Doc
+from pdf_builder import Doc, gray_image
 from triage_helpers import art, ids
 
 
@@ -478,3 +478,31 @@ def test_urls_written_in_javascript_are_links_too(triage, tmp_path):
     found = ids(run(triage, tmp_path, data))
     assert found["pdf_javascript"] == 6 and found["pdf_link_lure"] == 5 and found["pdf_suspicious_link"] == 3
     assert pdfdoc.link_urls(data) == ["https://bocking.netlify.app/hotel/4471"]
+
+
+def _qr(text: str) -> tuple[bytes, int, int]:
+    import zxingcpp
+    img = zxingcpp.create_barcode(text, zxingcpp.BarcodeFormat.QRCode).to_image(scale=6)
+    return bytes(memoryview(img)), img.shape[1], img.shape[0]
+
+
+def test_qr_code_lure(triage, tmp_path):
+    """"Quishing": a page asking to scan a QR code with the phone; the code's URL is a hidden link."""
+    pixels, w, h = _qr("https://mfa-reauth.example/auth?u=clerk")
+    doc = Doc()
+    qr = doc.add(gray_image(pixels, w, h))
+    doc.page(lines=("Multi-factor authentication expires today.", "Scan the QR code with your phone camera",
+                    "to keep access to your mailbox."), picture=(qr, (220, 300, 392, 472)))
+    data = doc.build()
+    found = ids(run(triage, tmp_path, data))
+    assert found["pdf_qr_link"] == 3 and found["pdf_link_lure"] == 5
+    assert "QR code" in next(f.detail for f in run(triage, tmp_path, data).findings if f.id == "pdf_link_lure")
+    assert pdfdoc.link_urls(data) == ["https://mfa-reauth.example/auth?u=clerk"]
+
+
+def test_qr_code_without_a_url_is_not_a_link(triage, tmp_path):
+    pixels, w, h = _qr("SPC\n0200\n1\nCH4431999123000889012\nS\nACME AG")  # a Swiss payment slip, not a link
+    doc = Doc()
+    qr = doc.add(gray_image(pixels, w, h))
+    r = run(triage, tmp_path, doc.page(lines=words(80), picture=(qr, (72, 72, 200, 200))).build())
+    assert "pdf_qr_link" not in ids(r) and r.verdict == "clean", r.findings

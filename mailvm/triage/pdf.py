@@ -216,6 +216,7 @@ def _lure(facts: PdfFacts, targets: list[str], risk: urlrisk.UrlRisk | None) -> 
     annotated = {link.url for link in facts.links}
     hidden += [(u, "a button running an action") for a in facts.actions if a.trigger == "click"
                for u in ((a.target,) if a.kind == "URI" and a.target else a.urls) if u not in annotated]
+    hidden += [(u, "a QR code") for u in facts.qr_urls if u not in annotated]
     if facts.pages <= LURE_TEXT_PAGES and facts.words is not None and facts.words <= LURE_MAX_WORDS and hidden:
         why.append(f"little text besides a link shown as {clip(hidden[0][1], 60)}")
         top = hidden[0][0] if top not in {u for u, _ in hidden} else top
@@ -281,6 +282,9 @@ def structure_findings(facts: PdfFacts) -> list[Finding]:
         out.append(Finding("pdf_remote_resource", 6 if unc else 4,
                            f"a page loads content from elsewhere when shown: {clip(facts.remote_refs[0], 160)}"
                            + (" (SMB: leaks the reader's NTLM hash)" if unc else ""), SOURCE))
+    if facts.qr_urls:
+        out.append(Finding("pdf_qr_link", 3, f"QR code(s) with a link (read on a phone, out of the mail filter's "
+                                             f"sight): {clip(facts.qr_urls[0], 160)}", SOURCE))
     if facts.bad_font_matrix:
         out.append(Finding("pdf_font_matrix_injection", 7, f"font matrix with non-numbers (CVE-2024-4367, code run "
                                                            f"by PDF.js): {clip(facts.bad_font_matrix[0], 160)}", SOURCE))

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import pypdf
+import zxingcpp
 from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject, StreamObject
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ PYPDF_LIMITS = dict(
     array_based_stream_maximum_output_length=32 * 1024 * 1024,
     jbig2_maximum_output_length=8 * 1024 * 1024,
     brotli_maximum_output_length=32 * 1024 * 1024,
-    image_maximum_buffer_size=8 * 1024 * 1024,
+    image_maximum_buffer_size=16 * 1024 * 1024,
     stream_decoding_work_maximum_length=64 * 1024 * 1024,
     stream_parsing_work_maximum_count=300_000,
     page_tree_maximum_entries=20_000,
@@ -64,6 +65,10 @@ PYPDF_LIMITS = dict(
     jbig2dec_binary=None,  # never start a subprocess
 )
 
+#: images read for QR codes (on documents whose text is read), and their size bounds
+MAX_QR_IMAGES = 4
+MAX_QR_PIXELS = 4_000_000
+QR_FORMATS = (zxingcpp.BarcodeFormat.QRCode, zxingcpp.BarcodeFormat.MicroQRCode, zxingcpp.BarcodeFormat.RMQRCode)
 MAX_SCRIPT_CHARS = 64 * 1024
 _SCRIPT_URL_RE = re.compile(r"https?://[^\s'\"()<>\\]{1,2000}", re.I)
 PASSWORD_FLAG = 1 << 13  # /Ff bit 14: a text field whose input is hidden (password)
@@ -109,6 +114,8 @@ class PdfFacts:
     embedded: list[str] = field(default_factory=list)  # file names (embedded file tree, file attachment annotations)
     #: resources fetched from elsewhere when a page is shown (external image XObjects: URL or UNC /F)
     remote_refs: list[str] = field(default_factory=list)
+    #: URLs in QR codes drawn as images ("quishing": a link the mail filter cannot click, the phone can)
+    qr_urls: list[str] = field(default_factory=list)
     #: fonts whose /FontMatrix holds something other than numbers (CVE-2024-4367, code run by PDF.js)
     bad_font_matrix: list[str] = field(default_factory=list)
     rebuilt: str = ""  # why the cross-reference table had to be rebuilt ("" when it was usable)
@@ -125,6 +132,8 @@ class PdfFacts:
                 seen.setdefault(a.target, None)
             for u in a.urls:
                 seen.setdefault(u, None)
+        for u in self.qr_urls:
+            seen.setdefault(u, None)
         return list(seen)[:MAX_URLS]
 
 
@@ -372,13 +381,14 @@ def _annotations(walk: _Walk, page: Any, number: int) -> None:
         _additional_actions(walk, a)
 
 
-def _resources(walk: _Walk, page: Any) -> int:
-    """Image XObjects on the page (returned), external XObjects and odd font matrices (into ``walk.facts``)."""
+def _resources(walk: _Walk, page: Any) -> list[tuple[str, int]]:
+    """Image XObjects on the page as (name, pixels) (returned); external XObjects and odd font matrices
+    (into ``walk.facts``)."""
     facts = walk.facts
     res = _resolve(page.get("/Resources"))
     if not isinstance(res, DictionaryObject):
-        return 0
-    images = 0
+        return []
+    images: list[tuple[str, int]] = []
     xobjs = _resolve(res.get("/XObject"))
     if isinstance(xobjs, DictionaryObject):
         for _name, raw in list(xobjs.items())[:200]:
@@ -386,7 +396,11 @@ def _resources(walk: _Walk, page: Any) -> int:
             if not isinstance(x, DictionaryObject):
                 continue
             if str(x.get("/Subtype", "")) == "/Image":
-                images += 1
+                try:
+                    pixels = int(_resolve(x.get("/Width", 0))) * int(_resolve(x.get("/Height", 0)))
+                except (TypeError, ValueError):
+                    pixels = 0
+                images.append((str(_name), pixels))
             if "/F" in x and len(facts.remote_refs) < 20:
                 facts.remote_refs.append(_clean_url(_text(x.get("/F")) or "(external stream)"))
     fonts = _resolve(res.get("/Font"))
@@ -399,6 +413,25 @@ def _resources(walk: _Walk, page: Any) -> int:
                 if len(facts.bad_font_matrix) < 10:
                     facts.bad_font_matrix.append(f"{name}: {_text(matrix, 200)}")
     return images
+
+
+def _qr_codes(walk: _Walk, page: Any, images: list[tuple[str, int]]) -> None:
+    """URLs in QR codes among the page's images (a few images of bounded size; decoding failures are skipped)."""
+    facts = walk.facts
+    for name, pixels in images[:MAX_QR_IMAGES]:
+        if not 21 * 21 <= pixels <= MAX_QR_PIXELS or len(facts.qr_urls) >= 10:
+            continue
+        walk.tick()
+        try:
+            picture = page.images[name].image
+            codes = zxingcpp.read_barcodes(picture, formats=QR_FORMATS)
+        except Exception as exc:  # undecodable image data, a filter Pillow lacks, a refused bomb
+            log.debug("image %s not read for QR codes: %s: %s", name, type(exc).__name__, exc)
+            continue
+        for code in codes[:4]:
+            text = (code.text or "").strip()
+            if re.match(r"(?i)^(https?://|www\.)", text):
+                facts.qr_urls.append(_clean_url(text if "://" in text else "http://" + text))
 
 
 def _page_text(page: Any, links: list[Link]) -> tuple[str, list[Link]]:
@@ -437,7 +470,8 @@ def _pages(walk: _Walk, reader: pypdf.PdfReader) -> None:
         _additional_actions(walk, page)
         first_link = len(facts.links)
         _annotations(walk, page, i + 1)
-        facts.images += _resources(walk, page)
+        images = _resources(walk, page)
+        facts.images += len(images)
         if want_text:
             try:
                 text, placed = _page_text(page, facts.links[first_link:])
@@ -447,6 +481,7 @@ def _pages(walk: _Walk, reader: pypdf.PdfReader) -> None:
                 continue
             facts.links[first_link:] = placed
             words += len(_WORD_RE.findall(text))
+            _qr_codes(walk, page, images)
     if want_text:
         facts.words = words
 
@@ -528,6 +563,9 @@ def ranked_urls(facts: PdfFacts, limit: int = 3) -> list[str]:
             for u in a.urls:
                 area[u] = 2.0
                 order.setdefault(u, len(order))
+    for u in facts.qr_urls:
+        area[u] = max(area.get(u, 0.0), 1.0)  # a QR code is the whole point of the page it is on
+        order.setdefault(u, len(order))
     for link in facts.links:
         area[link.url] = area.get(link.url, 0.0) + link.area
         order.setdefault(link.url, len(order))
