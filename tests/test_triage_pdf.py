@@ -185,7 +185,24 @@ def test_lure_with_phishing_looking_link_is_stronger(triage, tmp_path):
 def test_wordy_lure_with_small_link_caught_by_the_link(triage, tmp_path):
     data = Doc().page(lines=words(300), links=(("http://185.13.22.7/owa/login.php", (72, 90, 150, 104), "Sign in"),)).build()
     found = ids(run(triage, tmp_path, data))
-    assert found["pdf_suspicious_link"] >= 4 and found["pdf_link_lure"] == 5
+    assert found["pdf_suspicious_link"] >= 4 and found["pdf_link_lure"] == 6  # also a call to action hiding its address
+
+
+def test_call_to_action_in_a_longer_text(triage, tmp_path):
+    data = Doc().page(lines=words(330), links=(("https://share.example.net/d/8f3a", (72, 90, 200, 110), "Review & Sign"),)).build()
+    lure = next(f for f in run(triage, tmp_path, data).findings if f.id == "pdf_link_lure")
+    assert lure.severity == 5 and "call to action" in lure.detail
+    plain = Doc().page(lines=words(160)).page(lines=words(170), links=(
+        ("https://opensource.example.org/licenses/mit", (72, 90, 260, 110), "Open source license"),)).build()
+    assert "pdf_link_lure" not in ids(run(triage, tmp_path, plain, "plain.pdf"))
+
+
+@pytest.mark.parametrize("text, expected", [("VIEW DOCUMENT", True), ("Click here", True), ("Review & sign", True),
+                                            ("Download PDF", True), ("Sign in", True), ("Open", True),
+                                            ("Open source license", False), ("see the appendix", False),
+                                            ("Register", False), ("www.debian.org", False), ("Learn more", False)])
+def test_call_to_action_words(text, expected):
+    assert pdf.is_call_to_action(text) is expected
 
 
 def test_deceptive_link_text(triage, tmp_path):

@@ -22,6 +22,8 @@ lookalike            5     a brand name in the host on a domain the brand does n
 ip-host              4     an IP address instead of a host name
 payload-path         4     the path ends in an executable, script, disk image or archive
 punycode             3     an internationalised (``xn--``) host: look-alike letters
+redirector           3     the URL carries another URL to go to (``?url=https://...``,
+                           ``google.com/url?q=``, ``/amp/s/``): open redirects hide the target
 shared-hosting       3     a user's site on a shared platform (web.app, github.io, pages.dev...,
                            the Public Suffix List's private section and a short list of others)
 shortener            2     a URL shortener hides the real target
@@ -59,6 +61,7 @@ WEIGHTS: dict[str, int] = {
     "ip-host": 4,
     "payload-path": 4,
     "punycode": 3,
+    "redirector": 3,
     "shared-hosting": 3,
     "shortener": 2,
     "risky-tld": 2,
@@ -133,7 +136,7 @@ EXACT_BRANDS = frozenset({"apple", "ups", "dhl", "chase", "steam", "gmail", "usp
                           "outlook", "adobe", "fedex", "icloud"})
 
 PAYLOAD_EXTENSIONS = frozenset({
-    "exe", "scr", "com", "pif", "bat", "cmd", "js", "jse", "vbs", "vbe", "wsf", "wsh", "hta", "lnk", "iso", "img",
+    "exe", "scr", "pif", "bat", "cmd", "js", "jse", "vbs", "vbe", "wsf", "wsh", "hta", "lnk", "iso", "img",
     "vhd", "vhdx", "msi", "msix", "appx", "appinstaller", "ps1", "jar", "one", "cpl", "dll", "reg", "url",
     "library-ms", "search-ms", "zip", "rar", "7z", "cab", "gz", "tgz", "z", "ace", "arj", "xll", "docm", "xlsm",
     "pptm", "apk", "dmg", "pkg", "sh", "mobileconfig",
@@ -150,6 +153,12 @@ CREDENTIAL_WORDS = re.compile(
     r"recover|suspend|billing|invoice|docu[-_]?sign|sharepoint|onedrive|office365|mfa|2fa|otp)"
 )
 _NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}$", re.I)
+#: a query parameter or path that holds another absolute URL (plain or percent-encoded)
+_EMBEDDED_URL = re.compile(r"(?i)(?:[?&;][^=&#]{0,40}=|/amp/s/|/)(?:https?(?::|%3a)(?://|%2f%2f)|www\.|www%2e)")
+#: redirect endpoints of large sites, abused because their own domain looks trustworthy
+_REDIRECT_ENDPOINTS = re.compile(r"(?i)^(?:[a-z0-9-]+\.)*(?:google\.[a-z.]{2,6}/(?:url|amp/s/)|bing\.com/ck/a|"
+                                 r"linkedin\.com/slink|l\.facebook\.com/l\.php|youtube\.com/redirect|"
+                                 r"l\.instagram\.com/|t\.co/|duckduckgo\.com/l/)")
 _UNC = re.compile(r"^(\\\\|//)[^\\/]+[\\/]")
 
 
@@ -311,6 +320,9 @@ def assess(url: str) -> UrlRisk:
         tld = host.rsplit(".", 1)[-1]
         if tld in RISKY_TLDS:
             reasons.append("risky-tld")
+    if _EMBEDDED_URL.search(text[len(parts.scheme) + 3 + len(parts.netloc):]) \
+            or (_REDIRECT_ENDPOINTS.match(host + parts.path) and "shortener" not in reasons):
+        reasons.append("redirector")
     if port is not None and port not in (80, 443, 8080, 8443):
         reasons.append("odd-port")
     if _path_extension(parts.path) in PAYLOAD_EXTENSIONS:
