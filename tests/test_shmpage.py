@@ -718,6 +718,32 @@ def test_truncated_page_file_is_a_page_error_not_a_crash(host, guest):
         host.read_result(4096)
 
 
+FUZZ_CORPUS = Path(__file__).parent / "fuzz" / "corpus" / "shmpage"
+
+
+def test_result_number_beyond_a_float_is_a_page_error(host, guest):
+    """Found by tests/fuzz: a JSON integer of 310 digits as duration_s made math.isfinite raise OverflowError."""
+    payload = (FUZZ_CORPUS / "result-duration-int-overflow.json").read_bytes()
+    assert len(json.loads(payload)["duration_s"].__str__()) == 310
+    submitted(host, guest)
+    guest.answer(payload)
+    with pytest.raises(PageError, match="duration_s .*integer of .* bits"):
+        host.read_result(1 << 20)
+    with pytest.raises(PageError, match="score"):
+        check_result(good_result(score=10**400))
+
+
+def test_submit_to_a_truncated_page_file_is_refused(host, guest):
+    """Found by tests/fuzz: with the page file cut to its header page, submit wrote the job past the end
+    (growing the file the guest no longer maps).  Now the slot is reported broken, and nothing is written."""
+    guest.ready()
+    host.wait_ready(soon(1))
+    os.truncate(host.path, P.HEADER_SIZE)
+    with pytest.raises(PageError, match="truncated to 4096"):
+        host.submit(b"sample", "s.bin", {})
+    assert os.path.getsize(host.path) == P.HEADER_SIZE
+
+
 def test_create_is_exclusive_and_private(tmp_path):
     path = str(tmp_path / "p")
     page = HostPage.create(path, SIZE)

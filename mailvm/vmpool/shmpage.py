@@ -69,6 +69,21 @@ def _text(value: Any, key: str, limit: int = MAX_TEXT, default: str = "") -> str
     return value[:limit]
 
 
+def _finite(x: int | float) -> bool:
+    """A number a float can hold (a JSON integer may have thousands of digits: OverflowError in isfinite)."""
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    """A guest's value, shortened for an error message (a huge integer by its size, not its digits)."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"<integer of {value.bit_length()} bits>"
+    return str(value)[:limit]
+
+
 def check_result(obj: Any) -> dict[str, Any]:
     """Validate a parsed result JSON from a guest; a normalised dict, or PageError.
 
@@ -87,10 +102,10 @@ def check_result(obj: Any) -> dict[str, Any]:
         raise PageError(f"result.schema {schema!r} is not {P.RESULT_SCHEMA}")
     verdict = obj.get("verdict")
     if verdict not in VERDICTS:
-        raise PageError(f"result.verdict {str(verdict)[:40]!r} is not one of {VERDICTS}")
+        raise PageError(f"result.verdict {_show(verdict)!r} is not one of {VERDICTS}")
     score = obj.get("score")
     if isinstance(score, bool) or not isinstance(score, int) or not 0 <= score <= 10:
-        raise PageError(f"result.score {str(score)[:40]!r} is not an integer 0-10")
+        raise PageError(f"result.score {_show(score)!r} is not an integer 0-10")
     raw_findings = obj.get("findings")
     if not isinstance(raw_findings, list):
         raise PageError("result.findings is not a list")
@@ -105,8 +120,8 @@ def check_result(obj: Any) -> dict[str, Any]:
         raise PageError("result.log is not a list")
     log_entries = [e for e in raw_log[:MAX_LOG_ENTRIES] if isinstance(e, (dict, str))]
     duration = obj.get("duration_s", 0.0)
-    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration) or duration < 0:
-        raise PageError(f"result.duration_s {str(duration)[:40]!r} is not a finite number >= 0")
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not _finite(duration) or duration < 0:
+        raise PageError(f"result.duration_s {_show(duration)!r} is not a finite number >= 0")
     stopped = obj.get("stopped")
     if not isinstance(stopped, (str, bool)) and stopped is not None:
         raise PageError("result.stopped must be a string or a boolean")
@@ -214,6 +229,16 @@ class HostPage:
         if len(data) != length:
             raise PageError(f"short read at {off}: {len(data)} of {length} bytes (page file truncated?)")
         return data
+
+    def _check_file_size(self) -> None:
+        """The page file still spans the region (a guest may truncate it: the host would then write a job
+        into a file the guest no longer maps; the slot is broken, not the job)."""
+        try:
+            size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            raise PageError(f"page file: {exc}") from None
+        if size < self.size:
+            raise PageError(f"page file truncated to {size} of {self.size} bytes")
 
     def _pwrite(self, data: bytes | bytearray | memoryview, off: int) -> None:
         if self._fd < 0:
@@ -323,6 +348,7 @@ class HostPage:
             self._check(h)
             if self._phase != _IDLE:
                 raise PageError(f"submit refused: page is {P.state_name(h.state)} ({self._phase})")
+            self._check_file_size()
             seq = self._seq + 1
             self._pwrite(data, plan.request_off)
             self._pwrite(opts, plan.options_off)
