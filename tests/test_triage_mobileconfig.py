@@ -158,3 +158,10 @@ def test_static_only_kinds_are_never_detonated_by_default():
     static_only = {"onenote", "shortcut", "mobileconfig"}
     assert static_only <= set(KINDS)
     assert not static_only & (DETONATE_KINDS | set(PoolConfig().detonate_kinds) | set(TRIAGE_KINDS))
+
+
+def test_encrypted_payloads_hide_what_is_installed(triage, tmp_path):
+    data = plistlib.dumps({"PayloadType": "Configuration", "PayloadIdentifier": "x", "PayloadUUID": str(uuid.uuid4()),
+                           "PayloadVersion": 1, "EncryptedPayloadContent": b"\x30\x80" + bytes(200)})
+    r = run(triage, tmp_path, data)
+    assert r.kind == "mobileconfig" and ids(r)["mobileconfig_encrypted_payload"] == 4

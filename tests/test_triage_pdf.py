@@ -197,14 +197,6 @@ def test_call_to_action_in_a_longer_text(triage, tmp_path):
     assert "pdf_link_lure" not in ids(run(triage, tmp_path, plain, "plain.pdf"))
 
 
-@pytest.mark.parametrize("text, expected", [("VIEW DOCUMENT", True), ("Click here", True), ("Review & sign", True),
-                                            ("Download PDF", True), ("Sign in", True), ("Open", True),
-                                            ("Open source license", False), ("see the appendix", False),
-                                            ("Register", False), ("www.debian.org", False), ("Learn more", False)])
-def test_call_to_action_words(text, expected):
-    assert pdf.is_call_to_action(text) is expected
-
-
 def test_deceptive_link_text(triage, tmp_path):
     data = Doc().page(lines=words(200), links=((PHISH, (72, 100, 300, 114), "https://www.microsoft.com/invoices"),)).build()
     found = ids(run(triage, tmp_path, data))

@@ -102,3 +102,12 @@ def test_hostile_markup_is_linear(body):
     t0 = time.process_time()
     svg.findings_for(svg.scan(HEAD + OPEN + body))
     assert time.process_time() - t0 < 20  # generous: quadratic behaviour would take minutes
+
+
+def test_image_that_is_a_link_with_a_call_to_action(triage, tmp_path):
+    body = ('<rect width="400" height="200" fill="#eee"/><text x="20" y="40">Voice message (0:47)</text>'
+            '<a href="https://share.example.net/vm/77"><rect x="20" y="80" width="160" height="40" fill="#2b579a"/>'
+            '<text x="40" y="105" fill="#fff">Listen now</text></a>')
+    found = ids(run(triage, tmp_path, doc(body)))
+    assert found["svg_link_lure"] == 5
+    assert "svg_link_lure" not in ids(run(triage, tmp_path, DRAWING, "logo.svg"))  # a logo linking home is not

@@ -58,3 +58,11 @@ def test_worst_and_bounds():
     assert urlrisk.worst(["https://a.example/", "http://192.0.2.1/"]).url == "http://192.0.2.1/"
     huge = "https://" + "a" * 100_000 + ".example/"
     assert urlrisk.assess(huge).severity <= urlrisk.MAX_SEVERITY
+
+
+@pytest.mark.parametrize("text, expected", [("VIEW DOCUMENT", True), ("Click here", True), ("Review & sign", True),
+                                            ("Download PDF", True), ("Sign in", True), ("Open", True),
+                                            ("Open source license", False), ("see the appendix", False),
+                                            ("Register", False), ("www.debian.org", False), ("Learn more", False)])
+def test_call_to_action_words(text, expected):
+    assert urlrisk.is_call_to_action(text) is expected

@@ -245,6 +245,9 @@ def findings_for(profile: Profile) -> list[Finding]:
                            SOURCE))
     for p in profile.payloads:
         out += _payload_findings(p)
+    if "EncryptedPayloadContent" in profile.top:
+        out.append(Finding("mobileconfig_encrypted_payload", 4, "the payloads are encrypted to one device: what the "
+                                                                "profile installs cannot be seen", SOURCE))
     if profile.top.get("PayloadRemovalDisallowed") in (True, 1) and any(f.severity >= 4 for f in out):
         out.append(Finding("mobileconfig_not_removable", 4, "the user cannot remove the profile", SOURCE))
     if profile.errors:

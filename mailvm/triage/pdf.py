@@ -137,27 +137,6 @@ LURE_MAX_WORDS = 120
 #: a hidden link whose text is a call to action ("View document") makes a lure of a longer text too
 LURE_MAX_WORDS_CTA = 400
 PROMINENT_AREA = 0.15
-CTA_VERBS = frozenset({"click", "tap", "view", "open", "download", "access", "review", "sign", "verify", "confirm",
-                       "listen", "play", "retrieve", "unlock", "validate", "proceed", "continue", "login", "signin",
-                       "log in", "sign in", "e-sign", "esign"})
-CTA_OBJECTS = frozenset({"here", "now", "document", "documents", "doc", "file", "files", "invoice", "invoices", "message",
-                         "messages", "pdf", "attachment", "attachments", "fax", "voicemail", "statement", "order",
-                         "payment", "remittance", "contract", "agreement", "proposal", "details", "account", "shared",
-                         "secure", "securely", "online", "sign", "mail", "mailbox", "inbox", "quote", "quotation"})
-_CTA_WORD = re.compile(r"[a-z][a-z-]*")
-
-
-def is_call_to_action(text: str) -> bool:
-    """A link text such as "VIEW DOCUMENT", "Click here", "Review & sign", "Download PDF", "Sign in"."""
-    words = _CTA_WORD.findall(text.lower())
-    if not words or len(words) > 6:
-        return False
-    if len(words) == 1:
-        return words[0] in CTA_VERBS or words[0] in CTA_OBJECTS
-    two = " ".join(words[:2])
-    if two in CTA_VERBS:
-        return len(words) == 2 or any(w in CTA_OBJECTS for w in words[2:])
-    return words[0] in CTA_VERBS and any(w in CTA_OBJECTS for w in words[1:])
 
 DOCUMENT_EXTENSIONS = frozenset({"txt", "pdf", "doc", "docx", "xls", "xlsx", "ppt", "pptx", "odt", "ods", "odp", "rtf",
                                  "csv", "jpg", "jpeg", "png", "gif", "tif", "tiff", "md", "xml"})
@@ -243,7 +222,7 @@ def _lure(facts: PdfFacts, targets: list[str], risk: urlrisk.UrlRisk | None) -> 
                for u in ((a.target,) if a.kind == "URI" and a.target else a.urls) if u not in annotated]
     hidden += [(u, "a QR code") for u in facts.qr_urls if u not in annotated]
     limit = LURE_MAX_WORDS_ONE_PAGE if facts.pages == 1 else LURE_MAX_WORDS
-    cta = [(u, shown) for u, shown in hidden if is_call_to_action(shown)]
+    cta = [(u, shown) for u, shown in hidden if urlrisk.is_call_to_action(shown)]
     if facts.pages <= LURE_TEXT_PAGES and facts.words is not None and hidden and facts.words <= limit:
         why.append(f"little text besides a link shown as {clip(hidden[0][1], 60)}")
         top = hidden[0][0] if top not in {u for u, _ in hidden} else top

@@ -32,6 +32,7 @@ from mailvm.verdict import Artifact, Finding
 SOURCE = "triage:svg"
 MAX_CHARS = 8 * 1024 * 1024
 MAX_TAGS = 200_000
+MAX_TEXTS = 500
 
 _ROOT = re.compile(r"^\s*(?:<\?xml[^>]{0,500}\?>\s*)?(?:<!--.{0,4000}?-->\s*|<!DOCTYPE[^>]{0,2000}>\s*)*<\s*(?:[a-z0-9]+:)?svg\b",
                    re.I | re.S)
@@ -55,6 +56,7 @@ class SvgScan:
     foreign: list[str] = field(default_factory=list)  # HTML tags inside foreignObject
     password: bool = False
     links: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # text between tags (what the image shows), bounded
 
 
 def is_svg(text: str) -> bool:
@@ -85,6 +87,10 @@ def scan(text: str) -> SvgScan:
         if m is None:
             break
         tags += 1
+        if m.start() > pos and len(out.texts) < MAX_TEXTS:
+            between = html.unescape(doc[pos : min(m.start(), pos + 500)]).strip()
+            if between:
+                out.texts.append(re.sub(r"\s+", " ", between))
         if m.group(0) == "<!--":
             end = doc.find("-->", m.end())
             pos = n if end < 0 else end + 3
@@ -148,6 +154,10 @@ def findings_for(s: SvgScan) -> list[Finding]:
         sev = 7 if s.password else 6
         what = "a password field" if s.password else ", ".join(sorted(set(s.foreign)))
         out.append(Finding("svg_foreign_form", sev, f"HTML inside <foreignObject>: {what}", SOURCE))
+    cta = next((t for t in s.texts if urlrisk.is_call_to_action(t)), None)
+    if s.links and cta is not None and len(set(s.links)) <= 3:
+        out.append(Finding("svg_link_lure", 5, f"an image that is a link with a call to action ({clip(cta, 60)!r}): "
+                                               f"{clip(s.links[0], 140)}", SOURCE))
     risk = urlrisk.worst(s.links)
     if risk is not None and risk.severity >= 3:
         out.append(Finding("svg_suspicious_link", risk.severity, f"{clip(risk.url, 160)}: {risk.describe()}", SOURCE))

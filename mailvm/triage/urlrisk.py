@@ -162,6 +162,29 @@ _REDIRECT_ENDPOINTS = re.compile(r"(?i)^(?:[a-z0-9-]+\.)*(?:google\.[a-z.]{2,6}/
 _UNC = re.compile(r"^(\\\\|//)[^\\/]+[\\/]")
 
 
+CTA_VERBS = frozenset({"click", "tap", "view", "open", "download", "access", "review", "sign", "verify", "confirm",
+                       "listen", "play", "retrieve", "unlock", "validate", "proceed", "continue", "login", "signin",
+                       "log in", "sign in", "e-sign", "esign"})
+CTA_OBJECTS = frozenset({"here", "now", "document", "documents", "doc", "file", "files", "invoice", "invoices", "message",
+                         "messages", "pdf", "attachment", "attachments", "fax", "voicemail", "statement", "order",
+                         "payment", "remittance", "contract", "agreement", "proposal", "details", "account", "shared",
+                         "secure", "securely", "online", "sign", "mail", "mailbox", "inbox", "quote", "quotation"})
+_CTA_WORD = re.compile(r"[a-z][a-z-]*")
+
+
+def is_call_to_action(text: str) -> bool:
+    """A link text such as "VIEW DOCUMENT", "Click here", "Review & sign", "Download PDF", "Sign in"."""
+    words = _CTA_WORD.findall(text.lower())
+    if not words or len(words) > 6:
+        return False
+    if len(words) == 1:
+        return words[0] in CTA_VERBS or words[0] in CTA_OBJECTS
+    two = " ".join(words[:2])
+    if two in CTA_VERBS:
+        return len(words) == 2 or any(w in CTA_OBJECTS for w in words[2:])
+    return words[0] in CTA_VERBS and any(w in CTA_OBJECTS for w in words[1:])
+
+
 @dataclass(frozen=True)
 class UrlRisk:
     """What :func:`assess` found about one URL."""
@@ -342,4 +365,4 @@ def worst(urls: list[str]) -> UrlRisk | None:
     return best
 
 
-__all__ = ["UrlRisk", "assess", "known_suffix", "lookalike_brand", "registrable_domain", "worst", "WEIGHTS"]
+__all__ = ["UrlRisk", "assess", "is_call_to_action", "known_suffix", "lookalike_brand", "registrable_domain", "worst", "WEIGHTS"]
