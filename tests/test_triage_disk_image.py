@@ -84,7 +84,7 @@ def test_script_inside_an_iso_is_detonated(config, tmp_path):
     by_sha = {a["sha256"]: a for a in report["artifacts"]}
     inner = by_sha[hashlib.sha256(evil).hexdigest()]
     assert inner["kind"] == "script" and "invoice.sh" in inner["origin"], inner
-    assert inner["source"] == "detonation" and inner["verdict"] == "malicious", inner
+    assert inner["source"] == "detonation" and inner["verdict"] == "malicious", inner["findings"]
     assert {"persistence_autostart", "network_raw_ip"} <= {f["id"] for f in inner["findings"]}, inner["findings"]
     image = next(a for a in report["artifacts"] if a["kind"] == "disk_image")
     if any(f["id"] == "not_executed" for f in image["findings"]):
