@@ -1,4 +1,5 @@
-"""PDF keywords that matter, counted with Didier Stevens' pdfid.
+"""PDF analyzer: the keywords that matter, counted with Didier Stevens' pdfid, and the
+document's structure, read with pypdf.
 
 pdfid reads byte by byte (about 0.5-2 MB/s: 1 s of a scan worker for a 2 MB
 PDF, measured by bench/bench_extract.py): files up to :data:`PDFID_MAX_BYTES`
@@ -15,11 +16,15 @@ and one function maps counts to findings:
 Then the document's structure, read with pypdf (:mod:`mailvm.triage.pdfdoc`),
 which also sees what object streams hide from a byte scanner:
 
-* **lure shape** (``pdf_link_lure``): at most 3 pages and 1-3 link targets, and
-  the link is the page's main content: a link covering 15 %+ of a page, or a
-  document of at most 2 pages with at most 120 words (typically an image of a
-  blurred "document" or a "View invoice" button), or a link that looks like a
-  phishing link by itself;
+* **lure shape** (``pdf_link_lure``): at most 3 pages and 1-3 link targets
+  (annotations, URI actions, URLs in scripts, QR codes), and the link is the
+  page's main content: a link covering 15 %+ of a page; or little text (one page
+  of at most 200 words, two of at most 120) with a link, button or QR code that
+  does not show where it goes (typically an image of a blurred "document" or a
+  "View invoice" button); or up to 400 words with a call to action hiding its
+  address; or a link that looks like a phishing link by itself;
+* **deceptive link text** (``pdf_deceptive_link``): the text shows one domain, the
+  link goes to another;
 * **links** rated by :mod:`mailvm.triage.urlrisk` (``pdf_suspicious_link``), and a
   URI action run on open (``pdf_uri_on_open``);
 * **forms**: password fields (``pdf_password_form``), submission to a remote URL;
@@ -153,9 +158,9 @@ def _describe_shape(facts: PdfFacts) -> str:
     return f"{facts.pages} page(s){text}{images}"
 
 
-#: redirectors that mail security gateways and trackers wrap links in (visible text != target host, harmlessly)
+#: link rewriters of mail security gateways (visible text != target host, harmlessly: "Print to PDF" of a mail)
 REDIRECTORS = ("safelinks.protection.outlook.com", "urldefense.com", "urldefense.proofpoint.com", "mimecast.com",
-               "cudasvc.com", "google.com", "t.co", "lnkd.in", "fb.me")
+               "mimecastprotect.com", "cudasvc.com")
 COMMON_TLDS = frozenset({"com", "net", "org", "edu", "gov", "info", "biz", "io"})
 _DOMAIN_IN_TEXT = re.compile(r"(?i)\b(?:https?://)?((?:[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\.){1,8}[a-z]{2,24})\b")
 
