@@ -515,3 +515,19 @@ def test_qr_code_without_a_url_is_not_a_link(triage, tmp_path):
     qr = doc.add(gray_image(pixels, w, h))
     r = run(triage, tmp_path, doc.page(lines=words(80), picture=(qr, (72, 72, 200, 200))).build())
     assert "pdf_qr_link" not in ids(r) and r.verdict == "clean", r.findings
+
+
+def test_callback_phishing_invoice(triage, tmp_path):
+    lines = ("INVOICE #NRT-88213-2291", "Norton 360 Total Protection - 3 Year Subscription", "Amount charged: $499.99",
+             "Your subscription has been renewed and the amount will be debited within 24 hours.",
+             "If you did not authorize this purchase or wish to cancel and get a refund,",
+             "call our billing department at +1 (808) 555-0199 (toll-free).")
+    r = run(triage, tmp_path, Doc().page(lines=lines).build())
+    assert ids(r)["pdf_callback_lure"] == 5 and r.verdict == "suspicious"
+
+
+def test_ordinary_invoice_with_a_phone_number_is_clean(triage, tmp_path):
+    lines = ("ACME Hosting GmbH - Invoice 2024-0113", "Dedicated server, January: EUR 89.00", "Payment due within 30 days.",
+             "Questions? Our office is open 9-17, phone +49 30 1234567.") + words(120)
+    r = run(triage, tmp_path, Doc().page(lines=lines).build())
+    assert "pdf_callback_lure" not in ids(r) and r.verdict == "clean", r.findings

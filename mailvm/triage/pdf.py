@@ -244,6 +244,33 @@ def _lure(facts: PdfFacts, targets: list[str], risk: urlrisk.UrlRisk | None) -> 
                                          f"{'; '.join(why)}; top link {clip(top, 120)}", SOURCE)
 
 
+#: callback phishing ("telephone-oriented attack delivery"): a fake invoice or renewal whose only call to action
+#: is a phone number; brands whose names these campaigns use, billing words, action words, a phone number
+CALLBACK_BRANDS = re.compile(
+    r"(?i)\b(norton|mcafee|geek ?squad|best ?buy|paypal|pay ?pal|bitdefender|avast|kaspersky|malwarebytes|lifelock|"
+    r"windows defender|microsoft|amazon|apple|coinbase|ebay|netflix|hulu|spotify|zelle|venmo|cash ?app|quickbooks|"
+    r"webroot|totalav|avg|intuit)\b")
+CALLBACK_BILLING = re.compile(r"(?i)\b(subscription|renew(?:al|ed)?|auto[- ]?renew|charged|debited|deducted|"
+                              r"membership|invoice|order (?:id|number|no)|billing|purchase|payment)\b")
+CALLBACK_ACTION = re.compile(r"(?i)\b(cancel|refund|dispute|unauthori[sz]ed|fraudulent|did not (?:authori[sz]e|make|place)|"
+                             r"not (?:you|authori[sz]ed by you))")
+PHONE = re.compile(r"(?<![\w.])(?:\+?1[\s.-]*)?\(?[2-9]\d{2}\)?[\s.-]*\d{3}[\s.-]*\d{4}(?![\w.])"
+                   r"|(?<![\w.])\+\d{1,3}[\s.-]*\(?\d{2,4}\)?(?:[\s.-]*\d{2,4}){2,4}(?![\w.])")
+
+
+def _callback(facts: PdfFacts, targets: list[str]) -> Finding | None:
+    """``pdf_callback_lure``: a short document with a brand, billing words, a dispute call and a phone number."""
+    if not facts.text or facts.pages > LURE_TEXT_PAGES or len(targets) > LURE_MAX_TARGETS:
+        return None
+    text = facts.text
+    brand, billing, action, phone = (rx.search(text) for rx in (CALLBACK_BRANDS, CALLBACK_BILLING, CALLBACK_ACTION, PHONE))
+    if not (brand and billing and action and phone):
+        return None
+    return Finding("pdf_callback_lure", 5, f"{_describe_shape(facts)}: {brand.group(0)} {billing.group(0)} with "
+                                           f"'{action.group(0)}' and a phone number {clip(phone.group(0), 30)} "
+                                           "(callback phishing)", SOURCE)
+
+
 def _launch_severity(target: str) -> int:
     """8 for a program, a script, a remote file or anything with parameters; 3 for a local document
     opened by its own viewer."""
@@ -268,7 +295,7 @@ def structure_findings(facts: PdfFacts) -> list[Finding]:
     risk = urlrisk.worst(targets)
     if risk is not None and risk.severity >= 3:
         out.append(Finding("pdf_suspicious_link", risk.severity, f"{clip(risk.url, 160)}: {risk.describe()}", SOURCE))
-    for extra in (_lure(facts, targets, risk), _deceptive(facts)):
+    for extra in (_lure(facts, targets, risk), _deceptive(facts), _callback(facts, targets)):
         if extra is not None:
             out.append(extra)
     remote_submit = ""

@@ -104,6 +104,7 @@ class PdfFacts:
     encrypted: bool = False
     decrypted: bool = False
     words: int | None = None  # None when the text was not extracted (too many pages, error)
+    text: str = ""  # the text of the pages read (documents of at most MAX_TEXT_PAGES), at most MAX_TEXT_CHARS
     images: int = 0  # image XObjects on the pages read
     links: list[Link] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
@@ -481,6 +482,8 @@ def _pages(walk: _Walk, reader: pypdf.PdfReader) -> None:
                 continue
             facts.links[first_link:] = placed
             words += len(_WORD_RE.findall(text))
+            if len(facts.text) < MAX_TEXT_CHARS:
+                facts.text = (facts.text + "\n" + text)[:MAX_TEXT_CHARS]
             _qr_codes(walk, page, images)
     if want_text:
         facts.words = words
