@@ -22,6 +22,8 @@ lookalike            5     a brand name in the host on a domain the brand does n
 ip-host              4     an IP address instead of a host name
 payload-path         4     the path ends in an executable, script, disk image or archive
 punycode             3     an internationalised (``xn--``) host: look-alike letters
+email-in-url         3     the path, query or fragment carries an e-mail address, plain or base64
+                           (a page pre-filled for one recipient: ``#dmljdGltQGNvcnAuZXhhbXBsZQ==``)
 redirector           3     the URL carries another URL to go to (``?url=https://...``,
                            ``google.com/url?q=``, ``/amp/s/``): open redirects hide the target
 shared-hosting       3     a user's site on a shared platform (web.app, github.io, pages.dev...,
@@ -39,6 +41,7 @@ the list; nothing is fetched at run time).
 
 from __future__ import annotations
 
+import base64
 import functools
 import ipaddress
 import re
@@ -62,6 +65,7 @@ WEIGHTS: dict[str, int] = {
     "payload-path": 4,
     "punycode": 3,
     "redirector": 3,
+    "email-in-url": 3,
     "shared-hosting": 3,
     "shortener": 2,
     "risky-tld": 2,
@@ -159,6 +163,8 @@ _EMBEDDED_URL = re.compile(r"(?i)(?:[?&;][^=&#]{0,40}=|/amp/s/|/)(?:https?(?::|%
 _REDIRECT_ENDPOINTS = re.compile(r"(?i)^(?:[a-z0-9-]+\.)*(?:google\.[a-z.]{2,6}/(?:url|amp/s/)|bing\.com/ck/a|"
                                  r"linkedin\.com/slink|l\.facebook\.com/l\.php|youtube\.com/redirect|"
                                  r"l\.instagram\.com/|t\.co/|duckduckgo\.com/l/)")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}(?:@|%40)[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}")
+_B64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,400}={0,2}")
 _UNC = re.compile(r"^(\\\\|//)[^\\/]+[\\/]")
 
 
@@ -287,6 +293,22 @@ def _file_host(rest: str) -> str:
     return ""
 
 
+def _email_in(rest: str) -> bool:
+    """Whether the part of a URL after its host carries an e-mail address (plain, %-encoded or base64)."""
+    rest = rest[:MAX_URL_CHARS]
+    if _EMAIL.search(rest):
+        return True
+    for m in _B64_RUN.finditer(rest):
+        chunk = m.group(0).replace("-", "+").replace("_", "/")
+        try:
+            decoded = base64.b64decode(chunk + "=" * (-len(chunk) % 4), validate=False).decode("utf-8", "strict")
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if _EMAIL.search(decoded):
+            return True
+    return False
+
+
 def _score(reasons: list[str]) -> int:
     if not reasons:
         return 0
@@ -343,7 +365,10 @@ def assess(url: str) -> UrlRisk:
         tld = host.rsplit(".", 1)[-1]
         if tld in RISKY_TLDS:
             reasons.append("risky-tld")
-    if _EMBEDDED_URL.search(text[len(parts.scheme) + 3 + len(parts.netloc):]) \
+    after_host = text[len(parts.scheme) + 3 + len(parts.netloc):]
+    if "userinfo" not in reasons and _email_in(after_host):
+        reasons.append("email-in-url")
+    if _EMBEDDED_URL.search(after_host) \
             or (_REDIRECT_ENDPOINTS.match(host + parts.path) and "shortener" not in reasons):
         reasons.append("redirector")
     if port is not None and port not in (80, 443, 8080, 8443):
