@@ -119,6 +119,7 @@ def test_kind_by_content():
     assert shortcut.is_shortcut(url_file("https://a.example/"))
     assert shortcut.is_shortcut(LIBRARY.encode())
     assert not shortcut.is_shortcut(b"[Settings]\nName=x\n")
+    assert not shortcut.is_shortcut(b"[DEFAULT]\nurl = https://api.example.com/v1\n")  # a configparser file
     assert not shortcut.is_shortcut(b"<html><body>[InternetShortcut]</body></html>")
 
 

@@ -36,7 +36,7 @@ SOURCE = "triage:shortcut"
 MAX_TEXT = 256 * 1024
 MAX_LOCATIONS = 100
 
-XX
+_INI_SECTION = re.compile(r"(?im)^[ \t]*\[(InternetShortcut|\{000214A0-0000-0000-C000-000000000046\}|Shell)\][ \t]*\r?$")
 _INI_KEY = re.compile(r"(?im)^[ \t]*(URL|IconFile|Command|BASEURL)[ \t]*=")
 _XML_ROOT = re.compile(rb"<\s*(?:[A-Za-z0-9_]+:)?(libraryDescription|searchConnectorDescription|persistedQuery)\b")
 _LOCATION_TAGS = frozenset({"url", "path", "location", "simplelocation", "folder", "scope", "include", "exclude"})
