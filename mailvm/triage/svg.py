@@ -165,10 +165,9 @@ def findings_for(s: SvgScan) -> list[Finding]:
 
 
 def analyze(artifact: Artifact, data_path: str, ctx: Context) -> list[Finding]:
-    text = decode_text(ctx.data, MAX_CHARS)
-    if not is_svg(text):
+    if not is_svg(decode_text(ctx.data[:16384], 16384)):  # most HTML is not SVG: decide on the head
         return []
-    return findings_for(scan(text))
+    return findings_for(scan(decode_text(ctx.data, MAX_CHARS)))
 
 
 __all__ = ["SvgScan", "analyze", "findings_for", "is_svg", "scan"]
