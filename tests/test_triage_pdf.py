@@ -531,3 +531,16 @@ def test_ordinary_invoice_with_a_phone_number_is_clean(triage, tmp_path):
              "Questions? Our office is open 9-17, phone +49 30 1234567.") + words(120)
     r = run(triage, tmp_path, Doc().page(lines=lines).build())
     assert "pdf_callback_lure" not in ids(r) and r.verdict == "clean", r.findings
+
+
+def test_long_spam_text_behind_a_big_first_page_link(triage, tmp_path):
+    doc = Doc().page(lines=("Free gift card generator 2025",) + words(150), image=(100, 400, 500, 700),
+                     links=(("https://cdn.example-files.net/go/7731", (100, 400, 500, 700), ""),))
+    for _ in range(6):
+        doc.page(lines=words(500))
+    found = ids(run(triage, tmp_path, doc.build()))
+    assert found["pdf_link_lure"] == 5
+    plain = Doc().page(lines=words(300), links=(("https://www.example.org/", (72, 72, 200, 90), "www.example.org"),))
+    for _ in range(6):
+        plain.page(lines=words(500))
+    assert "pdf_link_lure" not in ids(run(triage, tmp_path, plain.build(), "plain.pdf"))

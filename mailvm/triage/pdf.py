@@ -22,7 +22,8 @@ which also sees what object streams hide from a byte scanner:
   of at most 200 words, two of at most 120) with a link, button or QR code that
   does not show where it goes (typically an image of a blurred "document" or a
   "View invoice" button); or up to 400 words with a call to action hiding its
-  address; or a link that looks like a phishing link by itself;
+  address; or a link that looks like a phishing link by itself; a longer document
+  (up to 30 pages) counts when its first page is a big link;
 * **deceptive link text** (``pdf_deceptive_link``): the text shows one domain, the
   link goes to another;
 * **links** rated by :mod:`mailvm.triage.urlrisk` (``pdf_suspicious_link``), and a
@@ -134,6 +135,8 @@ def count_findings(counts: dict[str, tuple[int, int]]) -> list[Finding]:
 
 #: lure shape: a document this short whose main content is a link
 LURE_MAX_PAGES = 3
+#: a longer document still counts when its first page is a big link (at most this many pages)
+LURE_MAX_PAGES_COVER = 30
 LURE_MAX_TARGETS = 3
 LURE_TEXT_PAGES = 2
 #: "little text": at most this many words on a one-page document, and on a two-page one
@@ -211,8 +214,16 @@ def _deceptive(facts: PdfFacts) -> Finding | None:
 
 def _lure(facts: PdfFacts, targets: list[str], risk: urlrisk.UrlRisk | None) -> Finding | None:
     """``pdf_link_lure`` when the document is a short carrier for one prominent link (see the module doc)."""
-    if not 1 <= len(targets) <= LURE_MAX_TARGETS or not 1 <= facts.pages <= LURE_MAX_PAGES:
+    if not 1 <= len(targets) <= LURE_MAX_TARGETS or facts.pages < 1:
         return None
+    if facts.pages > LURE_MAX_PAGES:
+        # a long text behind a big link on its first page: the "captcha"/"play" image of SEO spam PDFs
+        first = [link for link in facts.links if link.page == 1 and link.area >= PROMINENT_AREA]
+        if facts.pages > LURE_MAX_PAGES_COVER or not first:
+            return None
+        return Finding("pdf_link_lure", 5, f"{_describe_shape(facts)}, {len(targets)} link target(s): the first page's "
+                                           f"link covers {min(first[0].area, 1.0):.0%} of it; top link "
+                                           f"{clip(first[0].url, 120)}", SOURCE)
     area: dict[str, float] = {}
     for link in facts.links:
         area[link.url] = area.get(link.url, 0.0) + link.area
