@@ -311,6 +311,9 @@ def _alive(pid: int) -> bool:
 ])
 def test_a_request_gets_a_stand_in_of_its_type(path, headers, kind):
     assert F.standin_for(path, headers) == kind
+    by = F.standin_choice(path, headers)[1]
+    assert by == ("page" if kind is None else "name" if "." in path.rsplit("/", 1)[-1] else
+                  "accept" if "accept" in headers else "client" if kind == "pe_exe" else "default")
 
 
 def test_stand_ins_are_valid_files_of_their_type():
@@ -420,6 +423,7 @@ def test_exfiltration_protocols_are_accepted_and_logged(namespace, tmp_path, red
     post = http["/bot123:ABC/sendDocument"]
     assert post["method"] == "POST" and post["host"] == "api.telegram.org" and post["upload_files"] == ["p.txt"]
     assert post["served"] == "json" and post["content_type"].startswith("multipart/form-data")
-    assert http["/a/upd.exe"]["standin"] == "pe_exe" and http["/a/upd.exe"]["served"] == "payload"
+    assert (http["/a/upd.exe"]["standin"], http["/a/upd.exe"]["standin_by"], http["/a/upd.exe"]["served"]) == (
+        "pe_exe", "name", "payload")
     irc = [(e["command"], e["args"]) for e in evs if e["type"] == "irc"]
     assert irc[:3] == [("NICK", "bot123"), ("USER", "bot 0 * :bot"), ("JOIN", "#cmd")], irc

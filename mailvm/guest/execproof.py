@@ -38,8 +38,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-#: RelayInclude value naming no real function: relay tracing on, relay thunks for nothing
-RELAY_INCLUDE = "ntdll.mailvmNoSuchFunction"
+from mailvm.guest.wine import RELAY_INCLUDE  # noqa: F401  (relay thunks only for the behaviour rules' few functions)
 MAX_REASON = 300
 
 _LOADED_RE = re.compile(r'^([0-9a-f]{4,8}):trace:loaddll:\w+ Loaded L"((?:[^"\\]|\\.)*)" at ([0-9A-Fa-f]+): (\w+)')

@@ -318,27 +318,36 @@ def _ext(name: str) -> str:
 
 
 def standin_for(path: str, headers: dict[str, str]) -> str | None:
-    """The stand-in kind for a request (``None``: a web page).
+    """The stand-in kind for a request (``None``: a web page); see :func:`standin_choice`."""
+    return standin_choice(path, headers)[0]
+
+
+def standin_choice(path: str, headers: dict[str, str]) -> tuple[str | None, str]:
+    """The stand-in kind for a request and why: ``(kind, "name" | "accept" | "client" | "default" | "page")``.
 
     By the URL's extension (of the path, or of a file name in the query string
-    such as ``?file=a.exe``); a bare path (no extension) gets a PE when the
-    client looks like Windows (User-Agent, Accept) and the shell-script payload
-    otherwise (it runs both as ``sh file`` and as an executable).
+    such as ``?file=a.exe``): ``"name"``, the client asked for that type.  A
+    bare path (no extension) gets a PE when the client asks for one (Accept,
+    ``"accept"``) or looks like Windows (User-Agent, ``"client"``) and the
+    shell-script payload otherwise (``"default"``: it runs both as ``sh file``
+    and as an executable).  A web page's path (``/``, ``.html``, ``.php``...)
+    gets ``(None, "page")``.
     """
     p, _, query = path.partition("?")
     low = p.lower()
     ext = _ext(low)
     if ext in STANDIN_EXT:
-        return STANDIN_EXT[ext]
+        return STANDIN_EXT[ext], "name"
     m = _QUERY_NAME.search(query) if query else None
     if m and m.group(2).lower() in STANDIN_EXT:
-        return STANDIN_EXT[m.group(2).lower()]
+        return STANDIN_EXT[m.group(2).lower()], "name"
     if low == "" or low.endswith(HTML_EXT):
-        return None
-    accept = headers.get("accept", "").lower()
-    if any(a in accept for a in _WINDOWS_ACCEPT) or _WINDOWS_CLIENT.search(headers.get("user-agent", "")):
-        return "pe_exe"
-    return "sh"
+        return None, "page"
+    if any(a in headers.get("accept", "").lower() for a in _WINDOWS_ACCEPT):
+        return "pe_exe", "accept"
+    if _WINDOWS_CLIENT.search(headers.get("user-agent", "")):
+        return "pe_exe", "client"
+    return "sh", "default"
 
 
 def looks_like_download(path: str) -> bool:
@@ -588,7 +597,7 @@ class Server:
                 break
             have += len(chunk)
         method = req["method"]
-        kind = standin_for(path, headers) if method in ("GET", "HEAD") else None
+        kind, chosen_by = standin_choice(path, headers) if method in ("GET", "HEAD") else (None, "")
         if method in ("POST", "PUT", "PATCH"):
             served, ctype, content = "json", "application/json", b'{"ok":true,"result":{"message_id":1}}'
         elif kind is None:
@@ -601,6 +610,7 @@ class Server:
                               "body_preview": preview(body) if body else ""}
         if kind:
             ev["standin"] = kind
+            ev["standin_by"] = chosen_by
         if headers.get("content-type"):
             ev["content_type"] = headers["content-type"][:200]
         files = upload_file_names(body)

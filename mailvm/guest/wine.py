@@ -7,10 +7,15 @@ Standard library only (runs inside the guest).
   milliseconds: fresh directories owned by the sandbox user, files hard-linked
   from the template (read-only for that user, so the template cannot be
   changed through them) except the registry hives, which are copied.
-* :class:`WineTraceParser` reads ``WINEDEBUG=+reg,+loaddll,+process,+winsock``
-  lines (the sample's stderr) into events: ``reg_set``, ``image``, ``exec``,
-  ``connect``, ``dns_lookup``.  strace attributes a Wine program's file and
-  network calls to wineserver, so Wine's own channels carry the attribution.
+* :class:`WineTraceParser` reads ``WINEDEBUG=+reg,+loaddll,+process,+winsock,+relay``
+  lines (the sample's stderr) into events: ``reg_set``, ``reg_open`` (keys of
+  credential stores and VM artefacts only), ``image``, ``exec``, ``connect``,
+  ``dns_lookup``, ``api`` (the Windows API calls of :data:`RELAY_FUNCTIONS`:
+  relay thunks for these few functions only, their arguments with strings),
+  and ``file`` for a script's ``ADODB.Stream.SaveToFile`` (Wine 8 leaves it
+  unimplemented and says so with the target path).  strace attributes a Wine
+  program's file and network calls to wineserver, so Wine's own channels carry
+  the attribution.
 * :func:`parse_reg` / :func:`diff_registry` compare ``user.reg`` and
   ``system.reg`` before and after the run (after wineserver has flushed them)
   into ``reg_set`` / ``reg_delete`` events.
@@ -28,6 +33,9 @@ import threading
 import time
 from typing import Any
 
+from mailvm.guest import windecoys
+from mailvm.guest.winpath import win_to_unix
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "/var/lib/mailvm/wine-prefix"
@@ -44,6 +52,55 @@ _SPECIAL_ROOT_RE = re.compile(r"^(\S+) -> ([0-9A-Fa-f]+)")
 _CONNECT_RE = re.compile(r"addr \{ family AF_INET6?, address ([0-9a-fA-F:.]+), port (\d+)")
 _GETADDR_RE = re.compile(r'^node "([^"]{1,255})"')
 _LOADED_RE = re.compile(r'Loaded L"((?:[^"\\]|\\.)*)" at [0-9A-Fa-f]+: (\w+)')
+_RELAY_RE = re.compile(r"^([0-9a-f]{4,8}):Call ([\w.-]+)\.(\w+)\((.*)\) ret=[0-9a-f]+$")
+_CREATED_RE = re.compile(r'^L"((?:[^"\\]|\\.)*)" pid ([0-9a-f]+) tid ([0-9a-f]+)')
+_FIXME_RE = re.compile(r"^([0-9a-f]{4,8}):fixme:(\w+):(\w+) ?(.*)$")
+_QUERY_VALUE_RE = re.compile(r'^\((0x[0-9a-f]+),L"((?:[^"\\]|\\.){1,200})"')
+
+#: Windows API functions given relay thunks (``RelayInclude``): process injection and hollowing, keyboard
+#: hooks, debugger and sandbox checks, sleeps, copies of files.  Only calls of these are traced (the rest of
+#: the relay channel prints thread starts and DLL attaches, the proof of execution); none of them is called
+#: in a loop by ordinary programs.
+RELAY_FUNCTIONS = (
+    "kernel32.VirtualAllocEx", "kernel32.VirtualAllocExNuma", "kernel32.VirtualProtectEx",
+    "kernel32.WriteProcessMemory", "kernel32.CreateRemoteThread", "kernel32.CreateRemoteThreadEx",
+    "kernel32.QueueUserAPC", "kernel32.SetThreadContext", "kernel32.Wow64SetThreadContext",
+    "kernel32.CreateProcessA", "kernel32.CreateProcessW", "kernel32.IsDebuggerPresent",
+    "kernel32.CheckRemoteDebuggerPresent", "kernel32.Sleep", "kernel32.SleepEx", "kernel32.CopyFileA",
+    "kernel32.CopyFileW", "kernel32.CopyFileExA", "kernel32.CopyFileExW", "kernel32.MoveFileA", "kernel32.MoveFileW",
+    "kernel32.MoveFileExA", "kernel32.MoveFileExW", "kernel32.GetModuleHandleA", "kernel32.GetModuleHandleW",
+    "ntdll.NtWriteVirtualMemory", "ntdll.ZwWriteVirtualMemory", "ntdll.NtUnmapViewOfSection",
+    "ntdll.ZwUnmapViewOfSection", "ntdll.NtQueueApcThread", "ntdll.NtSetContextThread",
+    "ntdll.NtSetInformationThread", "ntdll.ZwSetInformationThread",
+    "user32.SetWindowsHookExA", "user32.SetWindowsHookExW", "user32.RegisterRawInputDevices",
+)
+RELAY_INCLUDE = ";".join(RELAY_FUNCTIONS)
+_RELAY_NAMES = {f.split(".", 1)[1] for f in RELAY_FUNCTIONS}
+#: registry keys whose opening is reported (``reg_open``): credential stores and VM/sandbox artefacts
+INTERESTING_KEY_RE = re.compile(
+    r"\\SimonTatham\\PuTTY|\\Martin Prikryl\\WinSCP|\\Outlook\\Profiles|\\Windows Messaging Subsystem\\Profiles"
+    r"|\\Internet Account Manager\\Accounts|\\FileZilla|\\(?:TightVNC|RealVNC)|\\ORL\\WinVNC"
+    r"|VMware|VirtualBox|\\VBox|\\vmci\b|\\vmhgfs|\\vmmouse|\\vmtools|\\ACPI\\(?:DSDT|FADT|RSDT)\\(?:VBOX|BOCHS|BXPC)"
+    r"|\\Services\\Disk\\Enum|Sandboxie|\\SbieDrv|\\Wow6432Node\\Oracle|\\qemu-ga|\\Xen", re.I)
+#: registry value names whose reading is reported (``reg_query``): BIOS/hardware strings VM checks compare
+INTERESTING_VALUES = frozenset({"systembiosversion", "videobiosversion", "systemmanufacturer", "systemproductname",
+                                "biosvendor", "identifier", "0"})
+MAX_ARGS = 12
+#: relay events per function at most (a sample calling one in a loop must not flood the trace)
+MAX_CALLS_PER_FUNCTION = 50
+#: DLLs of sandboxes, debuggers and analysis tools whose presence samples test with GetModuleHandle
+ANALYSIS_DLLS = frozenset({"sbiedll.dll", "sbiedll", "dbghelp.dll", "api_log.dll", "dir_watch.dll", "pstorec.dll",
+                           "vmcheck.dll", "wpespy.dll", "cmdvrt32.dll", "cmdvrt64.dll", "cuckoomon.dll",
+                           "snxhk.dll", "sxin.dll", "avghookx.dll", "avghooka.dll", "sf2.dll", "deploy.dll",
+                           "guard32.dll", "guard64.dll", "vboxhook.dll", "vboxmrxnp.dll", "vmguestlib.dll",
+                           "dbgcore.dll", "winedbg.exe", "olly.dll", "x64dbg.dll"})
+SHORT_SLEEP_MS = 1000  # shorter Sleep() calls are not reported
+CURRENT_PROCESS = (0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF)  # GetCurrentProcess() of a 32-bit and a 64-bit caller
+CURRENT_THREAD = (0xFFFFFFFE, 0xFFFFFFFFFFFFFFFE)
+_ON_A_PROCESS = frozenset({"VirtualAllocEx", "VirtualAllocExNuma", "VirtualProtectEx", "WriteProcessMemory",
+                           "CreateRemoteThread", "CreateRemoteThreadEx", "NtWriteVirtualMemory", "ZwWriteVirtualMemory",
+                           "NtUnmapViewOfSection", "ZwUnmapViewOfSection"})
+_ON_A_THREAD = frozenset({"SetThreadContext", "Wow64SetThreadContext", "NtSetContextThread", "NtQueueApcThread"})
 
 
 def template_path() -> str:
@@ -80,6 +137,7 @@ def ensure_template(template: str, wine: str, timeout_s: float = 180.0) -> None:
     if not os.path.isfile(os.path.join(tmp, "system.reg")):
         shutil.rmtree(tmp, ignore_errors=True)
         raise OSError("wineboot did not create a prefix")
+    windecoys.register_adodb_typelib(tmp, os.getuid(), os.getgid())  # once here; copies only link the library
     try:
         os.rename(tmp, template)
     except OSError:
@@ -88,7 +146,8 @@ def ensure_template(template: str, wine: str, timeout_s: float = 180.0) -> None:
 
 
 def prepare_prefix(template: str, dest: str, uid: int, gid: int) -> None:
-    """Per-detonation prefix at ``dest``: own dirs, hard-linked files, copied hives.
+    """Per-detonation prefix at ``dest``: own dirs, hard-linked files, copied hives, then
+    :func:`~mailvm.guest.windecoys.seed_prefix` (user folders, decoy credential stores, ADO's type library).
 
     The template's files belong to root and are not writable by the sandbox
     user, so linking them (hard links, or symlinks across file systems) cannot
@@ -123,6 +182,7 @@ def prepare_prefix(template: str, dest: str, uid: int, gid: int) -> None:
                 except OSError:  # another file system: a symlink is as safe (the sandbox user cannot write it)
                     os.symlink(src, dst)
                     os.lchown(dst, uid, gid)
+    windecoys.seed_prefix(dest, uid, gid)
 
 
 # ------------------------------------------------------------------ trace channels
@@ -138,11 +198,15 @@ def _wstr(text: str) -> str:
 class WineTraceParser:
     """``WINEDEBUG`` lines -> events, keeping a per-thread key-handle table."""
 
-    def __init__(self, max_handles: int = 50_000) -> None:
+    def __init__(self, max_handles: int = 50_000, prefix: str = "/home/user/.wine") -> None:
         self.keys: dict[tuple[str, str], str] = {}
         self.pending_key: dict[str, str] = {}
         self.max_handles = max_handles
         self.lines = 0
+        self.prefix = prefix
+        #: thread id -> the image of its process, for the first thread of every process Wine reported
+        self.proc_of_tid: dict[str, str] = {}
+        self.calls: dict[str, int] = {}
 
     def _key(self, tid: str, handle: str) -> str:
         if handle in ("(nil)", "0x0", ""):
@@ -151,8 +215,14 @@ class WineTraceParser:
 
     def feed(self, line: str) -> list[dict[str, Any]]:
         self.lines += 1
-        m = _TRACE_RE.match(line.strip()[:4096])
+        text = line.strip()[:4096]
+        if ":Call " in text[:12]:
+            return self._relay(text)
+        m = _TRACE_RE.match(text)
         if not m:
+            fm = _FIXME_RE.match(text)
+            if fm:
+                return self._fixme(*fm.groups())
             return []
         tid, channel, func, rest = m.groups()
         try:
@@ -161,13 +231,29 @@ class WineTraceParser:
             if channel == "loaddll" and "Loaded" in rest:
                 lm = _LOADED_RE.search(rest)
                 if lm:
-                    return [{"type": "image", "path": lm.group(1).replace("\\\\", "\\")[:512],
-                             "native": lm.group(2) == "native", "src": "wine"}]
+                    path = lm.group(1).replace("\\\\", "\\")[:512]
+                    native = lm.group(2) == "native"
+                    if native and path.lower().endswith((".exe", ".scr", ".com", ".pif")) and tid not in self.proc_of_tid:
+                        self._remember(tid, path)
+                    return [{"type": "image", "path": path, "native": native, "src": "wine", **self._proc(tid)}]
                 return []
-            if channel == "process" and func == "NtCreateUserProcess" and " image L" in rest and " cmdline L" in rest:
-                image = _wstr(rest.split(" image ", 1)[1])
+            if channel == "process" and func == "NtCreateUserProcess":
+                if " image L" in rest and " cmdline L" in rest:
+                    image = _wstr(rest.split(" image ", 1)[1])
+                    cmdline = _wstr(rest.split(" cmdline ", 1)[1]).replace('\\"', '"')
+                    return [{"type": "exec", "src": "wine", "path": image, "argv": [cmdline], "tid": tid,
+                             **self._proc(tid)}]
+                cm = _CREATED_RE.match(rest)
+                if cm:  # the new process's first thread: what its trace lines will carry
+                    self._remember(cm.group(3), cm.group(1).replace("\\\\", "\\"))
+                return []
+            if channel == "process" and func == "CreateProcessInternalW" and " cmdline " in rest:
+                app = _wstr(rest.split(" cmdline ", 1)[0])
                 cmdline = _wstr(rest.split(" cmdline ", 1)[1]).replace('\\"', '"')
-                return [{"type": "exec", "src": "wine", "path": image, "argv": [cmdline], "tid": tid}]
+                if not cmdline and not app:
+                    return []
+                return [{"type": "exec", "src": "wine", "stage": "request", "path": app or _first_token(cmdline),
+                         "argv": [cmdline or app], "tid": tid, **self._proc(tid)}]
             if channel == "winsock":
                 if func == "connect" or func == "WSAConnect":
                     cm = _CONNECT_RE.search(rest)
@@ -184,19 +270,66 @@ class WineTraceParser:
             return []
         return []
 
+    def _remember(self, tid: str, image: str) -> None:
+        if len(self.proc_of_tid) < self.max_handles:
+            self.proc_of_tid[tid] = image
+
+    def _proc(self, tid: str) -> dict[str, str]:
+        """``{"proc": <image base name>}`` when the thread is the first one of a process Wine reported."""
+        image = self.proc_of_tid.get(tid)
+        return {"proc": image.replace("/", "\\").rsplit("\\", 1)[-1].lower()} if image else {}
+
+    def _relay(self, text: str) -> list[dict[str, Any]]:
+        m = _RELAY_RE.match(text)
+        if not m:
+            return []
+        tid, dll, func, raw = m.groups()
+        if func not in _RELAY_NAMES:
+            return []
+        args = relay_args(raw)
+        if not _worth_reporting(func, args):
+            return []
+        n = self.calls.get(func, 0)
+        if n >= MAX_CALLS_PER_FUNCTION:
+            return []
+        self.calls[func] = n + 1
+        return [{"type": "api", "src": "wine", "fn": func, "dll": dll.lower(), "args": args, "tid": tid,
+                 **self._proc(tid)}]
+
+    def _fixme(self, tid: str, channel: str, func: str, rest: str) -> list[dict[str, Any]]:
+        if channel == "msado15" and func == "stream_SaveToFile":
+            path = _wstr(rest)
+            unix = win_to_unix(path, self.prefix)
+            return [{"type": "file", "op": "write", "src": "wine", "api": "ADODB.Stream.SaveToFile",
+                     "path": unix or path, "winpath": path, "create": True, "ok": False,
+                     "err": "SaveToFile is not implemented by Wine", "tid": tid, **self._proc(tid)}]
+        return []
+
     def _reg(self, tid: str, func: str, rest: str) -> list[dict[str, Any]]:
         if func in ("NtCreateKey", "NtOpenKeyEx", "NtOpenKey"):
-            rm = _RET_HANDLE_RE.match(rest)
-            if rm:  # "<- 0x30": the handle for the key named on the previous line of this thread
+            if rest.startswith("<- "):  # the handle for the key named on the previous line of this thread
                 name = self.pending_key.pop(tid, "")
-                if name and len(self.keys) < self.max_handles:
+                rm = _RET_HANDLE_RE.match(rest)
+                if rm and name and len(self.keys) < self.max_handles:
                     self.keys[(tid, rm.group(1).lower())] = name
+                if name and INTERESTING_KEY_RE.search(name):
+                    return [{"type": "reg_open", "src": "wine_trace", "key": name, "ok": rm is not None,
+                             "create": func == "NtCreateKey", "tid": tid, **self._proc(tid)}]
                 return []
             hm = _HANDLE_RE.match(rest)
             if hm:
                 parent = self._key(tid, hm.group(1))
                 sub = _wstr(rest)
                 self.pending_key[tid] = normalize_key(parent + "\\" + sub if parent else sub)
+            return []
+        if func == "NtQueryValueKey":
+            qm = _QUERY_VALUE_RE.match(rest)
+            if qm and qm.group(2).lower() in INTERESTING_VALUES:
+                key = self._key(tid, qm.group(1))
+                if qm.group(2) in ("0", "Identifier") and "scsi" not in key.lower():
+                    return []
+                return [{"type": "reg_query", "src": "wine_trace", "key": key, "value": qm.group(2), "tid": tid,
+                         **self._proc(tid)}]
             return []
         if func == "create_special_root_hkey":
             sm = _SPECIAL_ROOT_RE.match(rest.strip())
@@ -215,6 +348,81 @@ class WineTraceParser:
             typ = "reg_delete" if "Delete" in func else "reg_set"
             return [{"type": typ, "src": "wine_trace", "key": key, "value": value}]
         return []
+
+
+def relay_args(raw: str) -> list[str]:
+    """Relay-printed arguments: ``0021fc20 L"C:\\\\x",00000058`` -> ``["C:\\x", "0x58"]``.
+
+    Strings (``"..."`` / ``L"..."`` after the pointer) become their text, numbers ``0x`` hex; at most
+    :data:`MAX_ARGS`.
+    """
+    out: list[str] = []
+    i, n = 0, len(raw)
+    cur = ""
+    while i < n and len(out) < MAX_ARGS:
+        c = raw[i]
+        if c == '"':
+            j = i + 1
+            buf = []
+            while j < n and raw[j] != '"':
+                if raw[j] == "\\" and j + 1 < n:
+                    buf.append(raw[j + 1])
+                    j += 2
+                    continue
+                buf.append(raw[j])
+                j += 1
+            cur = "\x00STR" + "".join(buf)[:512]
+            i = j + 1
+            continue
+        if c == ",":
+            out.append(_relay_value(cur))
+            cur = ""
+        elif not cur.startswith("\x00STR"):
+            cur += c
+        i += 1
+    if (cur or raw.endswith(",")) and len(out) < MAX_ARGS:
+        out.append(_relay_value(cur))
+    return out
+
+
+def _int(arg: str) -> int | None:
+    try:
+        return int(arg, 16)
+    except ValueError:
+        return None
+
+
+def _worth_reporting(func: str, args: list[str]) -> bool:
+    """Drop the calls ordinary programs make all the time (short sleeps, their own modules' handles)."""
+    if func.startswith("GetModuleHandle"):
+        return bool(args) and args[0].replace("/", "\\").rsplit("\\", 1)[-1].lower() in ANALYSIS_DLLS
+    if func in ("Sleep", "SleepEx"):
+        ms = _int(args[0]) if args else None
+        return ms is not None and SHORT_SLEEP_MS <= ms & 0xFFFFFFFF < 0xFFFFFFFF  # INFINITE waits, not delays
+    if func in _ON_A_PROCESS:  # the calling process itself: Wine's own use
+        return bool(args) and _int(args[0]) not in CURRENT_PROCESS
+    if func in _ON_A_THREAD:
+        return bool(args) and _int(args[0]) not in CURRENT_THREAD
+    if func.endswith("SetInformationThread"):
+        return len(args) > 1 and _int(args[1]) == 0x11  # ThreadHideFromDebugger
+    return True
+
+
+def _relay_value(token: str) -> str:
+    if token.startswith("\x00STR"):
+        return token[4:]
+    t = token.strip().rstrip("L").strip()
+    try:
+        return hex(int(t, 16))
+    except ValueError:
+        return t[:64]
+
+
+def _first_token(cmdline: str) -> str:
+    c = cmdline.strip()
+    if c.startswith('"'):
+        return c[1:].split('"', 1)[0]
+    return c.split(" ", 1)[0]
 
 
 def normalize_key(key: str) -> str:
