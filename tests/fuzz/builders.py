@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import struct
 import tarfile
+import warnings
 import zipfile
 import zlib
 from email.message import EmailMessage
@@ -34,7 +35,8 @@ Members = Sequence[tuple[str, bytes]]
 
 def zip_archive(members: Members, method: int = zipfile.ZIP_DEFLATED) -> bytes:
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", method) as z:
+    with warnings.catch_warnings(), zipfile.ZipFile(buf, "w", method) as z:
+        warnings.simplefilter("ignore", UserWarning)  # duplicate member names are part of the game
         for name, data in members:
             z.writestr(zipfile.ZipInfo(name or "unnamed"), data, compress_type=method)
     return buf.getvalue()
@@ -44,7 +46,9 @@ def aes_zip_archive(members: Members, password: bytes = b"infected") -> bytes:
     import pyzipper
 
     buf = io.BytesIO()
-    with pyzipper.AESZipFile(buf, "w", compression=pyzipper.ZIP_DEFLATED, encryption=pyzipper.WZ_AES) as z:
+    with warnings.catch_warnings(), pyzipper.AESZipFile(buf, "w", compression=pyzipper.ZIP_DEFLATED,
+                                                        encryption=pyzipper.WZ_AES) as z:
+        warnings.simplefilter("ignore", UserWarning)  # duplicate member names
         z.setpassword(password)
         for name, data in members:
             z.writestr(name or "unnamed", data)
@@ -68,7 +72,7 @@ def seven_zip_archive(members: Members) -> bytes:
     with py7zr.SevenZipFile(buf, "w") as z:
         for i, (name, data) in enumerate(members):
             # py7zr refuses some names (absolute, "..") when writing: keep the data, tame the name
-            safe = name.replace("\\", "_").lstrip("/").replace("..", "__") or f"m{i}"
+            safe = "".join(c for c in name if c.isprintable()).replace("\\", "_").lstrip("/").replace("..", "__")
             z.writestr(data, f"{i}_{safe}")
     return buf.getvalue()
 
@@ -179,7 +183,7 @@ def cab_archive(members: Members) -> bytes:
         files += struct.pack("<IIHHHH", len(data), offset, 0, 0x5A8E, 0x3100, 0x20 | 0x80) + raw + b"\x00"
         offset += len(data)
     blob = b"".join(d for _n, d in members)
-    blocks = [blob[i : i + 32768] for i in range(0, len(blob), 32768)] or [b""]
+    blocks = [blob[i : i + 32768] for i in range(0, len(blob), 32768)]  # none at all when every file is empty
     header_len, folder_len = 36, 8
     coff_files = header_len + folder_len
     coff_data = coff_files + len(files)

@@ -1,0 +1,127 @@
+"""Fuzzing the archive extractors (zip, AES zip, tar/tgz/tbz2/txz, 7z, ISO 9660, RAR 4, RAR 5, CAB,
+TNEF) through extract_file: valid archives built here (tests/fuzz/builders.py says how, and which
+variants cannot be generated on this machine), then mutated byte by byte; archives nested in each other;
+format magic followed by noise.
+
+Properties (fuzzkit.check_extraction and Sandbox.check_contained): no internal error, bounded time
+and memory, every file a regular file inside the spool whatever the member names say (``../``,
+absolute, drive letters), nothing written elsewhere (not even in the current directory), the limits
+on members, artifacts, bytes and depth kept.  For intact archives, additionally: every member's
+bytes come out (unless a limit finding says why not), and no ``archive_corrupt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from builders import ARCHIVE_FORMATS, zip_archive
+from fuzzkit import (Sandbox, budget, check_extraction, count, hostile_names, is_limit, keep_on_failure, mutate,
+                     mutations, small_data)
+from mailvm.config import ExtractConfig
+from mailvm.extract import extract_file
+from mailvm.extract.spool import Spool
+
+CFG = dataclasses.replace(ExtractConfig(), max_depth=3, max_members=30, max_artifacts=60,
+                          max_total_bytes=4 * 1024 * 1024, max_file_bytes=1024 * 1024, max_ratio=50,
+                          time_budget_s=5.0, max_password_tries=5)
+FORMATS = sorted(ARCHIVE_FORMATS)
+members = st.lists(st.tuples(hostile_names, small_data), min_size=1, max_size=6)
+
+
+def run_file(data: bytes, name: str, fmt: str):
+    count(f"archive.{fmt}")
+    with Sandbox() as box, keep_on_failure(f"archive_{fmt}", data, ARCHIVE_FORMATS.get(fmt, (None, ".bin"))[1]):
+        box.input.write_bytes(data)
+        spool = Spool(box.spool_dir, CFG)
+        t0 = time.monotonic()
+        with box.in_work_dir():
+            res = extract_file(box.input, name, spool, CFG)
+        check_extraction(res, spool, CFG, t0)
+        box.check_contained(spool)
+        return res
+
+
+def build(fmt: str, ms) -> bytes:
+    return ARCHIVE_FORMATS[fmt][0](ms)
+
+
+def rar4_same_name_twice_in_a_row(fmt: str, ms) -> bool:
+    """libarchive 3.6.2 reads the second of two consecutive RAR 4 entries with the same name as a nameless
+    entry of type 0, which mailvm skips as a device: its bytes are never analysed.  Found by this fuzzer,
+    reported to the extract helper (reproducer tests/fuzz/corpus/archive/rar4-same-name-twice.rar,
+    test_fuzz_regressions.py); excluded here until it is fixed so that CI stays meaningful."""
+    names = [(n or "unnamed").encode("utf-8", "replace")[:1000] for n, _d in ms]
+    return fmt == "rar4" and any(a == b for a, b in zip(names, names[1:]))
+
+
+def tnef_tiny_last_attachment(fmt: str, last: bytes) -> bool:
+    """tnefparse stops reading 12 bytes before the end (``offset + MIN_OBJ_SIZE < len(data)``): a last
+    attachment of 0 or 1 byte is not seen.  A library limit without consequence (no 1-byte file is
+    executable), found by this fuzzer and accepted."""
+    return fmt == "tnef" and len(last) <= 1
+
+
+@budget(150)
+@given(st.sampled_from(FORMATS), members)
+def test_intact_archives_give_every_member(fmt, ms):
+    # a name ending in a slash is a directory to every reader (tar's old convention): its data is not a file's
+    ms = [(n.rstrip("/\\") or "unnamed", d) for n, d in ms]
+    assume(not rar4_same_name_twice_in_a_row(fmt, ms))
+    assume(not tnef_tiny_last_attachment(fmt, ms[-1][1]))
+    data = build(fmt, ms)
+    res = run_file(data, "archive" + ARCHIVE_FORMATS[fmt][1], fmt)
+    container = res.artifacts[0]
+    found = {a.sha256 for a in res.artifacts[1:]}
+    all_findings = [*res.findings, *(f for a in res.artifacts for f in a.findings)]
+    assert not [f for f in container.findings if f.id == "archive_corrupt"], container.findings
+    if any(is_limit(f.id) for f in all_findings):
+        return
+    missing = [n for n, d in ms if hashlib.sha256(d).hexdigest() not in found]
+    assert not missing, f"{fmt}: members not extracted: {missing[:3]} (findings {all_findings})"
+
+
+@budget(320)
+@given(st.sampled_from(FORMATS), members, mutations, hostile_names)
+def test_mutated_archives(fmt, ms, ops, name):
+    run_file(mutate(build(fmt, ms), ops), (name or "a") + ARCHIVE_FORMATS[fmt][1], fmt)
+
+
+@budget(60)
+@given(st.lists(st.sampled_from(FORMATS), min_size=2, max_size=6), small_data, st.booleans())
+def test_nested_archives(chain, leaf, mutated):
+    """An archive in an archive in ...: the depth limit holds, and the leaf comes out when within it."""
+    data = leaf
+    for fmt in chain:
+        data = build(fmt, [("inner" + ARCHIVE_FORMATS[fmt][1], data)])
+    if mutated:
+        data = mutate(data, [("flip", len(data) // 2, 0x55)])
+    res = run_file(data, "outer" + ARCHIVE_FORMATS[chain[-1]][1], "nested")
+    if not mutated and len(chain) <= CFG.max_depth and not tnef_tiny_last_attachment(chain[0], leaf) and not any(
+            is_limit(f.id) for f in [*res.findings, *(f for a in res.artifacts for f in a.findings)]):
+        assert hashlib.sha256(leaf).hexdigest() in {a.sha256 for a in res.artifacts}
+
+
+MAGICS = [b"PK\x03\x04", b"7z\xbc\xaf\x27\x1c\x00\x04", b"Rar!\x1a\x07\x00", b"Rar!\x1a\x07\x01\x00",
+          b"MSCF\x00\x00\x00\x00", b"\x78\x9f\x3e\x22", b"\x1f\x8b\x08", b"BZh9", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd",
+          b"LZIP\x01", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"]
+
+
+@budget(80)
+@given(st.sampled_from(MAGICS), st.binary(max_size=3000))
+def test_magic_then_noise(magic, tail):
+    run_file(magic + tail, "noise.bin", "magic")
+
+
+@budget(10)
+@given(st.integers(200, 2000))
+def test_many_members_stop_at_the_limit(n):
+    """More entries than max_members: a limit finding, never more artifacts than allowed."""
+    data = zip_archive([(f"m{i}.txt", b"%d" % i) for i in range(n)])
+    res = run_file(data, "many.zip", "zip")
+    assert len(res.artifacts) - 1 <= CFG.max_members
+    assert any(is_limit(f.id) for f in res.findings), res.findings

@@ -1,0 +1,64 @@
+"""Every input the fuzzers found a defect with, kept in tests/fuzz/corpus/<target>/, replayed.
+
+Each file goes through its target with the fuzzer's properties (no crash, bounded, contained); the
+defect each one found has its own explicit test below (or in tests/test_shmpage.py for the page).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from mailvm.vmpool.shmpage import PageError, check_result
+
+CORPUS = Path(__file__).parent / "corpus"
+FILES = sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.name != "README.md")
+
+
+@pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(CORPUS)) for p in FILES])
+def test_replay(path: Path):
+    target = path.parent.name
+    data = path.read_bytes()
+    if target == "shmpage":
+        if path.suffix == ".json":
+            try:
+                check_result(json.loads(data))
+            except PageError:
+                pass
+        else:  # a hostile guest session, described in words; its test is in tests/test_shmpage.py
+            assert data.startswith(b"# hostile guest session")
+    elif target == "archive":
+        from test_fuzz_archives import run_file
+
+        run_file(data, path.name, "corpus")
+    elif target == "mime":
+        from test_fuzz_mime import run_message
+
+        run_message(data)
+    else:
+        raise AssertionError(f"no target for tests/fuzz/corpus/{target}")
+
+
+def test_corpus_is_not_empty():
+    assert {p.parent.name for p in FILES} >= {"shmpage", "archive"}
+
+
+def test_duration_beyond_float_range_is_a_page_error():
+    obj = json.loads((CORPUS / "shmpage" / "result-duration-int-overflow.json").read_bytes())
+    with pytest.raises(PageError, match="duration_s"):
+        check_result(obj)
+
+
+@pytest.mark.xfail(strict=True, reason="open, reported to the extract helper (mailvm/extract/archives.py): "
+                   "libarchive returns the second of two consecutive same-named RAR 4 entries as a nameless "
+                   "type-0 entry, which _libarchive_pass skips as a device, so its bytes are never analysed")
+def test_rar4_second_entry_with_the_same_name_is_analysed():
+    from test_fuzz_archives import run_file
+
+    path = CORPUS / "archive" / "rar4-same-name-twice.rar"
+    res = run_file(path.read_bytes(), path.name, "corpus")
+    hidden = hashlib.sha256(b"MZ hidden payload: the second invoice.exe").hexdigest()
+    assert hidden in {a.sha256 for a in res.artifacts}, [(a.name, a.findings) for a in res.artifacts]
