@@ -26,12 +26,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     per = ", ".join(f"{k} {v}" for k, v in sorted(fuzzkit.TRIED.items()))
     terminalreporter.write_sep("-", f"fuzz ({fuzzkit.PROFILE}): {total} inputs tried")
     terminalreporter.write_line(per)
+    if fuzzkit.STEPS:
+        terminalreporter.write_line("within them: " + ", ".join(f"{k} {v}" for k, v in sorted(fuzzkit.STEPS.items())))
     terminalreporter.write_line(f"peak RSS {fuzzkit.peak_rss_mib():.0f} MiB (getrusage ru_maxrss; "
                                 f"{fuzzkit.RSS_AT_START_KIB / 1024:.0f} MiB before the fuzzers ran)")
     out = os.environ.get("MAILVM_FUZZ_STATS")
     if out:
         Path(out).write_text(json.dumps({
-            "profile": fuzzkit.PROFILE, "factor": fuzzkit.FACTOR, "inputs": dict(fuzzkit.TRIED), "total": total,
+            "profile": fuzzkit.PROFILE, "factor": fuzzkit.FACTOR, "inputs": dict(fuzzkit.TRIED), "total": total, "steps": dict(fuzzkit.STEPS),
             "peak_rss_mib": round(fuzzkit.peak_rss_mib(), 1), "rss_before_mib": round(fuzzkit.RSS_AT_START_KIB / 1024, 1),
             "exitstatus": int(exitstatus),
         }, indent=1) + "\n")

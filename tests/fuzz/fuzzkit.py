@@ -45,6 +45,8 @@ def budget(ci_examples: int) -> settings:
 
 #: target name -> inputs tried (every call of a target counts, shrinking included)
 TRIED: Counter[str] = Counter()
+#: finer counts inside one input (e.g. the steps of a hostile guest session), not inputs themselves
+STEPS: Counter[str] = Counter()
 #: the process' peak resident set when the run started (KiB), to tell the fuzzers' share
 RSS_AT_START_KIB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 #: an input may not raise the process' peak resident set above this (MiB)
@@ -57,6 +59,10 @@ def peak_rss_mib() -> float:
 
 def count(target: str) -> None:
     TRIED[target] += 1
+
+
+def count_step(what: str) -> None:
+    STEPS[what] += 1
 
 
 def check_memory() -> None:

@@ -66,7 +66,7 @@ def tnef_tiny_last_attachment(fmt: str, last: bytes) -> bool:
     return fmt == "tnef" and len(last) <= 1
 
 
-@budget(150)
+@budget(400)
 @given(st.sampled_from(FORMATS), members)
 def test_intact_archives_give_every_member(fmt, ms):
     # a name ending in a slash is a directory to every reader (tar's old convention): its data is not a file's
@@ -85,13 +85,13 @@ def test_intact_archives_give_every_member(fmt, ms):
     assert not missing, f"{fmt}: members not extracted: {missing[:3]} (findings {all_findings})"
 
 
-@budget(320)
+@budget(900)
 @given(st.sampled_from(FORMATS), members, mutations, hostile_names)
 def test_mutated_archives(fmt, ms, ops, name):
     run_file(mutate(build(fmt, ms), ops), (name or "a") + ARCHIVE_FORMATS[fmt][1], fmt)
 
 
-@budget(60)
+@budget(150)
 @given(st.lists(st.sampled_from(FORMATS), min_size=2, max_size=6), small_data, st.booleans())
 def test_nested_archives(chain, leaf, mutated):
     """An archive in an archive in ...: the depth limit holds, and the leaf comes out when within it."""
@@ -111,7 +111,7 @@ MAGICS = [b"PK\x03\x04", b"7z\xbc\xaf\x27\x1c\x00\x04", b"Rar!\x1a\x07\x00", b"R
           b"LZIP\x01", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"]
 
 
-@budget(80)
+@budget(250)
 @given(st.sampled_from(MAGICS), st.binary(max_size=3000))
 def test_magic_then_noise(magic, tail):
     run_file(magic + tail, "noise.bin", "magic")

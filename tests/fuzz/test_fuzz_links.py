@@ -50,7 +50,7 @@ class _Failures(logging.Handler):
         self.records.append(record)
 
 
-@budget(400)
+@budget(800)
 @given(docs, docs, st.integers(0, 50))
 def test_find_urls_properties(text, html, limit):
     count("links.find_urls")
@@ -78,7 +78,7 @@ def test_find_urls_properties(text, html, limit):
     check_memory()
 
 
-@budget(300)
+@budget(500)
 @given(st.one_of(fragment_docs, st.text(max_size=200)), st.one_of(st.none(), fragment_docs))
 def test_normalize_url_is_total_and_idempotent(raw, base):
     count("links.normalize_url")
@@ -99,7 +99,7 @@ networks = st.lists(st.sampled_from(["10.0.0.0/8", "127.0.0.0/8", "::1/128", "19
                     .map(ipaddress.ip_network), max_size=3)
 
 
-@budget(300)
+@budget(500)
 @given(addresses, networks)
 def test_address_refusal_answers_for_any_address(ip, allowed):
     count("links.address_refusal")

@@ -156,19 +156,19 @@ def run_message(raw: bytes) -> None:
             assert isinstance(k, str) and isinstance(v, str) and len(v) <= M.MAX_HEADER + 16, (k, len(v))
 
 
-@budget(120)
+@budget(400)
 @given(messages)
 def test_generated_messages(raw):
     run_message(raw)
 
 
-@budget(120)
+@budget(500)
 @given(messages, mutations)
 def test_mutated_messages(raw, ops):
     run_message(mutate(raw, ops))
 
 
-@budget(40)
+@budget(150)
 @given(st.binary(max_size=4000))
 def test_random_bytes(raw):
     run_message(raw)

@@ -24,7 +24,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzzkit import budget, check_memory, count, keep_on_failure
+from fuzzkit import budget, check_memory, count, count_step, keep_on_failure
 from mailvm.guest import protocol as P
 from mailvm.verdict import VERDICTS
 from mailvm.vmpool import shmpage
@@ -112,7 +112,7 @@ def assert_result_shape(r: dict) -> None:
     json.dumps(r, allow_nan=False)  # the pool stores and forwards it
 
 
-@budget(300)
+@budget(600)
 @given(results | json_values)
 def test_check_result_returns_a_bounded_result_or_page_error(obj):
     count("shmpage.check_result")
@@ -296,7 +296,7 @@ def _run_host(page: HostPage, action, path: str) -> None:
     assert _inside(changed, allowed_writes), f"host {kind} wrote outside its fields: {changed[:4]}"
 
 
-@budget(250)
+@budget(500)
 @given(script)
 def test_hostile_guest_gets_page_errors_never_crashes(steps):
     count("shmpage.session")
@@ -309,7 +309,7 @@ def test_hostile_guest_gets_page_errors_never_crashes(steps):
             guest.write_header({"state": P.READY, "seq": 0, "ack_seq": 0})
             page.wait_ready(time.monotonic() + 1)
             for who, action in steps:
-                count("shmpage.step")
+                count_step("shmpage.session steps")
                 if who == "guest":
                     guest.act(action)
                 else:
@@ -321,7 +321,7 @@ def test_hostile_guest_gets_page_errors_never_crashes(steps):
     check_memory()
 
 
-@budget(200)
+@budget(300)
 @given(st.one_of(results.map(lambda r: json.dumps(r).encode()), st.binary(max_size=300),
                  json_values.map(lambda v: json.dumps(v).encode())),
        st.sampled_from([P.DONE, P.FAILED]), st.sampled_from([16, 4096, 1 << 20]))
