@@ -24,6 +24,8 @@ APT_PACKAGES=(
   postfix miltertest
   # the web console's browser tests (selenium drives Debian's headless chromium)
   chromium chromium-driver
+  # the shared scanned table and job queue of several hosts (tests start their own instance)
+  redis-server
 )
 
 stamp=.venv/.setup-stamp
