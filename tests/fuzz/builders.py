@@ -51,7 +51,8 @@ def aes_zip_archive(members: Members, password: bytes = b"infected") -> bytes:
         warnings.simplefilter("ignore", UserWarning)  # duplicate member names
         z.setpassword(password)
         for name, data in members:
-            z.writestr(name or "unnamed", data)
+            # pyzipper cuts a name at NUL and then fails on the empty rest (IndexError): no NUL in AES names
+            z.writestr(name.replace("\x00", "_") or "unnamed", data)
     return buf.getvalue()
 
 

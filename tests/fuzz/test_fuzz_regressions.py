@@ -62,3 +62,15 @@ def test_rar4_second_entry_with_the_same_name_is_analysed():
     res = run_file(path.read_bytes(), path.name, "corpus")
     hidden = hashlib.sha256(b"MZ hidden payload: the second invoice.exe").hexdigest()
     assert hidden in {a.sha256 for a in res.artifacts}, [(a.name, a.findings) for a in res.artifacts]
+
+
+@pytest.mark.xfail(strict=True, reason="open, reported to the extract helper (mailvm/extract/archives.py, expand_zip): "
+                   "ZipInfo.is_dir() raises IndexError on an entry with an empty name, so the whole zip becomes "
+                   "archive_corrupt and no member is analysed; info.filename.endswith('/') would not raise")
+def test_zip_members_after_an_empty_named_entry_are_analysed():
+    from test_fuzz_archives import run_file
+
+    path = CORPUS / "archive" / "zip-empty-name-first.zip"
+    res = run_file(path.read_bytes(), path.name, "corpus")
+    hidden = hashlib.sha256(b"MZ hidden payload: invoice.exe after an empty-named entry").hexdigest()
+    assert hidden in {a.sha256 for a in res.artifacts}, [(a.name, a.findings) for a in res.artifacts]
