@@ -344,6 +344,8 @@ NEGATIVE = [
     ("a process created normally, then written", [
         api("CreateProcessA", r"C:\x.exe", "0x0", "0x0", "0x0", "0x0", "0x0"),
         api("WriteProcessMemory", "0x58", "0x1", "0x2", "0x1", "0x0")], WINDOWS, {"process_hollowing"}),
+    ("folders on the way to the launcher's own", [w(f"{H}/.local/share/applications", op="mkdir")],
+     RuleContext(platform="windows", quiet_prefixes=(f"{H}/.local/share/applications/wine",))),
     ("Windows temp and browser caches are scratch", [
         w(f"{U}/Temp/x.tmp"), w(f"{U}/AppData/Local/Microsoft/Windows/INetCache/Content.IE5/AB/x[1]")], WINDOWS),
     ("a self-extractor unpacking to /tmp", [w("/work/a.out", op="read", t=1), w("/tmp/_MEI123/libpython3.so", t=2),

@@ -32,6 +32,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from mailvm.guest.winpath import HOME, PREFIX, SHELL_FOLDERS, WIN_USER
+
 log = logging.getLogger(__name__)
 
 #: syscalls strace is asked to trace (on top of its classes); keep in step with
@@ -158,6 +160,27 @@ def _split_top(text: str, start: int, close: str) -> tuple[list[str], int]:
     if piece:
         args.append(piece)
     return args, n
+
+
+#: path prefixes that name the same files as shorter ones: Wine's drive links (``dosdevices/c:`` is
+#: ``drive_c``, ``z:`` the root) and the Wine user's shell folders (links to the sandbox HOME's).  strace
+#: shows a path argument as the program passed it; the rules compare the files.
+PATH_ALIASES: tuple[tuple[str, str], ...] = (
+    (PREFIX + "/dosdevices/c:/", PREFIX + "/drive_c/"),
+    (PREFIX + "/dosdevices/z:/", "/"),
+) + tuple((f"{PREFIX}/drive_c/users/{WIN_USER}/{f}/", f"{HOME}/{f}/") for f in SHELL_FOLDERS)
+
+
+def canonical_path(path: str, aliases: tuple[tuple[str, str], ...] = PATH_ALIASES) -> str:
+    """``/home/user/.wine/dosdevices/c:/users/user/Documents/x`` -> ``/home/user/Documents/x``."""
+    for _ in range(3):  # an alias may lead into another (c: -> drive_c -> a shell folder)
+        for old, new in aliases:
+            if path.startswith(old) or path + "/" == old:
+                path = new + path[len(old):] if path.startswith(old) else new.rstrip("/") or "/"
+                break
+        else:
+            return path
+    return path
 
 
 def fd_path(arg: str) -> str | None:
@@ -467,7 +490,9 @@ class EventBuilder:
         return {} if call.ok else {"ok": False, "err": call.errno or call.ret}
 
     def _file(self, call: Call, op: str, path: str, **extra: Any) -> dict[str, Any]:
-        ev: dict[str, Any] = {"type": "file", "op": op, "path": path[:MAX_STR]}
+        ev: dict[str, Any] = {"type": "file", "op": op, "path": canonical_path(path)[:MAX_STR]}
+        if "path2" in extra:
+            extra["path2"] = canonical_path(extra["path2"])[:MAX_STR]
         ev.update(extra)
         ev.update(self._err(call))
         return ev

@@ -508,6 +508,8 @@ def _outside_workdir(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | N
     path = _written_path(ev)
     if not path.startswith("/") or under(path, ctx.work_dir) or _quiet(path, ctx) or in_home(path, ctx, ".cache"):
         return None
+    if ev.get("op") == "mkdir" and any(q.startswith(path.rstrip("/") + "/") for q in ctx.quiet_prefixes):
+        return None  # a folder on the way to one the launcher writes itself (~/.local/share/applications/wine)
     if ctx.platform == "windows" and any(under(path.lower(), (ctx.win_user_dir + "/" + d).lower())
                                          for d in WIN_SCRATCH):
         return None
@@ -1068,7 +1070,8 @@ def _library_writable(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | 
     if ev.get("src") == "wine":
         low = path.lower().replace("\\", "/")
         own = ("z:" + ctx.sample_path).lower()
-        if ev.get("native") and not low.startswith("c:/windows/") and low != own:
+        if ev.get("native") and not low.startswith("c:/windows/") and low != own and not low.endswith(
+                (".exe", ".scr", ".com", ".pif")):  # a program's own image: an execution, seen by the exec rules
             return f"native DLL {path}"
         return None
     if path == ctx.sample_path or _quiet(path, ctx):

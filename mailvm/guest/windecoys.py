@@ -284,11 +284,11 @@ def register_adodb_typelib(prefix: str, uid: int, gid: int) -> bool:
                 fh.write(patched)
             os.chown(target, uid, gid)
         winpath = "C:\\" + sysdir.replace("/", "\\") + "\\" + ADODB_TLB
-        keys.append((f"Software\\Classes\\TypeLib\\{ADODB_LIBID}\\1.0\\0\\{arch}", (("@", winpath),)))
+        keys.append((f"Software\\Classes\\Typelib\\{ADODB_LIBID}\\1.0\\0\\{arch}", (("@", winpath),)))
         done = True
     if keys:
-        keys.insert(0, (f"Software\\Classes\\TypeLib\\{ADODB_LIBID}\\1.0",
+        keys.insert(0, (f"Software\\Classes\\Typelib\\{ADODB_LIBID}\\1.0",
                         (("@", "Microsoft ActiveX Data Objects (mailvm)"),)))
-        keys.append((f"Software\\Classes\\TypeLib\\{ADODB_LIBID}\\1.0\\FLAGS", (("@", "0"),)))
+        keys.append((f"Software\\Classes\\Typelib\\{ADODB_LIBID}\\1.0\\FLAGS", (("@", "0"),)))
         append_reg(os.path.join(prefix, "system.reg"), keys)
     return done

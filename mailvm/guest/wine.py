@@ -488,16 +488,21 @@ def snapshot_registry(prefix: str) -> dict[str, dict[str, str]]:
 
 
 def diff_registry(before: dict[str, dict[str, str]], after: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
-    """New or changed values -> ``reg_set``; removed values -> ``reg_delete`` (capped)."""
+    """New or changed values -> ``reg_set``; removed values -> ``reg_delete`` (capped).
+
+    Key names compare without case, as Windows does (wineserver rewrites a hive in its own spelling).
+    """
     events: list[dict[str, Any]] = []
+    before_ci = {k.lower(): v for k, v in before.items()}
+    after_ci = {k.lower(): v for k, v in after.items()}
     for key, values in after.items():
-        old = before.get(key, {})
+        old = before_ci.get(key.lower(), {})
         for name, data in values.items():
             if old.get(name) != data:
                 events.append({"type": "reg_set", "src": "reg_diff", "key": key, "value": name,
                                "data": decode_reg_data(data)[:300]})
     for key, values in before.items():
-        new = after.get(key)
+        new = after_ci.get(key.lower())
         for name in values:
             if new is None or name not in new:
                 events.append({"type": "reg_delete", "src": "reg_diff", "key": key, "value": name})
