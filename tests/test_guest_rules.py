@@ -166,6 +166,12 @@ POSITIVE = [
     ("download_execute", [payload("http://x/s.vbs", standin="vbs", t=1), w(f"{U}/Temp/s.vbs", t=2),
                           wex(r'wscript.exe "C:\users\user\Temp\s.vbs"', image=r"C:\windows\system32\wscript.exe",
                               t=3)], WSH),
+    ("download_execute", [w("/tmp/.x", create=True, t=1, pid=20), conn("203.0.113.80", 80, t=2, pid=20),
+                          {"t": 3, "type": "http", "served": "payload", "dst": "203.0.113.80:80"},
+                          ex("/tmp/.x", ["./.x"], t=4)], CTX),  # wget -O opens its output before it asks
+    ("download_execute", [w("/tmp/.y", create=True, t=1, pid=21),
+                          {"t": 3, "type": "http", "served": "payload", "dst": "203.0.113.81:80"},
+                          conn("203.0.113.81", 80, t=2, pid=21), ex("/tmp/.y", ["./.y"], t=4)], CTX),  # logs interleaved
     ("downloads_executable", [payload("http://x/upd.exe")], CTX),
     ("downloads_executable", [{"type": "ftp", "command": "RETR", "file": "stage2.exe", "dst": "203.0.113.1:21"}],
      CTX),

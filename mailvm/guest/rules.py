@@ -120,7 +120,10 @@ class State:
     remote_writes: int = 0  # writes into / unmappings in / new threads in another process
     remote_contexts: int = 0  # thread contexts set in another process's thread
     proc_exe: dict[int, str] = field(default_factory=dict)  # pid -> program name (from exec events)
-    note_names: dict[str, set[str]] = field(default_factory=dict)  # file name -> directories it was created in
+    conn_pids: dict[str, set[int]] = field(default_factory=dict)  # ip:port -> processes that connected there
+    written_by: dict[int, list[str]] = field(default_factory=dict)  # pid -> files it opened for writing
+    downloader_pids: set[int] = field(default_factory=set)  # processes whose connection got a stand-in
+    payload_dsts: set[str] = field(default_factory=set)  # ip:port that served a stand-in
 
     def update(self, ev: dict[str, Any], ctx: RuleContext) -> None:
         typ = ev.get("type")
@@ -128,10 +131,11 @@ class State:
         if typ == "file" and ev.get("ok", True):
             op = ev.get("op")
             path = _s(ev.get("path"))
+            pid = ev.get("pid") if isinstance(ev.get("pid"), int) else None
             if op in ("write", "link"):
-                self._wrote(path, t, ctx)
+                self._wrote(path, t, ctx, pid)
             elif op == "rename":
-                self._wrote(_s(ev.get("path2")), t, ctx)
+                self._wrote(_s(ev.get("path2")), t, ctx, pid)
             elif op == "chmod" and ev.get("exec_bit"):
                 self.exec_bit.add(path)
             elif op == "read" and ctx.platform == "linux" and path in (ctx.sample_path, "/proc/self/exe"):
@@ -144,10 +148,15 @@ class State:
             if op in ("write", "rename", "unlink") and is_user_file(path, ctx):
                 if len(self.user_files) < 10_000:
                     self.user_files.add(path)
-        elif typ == "http" and ev.get("served") == "payload" and self.payload_t is None:
-            self.payload_t = t
-        elif typ == "ftp" and ev.get("command") == "RETR" and self.payload_t is None:
-            self.payload_t = t
+        elif typ == "http" and ev.get("served") == "payload" or typ == "ftp" and ev.get("command") == "RETR":
+            if self.payload_t is None:
+                self.payload_t = t
+            # the process that fetched it may have opened its output file before asking (wget -O, curl -o);
+            # strace's and fakenet's logs are read separately, so the connect may come before or after this
+            if len(self.payload_dsts) < 10_000:
+                self.payload_dsts.add(_s(ev.get("dst")))
+            for pid in self.conn_pids.get(_s(ev.get("dst")), ()):
+                self._downloader(pid)
         elif typ == "dns" and ev.get("answer"):
             if len(self.dns) < 50_000:
                 self.dns[_s(ev["answer"])] = _s(ev.get("name"))
@@ -157,6 +166,10 @@ class State:
             r = _remote_ip(ev)
             if r is not None and (_raw_ip_target(ev, r, self) or r[1] in C2_PORTS):
                 self.raw_conn_pids.add(ev["pid"])
+            if ev.get("dst") and len(self.conn_pids) < 10_000:
+                self.conn_pids.setdefault(_s(ev["dst"]), set()).add(ev["pid"])
+                if _s(ev["dst"]) in self.payload_dsts:
+                    self._downloader(ev["pid"])
         elif typ == "clone_failed":
             self.clone_failures += 1
         elif typ == "fork":
@@ -176,12 +189,21 @@ class State:
             elif fn in REMOTE_CONTEXT_APIS:
                 self.remote_contexts += 1
 
-    def _wrote(self, path: str, t: float, ctx: RuleContext) -> None:
+    def _downloader(self, pid: int) -> None:
+        if len(self.downloader_pids) < 10_000:
+            self.downloader_pids.add(pid)
+        self.downloaded.update(self.written_by.get(pid, ()))
+
+    def _wrote(self, path: str, t: float, ctx: RuleContext, pid: int | None = None) -> None:
         if not path or len(self.written) >= 100_000:
             return
         self.written.setdefault(path, t)
         self.written_ci.setdefault(path.lower(), path)
-        if self.payload_t is not None and t >= self.payload_t:
+        if pid is not None:
+            mine = self.written_by.setdefault(pid, [])
+            if len(mine) < 100:
+                mine.append(path)
+        if self.payload_t is not None and t >= self.payload_t or pid in self.downloader_pids:
             self.downloaded.add(path)
         if self.self_read_t is not None and t >= self.self_read_t and len(self.self_copies) < 1000 and (
                 self_copy_place(path, ctx)):
