@@ -19,8 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailvm.kinds import DETONATE_KINDS, kinds_problem
+
 DEFAULT_CONFIG_PATH = Path("/etc/mailvm/mailvm.toml")
 MiB = 1024 * 1024
+#: the qemu backend's clones: the largest guest RAM it starts (one bound, used there too)
+MAX_GUEST_MEM_MIB = 3072
 
 
 class ConfigError(ValueError):
@@ -114,7 +118,7 @@ class PoolConfig:
     retries: int = _bounded(1, 0, 5, "retries on a fresh slot after a slot failure")
     work_dir: str = "/var/lib/mailvm/pool"
     image_dir: str = "/var/lib/mailvm/image"  # guest image of the qemu backend (mvctl image build)
-    guest_mem_mib: int = _bounded(256, 64, 65536, "guest RAM of the qemu reference VM and its clones")
+    guest_mem_mib: int = _bounded(256, 64, MAX_GUEST_MEM_MIB, "guest RAM of the qemu reference VM and its clones")
     doorbell: str = "vport"  # vport | serial | poll:MIN[:MAX] (how an idle qemu slot learns of a job)
     qemu_launcher: str = "raw"  # raw (QEMU started directly) | libvirt (transient libvirt domains)
     libvirt_uri: str = "qemu:///system"
@@ -124,10 +128,7 @@ class PoolConfig:
     # QEMU drops root to this user (-runas); "" or "root" keeps root (a warning at start)
     qemu_user: str = "mailvm-qemu"
     qemu_image_poll_s: float = _bounded(5.0, 0, 3600, "how often a running pool looks for a rebuilt image (0: never)")
-    detonate_kinds: list[str] = _bounded(
-        ["executable", "script", "office", "pdf", "html", "lnk", "disk_image", "unknown"],
-        doc="triage kinds that are detonated",
-    )
+    detonate_kinds: list[str] = _bounded(list(DETONATE_KINDS), doc="triage kinds that are detonated (mailvm.kinds)")
 
 
 @dataclass
@@ -272,6 +273,9 @@ def parse_config(data: dict[str, Any], file: str = "<string>") -> Config:
         raise ConfigError(file, "pool.qemu_image_poll_s", "must be 0 (off) or at least 0.1 s")
     if cfg.pool.accel not in ACCELS:
         raise ConfigError(file, "pool.accel", f"must be one of {', '.join(ACCELS)}")
+    problem = kinds_problem(cfg.pool.detonate_kinds)
+    if problem:
+        raise ConfigError(file, "pool.detonate_kinds", problem)
     _check_socket(file, cfg.milter.socket)
     try:
         if not 0 <= int(cfg.milter.socket_mode, 8) <= 0o777:

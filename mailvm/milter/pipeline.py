@@ -30,6 +30,7 @@ class ScanOptions:
     detonate_kinds: list[str] = field(default_factory=list)
     links: bool = True
     max_links: int | None = None
+    max_link_bytes: int | None = None
     passwords: list[str] = field(default_factory=list)
 
 
@@ -68,6 +69,7 @@ def scan_path(path: str, options: ScanOptions) -> dict[str, Any]:
         w.cfg.links,
         enabled=w.cfg.links.enabled and options.links,
         max_links=min(w.cfg.links.max_links, options.max_links) if options.max_links is not None else w.cfg.links.max_links,
+        max_bytes=min(w.cfg.links.max_bytes, options.max_link_bytes) if options.max_link_bytes else w.cfg.links.max_bytes,
     )
     cfg = dataclasses.replace(w.cfg, links=links)
     scanner = Scanner(
@@ -75,7 +77,8 @@ def scan_path(path: str, options: ScanOptions) -> dict[str, Any]:
         w.triage,
         w.table,
         w.detonator if options.detonate else None,
-        detonate_kinds=options.detonate_kinds or cfg.pool.detonate_kinds,
+        # the policy's kinds as they are: an empty list detonates nothing (never "all")
+        detonate_kinds=options.detonate_kinds,
     )
     with open(path, "rb") as fh:
         raw = fh.read(cfg.extract.max_message_bytes + 1)

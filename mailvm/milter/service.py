@@ -149,6 +149,7 @@ class MilterService:
             detonate_kinds=list(settings.detonate_kinds),
             links=settings.links_enabled,
             max_links=settings.max_links,
+            max_link_bytes=settings.max_link_bytes,
             passwords=list(settings.archive_passwords),
         )
         report = self._run_pipeline(raw, options, progress, started + max_wait + WORKER_GRACE_S, tag)

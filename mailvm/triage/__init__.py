@@ -19,6 +19,8 @@ from types import MappingProxyType
 from typing import Any, Sequence
 
 from mailvm.config import TriageConfig
+from mailvm.kinds import DETONATE_KINDS as _DETONATE_KINDS
+from mailvm.kinds import KINDS as _KINDS
 from mailvm.triage import (
     elf,
     filetype,
@@ -44,12 +46,10 @@ from mailvm.verdict import ERROR, Artifact, Finding, score_findings
 
 log = logging.getLogger(__name__)
 
-KINDS = ("executable", "script", "office", "pdf", "html", "lnk", "disk_image", "archive", "email", "text", "image",
-         "audio", "video", "unknown",
-         # static only (no launcher in the sandbox; never in DETONATE_KINDS): lures judged by their analyzers
-         "onenote", "shortcut", "mobileconfig")
+#: the kinds (one list for all of mailvm: mailvm.kinds); static-only kinds are never detonated
+KINDS = _KINDS
 #: kinds whose files are detonated; archives and emails are containers (their members are artifacts)
-DETONATE_KINDS = frozenset({"executable", "script", "office", "pdf", "html", "lnk", "disk_image", "unknown"})
+DETONATE_KINDS = frozenset(_DETONATE_KINDS)
 SLOW_ANALYZER_S = 2.0
 
 _OFFICE = frozenset({"office"})

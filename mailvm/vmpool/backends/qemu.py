@@ -76,7 +76,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailvm.config import PoolConfig
+from mailvm.config import MAX_GUEST_MEM_MIB, PoolConfig
 from mailvm.vmpool import reaper
 from mailvm.vmpool.backends import libvirt_util as lv
 from mailvm.procfs import cpu_seconds, pss_kib
@@ -112,7 +112,7 @@ DEFAULT_SPARES = 1
 WARMUPS = ("none", "files", "run")
 DEFAULT_WARMUP = "none"
 MAX_SPARES = 16
-MAX_MEM_MIB = 3072
+MAX_MEM_MIB = MAX_GUEST_MEM_MIB  # the config's bound (pool.guest_mem_mib), one source
 KVM_PROBE_S = 30.0
 SETTLE_S = 1.0
 #: empty rings after READY so the guest's wake-up path is translated before the first job
