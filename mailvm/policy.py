@@ -33,7 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import ipaddress
+
 from mailvm.config import ConfigError, build_section
+from mailvm.kinds import DETONATE_KINDS, KINDS, kinds_problem
 from mailvm.release import RELEASE_HEADER
 from mailvm.verdict import CLEAN, ERROR, MALICIOUS, PENDING, SUSPICIOUS, Finding, score_findings
 
@@ -63,7 +66,12 @@ HEADER_ACTIONS = frozenset({TAG, STRIP, HOLD, QUARANTINE})
 
 #: verdict situations that have an action key (``actions.<situation>``)
 TIMEOUT = "timeout"
-SITUATIONS: tuple[str, ...] = (CLEAN, SUSPICIOUS, MALICIOUS, TIMEOUT, ERROR)
+#: policy dimensions that are not verdicts: a file type the domain refuses whatever it does,
+#: content that a limit kept from being analysed, content that could not be decrypted
+BLOCKED = "blocked"
+UNCHECKED = "unchecked"
+ENCRYPTED = "encrypted"
+SITUATIONS: tuple[str, ...] = (CLEAN, SUSPICIOUS, MALICIOUS, TIMEOUT, ERROR, BLOCKED, UNCHECKED, ENCRYPTED)
 
 #: which actions each situation may use.  ``strip`` needs offending parts, so it is
 #: only for suspicious/malicious.  A timeout or an error says nothing about the
@@ -76,7 +84,27 @@ ALLOWED_ACTIONS: dict[str, tuple[str, ...]] = {
     MALICIOUS: (TAG, STRIP, HOLD, QUARANTINE, TEMPFAIL, REJECT, DISCARD),
     TIMEOUT: (ACCEPT, TAG, HOLD, QUARANTINE, TEMPFAIL),
     ERROR: (ACCEPT, TAG, HOLD, QUARANTINE, TEMPFAIL),
+    # an administrator's choice about a type: delivering it unmarked would make the list pointless
+    BLOCKED: (TAG, STRIP, HOLD, QUARANTINE, REJECT, DISCARD),
+    # unanalysed content is never delivered silently (tag marks it, for monitor mode); strip is
+    # not offered: the unchecked part may be the whole message
+    UNCHECKED: (TAG, HOLD, QUARANTINE, TEMPFAIL, REJECT, DISCARD),
+    ENCRYPTED: (TAG, HOLD, QUARANTINE, REJECT, DISCARD),
 }
+
+#: finding ids that say extraction or analysis stopped at a limit, so part of the content was
+#: never looked at (see :func:`unchecked_findings`); links are not message content, so a link
+#: limit is not one of them
+UNCHECKED_IDS = frozenset({"message_truncated", "file_truncated", "scan_truncated"})
+UNCHECKED_SUFFIX = "_limit_exceeded"
+NOT_UNCHECKED_PREFIXES = ("link_", "doc_link")
+#: finding ids that say content could not be decrypted (so it was never analysed)
+ENCRYPTED_IDS = frozenset({"encrypted_archive_unopened", "office_encrypted"})
+#: the finding id of a file that should have run in a sandbox and did not (CONTRACTS C1)
+NOT_EXECUTED_ID = "not_executed"
+#: what ``not_executed`` may raise a never-run file to
+NOT_EXECUTED_VERDICTS = (CLEAN, SUSPICIOUS, MALICIOUS)
+BYPASS_SKIPS = ("detonation", "scan")
 
 #: SMTP replies: (basic code, enhanced status code, RFC 3463)
 REPLY_REJECT: tuple[str, str] = ("550", "5.7.1")  # delivery not authorized, message refused
@@ -89,8 +117,8 @@ _DECISION_RANK = {v: i for i, v in enumerate(DECISION_VERDICTS)}
 #: what an :class:`ArtifactOutcome` may say
 OUTCOME_VERDICTS: tuple[str, ...] = (CLEAN, SUSPICIOUS, MALICIOUS, ERROR, PENDING)
 
-#: triage kinds that ``detonate_kinds`` may name (the pool config uses the same names)
-TRIAGE_KINDS: tuple[str, ...] = ("executable", "script", "office", "pdf", "html", "lnk", "disk_image", "unknown")
+#: triage kinds that ``detonate_kinds`` may name (one list: mailvm.kinds; the pool config uses it too)
+TRIAGE_KINDS: tuple[str, ...] = DETONATE_KINDS
 
 #: a policy may not name its headers like the release header (mailvm.release) or
 #: like headers the message structure depends on
@@ -136,6 +164,9 @@ class ActionsPolicy:
     malicious: str = _opt(REJECT, doc="any artifact or the message malicious")
     timeout: str = _opt(TEMPFAIL, doc="an artifact still unanalysed when max_wait_s ran out")
     error: str = _opt(TEMPFAIL, doc="an artifact whose analysis failed")
+    blocked: str = _opt(REJECT, doc="a file whose type is in blocked_types (whatever its verdict)")
+    unchecked: str = _opt(REJECT, doc="content a limit kept from being analysed (archive bomb, depth, size)")
+    encrypted: str = _opt(QUARANTINE, doc="an archive or document no known password opened")
 
 
 @dataclass
@@ -153,6 +184,21 @@ class QuarantinePolicy:
 
     notify: str = _opt("", doc="address told about each quarantined message, or empty")
     retention_days: int = _opt(30, 1, 3650, "days a quarantined message is kept")
+
+
+@dataclass
+class BypassPolicy:
+    """Who skips analysis (``[bypass]``): trusted networks, authenticated senders, sender addresses.
+
+    A bypass applies only when every recipient domain of the message grants it;
+    each one is logged with its reason.
+    """
+
+    networks: list[str] = _opt([], doc="client networks (CIDR) whose mail skips analysis")
+    authenticated: bool = _opt(False, doc="any SMTP-AUTH user ({auth_authen}) skips analysis")
+    auth_users: list[str] = _opt([], doc="these SMTP-AUTH user names skip analysis")
+    senders: list[str] = _opt([], doc="envelope senders (user@domain) or whole domains (@domain) that skip analysis")
+    skip: str = _opt("detonation", doc="what a bypass skips: detonation (static analysis still runs) or scan (all)")
 
 
 @dataclass
@@ -176,15 +222,21 @@ class Policy:
 
     max_wait_s: float = _opt(120.0, 1, 600, "seconds the milter waits for verdicts before actions.timeout")
     detonate: bool = _opt(True, doc="run unseen files of detonate_kinds in a VM")
-    detonate_kinds: list[str] = _opt(list(TRIAGE_KINDS), doc="triage kinds that are detonated")
+    detonate_kinds: list[str] = _opt(list(TRIAGE_KINDS), doc="triage kinds that are detonated ([] for none)")
     archive_passwords: list[str] = _opt([], doc="passwords tried on encrypted archives (besides the global ones)")
     reject_text: str = _opt(DEFAULT_REJECT_TEXT, doc="SMTP reply text for reject (template)")
     tempfail_text: str = _opt(DEFAULT_TEMPFAIL_TEXT, doc="SMTP reply text for tempfail (template)")
     fail_open: bool = _opt(False, doc="mailvm itself failed: deliver marked (true) or tempfail (false)")
+    not_executed: str = _opt(SUSPICIOUS, doc="verdict at least given to a file that should have run and did not")
+    blocked_types: list[str] = _opt([], doc="file types refused whatever they do: extensions (exe) or kinds (executable)")
     actions: ActionsPolicy = field(default_factory=ActionsPolicy)
     links: LinksPolicy = field(default_factory=LinksPolicy)
     quarantine: QuarantinePolicy = field(default_factory=QuarantinePolicy)
     headers: HeadersPolicy = field(default_factory=HeadersPolicy)
+    bypass: BypassPolicy = field(default_factory=BypassPolicy)
+    #: not a key: why this domain's file could not be used ("" when it is fine); such a
+    #: policy defers every message (see :func:`decide`)
+    error: str = field(default="", metadata={"internal": True})
     #: not a key: which policy this is ("default" or the domain of its file) and the files it came from
     name: str = field(default="default", metadata={"internal": True})
     source: str = field(default="<defaults>", metadata={"internal": True})
@@ -199,6 +251,7 @@ TABLES: dict[str, type] = {
     "links": LinksPolicy,
     "quarantine": QuarantinePolicy,
     "headers": HeadersPolicy,
+    "bypass": BypassPolicy,
 }
 #: top-level scalar/list keys of a policy
 SCALAR_KEYS: tuple[str, ...] = tuple(
@@ -284,11 +337,51 @@ def _action_check(situation: str) -> Callable[[Any], str | None]:
 
 
 def _kinds_check(value: list[str]) -> str | None:
-    bad = [k for k in value if k not in TRIAGE_KINDS]
+    return kinds_problem(value, TRIAGE_KINDS)
+
+
+_TYPE_NAME = re.compile(r"^[a-z0-9][a-z0-9_+-]{0,15}$")
+
+
+def _blocked_types_check(value: list[str]) -> str | None:
+    if len(value) > 300:
+        return "at most 300 types"
+    bad = [t for t in value if not _TYPE_NAME.match(t)]
     if bad:
-        return f"unknown kind(s) {', '.join(map(repr, bad))} (known: {', '.join(TRIAGE_KINDS)})"
-    if len(set(value)) != len(value):
-        return "duplicate kinds"
+        return (f"{', '.join(map(repr, bad[:5]))}: a type is a lower-case extension without the dot "
+                f"(exe, js, docm) or a kind ({', '.join(KINDS)})")
+    return None
+
+
+def _choice_check(allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in allowed else f"must be one of {', '.join(allowed)} (got {value!r})"
+
+    return check
+
+
+def _networks_check(value: list[str]) -> str | None:
+    for v in value:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            return f"{v!r} is not an IP network (CIDR)"
+    return None
+
+
+def _senders_check(value: list[str]) -> str | None:
+    for v in value:
+        if v.startswith("@"):
+            if normalize_domain(v[1:]) is None:
+                return f"{v!r} is not @domain"
+        elif address_problem(v) or not v:
+            return f"{v!r} is not user@domain or @domain"
+    return None
+
+
+def _auth_users_check(value: list[str]) -> str | None:
+    if any(not u or len(u) > 256 or any(c in u for c in "\r\n\0") for u in value):
+        return "user names must be 1-256 characters on one line"
     return None
 
 
@@ -304,6 +397,12 @@ def _passwords_check(value: list[str]) -> str | None:
 VALUE_CHECKS: dict[str, Callable[[Any], str | None]] = {
     **{f"actions.{s}": _action_check(s) for s in SITUATIONS},
     "detonate_kinds": _kinds_check,
+    "blocked_types": _blocked_types_check,
+    "not_executed": _choice_check(NOT_EXECUTED_VERDICTS),
+    "bypass.networks": _networks_check,
+    "bypass.senders": _senders_check,
+    "bypass.auth_users": _auth_users_check,
+    "bypass.skip": _choice_check(BYPASS_SKIPS),
     "archive_passwords": _passwords_check,
     "headers.verdict": header_name_problem,
     "headers.report": header_name_problem,
@@ -452,6 +551,8 @@ class PolicySet:
 
     default: Policy = field(default_factory=Policy)
     domains: dict[str, Policy] = field(default_factory=dict)
+    #: domain -> the first problem of its policy file, for the domains whose file could not be used
+    broken: dict[str, str] = field(default_factory=dict)
 
     def for_domain(self, domain: str) -> Policy:
         """The policy of ``domain``, falling back through its parent domains to the default."""
@@ -502,7 +603,11 @@ def _policy_files(policy_dir: Path, errors: list[ConfigError]) -> list[tuple[str
     return result
 
 
-def _load(global_path: str | os.PathLike[str] | None, policy_dir: str | os.PathLike[str] | None, errors: list[ConfigError]) -> PolicySet:
+def _load(global_path: str | os.PathLike[str] | None, policy_dir: str | os.PathLike[str] | None,
+          errors: list[ConfigError], domain_errors: dict[str, ConfigError] | None = None) -> PolicySet:
+    """Load everything; problems go to ``errors``, and with ``domain_errors`` the first problem
+    of each domain's own file also goes there (keyed by domain), so a caller can set that domain
+    aside and use the others."""
     default = Policy()
     if global_path is not None:
         gpath = Path(global_path)
@@ -513,27 +618,60 @@ def _load(global_path: str | os.PathLike[str] | None, policy_dir: str | os.PathL
     pset = PolicySet(default=default)
     if policy_dir is not None:
         for domain, path in _policy_files(Path(policy_dir), errors):
+            before = len(errors)
             data = _read_toml(path, errors)
-            if data is None:
-                continue
-            pol = parse_policy(data, str(path), base=default, errors=errors)
-            pol.name = domain
-            pset.domains[domain] = pol
+            if data is not None:
+                pol = parse_policy(data, str(path), base=default, errors=errors)
+                pol.name = domain
+                pset.domains[domain] = pol
+            if domain_errors is not None and len(errors) > before:
+                domain_errors[domain] = errors[before]
     return pset
 
 
-def load_policies(global_toml_path: str | os.PathLike[str] | None, policy_dir: str | os.PathLike[str] | None) -> PolicySet:
+def load_policies(global_toml_path: str | os.PathLike[str] | None, policy_dir: str | os.PathLike[str] | None,
+                  previous: PolicySet | None = None) -> PolicySet:
     """Read the ``[policy]`` table of the global file and every ``policy.d/<domain>.toml``.
 
-    Either argument may be None (built-in defaults / no domain policies).  Raises
-    the first :class:`ConfigError` found; :func:`check_policy_dir` lists them all.
-    The result is a new object: a caller that reloads keeps its last good set when
-    this raises.
+    Either path may be None (built-in defaults / no domain policies).  A problem in
+    the global file, or in the directory itself, raises the first
+    :class:`ConfigError` (the default policy is everybody's fallback: without it
+    nothing can be decided).  A problem in *one domain's* file does not stop the
+    others: that domain keeps its policy from ``previous`` (the last good set, on
+    a reload) when there is one, and otherwise gets a *broken* policy whose
+    :func:`decide` defers every message (451) with the file, key and problem in
+    the reason; :attr:`PolicySet.broken` lists them and each is logged as an error.
+    :func:`check_policy_dir` lists every problem.
     """
     errors: list[ConfigError] = []
-    pset = _load(global_toml_path, policy_dir, errors)
-    if errors:
-        raise errors[0]
+    domain_errors: dict[str, ConfigError] = {}
+    pset = _load(global_toml_path, policy_dir, errors, domain_errors)
+    gfile = str(global_toml_path) if global_toml_path is not None else None
+    dfile = str(policy_dir) if policy_dir is not None else None
+    fatal = [e for e in errors if e.file in (gfile, dfile)]
+    if fatal:
+        raise fatal[0]
+    for err in errors:
+        if err in domain_errors.values() or err.file in (gfile, dfile):
+            continue
+        # a file in policy.d that is not <domain>.toml: the domain it seems meant for (if any) is deferred
+        stem = Path(err.file).name.removesuffix(".toml")
+        meant = normalize_domain(stem)
+        if meant is not None and meant not in domain_errors:
+            domain_errors[meant] = err
+        else:
+            log.error("policy.d: ignoring %s", err)
+    for domain, err in domain_errors.items():
+        kept = previous.domains.get(domain) if previous is not None else None
+        if kept is not None and not kept.error:
+            pset.domains[domain] = kept
+            log.error("policy for %s is invalid, keeping its last good policy: %s", domain, err)
+            continue
+        broken = dataclasses.replace(pset.default, name=domain, source=str(err.file),
+                                     error=_clip(_ascii_text(str(err)), MAX_REASON))
+        pset.domains[domain] = broken
+        pset.broken[domain] = str(err)
+        log.error("policy for %s is invalid: its mail is deferred (451) until the file is fixed: %s", domain, err)
     return pset
 
 
@@ -588,6 +726,73 @@ def analysis_settings(policies: Sequence[Policy]) -> AnalysisSettings:
 
 
 # --------------------------------------------------------------------------------------
+# Bypass (allow-lists)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """Who sent the message, as the MTA told the milter (all hostile text, only compared)."""
+
+    ip: str = ""
+    name: str = ""
+    helo: str = ""
+    auth_user: str = ""
+    sender: str = ""
+
+
+def bypass_reason(policy: Policy, client: ClientInfo) -> str:
+    """Why ``policy`` lets this client skip analysis ("" when it does not)."""
+    b = policy.bypass
+    if client.ip and b.networks:
+        try:
+            addr = ipaddress.ip_address(client.ip.strip("[]").removeprefix("IPv6:"))
+        except ValueError:
+            addr = None
+        if addr is not None:
+            for net in b.networks:
+                network = ipaddress.ip_network(net, strict=False)
+                if addr.version == network.version and addr in network:
+                    return f"client {addr} in {network}"
+    if client.auth_user:
+        if b.authenticated:
+            return f"authenticated user {client.auth_user[:64]}"
+        if client.auth_user in b.auth_users:
+            return f"authenticated user {client.auth_user[:64]} listed"
+    sender = client.sender.strip().strip("<>").lower()
+    if sender and "@" in sender and b.senders:
+        domain = "@" + sender.rsplit("@", 1)[1]
+        for entry in b.senders:
+            e = entry.lower()
+            if e == sender or e == domain:
+                return f"sender {sender[:100]} listed"
+    return ""
+
+
+def bypass_for(policies: Sequence[Policy], client: ClientInfo) -> tuple[str, str]:
+    """``(skip, reason)`` for the message: a bypass only when *every* recipient policy grants one.
+
+    ``skip`` is ``"scan"`` only when every policy skips the whole scan, else ``"detonation"``;
+    ``("", "")`` when any policy does not bypass this client.
+    """
+    pols = list(policies) or [Policy()]
+    reasons = [bypass_reason(p, client) for p in pols]
+    if not all(reasons):
+        return "", ""
+    skip = "scan" if all(p.bypass.skip == "scan" for p in pols) else "detonation"
+    return skip, reasons[0]
+
+
+def bypass_decision(policy: Policy, reason: str) -> Decision:
+    """The answer for a message that skipped the whole scan: delivered, marked ``bypassed``."""
+    return Decision(
+        action=TAG, verdict=CLEAN, score=0, reason=_clip(_ascii_text(f"bypassed: {reason}"), MAX_REASON),
+        headers=((policy.headers.verdict, "clean score=0 bypassed"),), policy=policy.name,
+        flags=("bypassed",), rule="bypass",
+    )
+
+
+# --------------------------------------------------------------------------------------
 # decide()
 # --------------------------------------------------------------------------------------
 
@@ -608,6 +813,13 @@ class ArtifactOutcome:
     score: int
     findings: tuple[Finding, ...] = ()
     part_id: str | None = None
+    #: why a file that should have run in a sandbox did not ("" when it ran or was not meant to)
+    not_executed: str = ""
+    #: triage kind (mailvm.kinds) and libmagic MIME type: what the file really is
+    kind: str = ""
+    mime: str = ""
+    #: attachment | member | body | embedded | download
+    role: str = ""
 
 
 @dataclass(frozen=True)
@@ -624,6 +836,10 @@ class Decision:
     strip_parts: tuple[str, ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
     policy: str = "default"  # name of the policy that decided
+    #: policy dimensions that applied besides the verdict: blocked, unchecked, encrypted, not_executed, bypassed
+    flags: tuple[str, ...] = ()
+    #: which key set the action (``actions.malicious``, ``actions.blocked``, ``policy_error``...)
+    rule: str = ""
 
     def to_report(self) -> dict[str, Any]:
         """A JSON-able summary (stored with quarantined messages, logged)."""
@@ -633,6 +849,8 @@ class Decision:
             "score": self.score,
             "reason": self.reason,
             "policy": self.policy,
+            "rule": self.rule,
+            "flags": list(self.flags),
             "strip_parts": list(self.strip_parts),
             "headers": [list(h) for h in self.headers],
         }
@@ -777,12 +995,103 @@ def _names(outcomes: Sequence[ArtifactOutcome], limit: int = MAX_NAMES_IN_REASON
     return ", ".join(parts)
 
 
+def unchecked_findings(findings: Iterable[Finding]) -> list[Finding]:
+    """The findings that say a limit stopped extraction or analysis (see :data:`UNCHECKED_IDS`)."""
+    return [f for f in findings
+            if (f.id in UNCHECKED_IDS or f.id.endswith(UNCHECKED_SUFFIX)) and not f.id.startswith(NOT_UNCHECKED_PREFIXES)]
+
+
+def encrypted_findings(findings: Iterable[Finding]) -> list[Finding]:
+    return [f for f in findings if f.id in ENCRYPTED_IDS]
+
+
+#: what a file really is, from its libmagic type, as the type names blocked_types uses
+_REAL_TYPES: tuple[tuple[str, frozenset[str]], ...] = (
+    ("application/x-dosexec", frozenset({"exe"})),
+    ("application/vnd.microsoft.portable-executable", frozenset({"exe"})),
+    ("application/x-msdownload", frozenset({"exe"})),
+    ("application/x-executable", frozenset({"elf"})),
+    ("application/x-pie-executable", frozenset({"elf"})),
+    ("application/x-sharedlib", frozenset({"elf"})),
+    ("application/x-msi", frozenset({"msi"})),
+    ("application/x-ole-storage", frozenset()),
+    ("application/x-ms-shortcut", frozenset({"lnk"})),
+    ("application/x-iso9660-image", frozenset({"iso"})),
+    ("application/java-archive", frozenset({"jar"})),
+    ("application/x-java-archive", frozenset({"jar"})),
+    ("application/vnd.ms-cab-compressed", frozenset({"cab"})),
+    ("text/x-msdos-batch", frozenset({"bat"})),
+    ("application/x-bat", frozenset({"bat"})),
+    ("application/hta", frozenset({"hta"})),
+)
+
+
+def file_types(o: ArtifactOutcome) -> frozenset[str]:
+    """The type names a file answers to: every extension of its name (``invoice.pdf.exe`` ->
+    pdf, exe), its real type from libmagic (a PE named ``invoice.pdf`` is still ``exe``) and its
+    triage kind."""
+    names: set[str] = set()
+    base = str(o.name).replace("\\", "/").rsplit("/", 1)[-1].lower().strip().rstrip(". ")
+    parts = base.split(".")
+    for ext in parts[1:][-3:]:
+        ext = ext.strip()
+        if 0 < len(ext) <= 16:
+            names.add(ext)
+    mime = (o.mime or "").lower().split(";")[0].strip()
+    for prefix, types in _REAL_TYPES:
+        if mime == prefix:
+            names |= types
+    if o.kind:
+        names.add(o.kind)
+    return frozenset(names)
+
+
+def blocked_outcomes(policy: Policy, outcomes: Sequence[ArtifactOutcome]) -> list[tuple[ArtifactOutcome, str]]:
+    """``(artifact, matched type)`` for each file whose type the policy blocks (message bodies never)."""
+    wanted = set(policy.blocked_types)
+    if not wanted:
+        return []
+    hits = []
+    for o in outcomes:
+        if o.role == "body" or not o.sha256:
+            continue
+        matched = sorted(file_types(o) & wanted)
+        if matched:
+            hits.append((o, matched[0]))
+    return hits
+
+
+def _raise_not_executed(policy: Policy, o: ArtifactOutcome) -> ArtifactOutcome:
+    """A file that should have run and did not is at least ``policy.not_executed``."""
+    if not o.not_executed or o.verdict not in (CLEAN, SUSPICIOUS) or policy.not_executed == CLEAN:
+        return o
+    floor = policy.not_executed
+    if _DECISION_RANK.get(floor, 0) <= _DECISION_RANK.get(o.verdict, 0):
+        return o
+    return dataclasses.replace(o, verdict=floor, score=max(_score(o.score), 4 if floor == SUSPICIOUS else 7))
+
+
+def _policy_error_decision(policy: Policy) -> Decision:
+    code, ext = REPLY_INTERNAL
+    return Decision(
+        action=TEMPFAIL, verdict=ERROR, score=0,
+        reason=_clip(_ascii_text(f"error: the policy of {policy.name} is invalid: {policy.error}"), MAX_REASON),
+        smtp_code=code, smtp_ext=ext,
+        smtp_text=smtp_reply_text(f"mailvm: the policy for {policy.name} is being fixed, please try again later"),
+        policy=policy.name, flags=("policy_error",), rule="policy_error",
+    )
+
+
 def decide(policy: Policy, outcomes: Sequence[ArtifactOutcome], message_findings: Sequence[Finding] = ()) -> Decision:
     """Decide what happens to a message; pure: no I/O, the same inputs give the same Decision.
 
+    0. A domain whose policy file is invalid (``policy.error``) defers every message
+       (:data:`REPLY_INTERNAL`), loudly, until the file is fixed.
     1. Each artifact's verdict is clean|suspicious|malicious|error|pending (any
-       other value counts as error).  Message-level findings are scored with
-       :func:`~mailvm.verdict.score_findings` and count like one more artifact.
+       other value counts as error).  A file that should have run in a sandbox and
+       did not (``not_executed``) is raised to at least ``policy.not_executed``.
+       Message-level findings are scored with :func:`~mailvm.verdict.score_findings`
+       and count like one more artifact.
     2. The *known* verdict is the worst of the finished ones (clean < suspicious <
        malicious); no artifacts and no findings is clean.
     3. Malicious known: ``actions.malicious`` at once (nothing can make it worse);
@@ -793,13 +1102,21 @@ def decide(policy: Policy, outcomes: Sequence[ArtifactOutcome], message_findings
        else ``actions.error`` when an artifact failed, else ``actions.clean``.
        With any artifact pending, the stricter of the base action and
        ``actions.timeout`` applies.
-    5. ``strip`` removes the parts of the suspicious and malicious artifacts; when
-       one of them has no ``part_id`` (a download, a message-level finding), the
+    5. Policy dimensions that are not verdicts, each making the action at least as
+       strict as its own: a file whose type is in ``blocked_types``
+       (``actions.blocked``), content a limit kept from analysis
+       (``actions.unchecked``), content no password opened (``actions.encrypted``).
+    6. ``strip`` removes the parts of the suspicious, malicious (and, when strip
+       came from ``actions.blocked``, blocked) artifacts; when one of them has no
+       ``part_id`` (a download, the message body, a message-level finding), the
        offending content cannot be cut out and the action becomes ``quarantine``.
-    6. Reject and tempfail carry a reply (:data:`REPLY_REJECT`, :data:`REPLY_TEMPFAIL`)
+    7. Reject and tempfail carry a reply (:data:`REPLY_REJECT`, :data:`REPLY_TEMPFAIL`)
        whose text is the policy's template, sanitised; tag/strip/hold/quarantine carry
        the verdict and report headers.
     """
+    if policy.error:
+        return _policy_error_decision(policy)
+    outcomes = [_raise_not_executed(policy, o) for o in outcomes]
     clean_o: list[ArtifactOutcome] = []
     susp_o: list[ArtifactOutcome] = []
     mal_o: list[ArtifactOutcome] = []
@@ -820,18 +1137,40 @@ def decide(policy: Policy, outcomes: Sequence[ArtifactOutcome], message_findings
         known = CLEAN
 
     if known == MALICIOUS:
-        action = policy.actions.malicious
+        action, rule = policy.actions.malicious, "actions.malicious"
         if pend_o and action in DELIVERING_ACTIONS:
-            action = _stricter(action, policy.actions.timeout)
+            action, rule = _stricter_rule((action, rule), (policy.actions.timeout, "actions.timeout"))
     else:
         if known == SUSPICIOUS:
-            action = policy.actions.suspicious
+            action, rule = policy.actions.suspicious, "actions.suspicious"
         elif err_o:
-            action = policy.actions.error
+            action, rule = policy.actions.error, "actions.error"
         else:
-            action = policy.actions.clean
+            action, rule = policy.actions.clean, "actions.clean"
         if pend_o:
-            action = _stricter(action, policy.actions.timeout)
+            action, rule = _stricter_rule((action, rule), (policy.actions.timeout, "actions.timeout"))
+
+    # the dimensions that are not verdicts
+    blocked = blocked_outcomes(policy, outcomes)
+    unchecked_o = [o for o in outcomes if unchecked_findings(o.findings)]
+    unchecked_msg = unchecked_findings(message_findings)
+    encrypted_o = [o for o in outcomes if encrypted_findings(o.findings)]
+    encrypted_msg = encrypted_findings(message_findings)
+    flags: list[str] = []
+    strip_blocked = False
+    if blocked:
+        flags.append(BLOCKED)
+        before = action
+        action, rule = _stricter_rule((action, rule), (policy.actions.blocked, "actions.blocked"))
+        strip_blocked = action == STRIP and (before != STRIP or policy.actions.blocked == STRIP)
+    if unchecked_o or unchecked_msg:
+        flags.append(UNCHECKED)
+        action, rule = _stricter_rule((action, rule), (policy.actions.unchecked, "actions.unchecked"))
+    if encrypted_o or encrypted_msg:
+        flags.append(ENCRYPTED)
+        action, rule = _stricter_rule((action, rule), (policy.actions.encrypted, "actions.encrypted"))
+    if any(o.not_executed for o in outcomes):
+        flags.append("not_executed")
 
     if known in (MALICIOUS, SUSPICIOUS):
         verdict = known
@@ -843,14 +1182,16 @@ def decide(policy: Policy, outcomes: Sequence[ArtifactOutcome], message_findings
         verdict = CLEAN
 
     offending = mal_o + susp_o
+    strip_set = offending + ([o for o, _ in blocked if o not in offending] if strip_blocked else [])
     strip_parts: tuple[str, ...] = ()
     fallback = ""
     if action == STRIP:
-        if msg_verdict in (SUSPICIOUS, MALICIOUS) or any(not o.part_id for o in offending) or not offending:
+        if (msg_verdict in (SUSPICIOUS, MALICIOUS) or any(not o.part_id or o.role == "body" for o in strip_set)
+                or not strip_set):
             action = QUARANTINE
             fallback = "; strip impossible (no MIME part), quarantined"
         else:
-            strip_parts = tuple(dict.fromkeys(str(o.part_id) for o in offending))
+            strip_parts = tuple(dict.fromkeys(str(o.part_id) for o in strip_set))
 
     # reason: human text about what decided
     if known in (MALICIOUS, SUSPICIOUS):
@@ -876,6 +1217,15 @@ def decide(policy: Policy, outcomes: Sequence[ArtifactOutcome], message_findings
         reason = f"clean: {len(outcomes)} files"
     else:
         reason = "clean: no files"
+    if blocked:
+        reason += "; blocked type: " + ", ".join(f"{safe_name(o.name, 40)} ({t})" for o, t in blocked[:MAX_NAMES_IN_REASON])
+    if unchecked_o or unchecked_msg:
+        ids = sorted({f.id for o in unchecked_o for f in unchecked_findings(o.findings)} | {f.id for f in unchecked_msg})
+        reason += "; unchecked (a limit stopped the analysis: " + ",".join(_safe_id(i) for i in ids[:3]) + ")"
+        if unchecked_o:
+            reason += ": " + _names(unchecked_o)
+    if encrypted_o or encrypted_msg:
+        reason += "; encrypted, not analysed" + (": " + _names(encrypted_o) if encrypted_o else "")
     reason = _clip(_ascii_text(reason + fallback), MAX_REASON)
 
     code = ext = text = None
@@ -883,7 +1233,7 @@ def decide(policy: Policy, outcomes: Sequence[ArtifactOutcome], message_findings
         "verdict": verdict,
         "score": str(score),
         "reason": reason,
-        "names": _names(offending or pend_o or err_o),
+        "names": _names(offending or [o for o, _ in blocked] or unchecked_o or encrypted_o or pend_o or err_o),
         "action": action,
     }
     if action == REJECT:
@@ -895,7 +1245,8 @@ def decide(policy: Policy, outcomes: Sequence[ArtifactOutcome], message_findings
 
     headers: tuple[tuple[str, str], ...] = ()
     if action in HEADER_ACTIONS:
-        headers = _headers(policy, verdict, score, outcomes, message_findings, msg_score, len(pend_o), len(err_o))
+        headers = _headers(policy, verdict, score, outcomes, message_findings, msg_score, len(pend_o), len(err_o),
+                           tuple(flags))
 
     return Decision(
         action=action,
@@ -908,6 +1259,8 @@ def decide(policy: Policy, outcomes: Sequence[ArtifactOutcome], message_findings
         strip_parts=strip_parts,
         headers=headers,
         policy=policy.name,
+        flags=tuple(flags),
+        rule=rule,
     )
 
 
@@ -923,12 +1276,15 @@ def _headers(
     msg_score: int,
     n_pending: int,
     n_error: int,
+    flags: tuple[str, ...] = (),
 ) -> tuple[tuple[str, str], ...]:
     value = f"{verdict} score={score}"
     if n_pending:
         value += f" pending={n_pending}"
     if n_error:
         value += f" errors={n_error}"
+    for flag in flags:
+        value += f" {flag}"
     entries = []
     if message_findings:
         top = sorted(message_findings, key=lambda f: -f.severity)[:MAX_FINDINGS_PER_ARTIFACT]
@@ -943,6 +1299,11 @@ def _headers(
 
 def _stricter(a: str, b: str) -> str:
     return a if ACTION_RANK.get(a, len(ACTIONS)) >= ACTION_RANK.get(b, len(ACTIONS)) else b
+
+
+def _stricter_rule(a: tuple[str, str], b: tuple[str, str]) -> tuple[str, str]:
+    """The stricter of two ``(action, rule)`` pairs; on a tie the first (the verdict's own rule)."""
+    return a if ACTION_RANK.get(a[0], len(ACTIONS)) >= ACTION_RANK.get(b[0], len(ACTIONS)) else b
 
 
 def decide_for_recipients(
@@ -1019,6 +1380,7 @@ __all__ = [
     "ALLOWED_ACTIONS",
     "AnalysisSettings",
     "ArtifactOutcome",
+    "ClientInfo",
     "Decision",
     "Policy",
     "PolicySet",
@@ -1026,6 +1388,10 @@ __all__ = [
     "REPLY_REJECT",
     "REPLY_TEMPFAIL",
     "analysis_settings",
+    "blocked_outcomes",
+    "bypass_decision",
+    "bypass_for",
+    "bypass_reason",
     "check_policy_dir",
     "decide",
     "decide_for_recipients",

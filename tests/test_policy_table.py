@@ -71,6 +71,15 @@ TABLE: list[tuple[list[str], list[str], str, str]] = [
     (["pending"], LAB + SALES, "tempfail", "example.com"),
     (["error"], DEFAULT + CORP, "tempfail", "default"),
     (["malicious-download"], LAB + DEFAULT, "reject", "default"),
+    # -- dimensions that are not verdicts: blocked types, unchecked and encrypted content
+    (["clean-exe"], DEFAULT, "tag", "default"),  # no blocked_types by default
+    (["clean-exe"], CORP, "reject", "example.com"),  # example.com's common-attachment filter
+    (["clean-exe"], LAB, "accept", "lab.example.org"),
+    (["suspicious-unchecked"], DEFAULT, "reject", "default"),  # a limit never smuggles content through
+    (["clean-unchecked"], CORP, "quarantine", "example.com"),
+    (["clean-unchecked"], LAB, "tag", "lab.example.org"),
+    (["clean-encrypted"], DEFAULT, "quarantine", "default"),
+    (["clean-encrypted"], LAB, "tag", "lab.example.org"),
 ]
 
 
@@ -85,10 +94,14 @@ def outcomes(kinds: list[str]) -> list[ArtifactOutcome]:
     for i, kind in enumerate(kinds):
         verdict, _, variant = kind.partition("-")
         findings = (Finding(f"{verdict}_rule", SCORES[verdict], "", "test"),) if SCORES[verdict] else ()
+        if variant == "unchecked":
+            findings += (Finding("archive_limit_exceeded", 2, "nesting deeper than 5", "extract"),)
+        if variant == "encrypted":
+            findings += (Finding("encrypted_archive_unopened", 4, "no password opened it", "extract"),)
         result.append(
             ArtifactOutcome(
                 sha256=f"{i + 1:064x}",
-                name=f"file{i}.bin",
+                name=f"file{i}.exe" if variant == "exe" else f"file{i}.bin",
                 verdict=verdict,
                 score=SCORES[verdict],
                 findings=findings,
