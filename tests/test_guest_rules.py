@@ -330,6 +330,12 @@ NEGATIVE = [
     ("mkdir -p of an existing dir is not reported by the monitor; reads of ~/.bashrc are fine",
      [w(f"{H}/.bashrc", op="read")], CTX),
     ("crontab -l only lists", [ex("/usr/bin/crontab", ["crontab", "-l"])], CTX),
+    ("looking for a credential store that is not there (netrc.py)", [w(f"{H}/.netrc", op="read", ok=False,
+                                                                        err="ENOENT")], CTX),
+    ("the sample itself is an interpreter", [ex("/work/python3.11", ["/work/python3.11"])],
+     RuleContext(sample_path="/work/python3.11", role="program")),
+    ("fontconfig refreshing its caches", [w(f"{H}/.fontconfig/x.cache-8", create=True),
+                                          w("/var/cache/fontconfig/y.cache-8", ok=False, err="EACCES")], WINDOWS),
     ("Wine's helpers do what services do", [
         wex("sc create x binPath= C:\\x.exe", proc="services.exe"),
         api("Sleep", "0x927c0", proc="winedevice.exe"), api("SetWindowsHookExW", "0xd", "0x0", "0x0", "0x0",
@@ -412,8 +418,11 @@ def test_scores_of_typical_combinations():
     dropper = [{"t": 1, "type": "dns", "name": "x.example", "answer": "198.18.0.1"}, conn("198.18.0.1", 80, t=1.1),
                {"t": 1.2, "type": "http", "method": "GET", "url": "http://x.example/p", "served": "payload"},
                w("/tmp/p", t=1.3), ex("/tmp/p", t=1.4)]
-    assert score_findings(evaluate(dropper, CTX)) == ("malicious", 10)
+    assert score_findings(evaluate(dropper, CTX)) == ("malicious", 9)
     assert score_findings(evaluate([conn("203.0.113.10", 4444)], CTX)) == ("suspicious", 6)
+    # a program that talks to a named host and does nothing else of note (nntplib.py's demo) is not suspicious
+    talk = [{"type": "dns", "name": "news.gmane.io", "answer": "198.18.0.1"}, conn("198.18.0.1", 119)]
+    assert score_findings(evaluate(talk, CTX)) == ("clean", 3)
     assert score_findings(evaluate([{"type": "dns", "name": "x.example"}], CTX)) == ("clean", 1)
 
 

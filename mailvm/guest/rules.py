@@ -530,6 +530,8 @@ def _outside_workdir(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | N
     path = _written_path(ev)
     if not path.startswith("/") or under(path, ctx.work_dir) or _quiet(path, ctx) or in_home(path, ctx, ".cache"):
         return None
+    if in_home(path, ctx, ".fontconfig") or under(path, "/var/cache/fontconfig"):
+        return None  # fontconfig refreshing its caches for whoever draws text (Wine's 32-bit side does)
     if ev.get("op") == "mkdir" and any(q.startswith(path.rstrip("/") + "/") for q in ctx.quiet_prefixes):
         return None  # a folder on the way to one the launcher writes itself (~/.local/share/applications/wine)
     if ctx.platform == "windows" and any(under(path.lower(), (ctx.win_user_dir + "/" + d).lower())
@@ -656,6 +658,8 @@ def _credential_access(ev: dict[str, Any], ctx: RuleContext, st: State) -> str |
             return f"registry {key}" + ("" if ev.get("ok", True) else " (attempt: no such key)")
         return None
     path = _s(ev.get("path"))
+    if not ev.get("ok", True) and ev.get("err") in ("ENOENT", "ENOTDIR"):
+        return None  # no such store here: looking is not reading (Python's netrc module looks for ~/.netrc)
     if ctx.platform == "windows" and ev.get("op") in ("read", "probe") and _win_secret(path, ctx):
         return f"{ev.get('op')} {path}{_attempt(ev)}"
     if ev.get("op") != "read":
@@ -824,7 +828,7 @@ def _shell_spawned(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | Non
         if ev.get("proc") not in WIN_HELPERS and _prog(ev) + ".exe" in WIN_SHELLS:
             return f"{_prog(ev)}.exe: {' '.join(_s(a) for a in ev.get('argv') or [])[:200]}"
         return None
-    if name in SHELLS or name in INTERPRETERS:
+    if (name in SHELLS or name in INTERPRETERS) and _s(ev.get("path")) != ctx.sample_path:
         return f"{ev.get('path')} {' '.join(_s(a) for a in (ev.get('argv') or [])[1:])[:200]}"
     return None
 
@@ -1384,12 +1388,12 @@ RULES: tuple[Rule, ...] = (
     Rule("irc_traffic", 7, _t("irc"), _irc,
          "speaks IRC (NICK/USER/JOIN/PRIVMSG): a bot joining its command channel", "NICK bot123; JOIN #cmd",
          _f(C2, C2_RAW)),
-    Rule("network_resolved_host", 4, _t("connect", "sendto", "tcp"), _resolved,
+    Rule("network_resolved_host", 3, _t("connect", "sendto", "tcp"), _resolved,
          "connects to a host name resolved by the simulated DNS", "evil.example -> 198.18.0.1:443", _f(C2)),
     Rule("dns_query", 1, _t("dns", "dns_lookup"), _dns, "looks up a host name", "updates.example.test (A)"),
-    Rule("http_request", 5, _t("http"), _http, "makes an HTTP request (URL in the detail)",
+    Rule("http_request", 4, _t("http"), _http, "makes an HTTP request (URL in the detail)",
          "GET http://updates.example.test/payload", _f(C2)),
-    Rule("tls_connection", 4, _t("tls"), _tls, "starts a TLS connection (SNI in the detail)",
+    Rule("tls_connection", 3, _t("tls"), _tls, "starts a TLS connection (SNI in the detail)",
          "TLS to cdn.example at 198.18.0.2:443", _f(C2)),
     Rule("exfil_smtp", 7, _t("smtp"), _exfil_smtp,
          "sends mail or logs in to a mail server itself (stealer or spam bot)",
