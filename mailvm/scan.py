@@ -78,6 +78,8 @@ class ArtifactReport:
             "type": a.type,
             "kind": self.kind,
             "origin": a.origin_str,
+            "part_id": a.part_id,
+            "role": a.role,
             "size": a.size,
             "verdict": self.verdict,
             "score": self.score,

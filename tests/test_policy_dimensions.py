@@ -143,3 +143,18 @@ def test_bypass_keys_are_validated(tmp_path):
     assert keys == ["bypass.networks", "bypass.senders", "bypass.skip"]
     write(d / "a.example.toml", "blocked_types = ['.exe']\nnot_executed = 'maybe'\n")
     assert sorted(e.key for e in check_policy_dir(None, d)) == ["blocked_types", "not_executed"]
+
+
+def test_report_fields_reach_the_decision():
+    """outcomes_from_report carries kind, type, role and the not_executed reason to decide()."""
+    from mailvm.milter.service import outcomes_from_report
+
+    report = {"findings": [], "artifacts": [
+        {"sha256": "b" * 64, "name": "invoice.pdf", "type": "application/x-dosexec", "kind": "executable",
+         "origin": "attachment:invoice.pdf", "role": "attachment", "verdict": "clean", "score": 0,
+         "findings": [{"id": "not_executed", "severity": 0, "detail": "crash at load: c0000135"}]}]}
+    (o,) = outcomes_from_report(report)
+    assert (o.kind, o.mime, o.role, o.not_executed) == ("executable", "application/x-dosexec", "attachment",
+                                                         "crash at load: c0000135")
+    d = decide(pol(blocked_types=["exe"]), [o])
+    assert d.action == "reject" and d.verdict == "suspicious" and set(d.flags) == {"blocked", "not_executed"}

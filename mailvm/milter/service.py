@@ -259,6 +259,14 @@ class MilterService:
         )
 
 
+def _not_executed(artifact: dict[str, Any]) -> str:
+    """The reason a file that should have run did not (its ``not_executed`` finding), or ""."""
+    for f in artifact.get("findings", []):
+        if f.get("id") == "not_executed":
+            return str(f.get("detail", "") or "not executed")[:200]
+    return ""
+
+
 def outcomes_from_report(report: dict[str, Any]) -> list[ArtifactOutcome]:
     """One outcome per artifact; ``part_id`` is the sha256 of the MIME part it came from.
 
@@ -285,6 +293,10 @@ def outcomes_from_report(report: dict[str, Any]) -> list[ArtifactOutcome]:
                 score=int(a["score"]),
                 findings=tuple(Finding(f["id"], f["severity"], f.get("detail", "")) for f in a.get("findings", [])),
                 part_id=root_sha.get(root),
+                not_executed=_not_executed(a),
+                kind=str(a.get("kind", "")),
+                mime=str(a.get("type", "")),
+                role=str(a.get("role", "")),
             )
         )
     return result
