@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import struct
 from typing import Iterable
 
@@ -155,6 +154,8 @@ def _makedirs(root: str, rel_dir: str, uid: int, gid: int) -> str:
 def _sqlite_bytes(kind: str, dest: str) -> None:
     create, insert = _SQL[kind]
     try:
+        import sqlite3  # in Debian's libpython3 stdlib; a guest image without it still gets the header below
+
         con = sqlite3.connect(dest)
         try:
             con.execute(create)
@@ -162,7 +163,7 @@ def _sqlite_bytes(kind: str, dest: str) -> None:
             con.commit()
         finally:
             con.close()
-    except sqlite3.Error as exc:  # the header alone still looks like the store
+    except Exception as exc:  # ImportError, sqlite3.Error: the header alone still looks like the store
         log.warning("decoy %s: %s", dest, exc)
         with open(dest, "wb") as fh:
             fh.write(b"SQLite format 3\x00" + struct.pack(">H", 4096) + b"\x00" * 4078)
