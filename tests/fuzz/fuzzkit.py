@@ -70,6 +70,92 @@ def check_memory() -> None:
     assert peak < MAX_RSS_MIB, f"peak RSS {peak:.0f} MiB exceeds {MAX_RSS_MIB} MiB"
 
 
+# -- isolation: a crash in C code (libarchive, libmagic...) must not take the test run with it ------
+
+#: wall-clock limit for one isolated input (the targets' own bounds are far below it)
+ISOLATED_TIMEOUT_S = 120.0
+#: the largest peak RSS an isolated worker reported (MiB)
+PEAK_WORKER_RSS_MIB = 0.0
+_EXECUTOR = None
+
+
+class ChildCrashed(AssertionError):
+    """The isolated worker died (by a signal: a segfault in a C library) or hung."""
+
+
+def _executor():
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # one long-lived forked worker: a fork per input would cost more than most inputs
+        _EXECUTOR = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+    return _EXECUTOR
+
+
+def _drop_executor(kill: bool) -> list[int | None]:
+    global _EXECUTOR
+    ex, _EXECUTOR = _EXECUTOR, None
+    if ex is None:
+        return []
+    procs = list(getattr(ex, "_processes", {}).values())
+    if kill:
+        for proc in procs:
+            proc.kill()
+    ex.shutdown(wait=True, cancel_futures=True)
+    return [proc.exitcode for proc in procs]
+
+
+def isolated(fn: Callable, *args, timeout: float = ISOLATED_TIMEOUT_S):
+    """``fn(*args)`` in the worker process; its return value, or its exception (assertions included).
+    A worker that dies (a segfault in C code) or hangs becomes :class:`ChildCrashed`, so hypothesis
+    can shrink the input instead of the whole run dying."""
+    import concurrent.futures
+    from concurrent.futures.process import BrokenProcessPool
+
+    global PEAK_WORKER_RSS_MIB
+    fut = _executor().submit(fn, *args)
+    try:
+        value, rss_mib = fut.result(timeout=timeout)
+    except BrokenProcessPool:
+        codes = _drop_executor(kill=False)
+        raise ChildCrashed(f"the isolated worker died (exit codes {codes}; negative = killed by that signal, "
+                           "-11 = SIGSEGV)") from None
+    except concurrent.futures.TimeoutError:
+        _drop_executor(kill=True)
+        raise ChildCrashed(f"no answer after {timeout:.0f} s (worker killed)") from None
+    PEAK_WORKER_RSS_MIB = max(PEAK_WORKER_RSS_MIB, rss_mib)
+    return value
+
+
+def shutdown_worker() -> None:
+    _drop_executor(kill=False)
+
+
+def extraction_job(kind: str, data: bytes, name: str, cfg):
+    """Run in the worker: extract a message (``kind="message"``) or a file in a Sandbox, check the
+    properties, return ``(ExtractionResult, peak RSS MiB)``."""
+    from mailvm.extract import extract_file, extract_message
+    from mailvm.extract import mime as M
+    from mailvm.extract.spool import Spool
+
+    with Sandbox() as box:
+        box.input.write_bytes(data)
+        spool = Spool(box.spool_dir, cfg)
+        t0 = time.monotonic()
+        with box.in_work_dir():
+            res = extract_message(data, spool, cfg) if kind == "message" else extract_file(box.input, name, spool, cfg)
+        check_extraction(res, spool, cfg, t0)
+        box.check_contained(spool)
+        if kind == "message":
+            assert isinstance(res.text, str) and len(res.text) <= M.MAX_TEXT + 1024
+            assert isinstance(res.html, str) and len(res.html) <= M.MAX_HTML + 1024
+            for k, v in res.headers.items():
+                assert isinstance(k, str) and isinstance(v, str) and len(v) <= M.MAX_HEADER + 16, (k, len(v))
+        return res, peak_rss_mib()
+
+
 # -- crash reproducers ---------------------------------------------------------------------------
 
 #: failing inputs are written here (then copied by hand to tests/fuzz/corpus/ with a regression test)
