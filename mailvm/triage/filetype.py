@@ -108,7 +108,9 @@ def analyze(artifact: Artifact, data_path: str, ctx: Context) -> list[Finding]:
     ext = extension(name)
     exts = extensions(name)
     if ext in DANGEROUS_EXTENSIONS:
-        findings.append(Finding("filetype_dangerous_extension", 4, f".{ext} runs or mounts when opened", SOURCE))
+        # informational: an administrator who wants such types refused lists them in the policy's
+        # blocked_types; a file that ran and did nothing of note is not suspicious for its name
+        findings.append(Finding("filetype_dangerous_extension", 1, f".{ext} runs or mounts when opened", SOURCE))
     if len(exts) >= 2 and ext in DANGEROUS_EXTENSIONS and exts[-2] in DOCUMENT_EXTENSIONS:
         padded = bool(_PADDING_RE.search(name))
         findings.append(Finding("filetype_double_extension", 7,

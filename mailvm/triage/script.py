@@ -42,19 +42,19 @@ INDICATORS: tuple[Indicator, ...] = (
     _ind("script_execution_policy_bypass", 5,
          r"(?:\s[-/](?:ep|ex|exec|executionpolicy)\s+(?:bypass|unrestricted)\b|Set-ExecutionPolicy\s+(?:-\w+\s+)?(?:bypass|unrestricted))",
          "PowerShell execution policy bypass"),
-    _ind("script_hidden_window", 4,
-         r"(?:\s[-/]w(?:in|ind|indo|indow|indowstyle)?\s+(?:hidden|1)\b|-WindowStyle\s+Hidden|\.Run\s*\(?[^\n]{0,300}?,\s*0\s*(?:,|\)|$))",
+    _ind("script_hidden_window", 3,
+         r"(?:\s[-/]w(?:in|ind|indo|indow|indowstyle)?\s+(?:hidden|1)\b|-WindowStyle\s+Hidden|\.Run\b\s*\(?[^\n]{0,300}?,\s*0\s*(?:,|\)|$))",
          "starts a hidden window"),
-    _ind("script_download", 5,
+    _ind("script_download", 3,
          r"(?:Net\.WebClient|DownloadString|DownloadFile|DownloadData|Invoke-WebRequest|Invoke-RestMethod|\biwr\s+|"
          r"Start-BitsTransfer|Net\.Http\.HttpClient|MSXML2\.(?:Server)?XMLHTTP|Microsoft\.XMLHTTP|WinHttp\.WinHttpRequest|"
          r"URLDownloadToFile|bitsadmin(?:\.exe)?\s+/transfer|\b(?:curl|wget)(?:\.exe)?\s[^\n]{0,200}?(?:https?|ftp)://)",
          "downloads from the network"),
-    _ind("script_dynamic_exec", 4,
+    _ind("script_dynamic_exec", 3,
          r"(?:\bIEX\b|Invoke-Expression|\beval\s*\(|\bExecuteGlobal\b|\bExecute\s*\(|\bnew\s+Function\s*\(|\bexecScript\s*\(|"
          r"\[scriptblock\]::Create|Reflection\.Assembly\]::Load|\bexec\s*\(\s*(?:compile|base64|zlib|marshal|codecs))",
          "evaluates code built at run time"),
-    _ind("script_base64_decode", 4,
+    _ind("script_base64_decode", 3,
          r"(?:FromBase64String|\batob\s*\(|base64\s+(?:-d|--decode|-D)\b|b64decode|base64_decode|decode_base64|"
          r"MIME::Base64|Base64ToString|\.decode\(\s*['\"]base64)",
          "decodes base64"),
@@ -89,7 +89,7 @@ INDICATORS: tuple[Indicator, ...] = (
     _ind("script_chmod_exec", 5,
          r"chmod\s+(?:\+x|[ua]\+x|[0-7]?[0-7][0-7][5-7])\s+\S+[^\n]{0,40}?(?:&&|;|\|\|)\s*(?:\./|/tmp/|/var/tmp/|/dev/shm/)",
          "makes a file executable and runs it"),
-    _ind("script_persistence", 4,
+    _ind("script_persistence", 3,
          r"(?:crontab\s+(?:-[lr]\s*\|?|-\s)|/etc/cron\.|schtasks(?:\.exe)?\s+/create|reg(?:\.exe)?\s+add\s+[^\n]{0,100}?\\(?:Run|RunOnce)\b|"
          r"CurrentVersion\\Run\b|Start Menu\\Programs\\Startup|Register-ScheduledTask|New-ScheduledTask|systemctl\s+enable|"
          r">>\s*~?/?[\w/.]*\.bashrc|authorized_keys)",
@@ -102,7 +102,7 @@ INDICATORS: tuple[Indicator, ...] = (
          r"(?:vssadmin(?:\.exe)?['\"]?\s+delete\s+shadows|wmic(?:\.exe)?['\"]?\s+shadowcopy\s+delete|"
          r"bcdedit(?:\.exe)?['\"]?\s+/set\s+\{default\}\s+recoveryenabled\s+no|wbadmin\s+delete\s+catalog)",
          "deletes shadow copies / backups"),
-    _ind("script_oneliner", 6,
+    _ind("script_oneliner", 5,
          r"(?:\bpython[23]?(?:\.exe)?\s+-c\s+['\"][^\n]{0,300}?(?:exec|eval|b64decode|socket|urllib|os\.system|subprocess)|"
          r"\bperl\s+-e\s+['\"][^\n]{0,300}?(?:eval|unpack|socket|system|exec)|"
          r"\bphp\s+-r\s+['\"][^\n]{0,300}?(?:eval|base64_decode|system|exec|fsockopen)|"
@@ -154,12 +154,39 @@ def obfuscation_findings(text: str, source: str = SOURCE) -> list[Finding]:
     return out
 
 
+#: capabilities that ordinary programs have too (a debugger evaluates code, a codec decodes
+#: base64, an installer downloads): each alone stays below "suspicious"; together they count
+WEAK_CAPABILITIES = frozenset({
+    "script_dynamic_exec", "script_base64_decode", "script_hidden_window", "script_download", "script_activex",
+    "script_file_write", "script_persistence", "script_wscript_shell", "script_charcode_obfuscation",
+    "script_concat_obfuscation", "script_long_base64",
+})
+#: how many distinct weak capabilities make a script suspicious without any strong indicator
+WEAK_CAPABILITIES_NEEDED = 4
+
+
 def combination_findings(found: list[Finding], source: str = SOURCE) -> list[Finding]:
+    """Indicators that mean more together: download and execute, download and save,
+    obfuscation around code evaluation, persistence with a download, many weak capabilities."""
     ids = {f.id for f in found}
     out: list[Finding] = []
     runs = ids & {"script_dynamic_exec", "script_wscript_shell", "script_exec_encoded", "script_shell_pipe_exec"}
     if "script_download" in ids and runs:
         out.append(Finding("script_download_exec", 8, f"downloads and executes ({', '.join(sorted(runs))})", source))
+    elif "script_download" in ids and "script_file_write" in ids:
+        out.append(Finding("script_download_save", 6, "downloads and writes the data to a file (a dropper's first half)",
+                           source))
+    obfuscated = ids & {"script_charcode_obfuscation", "script_concat_obfuscation", "script_long_base64"}
+    if obfuscated and ids & {"script_dynamic_exec", "script_base64_decode"}:
+        out.append(Finding("script_obfuscated_eval", 5,
+                           f"obfuscated code that is decoded or evaluated at run time ({', '.join(sorted(obfuscated))})",
+                           source))
+    if "script_persistence" in ids and ids & {"script_download", "script_hidden_window"}:
+        out.append(Finding("script_persistence_with_payload", 6, "installs persistence and downloads or hides", source))
+    weak = ids & WEAK_CAPABILITIES
+    if len(weak) >= WEAK_CAPABILITIES_NEEDED:
+        out.append(Finding("script_many_capabilities", 5,
+                           f"{len(weak)} capabilities malware combines: {', '.join(sorted(weak))}", source))
     return out
 
 
