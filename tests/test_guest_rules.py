@@ -151,6 +151,11 @@ POSITIVE = [
     ("credential_access", [w(f"{U}/AppData/Roaming/Thunderbird/Profiles/q.default/logins.json", op="read")],
      WINDOWS),
     ("credential_access", [w(f"{U}/AppData/Local/Microsoft/Outlook/j.doe@example.com.ost", op="read")], WINDOWS),
+    ("credential_access", [w(f"{H}/.local/share/Google/Chrome/User Data/Default/Login Data", op="read")],
+     RuleContext(sample_path="/work/s.exe", platform="dotnet")),  # Mono's %LOCALAPPDATA%
+    ("credential_access", [w(f"{H}/{p}", op="read", ok=False, err="ENOENT") for p in (
+        ".config/Mozilla/Firefox/Profiles/x/logins.json", ".local/share/Google/Chrome/User Data/Local State",
+        ".config/FileZilla/recentservers.xml")], RuleContext(sample_path="/work/s.exe", platform="dotnet")),
     ("credential_access", [{"type": "reg_open", "key": r"HKCU\Software\SimonTatham\PuTTY\Sessions", "ok": True}],
      WINDOWS),
     ("credential_access", [{"type": "reg_open", "key": r"HKCU\Software\Martin Prikryl\WinSCP 2\Sessions"}],

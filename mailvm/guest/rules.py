@@ -124,6 +124,7 @@ class State:
     written_by: dict[int, list[str]] = field(default_factory=dict)  # pid -> files it opened for writing
     downloader_pids: set[int] = field(default_factory=set)  # processes whose connection got a stand-in
     payload_dsts: set[str] = field(default_factory=set)  # ip:port that served a stand-in
+    cred_misses: set[str] = field(default_factory=set)  # credential stores looked for but absent
 
     def update(self, ev: dict[str, Any], ctx: RuleContext) -> None:
         typ = ev.get("type")
@@ -640,15 +641,38 @@ CREDENTIAL_KEY_RE = re.compile(r"\\SimonTatham\\PuTTY\\Sessions|\\Martin Prikryl
 
 
 def _win_secret(path: str, ctx: RuleContext) -> bool:
-    udir = ctx.win_user_dir.lower() + "/"
+    """A Windows credential store: under the Wine user's profile, or where Mono puts a .NET program's
+    %APPDATA% (~/.config) and %LOCALAPPDATA% (~/.local/share)."""
     low = path.lower()
-    if not low.startswith(udir):
-        return False
-    rel = path[len(udir):]
-    for prefix, names in WIN_SECRETS:
-        if rel.lower().startswith(prefix.lower()) or rel.lower() == prefix.lower().rstrip("/"):
-            return names is None or base(path) in names
+    home = ctx.home.rstrip("/")
+    for root, win in ((ctx.win_user_dir + "/", ""), (home + "/.config/", "AppData/Roaming/"),
+                      (home + "/.local/share/", "AppData/Local/")):
+        if not low.startswith(root.lower()):
+            continue
+        rel = (win + path[len(root):]).lower()
+        for prefix, names in WIN_SECRETS:
+            if rel.startswith(prefix.lower()) or rel == prefix.lower().rstrip("/"):
+                return names is None or base(path) in names
     return False
+
+
+CREDENTIAL_SWEEP_MIN = 3
+
+
+def _credential_target(path: str, ctx: RuleContext) -> bool:
+    if _win_secret(path, ctx):
+        return True
+    if path.startswith(ctx.home.rstrip("/") + "/"):
+        rel = path[len(ctx.home.rstrip("/")) + 1:]
+        for sec in SECRETS_HOME:
+            if rel.startswith(sec):
+                if sec in (".mozilla/firefox/", ".thunderbird/"):
+                    return base(path) in SECRET_FILES_MOZ
+                if sec.startswith(".config/") and sec != ".config/filezilla/":
+                    return base(path) in ("Login Data", "Cookies", "Web Data", "Local State")
+                return True
+        return False
+    return any(path.startswith(a) for a in SECRETS_ABS)
 
 
 def _credential_access(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
@@ -658,27 +682,20 @@ def _credential_access(ev: dict[str, Any], ctx: RuleContext, st: State) -> str |
             return f"registry {key}" + ("" if ev.get("ok", True) else " (attempt: no such key)")
         return None
     path = _s(ev.get("path"))
-    if not ev.get("ok", True) and ev.get("err") in ("ENOENT", "ENOTDIR"):
-        return None  # no such store here: looking is not reading (Python's netrc module looks for ~/.netrc)
-    if ctx.platform == "windows" and ev.get("op") in ("read", "probe") and _win_secret(path, ctx):
-        return f"{ev.get('op')} {path}{_attempt(ev)}"
-    if ev.get("op") != "read":
+    op = ev.get("op")
+    if op not in ("read", "probe") or op == "probe" and ctx.platform == "linux":
         return None
-    hit = False
-    if path.startswith(ctx.home.rstrip("/") + "/"):
-        rel = path[len(ctx.home.rstrip("/")) + 1 :]
-        for s in SECRETS_HOME:
-            if rel.startswith(s):
-                if s in (".mozilla/firefox/", ".thunderbird/"):
-                    hit = base(path) in SECRET_FILES_MOZ
-                elif s.startswith(".config/") and s != ".config/filezilla/":
-                    hit = base(path) in ("Login Data", "Cookies", "Web Data", "Local State")
-                else:
-                    hit = True
-                break
-    else:
-        hit = any(path.startswith(a) for a in SECRETS_ABS)
-    return f"read {path}{_attempt(ev)}" if hit else None
+    if not _credential_target(path, ctx):
+        return None
+    if not ev.get("ok", True) and ev.get("err") in ("ENOENT", "ENOTDIR"):
+        # no such store here: one look is not an access (Python's netrc module looks for ~/.netrc), a sweep
+        # over several stores is what stealers do
+        if len(st.cred_misses) < 1000:
+            st.cred_misses.add(path)
+        if len(st.cred_misses) >= CREDENTIAL_SWEEP_MIN:
+            return f"looked for {len(st.cred_misses)} credential stores that are not there (e.g. {path})"
+        return None
+    return f"{op} {path}{_attempt(ev)}"
 
 
 CLEAR_LOG_RE = re.compile(r"wevtutil(?:\.exe)?\W+(?:cl|clear-log)\b|clear-eventlog|fsutil(?:\.exe)?\W+usn\W+deletejournal",
