@@ -3,7 +3,7 @@ inputs tried, the peak memory, and the checks that an extraction stayed inside i
 
 Budget: ``MAILVM_FUZZ=ci`` (the default; deterministic, the whole suite in about two minutes)
 or ``MAILVM_FUZZ=nightly`` (random, ``MAILVM_FUZZ_FACTOR`` times the examples, 40 by default,
-failures remembered in the hypothesis database).  docs/reliability.md, "Fuzzing", says how to run both.
+failures remembered in the hypothesis database: ``.hypothesis/`` or ``$MAILVM_FUZZ_DB``).  docs/reliability.md, "Fuzzing", says how to run both.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis import strategies as st
 
 PROFILE = os.environ.get("MAILVM_FUZZ", "ci").strip().lower() or "ci"
@@ -38,7 +39,9 @@ def budget(ci_examples: int) -> settings:
     """Settings for one fuzz test: ``ci_examples`` inputs in CI (fixed seed), FACTOR times more at night."""
     if PROFILE == "ci":
         return settings(max_examples=ci_examples, derandomize=True, database=None, **_COMMON)
-    return settings(max_examples=ci_examples * FACTOR, derandomize=False, **_COMMON)
+    db = os.environ.get("MAILVM_FUZZ_DB")  # where failing examples are kept between nightly runs
+    extra = {"database": DirectoryBasedExampleDatabase(db)} if db else {}
+    return settings(max_examples=ci_examples * FACTOR, derandomize=False, **extra, **_COMMON)
 
 
 # -- figures for docs/reliability.md -------------------------------------------------------------
