@@ -64,7 +64,7 @@ def test_corpus_message_extracts_without_error(path: Path, extract_cfg, make_spo
         assert inside(art.path, spool.root)
         assert Path(art.path).stat().st_size == art.size
         assert hashlib.sha256(Path(art.path).read_bytes()).hexdigest() == art.sha256
-        assert art.origin and art.origin[0].split(":")[0] in ("attachment", "uuencode", "message")
+        assert art.origin and art.origin[0].split(":")[0] in ("attachment", "uuencode", "message", "recovered", "embedded")
     assert spool.budget.total_bytes <= extract_cfg.max_total_bytes
 
 

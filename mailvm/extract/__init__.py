@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mailvm.config import ExtractConfig
-from mailvm.extract import archives, mime, officecrypt
+from mailvm.extract import archives, mime, officecrypt, outlook
 from mailvm.extract.archives import ExpandContext, archive_kind, read_head, run_expander
 from mailvm.extract.passwords import Candidate, LazyPasswords, candidate_passwords
 from mailvm.extract.spool import LimitExceeded, Spool
@@ -71,6 +71,7 @@ EXPANDERS: dict[str, Callable[[ExpandContext], list[Artifact]]] = {
     "tnef": mime.expand_tnef,
     "office": officecrypt.expand_office,
     "message": _expand_message_file,
+    "msg": outlook.expand_msg,
 }
 
 
@@ -85,7 +86,7 @@ def container_kind(art: Artifact) -> str | None:
     if mime.is_tnef(head):
         return "tnef"
     if officecrypt.is_ole(head):
-        return "office"
+        return "msg" if outlook.is_outlook_msg(art.path) else "office"
     if (art.type or "").lower() in ("message/rfc822", "message/global"):
         return "message"
     return None

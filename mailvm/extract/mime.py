@@ -428,12 +428,67 @@ def walk_message(
             res.headers.setdefault(name, value)
     try:
         _walk_tree(msg, spool, cfg, origin, depth, res)
+        if any("Boundary" in d or "Multipart" in d for d in res.defects) and not problem:
+            _recover_parts(raw, spool, cfg, origin, depth, res)
     finally:
         if res.defects:
             summary = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in res.defects.most_common(8))
             if not any(f.id == "mime_defect" for f in res.findings):
                 res.findings.append(Finding("mime_defect", 1, f"malformed MIME: {summary}", SOURCE))
     return res
+
+
+def _recover_parts(raw: bytes, spool: Spool, cfg: ExtractConfig, origin: tuple[str, ...], depth: int,
+                   res: MessageWalk) -> None:
+    """The parser met broken or reused boundaries: read every part again past them (see embedded.py)."""
+    from mailvm.extract.embedded import salvage_parts
+
+    import hashlib
+
+    known = {a.sha256 for a in spool.artifacts}
+    heads = set()
+    for a in spool.artifacts:
+        try:
+            with open(a.path, "rb") as fh:
+                heads.add(fh.read(4096))
+        except OSError:
+            pass
+    recovered = []
+    room = max(0, MAX_PARTS - res.parts)
+    for n, part in enumerate(salvage_parts(raw, cfg.max_file_bytes)):
+        if n >= room:
+            spool.note_limit("max_mime_parts", f"more than {MAX_PARTS} MIME parts, the rest not scanned")
+            break
+        if hashlib.sha256(part.data).hexdigest() in known or part.data[:4096] in heads:
+            continue  # found by the walk already (a truncated copy decodes a few bytes differently)
+        name = clean_name(part.name) if part.name else f"recovered{n}{_ext_for(part.content_type)}"
+        art = spool.add_bytes(part.data, name, origin + (f"recovered:{name}",), depth)
+        if art is None:
+            break
+        art.role = "attachment"
+        known.add(art.sha256)
+        res.artifacts.append(art)
+        recovered.append(name)
+    if recovered:
+        res.findings.append(Finding("mime_part_recovered", 3,
+                                    f"{len(recovered)} part(s) hidden from a standard MIME parser by broken or reused "
+                                    f"boundaries: {', '.join(recovered[:5])}", SOURCE))
+
+
+def _carve_embedded(data: bytes, spool: Spool, origin: tuple[str, ...], depth: int, res: MessageWalk,
+                    label: str) -> None:
+    """Base64 blobs in a text part that decode to a file type worth analysing become artifacts."""
+    from mailvm.extract.embedded import carve_text
+
+    if len(data) < 256:
+        return
+    for n, (ext, blob) in enumerate(carve_text(data, spool.limits.max_file_bytes)):
+        name = f"{label}-embedded{n}.{ext}"
+        art = spool.add_bytes(blob, name, origin + (f"embedded:{name}",), depth)
+        if art is None:
+            return
+        art.role = "embedded"
+        res.artifacts.append(art)
 
 
 def _collect_defects(part: email.message.Message, res: MessageWalk) -> None:
@@ -509,6 +564,16 @@ def _leaf(
     data = _decoded_payload(part)
     _collect_defects(part, res)  # decoding adds defects (bad base64 padding...)
     is_text = ctype in TEXT_BODY_TYPES
+    if is_text and not filename:
+        from mailvm.extract.embedded import file_signature
+
+        ext = file_signature(data[:16])
+        if ext is not None:
+            # a "text" part whose bytes are a file (a zip sent as inline text/html): a file, not a body
+            filename = f"part{res.parts}.{ext}"
+            is_text = False
+            res.findings.append(Finding("mime_text_part_is_file", 4,
+                                        f"a {ctype} part without a name holds a .{ext} file", SOURCE))
     if is_text:
         text = decode_text(data, _charset_of(part))
         if ctype == "text/html":
@@ -518,6 +583,7 @@ def _leaf(
             res.add_text(text)
         if not filename:
             _uudecoded(data, spool, origin, depth, res)
+            _carve_embedded(data, spool, origin, depth, res, "html" if ctype == "text/html" else "text")
             return
     if not filename:
         res_index = res.parts

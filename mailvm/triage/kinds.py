@@ -161,6 +161,18 @@ def _zip_kind(open_fh: Callable[[], BinaryIO]) -> str:
     return "archive"
 
 
+def _ole_is_outlook_message(open_fh: Callable[[], BinaryIO]) -> bool:
+    """An OLE compound file whose top-level streams are MAPI properties (``__substg1.0_*``)."""
+    import olefile
+
+    try:
+        with open_fh() as fh, olefile.OleFileIO(fh) as ole:
+            return any(entry[0].startswith(("__substg1.0_", "__properties_version1.0"))
+                       for entry in ole.listdir(streams=True, storages=True)[:500])
+    except Exception:  # a damaged OLE file: the Office analyzers report it
+        return False
+
+
 def _disk_image(head: bytes, tail: bytes) -> bool:
     for off in (0x8001, 0x8801, 0x9001):
         if head[off : off + 5] in (b"CD001", b"BEA01", b"NSR02", b"NSR03"):
@@ -189,6 +201,8 @@ def classify_data(mime: str, desc: str, name: str, head: bytes, tail: bytes, siz
         return "lnk"
     if head.startswith(OLE_MAGIC):
         kind = _mime_kind(mime, desc)
+        if kind not in ("executable", "email") and _ole_is_outlook_message(open_fh):
+            kind = "email"  # an Outlook .msg: a container (extraction opens it), not a document
         return kind if kind in ("executable", "email") else "office"
     if head.startswith(ONENOTE_MAGIC):
         return "onenote"  # OneNote section: analysed statically, its embedded files are carved out
