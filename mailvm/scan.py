@@ -239,6 +239,10 @@ class Scanner:
         result = self.triage.analyze(art)
         rep.kind = result.kind
         static = Verdict.from_findings(result.findings, source=SOURCE_TRIAGE, log=[{"type": "kind", "kind": result.kind}])
+        if art.role == "body":
+            # the message's own text: judged statically, never run, never stored (it is one message's)
+            self._settle(rep, static, SOURCE_TRIAGE)
+            return rep, None, None
         needs_vm = result.kind in self.detonate_kinds and static.score < MALICIOUS_THRESHOLD
         if not needs_vm:
             self._settle(rep, static, SOURCE_TRIAGE)

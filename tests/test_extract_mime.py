@@ -64,7 +64,7 @@ def test_corpus_message_extracts_without_error(path: Path, extract_cfg, make_spo
         assert inside(art.path, spool.root)
         assert Path(art.path).stat().st_size == art.size
         assert hashlib.sha256(Path(art.path).read_bytes()).hexdigest() == art.sha256
-        assert art.origin and art.origin[0].split(":")[0] in ("attachment", "uuencode", "message", "recovered", "embedded")
+        assert art.origin and art.origin[0].split(":")[0] in ("attachment", "uuencode", "message", "recovered", "embedded", "body")
     assert spool.budget.total_bytes <= extract_cfg.max_total_bytes
 
 
@@ -177,11 +177,15 @@ def test_attachment_and_inline_image_become_artifacts_text_does_not(extract_cfg,
     m.add_attachment(b"<html><script>atob('x')</script></html>", maintype="text", subtype="html", filename="invoice.html")
     spool = make_spool(extract_cfg)
     res = extract_message(m.as_bytes(), spool, extract_cfg)
-    names = [a.name for a in res.artifacts]
-    assert names[0] == "run.exe" and res.artifacts[0].origin == ("attachment:run.exe",)
+    # the HTML body (it links out) is content of its own, role "body"; the plain one (no link) is not
+    (body,) = [a for a in res.artifacts if a.role == "body"]
+    assert body.name == "body.html" and body.origin == ("body:body.html",)
+    files = [a for a in res.artifacts if a.role != "body"]
+    names = [a.name for a in files]
+    assert names[0] == "run.exe" and files[0].origin == ("attachment:run.exe",)
     assert names[2] == "invoice.html"  # an .html attachment is an artifact (HTML smuggling)
-    assert res.artifacts[1].type == "image/png" and names[1].startswith("part")
-    assert len(res.artifacts) == 3  # the text/plain and text/html bodies are not artifacts
+    assert files[1].type == "image/png" and names[1].startswith("part")
+    assert len(files) == 3
     assert "see attached" in res.text and "Hello" in res.text and "there" in res.text
     assert "hidden" not in res.text  # script text is not visible text
     assert "href='http://example.net/x'" in res.html

@@ -491,6 +491,23 @@ def _carve_embedded(data: bytes, spool: Spool, origin: tuple[str, ...], depth: i
         res.artifacts.append(art)
 
 
+#: a body worth judging as content: it links somewhere or asks for input
+_BODY_CONTENT = re.compile(rb"https?:|www\.|<a\b|<form|<script|<meta\b", re.I)
+
+
+def _body_artifact(data: bytes, ctype: str, spool: Spool, origin: tuple[str, ...], depth: int,
+                   res: MessageWalk) -> None:
+    """The message's own text or HTML as an artifact (role ``body``): the body analyzers judge
+    link-only lures.  Only bodies that link somewhere or ask for input; never detonated."""
+    if not data or not _BODY_CONTENT.search(data[:MAX_HTML]):
+        return
+    name = "body.html" if ctype == "text/html" else "body.txt"
+    art = spool.add_bytes(data[:MAX_HTML], name, origin + (f"body:{name}",), depth)
+    if art is not None:
+        art.role = "body"
+        res.artifacts.append(art)
+
+
 def _collect_defects(part: email.message.Message, res: MessageWalk) -> None:
     for d in getattr(part, "defects", ()) or ():
         res.defects[type(d).__name__] += 1
@@ -584,6 +601,7 @@ def _leaf(
         if not filename:
             _uudecoded(data, spool, origin, depth, res)
             _carve_embedded(data, spool, origin, depth, res, "html" if ctype == "text/html" else "text")
+            _body_artifact(data, ctype, spool, origin, depth, res)
             return
     if not filename:
         res_index = res.parts

@@ -22,6 +22,7 @@ from mailvm.config import TriageConfig
 from mailvm.kinds import DETONATE_KINDS as _DETONATE_KINDS
 from mailvm.kinds import KINDS as _KINDS
 from mailvm.triage import (
+    body,
     elf,
     filetype,
     html,
@@ -73,6 +74,8 @@ ANALYZERS: list[Analyzer] = [
     Analyzer("onenote", frozenset({"onenote"}), onenote.analyze),
     Analyzer("shortcut", frozenset({"shortcut"}), shortcut.analyze),
     Analyzer("mobileconfig", frozenset({"mobileconfig"}), mobileconfig.analyze),
+    # the message's own text and HTML (role "body"): link-only lures
+    Analyzer("body", frozenset({"html", "text", "script"}), body.analyze),
 ]
 
 
