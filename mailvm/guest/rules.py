@@ -64,9 +64,9 @@ SAFE_WRITE_PREFIXES = ("/tmp/", "/var/tmp/", "/dev/shm/", "/dev/null", "/dev/tty
 WIN_SCRATCH = ("Temp", "AppData/Local/Temp", "AppData/Local/Microsoft/Windows/INetCache",
                "AppData/Local/Microsoft/Windows/INetCookies", "AppData/Local/Microsoft/Windows/History",
                "AppData/Local/Microsoft/Windows/WebCache", "AppData/Roaming/Microsoft/Windows/Cookies")
+#: Wine's own processes (their events are not the sample's); not start.exe: a shortcut's target is its child
 WIN_HELPERS = frozenset({"services.exe", "winedevice.exe", "explorer.exe", "plugplay.exe", "svchost.exe", "rpcss.exe",
-                         "wineboot.exe", "winemenubuilder.exe", "conhost.exe", "tabtip.exe", "winedbg.exe",
-                         "start.exe"})
+                         "wineboot.exe", "winemenubuilder.exe", "conhost.exe", "tabtip.exe", "winedbg.exe"})
 WINE_LOADERS = {"wine", "wine64", "wine64-preloader", "wine-preloader"}
 #: what fakenet's stand-ins are: executables and scripts (a fetched one is a download of code)
 CODE_STANDINS = frozenset({"pe_exe", "pe_dll", "elf", "msi", "sh", "ps1", "vbs", "js", "wsf", "hta", "bat", "py"})
@@ -342,10 +342,6 @@ def _argv_text(ev: dict[str, Any]) -> str:
     return " ".join(_s(a) for a in ev.get("argv") or [])[:400]
 
 
-def _is_wine_exec(ev: dict[str, Any]) -> bool:
-    return ev.get("type") == "exec" and ev.get("src") == "wine" and ev.get("proc") not in WIN_HELPERS
-
-
 def _exec_targets(ev: dict[str, Any], ctx: RuleContext) -> list[str]:
     """Unix paths an exec event starts: the file, a script in an interpreter's argv, a Windows program
     (Wine's process trace or the Wine loader's argv, mapped into the prefix)."""
@@ -591,7 +587,8 @@ def _ransom_note(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
 SHADOW_DELETE_RE = re.compile(
     r"vssadmin(?:\.exe)?\W+(?:delete\s+shadows|resize\s+shadowstorage)|wmic(?:\.exe)?\W+shadowcopy\s+delete"
     r"|bcdedit(?:\.exe)?\W.*(?:recoveryenabled\s+no|bootstatuspolicy\s+ignoreallfailures)"
-    r"|wbadmin(?:\.exe)?\W+delete\s+(?:catalog|systemstatebackup|backup)|win32_shadowcopy.*delete|remove-wmiobject.*shadow",
+    r"|wbadmin(?:\.exe)?\W+delete\s+(?:catalog|systemstatebackup|backup)|win32_shadowcopy.*delete"
+    r"|remove-wmiobject.*shadow",
     re.I)
 
 
@@ -635,7 +632,8 @@ WIN_SECRETS: tuple[tuple[str, frozenset[str] | None], ...] = (
     ("AppData/Local/Microsoft/Credentials/", None), ("AppData/Roaming/Microsoft/Protect/", None),
     ("AppData/Roaming/.purple/", frozenset({"accounts.xml"})), ("AppData/Roaming/Psi+/", None),
 )
-CREDENTIAL_KEY_RE = re.compile(r"\\SimonTatham\\PuTTY\\Sessions|\\Martin Prikryl\\WinSCP 2\\Sessions|\\Outlook\\Profiles"
+CREDENTIAL_KEY_RE = re.compile(r"\\SimonTatham\\PuTTY\\Sessions|\\Martin Prikryl\\WinSCP 2\\Sessions"
+                               r"|\\Outlook\\Profiles"
                                r"|\\Windows Messaging Subsystem\\Profiles|\\Internet Account Manager\\Accounts"
                                r"|\\(?:TightVNC|RealVNC)\\|\\ORL\\WinVNC|\\FileZilla", re.I)
 
@@ -698,8 +696,8 @@ def _credential_access(ev: dict[str, Any], ctx: RuleContext, st: State) -> str |
     return f"{op} {path}{_attempt(ev)}"
 
 
-CLEAR_LOG_RE = re.compile(r"wevtutil(?:\.exe)?\W+(?:cl|clear-log)\b|clear-eventlog|fsutil(?:\.exe)?\W+usn\W+deletejournal",
-                          re.I)
+CLEAR_LOG_RE = re.compile(r"wevtutil(?:\.exe)?\W+(?:cl|clear-log)\b|clear-eventlog"
+                          r"|fsutil(?:\.exe)?\W+usn\W+deletejournal", re.I)
 
 
 def _log_tampering(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
@@ -793,8 +791,8 @@ LOLBIN_DOWNLOAD_RE = re.compile(
     r"|\bregsvr32(?:\.exe)?\b.*/i:\s*https?://|\brundll32(?:\.exe)?\b.*(?:javascript:|url\.dll.*https?://)"
     r"|\bmsiexec(?:\.exe)?\b.*https?://|\b(?:curl|wget)(?:\.exe)?\s.*https?://[^ ]*\.(?:exe|dll|scr|ps1|vbs|hta|bat)\b",
     re.I | re.S)
-ENCODED_PS_RE = re.compile(r"\b(?:powershell|pwsh)(?:\.exe)?\b.*\s-(?:e|ec|enc|enco|encodedcommand)\s+[A-Za-z0-9+/=]{16,}",
-                           re.I | re.S)
+ENCODED_PS_RE = re.compile(r"\b(?:powershell|pwsh)(?:\.exe)?\b.*\s-(?:e|ec|enc|enco|encodedcommand)"
+                           r"\s+[A-Za-z0-9+/=]{16,}", re.I | re.S)
 
 
 def _windows_cmdline(ev: dict[str, Any]) -> str | None:
@@ -836,16 +834,17 @@ def _self_copy(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
         return None
     if typ == "exec" and ev.get("src") != "wine" and ev.get("ok", True):
         argv = [_s(a) for a in ev.get("argv") or []]
+        me = (ctx.sample_path, base(ctx.sample_path), "./" + base(ctx.sample_path))
         if prog_name(_s(ev.get("path"))) in SELF_COPY_TOOLS and ctx.sample_path and any(
-                a == ctx.sample_path or a.endswith("if=" + ctx.sample_path) for a in argv[1:]):
-            dest = argv[-1] if argv[-1] != ctx.sample_path else ""
+                a in me or a.startswith("if=") and a[3:] in me for a in argv[1:]):
+            dest = argv[-1] if argv[-1] not in me else ""
             if dest.startswith("of="):
                 dest = dest[3:]
             if dest and len(st.self_copies) < 1000:
                 st.self_copies.add(dest)
             return " ".join(argv)[:200]
         return None
-    if typ == "file" and ev.get("op") in ("write", "link") and ev.get("ok", True) and ctx.platform == "linux":
+    if typ == "file" and ev.get("op") in ("write", "link", "rename") and ev.get("ok", True) and ctx.platform == "linux":
         path = _written_path(ev)
         if st.self_read_t is None or path not in st.self_copies or path == ctx.sample_path or _quiet(path, ctx):
             return None

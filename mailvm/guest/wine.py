@@ -233,7 +233,8 @@ class WineTraceParser:
                 if lm:
                     path = lm.group(1).replace("\\\\", "\\")[:512]
                     native = lm.group(2) == "native"
-                    if native and path.lower().endswith((".exe", ".scr", ".com", ".pif")) and tid not in self.proc_of_tid:
+                    is_program = path.lower().endswith((".exe", ".scr", ".com", ".pif"))
+                    if native and is_program and tid not in self.proc_of_tid:
                         self._remember(tid, path)
                     return [{"type": "image", "path": path, "native": native, "src": "wine", **self._proc(tid)}]
                 return []
