@@ -66,7 +66,7 @@ class ArtifactReport:
     kind: str
     verdict: str
     score: int
-    source: str  # cache | triage | detonation | pending
+    source: str  # cache | triage | detonation | pending | pinned
     findings: list[Finding] = field(default_factory=list)
     log: list[dict[str, Any]] = field(default_factory=list)
 
@@ -132,10 +132,17 @@ class Scanner:
         table: Any | None = None,
         detonator: Detonator | None = None,
         detonate_kinds: Sequence[str] | None = None,
+        pins: Any | None = None,
     ) -> None:
         self.cfg = cfg
         self.triage = triage
         self.table = table
+        if pins is None:
+            from mailvm.pins import PinStore, pins_path
+
+            pins = PinStore(pins_path(cfg.scantable.path))
+        #: administrator pins (mvctl cache pin): answered before the table, triage or a VM
+        self.pins = pins
         self.detonator = detonator
         self.detonate_kinds = frozenset(detonate_kinds if detonate_kinds is not None else cfg.pool.detonate_kinds)
         self.owner = f"{os.uname().nodename}:{os.getpid()}"
@@ -230,6 +237,11 @@ class Scanner:
     def _lookup(self, art: Artifact, deadline: float | None) -> tuple[ArtifactReport, Future | None, Any]:
         """The artifact's report; for a file being detonated also its Future (if ours) and Job."""
         rep = ArtifactReport(art, "unknown", PENDING, 0, PENDING, list(art.findings))
+        pin = self._pin(art.sha256)
+        if pin is not None:
+            self._settle(rep, pin.as_verdict(), "pinned")
+            rep.source = "pinned"
+            return rep, None, None
         if self.table is not None:
             cached = self.table.get(art.sha256)
             if cached is not None and cached.state == "done":
@@ -275,6 +287,13 @@ class Scanner:
             self._settle(rep, claim.entry, SOURCE_CACHE)
             return rep, None, None
         return rep, None, job  # someone else is detonating it: wait on the table
+
+    def _pin(self, sha: str) -> Any:
+        try:
+            return self.pins.get(sha) if self.pins is not None else None
+        except Exception as exc:  # a broken pin store must not stop analysis
+            log.warning("pins unreadable: %s", exc)
+            return None
 
     def _new_owner(self) -> str:
         """A unique claim owner ``node:pid:random``: two scans in one process never share a

@@ -54,3 +54,33 @@ def test_mvctl_cache_pin_unpin_pins_and_audit(cfg_file, tmp_path, capsys):
     assert main(["-c", str(cfg_file), "cache", "unpin", SHA]) == 1
     entries = AuditLog(tmp_path / "q" / "audit.log").entries()
     assert [e.action for e in entries] == ["unpin", "pin"] and entries[1].detail == "clean: false positive"
+
+
+def test_scanner_answers_pinned_files_first(tmp_path):
+    """A file pinned clean is answered clean (no triage); pinned malicious is blocked."""
+    import email.message
+    import hashlib
+
+    from mailvm.config import parse_config
+    from mailvm.policy import Policy, decide
+    from mailvm.milter.service import outcomes_from_report
+    from mailvm.scan import Scanner
+    from mailvm.triage import Triage
+
+    cfg = parse_config({"scantable": {"path": str(tmp_path / "table")}, "spool": {"dir": str(tmp_path / "spool")}})
+    eicar = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+    tool = b"#!/bin/sh\necho harmless build helper\n"
+    store = PinStore(tmp_path / "table-pins")
+    store.pin(hashlib.sha256(eicar).hexdigest(), "clean", "AV test file on purpose", "alice")
+    store.pin(hashlib.sha256(tool).hexdigest(), "malicious", "seen in an incident", "bob")
+    m = email.message.EmailMessage()
+    m["Subject"] = "x"
+    m.set_content("files")
+    m.add_attachment(eicar, maintype="application", subtype="octet-stream", filename="eicar.com")
+    m.add_attachment(tool, maintype="application", subtype="x-sh", filename="tool.sh")
+    scanner = Scanner(cfg, Triage(cfg.triage), None, None)
+    report = scanner.scan_message(m.as_bytes()).to_dict()
+    by_name = {a["name"]: a for a in report["artifacts"]}
+    assert by_name["eicar.com"]["verdict"] == "clean" and by_name["eicar.com"]["source"] == "pinned"
+    assert by_name["tool.sh"]["verdict"] == "malicious" and by_name["tool.sh"]["source"] == "pinned"
+    assert decide(Policy(), outcomes_from_report(report)).action == "reject"
