@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench bench-quick clean
+.PHONY: setup run test bench bench-quick eval clean
 
 setup:
 	bash scripts/setup.sh
@@ -20,6 +20,10 @@ bench: setup
 
 bench-quick: setup
 	$(PY) -m bench.run --quick
+
+# detection and false-positive rates on the development corpus -> docs/detection.md
+eval: setup
+	$(PY) -m bench.detection
 
 clean:
 	rm -rf .pytest_cache .hypothesis build dist *.egg-info bench/results
