@@ -41,10 +41,10 @@ def conn(ip, port, t=1.0, **kw):
 
 
 def wex(cmdline, image="", t=2.0, **kw):
-    """Wine's process trace: a Windows program started (image resolved) or asked for (stage request)."""
+    """Wine's process trace: a Windows program started (image resolved) or asked for (exec_request)."""
     ev = {"t": t, "type": "exec", "src": "wine", "path": image, "argv": [cmdline], "tid": "0024", "proc": "x.exe"}
     if not image:
-        ev.update(stage="request", path=cmdline.split(" ", 1)[0])
+        ev.update(type="exec_request", path=cmdline.split(" ", 1)[0])
     return {**ev, **kw}
 
 

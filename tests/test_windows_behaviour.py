@@ -73,13 +73,13 @@ def test_trace_parser_reads_relay_calls_processes_and_save_to_file():
         ("GetModuleHandleA", ["SbieDll.dll"], "stealer.exe"),  # a module of its own (NULL): dropped
         ("SetWindowsHookExA", ["0xd", "0x140001530", "0x140000000", "0x0"], "notepad.exe"),  # the child's thread
     ]
-    execs = [(e.get("stage", ""), e["path"], e["argv"][0]) for e in evs if e["type"] == "exec"]
-    assert execs == [("", r"C:\windows\system32\notepad.exe", r"C:\windows\system32\notepad.exe"),
-                     ("request", "vssadmin", "vssadmin delete shadows /all /quiet")]
+    execs = [(e["type"], e["path"], e["argv"][0]) for e in evs if e["type"].startswith("exec")]
+    assert execs == [("exec", r"C:\windows\system32\notepad.exe", r"C:\windows\system32\notepad.exe"),
+                     ("exec_request", "vssadmin", "vssadmin delete shadows /all /quiet")]
     [save] = [e for e in evs if e["type"] == "file"]
     assert (save["path"], save["ok"], save["api"]) == (
         "/home/user/.wine/drive_c/users/user/Temp/dogovr2208.exe", False, "ADODB.Stream.SaveToFile")
-    assert {e["type"] for e in evs} == {"image", "api", "exec", "file"}
+    assert {e["type"] for e in evs} == {"image", "api", "exec", "exec_request", "file"}
 
 
 def test_relay_calls_are_capped_per_function():

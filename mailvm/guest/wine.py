@@ -9,7 +9,9 @@ Standard library only (runs inside the guest).
   changed through them) except the registry hives, which are copied.
 * :class:`WineTraceParser` reads ``WINEDEBUG=+reg,+loaddll,+process,+winsock,+relay``
   lines (the sample's stderr) into events: ``reg_set``, ``reg_open`` (keys of
-  credential stores and VM artefacts only), ``image``, ``exec``, ``connect``,
+  credential stores and VM artefacts only), ``image``, ``exec`` (a process Wine
+  created), ``exec_request`` (a program asked for by command line, also one that
+  does not exist), ``connect``,
   ``dns_lookup``, ``api`` (the Windows API calls of :data:`RELAY_FUNCTIONS`:
   relay thunks for these few functions only, their arguments with strings),
   and ``file`` for a script's ``ADODB.Stream.SaveToFile`` (Wine 8 leaves it
@@ -253,7 +255,7 @@ class WineTraceParser:
                 cmdline = _wstr(rest.split(" cmdline ", 1)[1]).replace('\\"', '"')
                 if not cmdline and not app:
                     return []
-                return [{"type": "exec", "src": "wine", "stage": "request", "path": app or _first_token(cmdline),
+                return [{"type": "exec_request", "src": "wine", "path": app or _first_token(cmdline),
                          "argv": [cmdline or app], "tid": tid, **self._proc(tid)}]
             if channel == "winsock":
                 if func == "connect" or func == "WSAConnect":
