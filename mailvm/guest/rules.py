@@ -128,7 +128,7 @@ class State:
 
     def update(self, ev: dict[str, Any], ctx: RuleContext) -> None:
         typ = ev.get("type")
-        t = float(ev.get("t", 0.0) or 0.0)
+        t = _time(ev)
         if typ == "file" and ev.get("ok", True):
             op = ev.get("op")
             path = _s(ev.get("path"))
@@ -268,6 +268,13 @@ def self_copy_place(path: str, ctx: RuleContext) -> bool:
 
 def _s(v: Any) -> str:
     return v if isinstance(v, str) else ("" if v is None else str(v))
+
+
+def _time(ev: dict[str, Any]) -> float:
+    v = ev.get("t")
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:
+        return float(v)
+    return 0.0
 
 
 def _hex(v: Any) -> int:
