@@ -92,6 +92,7 @@ def _executor():
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        _sandbox_parent()  # made here, so that every worker (forked later) uses the same one
         # one long-lived forked worker: a fork per input would cost more than most inputs
         _EXECUTOR = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
     return _EXECUTOR
@@ -133,7 +134,12 @@ def isolated(fn: Callable, *args, timeout: float = ISOLATED_TIMEOUT_S):
 
 
 def shutdown_worker() -> None:
+    """End the worker and remove what killed inputs left behind."""
+    import shutil
+
     _drop_executor(kill=False)
+    if _SANDBOX_PARENT is not None:
+        shutil.rmtree(_SANDBOX_PARENT, ignore_errors=True)
 
 
 def extraction_job(kind: str, data: bytes, name: str, cfg):
@@ -250,12 +256,23 @@ def _tree(root: Path) -> set[str]:
     return out
 
 
+_SANDBOX_PARENT: str | None = None
+
+
+def _sandbox_parent() -> str:
+    """One directory per test run for the sandboxes (a worker killed mid-input cannot clean up its own)."""
+    global _SANDBOX_PARENT
+    if _SANDBOX_PARENT is None:
+        _SANDBOX_PARENT = tempfile.mkdtemp(prefix="mailvm-fuzz-run-")
+    return _SANDBOX_PARENT
+
+
 class Sandbox:
     """A private directory for one input: ``work/`` (the current directory during the run, must stay
     empty), ``spool/`` (the spool) and the input file; anything else appearing is a path-traversal."""
 
     def __init__(self) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="mailvm-fuzz-")
+        self._tmp = tempfile.TemporaryDirectory(prefix="mailvm-fuzz-", dir=_sandbox_parent())
         self.root = Path(self._tmp.name)
         self.work = self.root / "work"
         self.work.mkdir()
