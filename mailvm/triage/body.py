@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import html as htmllib
 import re
+from dataclasses import dataclass
 
 from mailvm.triage import urlrisk
 from mailvm.triage.base import Context, clip, decode_text
@@ -53,32 +54,102 @@ LURE_PHRASES = re.compile(
     r"|within\s+(?:24|48|72)\s+hours|immediate(?:ly)?\s+action|action\s+required",
     re.I,
 )
-_ANCHOR = re.compile(r"<a\b([^>]{0,2000})>(.{0,2000}?)</a\s*>", re.I | re.S)
-_HREF = re.compile(r"""\bhref\s*=\s*(?:"([^"]{0,2000})"|'([^']{0,2000})'|([^\s>]{1,2000}))""", re.I)
-_TAGS = re.compile(r"<[^>]{0,2000}>")
-_SCRIPT_STYLE = re.compile(r"<(script|style)\b[^>]{0,500}>.{0,200000}?</\1\s*>", re.I | re.S)
 _TEXT_URL = re.compile(r"\b(?:https?://|www\.)[^\s<>\"'()]{1,500}", re.I)
 #: visible text that is an address or a bare domain (what a reader believes the link goes to)
 _SHOWN_DOMAIN = re.compile(r"^\s*(?:https?://)?((?:[a-z0-9-]{1,63}\.)+[a-z]{2,24})(?:[/:?#]\S*)?\s*$", re.I)
+MAX_TEXT_OUT = 256 * 1024
+MAX_ANCHOR_TEXT = 200
+
+
+_HREF = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
+MAX_TAG = 2000
+
+
+@dataclass
+class _Read:
+    text: list[str]
+    links: list[tuple[str, str]]
+
+
+def _read(markup: str) -> _Read:
+    """One linear pass over hostile markup: visible text and links (href, text), both bounded.
+
+    Not :class:`html.parser.HTMLParser`: it goes quadratic on unclosed tags (a page of
+    ``<meta ...`` without ``>`` took minutes).  Here every ``<`` costs at most one look for
+    the next ``>`` (remembered, so runs of ``<`` stay linear); a tag is at most
+    :data:`MAX_TAG` characters; an unclosed ``<script>`` or ``<style>`` hides the rest.
+    """
+    markup = markup[:MAX_CHARS]
+    low = markup.lower()
+    n = len(markup)
+    text: list[str] = []
+    size = 0
+    links: list[tuple[str, str]] = []
+    href: str | None = None
+    atext: list[str] = []
+    next_gt = -1
+    i = 0
+
+    def close() -> None:
+        nonlocal href, atext
+        if href is not None and len(links) < MAX_ANCHORS:
+            links.append((href.strip()[:2000], " ".join("".join(atext).split())[:MAX_ANCHOR_TEXT]))
+        href, atext = None, []
+
+    def add(chunk: str) -> None:
+        nonlocal size
+        if not chunk:
+            return
+        chunk = htmllib.unescape(chunk[:MAX_TEXT_OUT])
+        if href is not None and sum(map(len, atext)) < MAX_ANCHOR_TEXT:
+            atext.append(chunk[:MAX_ANCHOR_TEXT])
+        if size < MAX_TEXT_OUT:
+            text.append(chunk)
+            size += len(chunk)
+
+    while i < n and size < MAX_TEXT_OUT:
+        j = markup.find("<", i)
+        if j < 0:
+            add(markup[i:])
+            break
+        add(markup[i:j])
+        if next_gt < j:
+            next_gt = markup.find(">", j)
+            if next_gt < 0:
+                add(markup[j:])
+                break
+        if next_gt - j > MAX_TAG:
+            add("<")
+            i = j + 1
+            continue
+        tag = low[j + 1 : next_gt].strip()
+        name = tag.split(None, 1)[0] if tag else ""
+        i = next_gt + 1
+        if name in ("script", "style"):
+            end = low.find("</" + name, i)
+            if end < 0:
+                break  # an unclosed script: nothing after it is visible
+            gt = low.find(">", end)
+            i = n if gt < 0 else gt + 1
+        elif name == "a":
+            close()
+            m = _HREF.search(markup, j, next_gt + 1)
+            href = htmllib.unescape(next(g for g in m.groups() if g is not None)) if m else None
+        elif name.startswith("/a") and name in ("/a", "/a/"):
+            close()
+        elif name in ("br", "p", "/p", "div", "/div", "tr", "/tr", "li", "td"):
+            add(" ")
+    close()
+    return _Read(text, links)
 
 
 def _visible(markup: str) -> str:
-    text = _SCRIPT_STYLE.sub(" ", markup)
-    text = _TAGS.sub(" ", text)
-    return " ".join(htmllib.unescape(text).split())
+    return " ".join(" ".join(_read(markup).text).split())
 
 
 def anchors(markup: str) -> list[tuple[str, str]]:
     """``(href, visible text)`` of the body's links, bounded."""
-    out = []
-    for m in _ANCHOR.finditer(markup):
-        hm = _HREF.search(m.group(1))
-        if hm:
-            href = htmllib.unescape(next(g for g in hm.groups() if g is not None)).strip()
-            out.append((href, _visible(m.group(2))[:200]))
-            if len(out) >= MAX_ANCHORS:
-                break
-    return out
+    return _read(markup).links
 
 
 def _registrable(host: str) -> str:
@@ -104,8 +175,11 @@ def deceptive_anchor(href: str, text: str) -> str | None:
 
 
 def body_findings(markup: str, is_html: bool) -> list[Finding]:
-    text = _visible(markup) if is_html else " ".join(markup.split())
-    links = anchors(markup) if is_html else []
+    if is_html:
+        reader = _read(markup)
+        text, links = " ".join(" ".join(reader.text).split()), reader.links
+    else:
+        text, links = " ".join(markup[:MAX_CHARS].split()), []
     urls = [h for h, _ in links] + [m.group(0) for m in _TEXT_URL.finditer(text)]
     urls = [u if not u.lower().startswith("www.") else "http://" + u for u in urls][:MAX_URLS]
 
