@@ -35,7 +35,7 @@ import threading
 import time
 from typing import Any
 
-from mailvm.guest import windecoys
+from mailvm.guest import windecoys, winestubs
 from mailvm.guest.winpath import win_to_unix
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,7 @@ def prepare_prefix(template: str, dest: str, uid: int, gid: int) -> None:
                     os.symlink(src, dst)
                     os.lchown(dst, uid, gid)
     windecoys.seed_prefix(dest, uid, gid)
+    winestubs.install(dest, uid, gid)  # DLLs Debian's Wine lacks (ProcessPrng for Go 1.22+/Rust)
 
 
 # ------------------------------------------------------------------ trace channels
