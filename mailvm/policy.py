@@ -104,6 +104,9 @@ ENCRYPTED_IDS = frozenset({"encrypted_archive_unopened", "office_encrypted"})
 NOT_EXECUTED_ID = "not_executed"
 #: what ``not_executed`` may raise a never-run file to
 NOT_EXECUTED_VERDICTS = (CLEAN, SUSPICIOUS, MALICIOUS)
+#: not_executed reasons that say nothing about the file: it is built for a platform neither the
+#: sandbox nor the desktops mailvm protects run (an ARM64 Windows program); its static verdict stands
+NOT_EXECUTED_EXEMPT = ("unsupported architecture",)
 BYPASS_SKIPS = ("detonation", "scan")
 
 #: SMTP replies: (basic code, enhanced status code, RFC 3463)
@@ -1064,6 +1067,8 @@ def blocked_outcomes(policy: Policy, outcomes: Sequence[ArtifactOutcome]) -> lis
 def _raise_not_executed(policy: Policy, o: ArtifactOutcome) -> ArtifactOutcome:
     """A file that should have run and did not is at least ``policy.not_executed``."""
     if not o.not_executed or o.verdict not in (CLEAN, SUSPICIOUS) or policy.not_executed == CLEAN:
+        return o
+    if o.not_executed.startswith(NOT_EXECUTED_EXEMPT):
         return o
     floor = policy.not_executed
     if _DECISION_RANK.get(floor, 0) <= _DECISION_RANK.get(o.verdict, 0):

@@ -158,3 +158,10 @@ def test_report_fields_reach_the_decision():
                                                          "crash at load: c0000135")
     d = decide(pol(blocked_types=["exe"]), [o])
     assert d.action == "reject" and d.verdict == "suspicious" and set(d.flags) == {"blocked", "not_executed"}
+
+
+def test_unsupported_architecture_keeps_its_static_verdict():
+    arm = art("t64-arm.exe", not_executed="unsupported architecture: a PE for machine arm64, no runtime for it here")
+    d = decide(pol(), [arm])
+    assert d.verdict == "clean" and "not_executed" in d.flags  # reported, not raised
+    assert decide(pol(), [art("x.exe", not_executed="crash at load: c0000135")]).verdict == "suspicious"

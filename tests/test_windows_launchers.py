@@ -147,7 +147,7 @@ def test_launcher_says_why_a_windows_file_cannot_run():
     launch, reason = L.choose(pe32, "/work/a.exe", find=lambda t: "/usr/bin/wine64" if t == "wine64" else None)
     assert launch is None and reason.startswith("missing runtime: wine32")
     arm = L.SampleInfo("a.exe", head=b"MZ", pe=P.PeInfo(machine="arm64"))
-    assert L.choose(arm, "/work/a.exe", find=lambda t: "/usr/bin/" + t)[1].startswith("bad format: a PE for machine")
+    assert L.choose(arm, "/work/a.exe", find=lambda t: "/usr/bin/" + t)[1].startswith("unsupported architecture: a PE for machine")
     net_dll = L.SampleInfo("lib.dll", head=b"MZ", pe=P.PeInfo(machine="i386", dll=True, clr=True))
     assert L.choose(net_dll, "/work/lib.dll", find=lambda t: "/usr/bin/" + t)[1].startswith("no launcher for a .NET")
 

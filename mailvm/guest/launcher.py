@@ -139,10 +139,13 @@ class Launch:
     unlimited_address_space: bool = False
     prepare: str = ""  # "wine" | "libreoffice" | ""
     make_executable: bool = False
+    #: exact command lines the viewer itself runs (LibreOffice asking gpg for its version): not the sample's doing
+    helper_argv: frozenset[tuple[str, ...]] = frozenset()
     #: how the detonation proves the sample ran (see mailvm.guest.execproof): "wine_module" (the sample's PE
     #: loaded and its entry thread started), "wine_dll" (the DLL's DllMain or an export called), "wine_host"
     #: (a Wine script host started on the file and did not reject it), "mono" (the .NET entry method entered),
-    #: "process" (the sample, or its interpreter with the sample, was exec'd), "viewer" (the viewer opened it)
+    #: "process" (the sample, or its interpreter with the sample, was exec'd), "viewer" (the viewer opened it),
+    #: "document" (LibreOffice opened the file and its filter loaded it)
     proof: str = "process"
 
     @property
@@ -187,6 +190,7 @@ class Launcher:
     unlimited_address_space: bool = False
     prepare: str = ""
     make_executable: bool = False
+    helper_argv: frozenset[tuple[str, ...]] = frozenset()
     proof: str = "process"
     #: a runtime the launcher needs, named in ``not_executed`` when its programs are missing
     runtime: str = ""
@@ -406,6 +410,27 @@ def _mono_argv(t: dict[str, str], s: str, i: SampleInfo) -> list[str]:
     return [t["mono"]] + ([f"--trace=M::{entry}"] if entry else []) + [s]
 
 
+#: LibreOffice's launcher: oosplash (what the soffice script execs; it restarts soffice.bin when the first start
+#: of a fresh profile asks for it), or the soffice script itself on other layouts
+LIBREOFFICE_TOOLS = ("/usr/lib/libreoffice/program/oosplash", "soffice", "libreoffice")
+LIBREOFFICE_EXES = frozenset({"soffice.bin", "soffice", "oosplash", "libreoffice"})
+#: what LibreOffice runs by itself when it starts (xmlsecurity's GnuPG probes)
+LIBREOFFICE_HELPER_ARGV = frozenset({
+    ("/usr/bin/gpgconf", "--list-dirs"), ("/usr/bin/gpgconf", "--list-components"), ("/usr/bin/gpgconf", "--version"),
+    ("/usr/bin/gpg", "--version"), ("/usr/bin/gpgsm", "--version"), ("/usr/bin/gpg2", "--version"),
+})
+#: the profile LibreOffice uses in the sandbox (mailvm.guest.office writes it)
+LIBREOFFICE_INSTALLATION = "file://" + HOME_IN + "/.config/libreoffice/4"
+#: LibreOffice's certificate store: its own (empty) directory, not the decoy Firefox profile it would find in HOME
+LIBREOFFICE_NSS_DIR = HOME_IN + "/.config/libreoffice/4/user/nss"
+
+
+def _office_argv(t: dict[str, str], s: str, i: SampleInfo) -> list[str]:
+    """Open the document (not --convert-to: a conversion runs no macros) headless, in the sandbox's profile."""
+    return [t[LIBREOFFICE_TOOLS[0]], "--headless", "--norestore", "--nolockcheck", "--nologo",
+            f"-env:UserInstallation={LIBREOFFICE_INSTALLATION}", s]
+
+
 def _wine(name: str, score: Scorer, argv: ArgvBuilder, role: str, proof: str, tools=_WINE_TOOLS,
           runtime: str = "wine64", helpers: frozenset[str] = frozenset(), **kw) -> Launcher:
     return Launcher(name, score, tools, argv, role=role, platform="windows", env=_WINE_ENV,
@@ -434,12 +459,13 @@ REGISTRY: tuple[Launcher, ...] = (
     _wine("wine_wsh", _wsh, lambda t, s, i: [t[_WINE], "wscript", _win_path(s)], "script", "wine_host"),
     _wine("wine_lnk", _lnk, lambda t, s, i: [t[_WINE], "start", "/wait", "/unix", s], "viewer", "viewer",
           viewer_exes=frozenset({"start.exe"})),
-    Launcher("libreoffice", _office, (("soffice", "libreoffice"),),
-             lambda t, s, i: [t["soffice"], "--headless", "--norestore", "--nolockcheck", "--nodefault",
-                              "--convert-to", "pdf", "--outdir", "/tmp/lo-out", s],
-             role="viewer", viewer_exes=frozenset({"soffice.bin", "soffice", "oosplash", "libreoffice"}),
-             quiet_prefixes=(HOME_IN + "/.config/libreoffice", HOME_IN + "/.cache", "/tmp/lo-out"),
-             unlimited_address_space=True, prepare="libreoffice", proof="viewer", runtime="libreoffice"),
+    Launcher("libreoffice", _office, (LIBREOFFICE_TOOLS,), _office_argv, role="viewer",
+             viewer_exes=LIBREOFFICE_EXES, helper_exes=LIBREOFFICE_EXES, helper_argv=LIBREOFFICE_HELPER_ARGV,
+             quiet_prefixes=(HOME_IN + "/.config/libreoffice", HOME_IN + "/.cache", HOME_IN + "/.local/share/fonts",
+                             "/usr/lib/libreoffice"),
+             env=(("MOZILLA_CERTIFICATE_FOLDER", LIBREOFFICE_NSS_DIR),),
+             unlimited_address_space=True, prepare="libreoffice", proof="document",
+             runtime="LibreOffice (libreoffice-core, -writer, -calc, -impress)"),
     Launcher("pdf_mutool", _pdf, (("mutool",),), lambda t, s, i: [t["mutool"], "draw", "-q", "-F", "txt", "-o",
                                                                    "/dev/null", s],
              role="viewer", viewer_exes=frozenset({"mutool"}), proof="viewer", runtime="mupdf-tools"),
@@ -468,6 +494,7 @@ def _launch(entry: Launcher, tools: dict[str, str], sample_in: str, info: Sample
         platform=entry.platform, env=dict(entry.env), viewer_exes=entry.viewer_exes, helper_exes=entry.helper_exes,
         quiet_prefixes=entry.quiet_prefixes, unlimited_address_space=entry.unlimited_address_space,
         prepare=entry.prepare, make_executable=entry.make_executable, proof=entry.proof,
+        helper_argv=entry.helper_argv,
     )
 
 
@@ -478,7 +505,7 @@ def unrunnable(info: SampleInfo) -> str:
     if k == "dos" or (info.ext in (".com", ".pif") and k == ""):
         return "bad format: a DOS program (16-bit) or a PIF; Wine on 64-bit Linux runs no DOS programs"
     if k == "pe_other":
-        return f"bad format: a PE for machine {info.pe.machine if info.pe else '?'}, no runtime for it here"
+        return f"unsupported architecture: a PE for machine {info.pe.machine if info.pe else '?'}, no runtime for it here"
     if k == "dotnet_dll":
         return "no launcher for a .NET DLL (a library without an entry point)"
     if info.ext == ".hta":
