@@ -16,6 +16,8 @@ APT_PACKAGES=(
   strace bubblewrap iproute2 iptables procps psmisc util-linux wine64 poppler-utils
   # 32-bit Windows programs (the i386 multiarch is added below) and .NET assemblies (Mono)
   wine32:i386 mono-runtime
+  # Office documents opened (macros run) inside the sandbox; no-recommends: ~360 MB
+  libreoffice-core libreoffice-writer libreoffice-calc libreoffice-impress
   # the qemu flash-clone backend and its guest image (mvctl image build)
   qemu-system-x86 qemu-utils debootstrap busybox-static lz4 cpio
   # libvirt (started by hand by scripts/start-libvirtd.sh where no systemd runs)

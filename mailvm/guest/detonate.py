@@ -33,11 +33,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from mailvm.guest import execproof, monoreg, winearch, wine, winewarm
+from mailvm.guest import docrules, execproof, monoreg, office, winearch, wine, winewarm
 from mailvm.guest.execproof import Execution, ProofWatcher
 from mailvm.guest.launcher import HOME_IN, HOSTNAME, WORK_IN, Launch, SampleInfo, choose, find_tool
 from mailvm.guest.monitor import JsonLinesMonitor, StraceMonitor
-from mailvm.guest.rules import RuleContext, RuleEngine, prog_name, quiet
+from mailvm.guest.rules import RULES, RuleContext, RuleEngine, prog_name, quiet
 from mailvm.guest.sandbox import INIT_MARKER, Limits, Sandbox, SandboxError
 from mailvm.verdict import ERROR, Finding, score_findings
 
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 SCHEMA = 1
 SOURCE = "detonation"
 CONCLUSIVE_SCORE = 9
+SUSPICIOUS_SCORE = 4
 POLL_S = 0.05
 KINDS = ("executable", "script", "office", "pdf", "html", "lnk", "disk_image", "unknown")
 MAX_TIMEOUT_S = 3600.0
@@ -297,6 +298,9 @@ class Detonation:
         self.proof: ProofWatcher | None = None
         self.proof_t: float | None = None  # when the proof arrived (seconds from t0): the log's priority split
         self.launcher_starts: Counter = Counter()  # Windows programs the launcher starts (not the sample's doing)
+        self.helper_argv: frozenset[tuple[str, ...]] = frozenset()
+        self.helper_pids: set[int] = set()  # processes the viewer started by itself (and their children)
+        self.office: OfficeRun | None = None
 
     # -- the whole run
     def run(self) -> dict[str, Any]:
@@ -351,7 +355,8 @@ class Detonation:
                                "prefix_s": round(time.monotonic() - t0, 3)}
             return prefix
         if launch.prepare == "libreoffice":
-            write_libreoffice_profile(box.home, box.uid)
+            self.office = OfficeRun(box.home, office.external_targets(self.sample_path))
+            office.write_profile(box.home, box.uid, self.office.targets)
         return ""
 
     def _run_in(self, box: Sandbox, launch: Launch, sample_in: str) -> dict[str, Any]:
@@ -372,7 +377,8 @@ class Detonation:
                           decoys=tuple(box.decoys), nproc_limit=self.limits.nproc,
                           ignore_names=frozenset({"localhost", HOSTNAME}))
         self.log.quiet_prefixes = launch.quiet_prefixes
-        engine = RuleEngine(ctx)
+        self.helper_argv = launch.helper_argv
+        engine = RuleEngine(ctx, RULES + self._extra_rules(launch))
         self.t0 = time.time()
         strace = warm.monitor(self.t0) if warm is not None else StraceMonitor(box.strace_log, INIT_MARKER, self.t0)
         strace.builder.initial_cwd = WORK_IN
@@ -383,7 +389,7 @@ class Detonation:
         pe = self.info.pe if self.info is not None else None
         self.proof = ProofWatcher(launch.launcher, launch.proof, sample_in, launch.argv,
                                   entry_rva=pe.entry_rva if pe else None, clr_entry=pe.clr_entry if pe else "",
-                                  has_dllmain=bool(pe.entry_rva) if pe else True)
+                                  has_dllmain=bool(pe.entry_rva) if pe else True, exe_of=strace.builder.exe_of)
         if warm is not None:
             warm.launch(launch.argv, launch.env, self._stderr_handler(parser), self._stdout_handler())
         else:
@@ -404,6 +410,9 @@ class Detonation:
             time.sleep(POLL_S)
             exited = box.exited() if warm is None else self._warm_job_exited(strace, launch)
             batch = self._collect(strace, net)
+            if self.office is not None and self.office.poll():
+                last_activity = time.monotonic()
+                self._office_progress()
             if batch:
                 last_activity = time.monotonic()
             if self._feed(engine, batch) and o.stop_on_malicious:
@@ -429,7 +438,8 @@ class Detonation:
                 # the idle clock starts with the sample, not with the sandbox's own start-up (seconds under TCG)
                 began = True
                 last_activity = now
-            if began and now - last_activity >= o.idle_s and not self._working(strace, launch):
+            if began and now - last_activity >= o.idle_s and not self._working(strace, launch) and not (
+                    self.office is not None and self.office.busy(box.exited(), now - last_activity)):
                 stopped = "exited_idle"
                 break
             if _size(box.strace_log) > MAX_TRACE_BYTES:
@@ -453,6 +463,10 @@ class Detonation:
         if mono:
             self._feed(engine, [dict(ev, t=round(time.time() - self.t0, 4))
                                 for ev in monoreg.diff(mono_before, monoreg.snapshot(box.home))])
+        if self.office is not None:
+            self.office.poll(force=True)
+            self._office_progress()
+            self.extra += self.office.findings(self.sample_path, self.proof, score_findings(engine.findings())[1])
         launch_error = self._launch_problems(box, strace)
         execution = self.proof.result(launch_error)
         if not execution.executed:
@@ -522,9 +536,11 @@ class Detonation:
             if self.proof is not None:
                 self.proof.event(ev)
                 self._proved()
-            if self._launcher_start(ev):
+            if self._launcher_start(ev) or self._viewer_helper(ev):
                 self.log.add(dict(ev, launcher=True), [])
                 continue
+            if self.office is not None:
+                self.office.event(ev)
             before = dict(engine.counts)
             engine.feed(ev)
             matched = [rid for rid, n in engine.counts.items() if n != before.get(rid, 0)]
@@ -544,6 +560,33 @@ class Detonation:
             self.launcher_starts[name] -= 1
             return True
         return False
+
+    def _viewer_helper(self, ev: dict[str, Any]) -> bool:
+        """Is ``ev`` from a program the viewer runs by itself (LibreOffice's gpg probes), or such a program's
+        start?  Matched on the exact command line; its later events and children belong to it too."""
+        pid = ev.get("pid")
+        if not isinstance(pid, int):
+            return False
+        if pid in self.helper_pids:
+            if ev.get("type") == "fork" and isinstance(ev.get("child"), int) and len(self.helper_pids) < 1000:
+                self.helper_pids.add(ev["child"])
+            return True
+        if ev.get("type") == "exec" and self.helper_argv and ev.get("ok", True) and tuple(
+                str(a) for a in ev.get("argv") or ()) in self.helper_argv:
+            self.helper_pids.add(pid)
+            return True
+        return False
+
+    def _extra_rules(self, launch: Launch) -> tuple:
+        if launch.prepare == "libreoffice":
+            return docrules.office_rules(self.office.targets if self.office else ())
+        return ()
+
+    def _office_progress(self) -> None:
+        assert self.office is not None and self.proof is not None
+        if self.office.trace.loaded:
+            self.proof.document_loaded(self.office.trace.filter)
+            self._proved()
 
     def _aborted(self) -> bool:
         if self.should_stop is None:
@@ -594,25 +637,104 @@ class Detonation:
                                      "text": data[:OUTPUT_PREVIEW].decode("utf-8", "replace")})
 
 
-LIBREOFFICE_XCU = """<?xml version="1.0" encoding="UTF-8"?>
-<oor:items xmlns:oor="http://openoffice.org/2001/registry" xmlns:xs="http://www.w3.org/2001/XMLSchema"
- xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
-<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="MacroSecurityLevel" oor:op="fuse">
-<value>0</value></prop></item>
-<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="DisableMacrosExecution"
- oor:op="fuse"><value>false</value></prop></item>
-</oor:items>
-"""
+class OfficeRun:
+    """A document in LibreOffice: the profile hook's trace, the macro evidence, the findings that say who decides."""
+
+    POLL_S = 0.25
+    #: a document not loaded after this long without any event is not going to load (an error dialog that
+    #: headless LibreOffice answered, a filter that hangs)
+    LOAD_IDLE_S = 10.0
+
+    def __init__(self, home: str, targets: list[office.ExternalTarget]) -> None:
+        self.home = home
+        self.targets = targets
+        self.trace = office.OfficeTrace()
+        self.size = -1
+        self.last_poll = 0.0
+        self.started: list[str] = []  # programs the viewer started (not its own helpers): a macro did it
+        self.wrote: list[str] = []  # files the viewer wrote outside its profile, /tmp and the work directory
+
+    def poll(self, force: bool = False) -> bool:
+        """Re-read the trace when it grew; True when it did."""
+        now = time.monotonic()
+        if not force and now - self.last_poll < self.POLL_S:
+            return False
+        self.last_poll = now
+        size = _size(os.path.join(self.home, office.TRACE_REL))
+        if size == self.size:
+            return False
+        self.size = size
+        self.trace = office.read_trace(self.home)
+        return True
+
+    def busy(self, exited: bool, idle_for: float) -> bool:
+        """Keep going: LibreOffice is still loading the document (and did something in the last
+        :data:`LOAD_IDLE_S`), or a macro or fetch the hook started is still running."""
+        if exited:
+            return False
+        t = self.trace
+        if not t.loaded:
+            return idle_for < self.LOAD_IDLE_S
+        return bool(t.pending) or (not t.done and not t.error) or any(
+            v.endswith("requested") for v in t.fetches.values())
+
+    def event(self, ev: dict[str, Any]) -> None:
+        typ = ev.get("type")
+        if typ == "exec" and ev.get("ok", True) and ev.get("src") != "wine" and len(self.started) < 10:
+            parent = prog_name(str(ev.get("parent_exe") or ""))
+            name = prog_name(str(ev.get("path") or ""))
+            if parent in VIEWER_PROCS and name not in VIEWER_PROCS:
+                self.started.append(" ".join(str(a) for a in (ev.get("argv") or [ev.get("path")]))[:120])
+
+    def evidence(self) -> list[str]:
+        """What shows a macro ran: a call of the hook that returned, a program LibreOffice started."""
+        t = self.trace
+        out = [f"{name} ran (called as Word does on open)" for name in t.returned]
+        out += [f"{name} could not be called ({state[7:60]})" for name, state in t.calls.items()
+                if state.startswith("error")]
+        out += [f"LibreOffice started {cmd}" for cmd in self.started[:3]]
+        return out
+
+    def findings(self, sample_path: str, proof: ProofWatcher | None, behaviour_score: int) -> list[Finding]:
+        """Which of the two decides on the macros: the detonation (a macro ran and did something the rules
+        score as suspicious or worse) or the static analysis (no macro seen to run, or one ran and did nothing
+        of note: LibreOffice runs VBA only in part)."""
+        t = self.trace
+        if not t.loaded:
+            return []
+        out: list[Finding] = []
+        modules = [m for _, m in t.modules]
+        present = office.macro_presence(sample_path) or ("vba" if any(k == "vba" for k, _ in t.modules) else
+                                                         "basic" if t.modules else "")
+        what = {"vba": "a VBA project", "basic": "a Basic library"}.get(present, "macros")
+        bound = t.macro_events
+        evidence = self.evidence()
+        ran = bool(t.returned or self.started)
+        if ran:
+            text = "; ".join(evidence)
+            if behaviour_score >= SUSPICIOUS_SCORE:
+                decided = "Decided by: the detonation (what the macros did)"
+            else:
+                decided = ("they did nothing the sandbox scores (Windows-only objects such as WScript.Shell do not "
+                           "exist in LibreOffice). Decided by: the static analysis (oletools) of the macros")
+            out.append(Finding("office_macro_run", 0, f"macros ran in LibreOffice: {text}; {decided}", SOURCE))
+            if proof is not None:
+                proof.note("macro ran: " + text[:160])
+        elif present or bound or t.calls:
+            extra = f" ({', '.join(modules[:4])})" if modules else ""
+            events = f", bound to {', '.join(n for n, _ in bound[:3])}" if bound else ""
+            failed = f"; {'; '.join(evidence)}" if evidence else ""
+            out.append(Finding("office_macros_not_run", 0,
+                               f"the document carries {what}{extra}{events}, but no macro was seen to run in "
+                               f"LibreOffice{failed} (its VBA support is partial, a macro may wait for a click). "
+                               "Decided by: the static analysis (oletools) of the macros", SOURCE))
+            if proof is not None:
+                proof.note(f"{what} present, none seen to run: the static analysis decides")
+        for url, state in list(t.fetches.items())[:office.MAX_FETCH]:
+            out.append(Finding("office_external_fetch", 0, f"followed the document's external {state} <- {url[:200]}",
+                               SOURCE))
+        return out
 
 
-def write_libreoffice_profile(home: str, uid: int) -> None:
-    """A LibreOffice user profile with macro security at its lowest, so document macros run."""
-    d = os.path.join(home, ".config", "libreoffice", "4", "user")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "registrymodifications.xcu"), "w", encoding="utf-8") as fh:
-        fh.write(LIBREOFFICE_XCU)
-    for root, dirs, files in os.walk(os.path.join(home, ".config", "libreoffice")):
-        for n in dirs + files:
-            os.chown(os.path.join(root, n), uid, uid)
-    os.chown(os.path.join(home, ".config", "libreoffice"), uid, uid)
-
+#: the office viewer's own processes (a program they start that is none of these is a macro's doing)
+VIEWER_PROCS = frozenset({"soffice.bin", "oosplash", "soffice", "libreoffice"})

@@ -26,6 +26,14 @@ events, the exit codes) and decides, per the launcher's ``proof`` kind:
 ``process`` / ``viewer``
     The sample (or its interpreter, or the viewer, with the sample in argv)
     was exec'd successfully.
+``document``
+    LibreOffice's ``soffice.bin`` opened the file (strace) and its import
+    filter loaded it (the profile hook's ``loaded`` line, see
+    :mod:`mailvm.guest.office`, fed through :meth:`ProofWatcher.document_loaded`).
+    Opened but never loaded is ``bad format`` (no filter took it), or ``crash
+    at load`` when soffice.bin died of a signal; never opened is a launcher
+    error or a crash at start.  Whether a *macro* ran is told apart
+    (:meth:`ProofWatcher.note`): the proof names it when one did.
 
 Otherwise the reason, in the words of C1: ``missing runtime: ...``,
 ``bad format: ...``, ``crash at load: <status> (...)``, ``launcher error: ...``.
@@ -36,7 +44,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from mailvm.guest.wine import RELAY_INCLUDE  # noqa: F401  (relay thunks only for the behaviour rules' few functions)
 MAX_REASON = 300
@@ -60,6 +68,8 @@ _MONO_MISSING = ("The assembly mscorlib.dll was not found", "Missing method", "C
 #: a host's exit codes that say it did not take the file (msiexec: ERROR_INSTALL_PACKAGE_OPEN_FAILED 1619,
 #: ERROR_INSTALL_PACKAGE_INVALID 1620; the sandbox sees the low byte)
 MSI_REJECTED = {1619 & 255: "the package could not be opened (1619)", 1620 & 255: "not a valid installer package (1620)"}
+#: the programs whose open() of the sample proves a "document" launcher read it
+DOCUMENT_READERS = frozenset({"soffice.bin"})
 #: the engines a Wine script host loads for a script file
 SCRIPT_ENGINES = ("jscript.dll", "vbscript.dll")
 
@@ -101,7 +111,8 @@ class ProofWatcher:
     """Collects the evidence that the sample ran; :meth:`result` decides."""
 
     def __init__(self, launcher: str, proof: str, sample_in: str, argv: tuple[str, ...] = (),
-                 entry_rva: int | None = None, clr_entry: str = "", has_dllmain: bool = True) -> None:
+                 entry_rva: int | None = None, clr_entry: str = "", has_dllmain: bool = True,
+                 exe_of: Callable[[int], str] | None = None, readers: frozenset[str] = DOCUMENT_READERS) -> None:
         self.launcher = launcher
         self.kind = proof
         self.sample_in = sample_in
@@ -120,6 +131,11 @@ class ProofWatcher:
         self.root_exit: int | None = None
         self.exec_failed = ""
         self.lines = 0
+        self.exe_of = exe_of  # pid (or thread id) -> the program it runs (the monitor's process table)
+        self.readers = readers
+        self.opened = ""  # "soffice.bin opened /work/x.docm"
+        self.viewer_signal = ""  # the reader died of this signal
+        self.notes: list[str] = []  # added to the proof (e.g. which macro ran)
 
     # -- evidence
     def wine_line(self, line: str) -> None:
@@ -226,11 +242,35 @@ class ProofWatcher:
         elif typ == "exit" and self.root_pid is not None and ev.get("pid") == self.root_pid:
             if isinstance(ev.get("code"), int):
                 self.root_exit = ev["code"]
+        if self.kind != "document":
+            return
+        if typ == "file" and ev.get("op") in ("read", "write") and ev.get("ok", True) and not self.opened and str(
+                ev.get("path")) == self.sample_in:
+            exe = self._exe(ev.get("pid"))
+            if exe in self.readers:
+                self.opened = f"{exe} opened {self.sample_in}"
+        elif typ == "exit" and ev.get("signal") and self._exe(ev.get("pid")) in self.readers and not self.viewer_signal:
+            self.viewer_signal = str(ev.get("signal"))[:20]
+
+    def _exe(self, pid: Any) -> str:
+        if self.exe_of is None or not isinstance(pid, int):
+            return ""
+        return os.path.basename(self.exe_of(pid) or "")
+
+    def document_loaded(self, detail: str) -> None:
+        """The viewer's own report that its filter loaded the document (LibreOffice's profile hook)."""
+        if self.kind == "document" and self.opened and not self.proof:
+            self.proof = f"{self.opened} and loaded it{(' (' + detail[:120] + ')') if detail else ''}"
+
+    def note(self, text: str) -> None:
+        """More about the run, appended to the proof (what macro ran)."""
+        if text and text not in self.notes and len(self.notes) < 5:
+            self.notes.append(text[:200])
 
     # -- the decision
     def result(self, launch_error: str = "") -> Execution:
         if self.proof:
-            return Execution(True, self.launcher, self.proof)
+            return Execution(True, self.launcher, "; ".join([self.proof] + self.notes))
         if self.kind == "wine_host" and not self.failure:
             code = self.root_exit
             if self.launcher == "wine_msi" and code in MSI_REJECTED:
@@ -257,6 +297,14 @@ class ProofWatcher:
             return not_run(self.launcher, f"crash at load: rundll32 never called into {self.sample_name}")
         if self.kind == "mono":
             return not_run(self.launcher, "crash at load: mono never entered the assembly's entry method")
+        if self.kind == "document":
+            name = self.sample_name
+            if self.viewer_signal:
+                return not_run(self.launcher, f"crash at load: soffice.bin died of {self.viewer_signal} "
+                                              f"{'while loading' if self.opened else 'before it opened'} {name}")
+            if self.opened:
+                return not_run(self.launcher, f"bad format: LibreOffice opened {name} but no import filter loaded it")
+            return not_run(self.launcher, f"launcher error: LibreOffice never opened {name}")
         if self.kind == "wine_host":
             return not_run(self.launcher, "launcher error: the Wine script host never started")
         return not_run(self.launcher, "launcher error: the sample was never started")
