@@ -69,3 +69,13 @@ def test_worst_and_bounds():
                                             ("Register", False), ("www.debian.org", False), ("Learn more", False)])
 def test_call_to_action_words(text, expected):
     assert urlrisk.is_call_to_action(text) is expected
+
+
+def test_homoglyph_lookalikes_and_the_brands_own_hosts():
+    from mailvm.triage.urlrisk import lookalike_brand
+
+    assert lookalike_brand("paypa1-secure-account.com") == "paypal"
+    assert lookalike_brand("rnicrosoft-login.example") == "microsoft"
+    assert lookalike_brand("4pple-id.com") == "apple"
+    for own in ("www.paypal.com", "login.microsoftonline.com", "appleid.apple.com", "docs.python.org"):
+        assert lookalike_brand(own) is None, own

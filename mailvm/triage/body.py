@@ -193,7 +193,8 @@ def body_findings(markup: str, is_html: bool) -> list[Finding]:
         if d:
             deceptive.append((shown, href))
     out: list[Finding] = []
-    risky = worst is not None and worst.severity >= 3
+    # a shortener hides where the link goes: harmless in a newsletter, a lure's tool next to lure language
+    risky = worst is not None and (worst.severity >= 3 or (bool(phrases) and "shortener" in worst.reasons))
     if deceptive:
         shown, href = deceptive[0]
         sev = 5 if (phrases or risky) else 2

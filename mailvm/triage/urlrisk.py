@@ -235,17 +235,34 @@ def _tokens(host: str) -> list[str]:
     return [t for t in re.split(r"[^a-z0-9]+", host.lower()) if t]
 
 
+#: characters a look-alike host swaps for a brand's letters (paypa1, micros0ft, rnicrosoft, vvells)
+_HOMOGLYPHS = (("rn", "m"), ("vv", "w"), ("0", "o"), ("1", "l"), ("3", "e"), ("4", "a"), ("5", "s"), ("7", "t"),
+               ("8", "b"), ("9", "g"), ("@", "a"))
+
+
+def _deglyph(token: str) -> str:
+    for a, b in _HOMOGLYPHS:
+        token = token.replace(a, b)
+    return token
+
+
 def lookalike_brand(host: str) -> str | None:
-    """The brand a host pretends to be, or ``None`` (the brand's own domains are not look-alikes)."""
+    """The brand a host pretends to be, or ``None`` (the brand's own domains are not look-alikes).
+
+    Tokens are compared as written and with digit and letter-pair homoglyphs undone
+    (``paypa1`` is ``paypal``, ``micros0ft`` is ``microsoft``, ``rnicrosoft`` is ``microsoft``);
+    an ``l``/``i`` swap is tried both ways (``paypai``).
+    """
     host = host.lower().rstrip(".")
     reg = registrable_domain(host)
     sld = reg.split(".", 1)[0]
     tokens = _tokens(host)
+    variants = set(tokens) | {_deglyph(t) for t in tokens} | {_deglyph(t).replace("i", "l") for t in tokens}
     for brand, owned in BRANDS.items():
         if brand in EXACT_BRANDS:
-            hit = brand in tokens
+            hit = brand in variants
         else:
-            hit = any(brand in t for t in tokens)
+            hit = any(brand in t for t in variants)
         if not hit or sld in owned or sld == brand:
             continue
         return brand
