@@ -91,6 +91,8 @@ class ScanTableConfig:
     verdict_ttl_s: float = _bounded(30 * 86400.0, 60, 3650 * 86400, "a verdict older than this is re-analysed")
     error_ttl_s: float = _bounded(3600.0, 1, 3650 * 86400, "an error verdict (VM fault) older than this is re-analysed")
     size_limit_bytes: int = _bounded(1024 * MiB, MiB, 1024 * 1024 * MiB, "diskcache size limit")
+    # "" = the local table (diskcache at `path`); "redis://HOST:PORT/DB" = shared by every host
+    url: str = ""
 
 
 @dataclass
@@ -128,6 +130,8 @@ class PoolConfig:
     # QEMU drops root to this user (-runas); "" or "root" keeps root (a warning at start)
     qemu_user: str = "mailvm-qemu"
     qemu_image_poll_s: float = _bounded(5.0, 0, 3600, "how often a running pool looks for a rebuilt image (0: never)")
+    # "" = the local job queue under work_dir; "redis://HOST:PORT/DB" = a stream shared by several pool hosts
+    queue_url: str = ""
     detonate_kinds: list[str] = _bounded(list(DETONATE_KINDS), doc="triage kinds that are detonated (mailvm.kinds)")
 
 
@@ -157,6 +161,31 @@ class QuarantineConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Prometheus metrics of ``mailvm serve`` (``/metrics``)."""
+
+    listen: str = ""  # host:port, e.g. "127.0.0.1:9841"; "" = off
+
+
+@dataclass
+class LogConfig:
+    """The per-message log line (and where mailvm's log goes)."""
+
+    format: str = "text"  # text | json
+    target: str = "stderr"  # stderr | syslog (facility below, on /dev/log)
+    facility: str = "mail"
+
+
+@dataclass
+class WebConfig:
+    """The web console served by ``mailvm serve``."""
+
+    listen: str = ""  # host:port, e.g. "127.0.0.1:9842"; "" = off
+    users_file: str = "/etc/mailvm/web-users"  # `mvctl web passwd NAME` writes it
+    secret_file: str = "/var/lib/mailvm/web.key"  # session signing key, created on first start
+
+
+@dataclass
 class Config:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     links: LinksConfig = field(default_factory=LinksConfig)
@@ -166,6 +195,9 @@ class Config:
     pool: PoolConfig = field(default_factory=PoolConfig)
     milter: MilterConfig = field(default_factory=MilterConfig)
     quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     source: str = "<defaults>"
 
 
@@ -179,6 +211,9 @@ SECTIONS: dict[str, type] = {
     "pool": PoolConfig,
     "milter": MilterConfig,
     "quarantine": QuarantineConfig,
+    "metrics": MetricsConfig,
+    "log": LogConfig,
+    "web": WebConfig,
 }
 
 #: tables of mailvm.toml validated by another loader (mailvm.policy), not here
@@ -276,6 +311,21 @@ def parse_config(data: dict[str, Any], file: str = "<string>") -> Config:
     problem = kinds_problem(cfg.pool.detonate_kinds)
     if problem:
         raise ConfigError(file, "pool.detonate_kinds", problem)
+    for key, value in (("metrics.listen", cfg.metrics.listen), ("web.listen", cfg.web.listen)):
+        if value and not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}", value):
+            raise ConfigError(file, key, "must be HOST:PORT (e.g. 127.0.0.1:9841) or empty for off")
+        if value and not 0 < int(value.rsplit(":", 1)[1]) < 65536:
+            raise ConfigError(file, key, "port must be 1-65535")
+    for key, allowed in (("format", ("text", "json")), ("target", ("stderr", "syslog"))):
+        if getattr(cfg.log, key) not in allowed:
+            raise ConfigError(file, f"log.{key}", f"must be one of {', '.join(allowed)}")
+    import logging.handlers
+
+    if cfg.log.facility not in logging.handlers.SysLogHandler.facility_names:
+        raise ConfigError(file, "log.facility", "must be a syslog facility name (mail, local0...)")
+    for key, value in (("scantable.url", cfg.scantable.url), ("pool.queue_url", cfg.pool.queue_url)):
+        if value and not re.fullmatch(r"(rediss?://[^\s/]+(/\d{1,2})?|unix:///\S+)", value):
+            raise ConfigError(file, key, "must be redis://HOST:PORT/DB, rediss://..., unix:///PATH or empty (local)")
     _check_socket(file, cfg.milter.socket)
     try:
         if not 0 <= int(cfg.milter.socket_mode, 8) <= 0o777:
