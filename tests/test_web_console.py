@@ -172,3 +172,20 @@ def test_login_find_release_to_one_recipient_and_audit(tmp_path, smtp_sink, brow
         assert store.get(item_id)
     finally:
         server.shutdown()
+
+
+def test_mvctl_web_passwd_and_users(tmp_path, monkeypatch, capsys):
+    import io
+
+    from mailvm.cli.mvctl import main
+
+    cfg = tmp_path / "mailvm.toml"
+    cfg.write_text(f'[web]\nusers_file = "{tmp_path}/users"\n')
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse battery\n"))
+    assert main(["-c", str(cfg), "web", "passwd", "admin", "--stdin"]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert main(["-c", str(cfg), "web", "passwd", "bob", "--stdin"]) == 2  # too short
+    assert main(["-c", str(cfg), "web", "users", "--json"]) == 0
+    assert '"admin"' in capsys.readouterr().out
+    assert UsersFile(tmp_path / "users").check("127.0.0.1", "admin", "correct horse battery")
+    assert (tmp_path / "users").stat().st_mode & 0o077 == 0

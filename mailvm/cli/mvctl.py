@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from mailvm.cli import cache, image, lab, policy, pool, quarantine, scan, top
+from mailvm.cli import cache, image, lab, policy, pool, quarantine, scan, top, web
 from mailvm.config import ConfigError
 from mailvm.logsetup import setup_logging
 
@@ -33,6 +33,7 @@ GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     policy.register,
     pool.register,
     top.register,
+    web.register,
     image.register,
     lab.register,
 ]
