@@ -24,6 +24,8 @@ host on the shared page.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 import queue
@@ -33,9 +35,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from mailvm.guest import docrules, execproof, monoreg, office, winearch, wine, winewarm
+from mailvm.guest import browser, docrules, execproof, monoreg, office, winearch, wine, winewarm
 from mailvm.guest.execproof import Execution, ProofWatcher
-from mailvm.guest.launcher import HOME_IN, HOSTNAME, WORK_IN, Launch, SampleInfo, choose, find_tool
+from mailvm.guest.launcher import BROWSER_DIR_IN, HOME_IN, HOSTNAME, WORK_IN, Launch, SampleInfo, choose, find_tool
 from mailvm.guest.monitor import JsonLinesMonitor, StraceMonitor
 from mailvm.guest.rules import RULES, RuleContext, RuleEngine, prog_name, quiet
 from mailvm.guest.sandbox import INIT_MARKER, Limits, Sandbox, SandboxError
@@ -300,7 +302,10 @@ class Detonation:
         self.launcher_starts: Counter = Counter()  # Windows programs the launcher starts (not the sample's doing)
         self.helper_argv: frozenset[tuple[str, ...]] = frozenset()
         self.helper_pids: set[int] = set()  # processes the viewer started by itself (and their children)
+        self.helper_ips: set[str] = set()  # fake addresses of the viewer's own service hosts
         self.office: OfficeRun | None = None
+        self.browser: BrowserRun | None = None
+        self.screenshots: list[dict[str, Any]] = []
 
     # -- the whole run
     def run(self) -> dict[str, Any]:
@@ -357,6 +362,9 @@ class Detonation:
         if launch.prepare == "libreoffice":
             self.office = OfficeRun(box.home, office.external_targets(self.sample_path))
             office.write_profile(box.home, box.uid, self.office.targets)
+        if launch.prepare == "chromium":
+            self.browser = BrowserRun(box.home)
+            self.browser.stage(box.uid)
         return ""
 
     def _run_in(self, box: Sandbox, launch: Launch, sample_in: str) -> dict[str, Any]:
@@ -378,6 +386,7 @@ class Detonation:
                           ignore_names=frozenset({"localhost", HOSTNAME}))
         self.log.quiet_prefixes = launch.quiet_prefixes
         self.helper_argv = launch.helper_argv
+        self.launch = launch
         engine = RuleEngine(ctx, RULES + self._extra_rules(launch))
         self.t0 = time.time()
         strace = warm.monitor(self.t0) if warm is not None else StraceMonitor(box.strace_log, INIT_MARKER, self.t0)
@@ -463,6 +472,11 @@ class Detonation:
         if mono:
             self._feed(engine, [dict(ev, t=round(time.time() - self.t0, 4))
                                 for ev in monoreg.diff(mono_before, monoreg.snapshot(box.home))])
+        if self.browser is not None:
+            evs = self.browser.finish(self.proof, round(time.time() - self.t0, 4))
+            self._proved()
+            self._feed(engine, evs)
+            self.screenshots = self.browser.screenshots
         if self.office is not None:
             self.office.poll(force=True)
             self._office_progress()
@@ -483,8 +497,11 @@ class Detonation:
             counts["trace_lines_dropped"] = strace.lines_dropped
         if self.log.dropped:
             counts["log_dropped"] = self.log.dropped
-        return _result(verdict, score, findings, self.log.finish(self.proof_t), self.elapsed(), stopped,
-                       launch.launcher, counts, execution)
+        res = _result(verdict, score, findings, self.log.finish(self.proof_t), self.elapsed(), stopped,
+                      launch.launcher, counts, execution)
+        if self.screenshots:
+            res["screenshots"] = self.screenshots
+        return res
 
     # -- helpers
     def _proved(self) -> None:
@@ -564,6 +581,8 @@ class Detonation:
     def _viewer_helper(self, ev: dict[str, Any]) -> bool:
         """Is ``ev`` from a program the viewer runs by itself (LibreOffice's gpg probes), or such a program's
         start?  Matched on the exact command line; its later events and children belong to it too."""
+        if self._viewer_noise(ev):
+            return True
         pid = ev.get("pid")
         if not isinstance(pid, int):
             return False
@@ -577,9 +596,33 @@ class Detonation:
             return True
         return False
 
+    def _viewer_noise(self, ev: dict[str, Any]) -> bool:
+        """The viewer's own background traffic and machine probes (Launch.helper_hosts/dsts/reads)."""
+        launch = getattr(self, "launch", None)
+        if launch is None or not (launch.helper_hosts or launch.helper_dsts or launch.helper_reads):
+            return False
+        typ = ev.get("type")
+        if typ == "dns":
+            name = str(ev.get("name", "")).lower().rstrip(".")
+            if name in launch.helper_hosts:
+                if ev.get("answer") and len(self.helper_ips) < 100:
+                    self.helper_ips.add(str(ev["answer"]))
+                return True
+            return False
+        if typ in ("http", "tls"):
+            host = str(ev.get("host") or ev.get("sni") or "").split(":", 1)[0].lower().rstrip(".")
+            return host in launch.helper_hosts or str(ev.get("ip", "")) in self.helper_ips
+        if typ in ("connect", "tcp", "sendto", "udp"):
+            return str(ev.get("dst", "")) in launch.helper_dsts or str(ev.get("ip", "")) in self.helper_ips
+        if typ == "file" and ev.get("op") in ("read", "probe") and launch.helper_reads:
+            return str(ev.get("path", "")).startswith(launch.helper_reads)
+        return False
+
     def _extra_rules(self, launch: Launch) -> tuple:
         if launch.prepare == "libreoffice":
             return docrules.office_rules(self.office.targets if self.office else ())
+        if launch.prepare == "chromium":
+            return docrules.browser_rules()
         return ()
 
     def _office_progress(self) -> None:
@@ -738,3 +781,73 @@ class OfficeRun:
 
 #: the office viewer's own processes (a program they start that is none of these is a macro's doing)
 VIEWER_PROCS = frozenset({"soffice.bin", "oosplash", "soffice", "libreoffice"})
+
+
+class BrowserRun:
+    """A page in Chromium: the driver staged into the sandbox, its report turned into events and the proof, the
+    screenshot carried back in the result (``screenshots``: name, PNG as base64, the page's URL)."""
+
+    MAX_REPORT = 1 << 20
+    #: the screenshot travels in the result (the shared page's result area): a larger PNG is left out, said so
+    MAX_SCREENSHOT = 1536 * 1024
+
+    def __init__(self, home: str) -> None:
+        self.home = home
+        self.dir = os.path.join(home, os.path.relpath(BROWSER_DIR_IN, HOME_IN))
+        self.screenshots: list[dict[str, Any]] = []
+
+    def stage(self, uid: int) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        src = browser.__file__
+        dst = os.path.join(self.dir, "browser.py")
+        with open(src, "rb") as fh, open(dst, "wb") as out:
+            out.write(fh.read())
+        for path in (os.path.join(self.home, ".cache"), self.dir, dst):
+            os.chown(path, uid, uid)
+
+    def report(self) -> dict[str, Any] | None:
+        path = os.path.join(self.dir, "out", browser.RESULT_NAME)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(self.MAX_REPORT + 1)
+        except OSError:
+            return None
+        if len(data) > self.MAX_REPORT:
+            return None
+        try:
+            rep = json.loads(data)
+        except ValueError:
+            return None
+        return rep if isinstance(rep, dict) else None
+
+    def finish(self, proof: ProofWatcher | None, t: float) -> list[dict[str, Any]]:
+        """The report's events (page, forms, downloads, the screenshot); the proof from the report."""
+        rep = self.report()
+        if rep is None:
+            return []
+        events = browser.report_events(rep, t)
+        page = events[0]
+        if proof is not None:
+            if rep.get("loaded"):
+                final = f"; final URL {page['url'][:120]}" if page["url"] != page["start"] else ""
+                proof.viewer_report(True, f"chromium rendered {str(rep.get('url', ''))[:120]} (load event fired"
+                                          f"{final})")
+            else:
+                why = str(rep.get("error") or "no load event")[:160]
+                proof.viewer_report(False, f"crash at load: Chromium did not render the page ({why})")
+        shot = rep.get("screenshot")
+        if shot == browser.SCREENSHOT_NAME:
+            path = os.path.join(self.dir, "out", browser.SCREENSHOT_NAME)
+            try:
+                size = os.path.getsize(path)
+                if size <= self.MAX_SCREENSHOT:
+                    with open(path, "rb") as fh:
+                        png = fh.read(self.MAX_SCREENSHOT)
+                    if png.startswith(b"\x89PNG\r\n\x1a\n"):
+                        self.screenshots.append({"name": "page.png", "url": page["url"][:500],
+                                                 "png_b64": base64.b64encode(png).decode()})
+                events.append({"t": t, "type": "screenshot", "name": "page.png", "bytes": size,
+                               "url": page["url"][:500], "kept": bool(self.screenshots)})
+            except OSError:
+                pass
+        return events

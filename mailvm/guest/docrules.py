@@ -23,6 +23,7 @@ import posixpath
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
+from mailvm.guest.browser import BRAND_SITES
 from mailvm.guest.rules import DOWNLOAD, EXEC, INTERPRETERS, SHELLS, DOWNLOADERS, Rule, RuleContext, State, _f, _s, \
     _t, prog_name
 
@@ -142,7 +143,7 @@ def _form_brand(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
     brands = [str(b) for b in ev.get("brands") or []][:3]
     action = _s(ev.get("action"))
     ah = host_of(action)
-    if ah and any(b in site_of(ah) for b in brands):
+    if ah and any(name in site_of(ah) for b in brands for name in BRAND_SITES.get(b, (b,))):
         return None  # the brand's own login
     return f"password form showing {', '.join(brands)} posts to {action[:160] or 'script'}"
 

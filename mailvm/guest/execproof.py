@@ -26,6 +26,11 @@ events, the exit codes) and decides, per the launcher's ``proof`` kind:
 ``process`` / ``viewer``
     The sample (or its interpreter, or the viewer, with the sample in argv)
     was exec'd successfully.
+``browser``
+    The browser driver (:mod:`mailvm.guest.browser`) reported that Chromium
+    fired the page's load event (fed through :meth:`ProofWatcher.viewer_report`);
+    a driver that reports a failure, or none, is ``crash at load`` / ``launcher
+    error``.
 ``document``
     LibreOffice's ``soffice.bin`` opened the file (strace) and its import
     filter loaded it (the profile hook's ``loaded`` line, see
@@ -262,6 +267,15 @@ class ProofWatcher:
         if self.kind == "document" and self.opened and not self.proof:
             self.proof = f"{self.opened} and loaded it{(' (' + detail[:120] + ')') if detail else ''}"
 
+    def viewer_report(self, ok: bool, detail: str) -> None:
+        """A viewer driver's own account (the browser driver's report): it rendered the file, or why not."""
+        if self.kind != "browser" or self.proof:
+            return
+        if ok:
+            self.proof = detail[:MAX_REASON]
+        elif not self.failure:
+            self.failure = detail[:MAX_REASON]
+
     def note(self, text: str) -> None:
         """More about the run, appended to the proof (what macro ran)."""
         if text and text not in self.notes and len(self.notes) < 5:
@@ -297,6 +311,8 @@ class ProofWatcher:
             return not_run(self.launcher, f"crash at load: rundll32 never called into {self.sample_name}")
         if self.kind == "mono":
             return not_run(self.launcher, "crash at load: mono never entered the assembly's entry method")
+        if self.kind == "browser":
+            return not_run(self.launcher, "launcher error: the browser driver wrote no report")
         if self.kind == "document":
             name = self.sample_name
             if self.viewer_signal:

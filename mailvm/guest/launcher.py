@@ -137,15 +137,20 @@ class Launch:
     helper_exes: frozenset[str] = frozenset()
     quiet_prefixes: tuple[str, ...] = ()
     unlimited_address_space: bool = False
-    prepare: str = ""  # "wine" | "libreoffice" | ""
+    prepare: str = ""  # "wine" | "libreoffice" | "chromium" | ""
     make_executable: bool = False
     #: exact command lines the viewer itself runs (LibreOffice asking gpg for its version): not the sample's doing
     helper_argv: frozenset[tuple[str, ...]] = frozenset()
+    #: the viewer's own background traffic (host names, and exact destinations such as Chromium's IPv6
+    #: reachability probe) and the files it reads about the machine: kept out of the rules
+    helper_hosts: frozenset[str] = frozenset()
+    helper_dsts: frozenset[str] = frozenset()
+    helper_reads: tuple[str, ...] = ()
     #: how the detonation proves the sample ran (see mailvm.guest.execproof): "wine_module" (the sample's PE
     #: loaded and its entry thread started), "wine_dll" (the DLL's DllMain or an export called), "wine_host"
     #: (a Wine script host started on the file and did not reject it), "mono" (the .NET entry method entered),
     #: "process" (the sample, or its interpreter with the sample, was exec'd), "viewer" (the viewer opened it),
-    #: "document" (LibreOffice opened the file and its filter loaded it)
+    #: "document" (LibreOffice opened the file and its filter loaded it), "browser" (Chromium rendered it)
     proof: str = "process"
 
     @property
@@ -191,6 +196,9 @@ class Launcher:
     prepare: str = ""
     make_executable: bool = False
     helper_argv: frozenset[tuple[str, ...]] = frozenset()
+    helper_hosts: frozenset[str] = frozenset()
+    helper_dsts: frozenset[str] = frozenset()
+    helper_reads: tuple[str, ...] = ()
     proof: str = "process"
     #: a runtime the launcher needs, named in ``not_executed`` when its programs are missing
     runtime: str = ""
@@ -431,6 +439,31 @@ def _office_argv(t: dict[str, str], s: str, i: SampleInfo) -> list[str]:
             f"-env:UserInstallation={LIBREOFFICE_INSTALLATION}", s]
 
 
+#: the browser driver (mailvm.guest.browser, copied into the sandbox) and where it reports
+BROWSER_DIR_IN = HOME_IN + "/.cache/mailvm-browser"
+BROWSER_DRIVER_IN = BROWSER_DIR_IN + "/browser.py"
+BROWSER_OUT_IN = BROWSER_DIR_IN + "/out"
+#: Google services Chromium calls by itself even with background networking off (network time, component and
+#: variations updates, safe browsing); a page cannot make it call them in a way that matters here
+CHROMIUM_SERVICE_HOSTS = frozenset({
+    "clients2.google.com", "clients1.google.com", "update.googleapis.com", "clientservices.googleapis.com",
+    "safebrowsing.googleapis.com", "optimizationguide-pa.googleapis.com", "content-autofill.googleapis.com",
+    "redirector.gvt1.com", "edgedl.me.gvt1.com", "www.gstatic.com", "accounts.google.com", "dns.google",
+    "chromewebstore.googleapis.com",
+})
+#: the IPv6 reachability probe: a UDP connect to Google's public DNS (no packet is sent)
+CHROMIUM_PROBES = frozenset({"[2001:4860:4860::8888]:443", "8.8.8.8:443"})
+#: what Chromium reads about the machine (hardware model, CPU): not a page's doing (pages cannot read files)
+CHROMIUM_READS = ("/sys/devices/virtual/dmi/id/", "/sys/class/dmi/id/", "/proc/cpuinfo")
+CHROMIUM_EXES = frozenset({"chromium", "chrome", "chromium-browser", "google-chrome", "chrome_crashpad_handler"})
+
+
+def _chromium_argv(t: dict[str, str], s: str, i: SampleInfo) -> list[str]:
+    """The DevTools driver renders file://<sample> in headless Chromium (see mailvm.guest.browser)."""
+    return [t["python3"], "-I", "-S", BROWSER_DRIVER_IN, "--url", "file://" + s, "--out", BROWSER_OUT_IN,
+            "--chromium", t["chromium"]]
+
+
 def _wine(name: str, score: Scorer, argv: ArgvBuilder, role: str, proof: str, tools=_WINE_TOOLS,
           runtime: str = "wine64", helpers: frozenset[str] = frozenset(), **kw) -> Launcher:
     return Launcher(name, score, tools, argv, role=role, platform="windows", env=_WINE_ENV,
@@ -471,13 +504,12 @@ REGISTRY: tuple[Launcher, ...] = (
              role="viewer", viewer_exes=frozenset({"mutool"}), proof="viewer", runtime="mupdf-tools"),
     Launcher("pdf_poppler", _pdf, (("pdftotext",),), lambda t, s, i: [t["pdftotext"], "-q", s, "/dev/null"],
              role="viewer", viewer_exes=frozenset({"pdftotext"}), proof="viewer", runtime="poppler-utils"),
-    Launcher("html_chromium", _html, (("chromium", "chromium-browser", "google-chrome"),),
-             lambda t, s, i: [t["chromium"], "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                              "--virtual-time-budget=10000", "--dump-dom", "file://" + s],
-             role="viewer", viewer_exes=frozenset({"chromium", "chrome", "chromium-browser", "google-chrome"}),
+    Launcher("html_chromium", _html, (("chromium", "chromium-browser", "google-chrome"), ("python3",)),
+             _chromium_argv, role="viewer", viewer_exes=CHROMIUM_EXES, helper_exes=CHROMIUM_EXES,
              quiet_prefixes=(HOME_IN + "/.config/chromium", HOME_IN + "/.cache", HOME_IN + "/.pki",
-                             HOME_IN + "/.local/share"),
-             unlimited_address_space=True, proof="viewer", runtime="chromium"),
+                             HOME_IN + "/.local/share", HOME_IN + "/Downloads/.org.chromium.Chromium.*"),
+             helper_hosts=CHROMIUM_SERVICE_HOSTS, helper_dsts=CHROMIUM_PROBES, helper_reads=CHROMIUM_READS,
+             unlimited_address_space=True, prepare="chromium", proof="browser", runtime="chromium"),
     Launcher("html_firefox", _html, (("firefox", "firefox-esr"),),
              lambda t, s, i: [t["firefox"], "--headless", "--screenshot", "/tmp/shot.png", "file://" + s],
              role="viewer", viewer_exes=frozenset({"firefox", "firefox-esr", "firefox-bin"}),
@@ -494,7 +526,8 @@ def _launch(entry: Launcher, tools: dict[str, str], sample_in: str, info: Sample
         platform=entry.platform, env=dict(entry.env), viewer_exes=entry.viewer_exes, helper_exes=entry.helper_exes,
         quiet_prefixes=entry.quiet_prefixes, unlimited_address_space=entry.unlimited_address_space,
         prepare=entry.prepare, make_executable=entry.make_executable, proof=entry.proof,
-        helper_argv=entry.helper_argv,
+        helper_argv=entry.helper_argv, helper_hosts=entry.helper_hosts, helper_dsts=entry.helper_dsts,
+        helper_reads=entry.helper_reads,
     )
 
 
