@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--with-wine", action="store_true",
                    help="add wine64 (DLLs stripped, a ready prefix) for Windows samples; give such guests "
                         "[pool] guest_mem_mib >= 512")
+    b.add_argument("--with-docs", action="store_true",
+                   help="add LibreOffice and Chromium for Office documents and HTML (about +600 MB)")
     b.add_argument("--force", action="store_true", help="rebuild the image even when no input changed")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.set_defaults(func=cmd_build)
@@ -59,7 +61,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from mailvm.vmpool.image import build as B
 
     opts = B.BuildOptions(cache_dir=_cache_dir(args), mirror=args.mirror, with_wine=args.with_wine,
-                          force=args.force)
+                          with_docs=args.with_docs, force=args.force)
     if args.suite:
         opts.suite = args.suite
     bar = tqdm(total=len(WINE_STAGES if args.with_wine else STAGES), unit="step", disable=args.json, desc="image")
@@ -102,6 +104,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         wine_text = "no" if not st["with_wine"] else (
             f"{wine.get('version', 'yes')}, prefix {wine.get('prefix', '?')} ({wine.get('prefix_bytes', 0) / 1e6:.0f} MB)")
         print(f"kernel {st['kernel']}, {st['packages']} packages, wine: {wine_text}")
+        docs = st.get("docs") or {}
+        if st.get("with_docs"):
+            print(f"documents: {', '.join(sorted(docs.get('packages', {})))} (+{docs.get('added_bytes', 0) / 1e6:.0f} MB)")
         for name, f in st["files"].items():
             print(f"  {name:<11} {f.get('bytes', 0) / 1e6:8.1f} MB")
+        print(f"  {'total':<11} {st.get('size_bytes', 0) / 1e6:8.1f} MB")
     return EXIT_OK if st["built"] else EXIT_BAD

@@ -128,7 +128,7 @@ def encode_result(result: dict[str, Any], cap: int) -> bytes:
         return data
     cut: list[str] = []
     result["truncated"] = cut
-    for key in ("log", "events"):
+    for key in ("screenshots", "log", "events"):
         value = result.get(key)
         if not isinstance(value, (list, dict)) or not value:
             continue  # absent, empty, or a plain count: nothing to gain

@@ -8,6 +8,11 @@ Stages, each cached under ``cache_dir`` and redone only when its inputs change:
 2. **rootfs** -- ``debootstrap --variant=minbase --include=python3,strace,...``
    from the Debian mirror named in apt's own sources (the only network access),
    trimmed (docs, man pages, apt lists);
+2a. **documents** (``with_docs`` only) -- LibreOffice (core, Writer, Calc,
+   Impress) and Chromium installed in the debootstrapped tree through its own
+   apt (``--no-install-recommends``, plus one font family), part of the rootfs
+   recipe and so of its key: a rootfs with them is its own cached tree; the
+   bytes they add are measured and kept in the stamp and the manifest;
 2b. **wine** (``with_wine`` only) -- in the rootfs tree: DWARF stripped from
    Wine's PE DLLs/EXEs (``x86_64-w64-mingw32-strip --strip-debug``) and its
    unix-side ``.so`` files (``strip --strip-debug``), then a ready Wine prefix
@@ -56,6 +61,9 @@ KERNEL_META = "linux-image-cloud-amd64"
 BASE_PACKAGES = ("python3", "strace", "bubblewrap", "iproute2", "iptables", "procps")
 #: Windows runtimes: Wine (64-bit, and its 32-bit side below) and Mono for .NET assemblies
 WINE_PACKAGES = ("wine64", "mono-runtime")
+#: documents and web pages: LibreOffice opens Office files (macros run), headless Chromium renders HTML
+DOCS_PACKAGES = ("libreoffice-core", "libreoffice-writer", "libreoffice-calc", "libreoffice-impress", "chromium",
+                 "fonts-dejavu-core")
 #: packages of another architecture (Debian multiarch), installed in the tree after debootstrap
 WINE_FOREIGN = {"i386": ("wine32:i386",)}
 BUSYBOX = "/bin/busybox"
@@ -86,6 +94,7 @@ class BuildOptions:
     kernel_package: str = KERNEL_META
     packages: tuple[str, ...] = BASE_PACKAGES
     with_wine: bool = False
+    with_docs: bool = False
     force: bool = False
     keep: int = 2  # complete images kept (the current one included)
 
@@ -284,10 +293,11 @@ def module_closure(modroot: Path, wanted: Iterable[str]) -> list[str]:
 
 
 # -- stage 2: rootfs ------------------------------------------------------------------
-def _install_foreign(tree: Path, foreign: dict[str, tuple[str, ...]]) -> None:
-    """Multiarch packages (``wine32:i386``) in the debootstrapped tree: add the architecture, update, install,
-    through the tree's own apt (its sources name the same mirror), with /proc and /dev bound for the duration."""
-    if not foreign:
+def _install_foreign(tree: Path, foreign: dict[str, tuple[str, ...]], extra: tuple[str, ...] = ()) -> None:
+    """Multiarch packages (``wine32:i386``) and ``extra`` packages (the documents stage) in the debootstrapped
+    tree: add the architecture, update, install, through the tree's own apt (its sources name the same mirror),
+    with /proc and /dev bound for the duration."""
+    if not foreign and not extra:
         return
     mounts: list[Path] = []
     try:
@@ -302,7 +312,7 @@ def _install_foreign(tree: Path, foreign: dict[str, tuple[str, ...]]) -> None:
         for arch in sorted(foreign):
             _run(["chroot", str(tree), *env, "dpkg", "--add-architecture", arch], f"adding architecture {arch}")
         _run(["chroot", str(tree), *env, "apt-get", "update", "-qq"], "apt-get update in the tree")
-        pkgs = sorted(p for ps in foreign.values() for p in ps)
+        pkgs = sorted(p for ps in foreign.values() for p in ps) + sorted(extra)
         _run(["chroot", str(tree), *env, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *pkgs],
              f"installing {' '.join(pkgs)} in the tree")
         _run(["chroot", str(tree), *env, "apt-get", "clean"], "apt-get clean in the tree")
@@ -313,12 +323,23 @@ def _install_foreign(tree: Path, foreign: dict[str, tuple[str, ...]]) -> None:
                 subprocess.run(["umount", "-l", str(mp)], capture_output=True, timeout=60)
 
 
+def _trim(tree: Path) -> None:
+    for rel in TRIM:
+        p = tree / rel
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            p.mkdir(mode=0o755)
+
+
 def stage_rootfs(cache: Path, suite: str, mirror: str, packages: tuple[str, ...],
-                 foreign: dict[str, tuple[str, ...]] | None = None) -> tuple[Path, dict, bool]:
+                 foreign: dict[str, tuple[str, ...]] | None = None,
+                 docs: tuple[str, ...] = ()) -> tuple[Path, dict, bool]:
     recipe = {"suite": suite, "mirror": mirror, "variant": "minbase", "packages": sorted(set(packages)),
               "trim": list(TRIM), "recipe": RECIPE_VERSION}
     if foreign:
         recipe["foreign"] = {arch: sorted(p) for arch, p in sorted(foreign.items())}
+    if docs:
+        recipe["docs"] = sorted(set(docs))
     key = _hash_obj(recipe)
     d = cache / f"rootfs-{key[:16]}"
     stamp = _read_stamp(d)
@@ -332,16 +353,21 @@ def stage_rootfs(cache: Path, suite: str, mirror: str, packages: tuple[str, ...]
         tree = tmp / "tree"
         _run(["debootstrap", "--variant=minbase", f"--include={','.join(recipe['packages'])}",
               suite, str(tree), mirror], "debootstrap")
-        _install_foreign(tree, foreign or {})
-        for rel in TRIM:
-            p = tree / rel
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-                p.mkdir(mode=0o755)
+        _trim(tree)
+        before = _tree_bytes(tree)
+        t_docs = time.monotonic()
+        _install_foreign(tree, foreign or {}, tuple(recipe.get("docs", ())))
+        _trim(tree)
+        added = _tree_bytes(tree) - before
         out = _run(["dpkg-query", f"--admindir={tree}/var/lib/dpkg", "-W", "-f", "${Package}\t${Version}\n"],
                    "listing packages").stdout.decode()
         versions = dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
         stamp = {"key": key, "recipe": recipe, "packages": versions}
+        if docs:
+            # what the documents stage added (with the multiarch packages when both are asked for), after the trim
+            stamp["docs"] = {"packages": {p: versions.get(p, "?") for p in recipe["docs"]},
+                             "added_bytes": added, "seconds": round(time.monotonic() - t_docs, 1),
+                             "with_foreign": bool(foreign)}
         _write_json_atomic(tmp / STAGE_STAMP, stamp)
         os.rename(tmp, d)
     except BaseException:
@@ -644,7 +670,10 @@ def status(cache_dir: str = DEFAULT_CACHE_DIR) -> dict[str, Any]:
         "packages": len(m.get("packages", {})),
         "with_wine": m.get("with_wine", False),
         "wine": m.get("wine"),
+        "with_docs": m.get("with_docs", False),
+        "docs": m.get("docs"),
         "files": m.get("files", {}),
+        "size_bytes": sum(int(f.get("bytes", 0)) for f in m.get("files", {}).values() if isinstance(f, dict)),
     }
 
 
@@ -675,7 +704,8 @@ def build(opts: BuildOptions, progress: Callable[[str], None] | None = None) -> 
     note("rootfs")
     mirror = opts.mirror or find_mirror(opts.suite)
     rdir, rstamp, cached = stage_rootfs(cache, opts.suite, mirror, packages,
-                                        WINE_FOREIGN if opts.with_wine else None)
+                                        WINE_FOREIGN if opts.with_wine else None,
+                                        DOCS_PACKAGES if opts.with_docs else ())
     stages["rootfs"] = "cached" if cached else "built"
     wstamp: dict | None = None
     if opts.with_wine:
@@ -713,6 +743,8 @@ def build(opts: BuildOptions, progress: Callable[[str], None] | None = None) -> 
             "inputs": inputs,
             "rootfs_recipe": rstamp["recipe"],
             "with_wine": opts.with_wine,
+            "with_docs": opts.with_docs,
+            "docs": rstamp.get("docs"),
             "wine": None if wstamp is None else {
                 "version": wstamp["wine_version"], "prefix": wstamp["prefix"],
                 "prefix_bytes": wstamp["prefix_bytes"], "prefix_linked_bytes": wstamp.get("prefix_linked_bytes", 0),
@@ -745,4 +777,4 @@ def build(opts: BuildOptions, progress: Callable[[str], None] | None = None) -> 
 
 
 __all__ = ["BuildError", "BuildOptions", "BuildResult", "build", "status", "find_mirror", "resolve_kernel",
-           "module_closure", "agent_files", "BASE_PACKAGES"]
+           "module_closure", "agent_files", "BASE_PACKAGES", "DOCS_PACKAGES"]
