@@ -109,6 +109,10 @@ def _expand(art: Artifact, spool: Spool, cfg: ExtractConfig, passwords: Sequence
     ctx = ExpandContext(art, spool, cfg, passwords)
     children = run_expander(ctx, EXPANDERS[kind])
     for child in list(children):
+        # identity as data: a member lives in the MIME part that carries its container (strip
+        # removes that part); never recovered from the origin display string
+        child.part_id = art.part_id
+        child.role = "member" if art.role != "download" else "download"
         _expand(child, spool, cfg, ctx.passwords)
 
 

@@ -32,6 +32,7 @@ import email.header
 import email.message
 import email.policy
 import email.utils
+import hashlib
 import html as htmllib
 import io
 import logging
@@ -443,8 +444,6 @@ def _recover_parts(raw: bytes, spool: Spool, cfg: ExtractConfig, origin: tuple[s
     """The parser met broken or reused boundaries: read every part again past them (see embedded.py)."""
     from mailvm.extract.embedded import salvage_parts
 
-    import hashlib
-
     known = {a.sha256 for a in spool.artifacts}
     heads = set()
     for a in spool.artifacts:
@@ -599,15 +598,22 @@ def _leaf(
         else:
             res.add_text(text)
         if not filename:
+            first = len(res.artifacts)
             _uudecoded(data, spool, origin, depth, res)
             _carve_embedded(data, spool, origin, depth, res, "html" if ctype == "text/html" else "text")
             _body_artifact(data, ctype, spool, origin, depth, res)
+            text_part = hashlib.sha256(data).hexdigest()
+            for art in res.artifacts[first:]:
+                art.part_id = text_part  # inside this text part: stripping means replacing the part
+                if art.role == "attachment":
+                    art.role = "embedded"
             return
     if not filename:
         res_index = res.parts
         filename = f"part{res_index}{_ext_for(ctype)}"
     art = spool.add_bytes(data, filename, origin + (f"attachment:{filename}",), depth)
     if art is not None:
+        art.part_id = art.sha256  # the leaf's decoded content: how strip finds this part again
         res.artifacts.append(art)
 
 

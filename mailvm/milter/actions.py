@@ -13,6 +13,7 @@ import email.policy
 import hashlib
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import Milter
@@ -20,9 +21,23 @@ import Milter
 log = logging.getLogger(__name__)
 
 STRIP_NOTICE = (
-    "This attachment was removed by mailvm because it was found {verdict}.\r\n"
-    "Name: {name}\r\nSHA-256: {sha}\r\n"
+    "This attachment was removed by mailvm: {what}.\r\n"
+    "Attachment: {name}\r\nSHA-256: {sha}\r\n"
 )
+
+
+@dataclass
+class StripResult:
+    """What :func:`strip_parts` did: the new body, and whether every offending part is gone."""
+
+    head_changes: list[tuple[str, str]]
+    body: bytes
+    missing: set[str]  # offending part ids not found in the message (nothing removed for them)
+    undecodable: int  # leaves whose content could not be decoded (so not compared)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
 
 
 def apply(ctx: Any, outcome: Any, own_headers: dict[str, int]) -> int:
@@ -58,44 +73,66 @@ def _oneline(text: str) -> str:
 
 
 def _strip(ctx: Any, outcome: Any) -> None:
-    bad = set(outcome.decision.strip_parts)
-    if not bad:
-        return
-    head_changes, body = strip_parts(outcome.raw, bad, _names(outcome))
-    for name, value in head_changes:
+    """Replace the body with the one the service computed and verified (see :func:`strip_parts`)."""
+    result = outcome.stripped
+    if result is None:
+        raise RuntimeError("strip decision without a verified stripped body")
+    for name, value in result.head_changes:
         ctx.chgheader(name, 1, value)
-    ctx.replacebody(body)
+    ctx.replacebody(result.body)
 
 
-def _names(outcome: Any) -> dict[str, tuple[str, str]]:
-    names: dict[str, tuple[str, str]] = {}
-    for a in (outcome.report or {}).get("artifacts", []):
-        names.setdefault(a["sha256"], (a["name"], a["verdict"]))
-    return names
+def notices(report: dict[str, Any] | None) -> dict[str, tuple[str, str]]:
+    """part id -> (the attachment's name, why it goes): the worst file inside it, named, with its verdict.
 
-
-def strip_parts(raw: bytes, bad_sha256: Iterable[str], names: dict[str, tuple[str, str]] | None = None) -> tuple[list[tuple[str, str]], bytes]:
-    """Replace every MIME leaf whose decoded content has one of ``bad_sha256`` by a text notice.
-
-    Returns the top-level header changes (only when the message itself is the
-    offending part) and the new body with CRLF line endings.
+    A zip is removed for its malicious member: the notice says which member and why,
+    not the zip's own (clean) verdict.
     """
-    bad = set(bad_sha256)
+    rank = {"malicious": 3, "suspicious": 2, "pending": 1, "error": 1, "clean": 0}
+    out: dict[str, tuple[str, str, int]] = {}
+    arts = (report or {}).get("artifacts", [])
+    tops = {a.get("part_id"): a.get("name", "") for a in arts if a.get("part_id") and a.get("part_id") == a.get("sha256")}
+    for a in arts:
+        pid = a.get("part_id")
+        if not pid:
+            continue
+        r = rank.get(a.get("verdict", ""), 0)
+        if pid not in out or r > out[pid][2]:
+            top = tops.get(pid, a.get("name", ""))
+            inner = "" if a.get("part_id") == a.get("sha256") else f" (inside: {a.get('name', '')})"
+            out[pid] = (top, f"found {a.get('verdict', 'malicious')}{inner}", r)
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def strip_parts(raw: bytes, bad_part_ids: Iterable[str],
+                names: dict[str, tuple[str, str]] | None = None) -> StripResult:
+    """Replace every MIME leaf whose decoded content is one of ``bad_part_ids`` by a text notice.
+
+    Part ids are the SHA-256 of a leaf's decoded content, recorded at extraction
+    (:attr:`mailvm.verdict.Artifact.part_id`).  The result says which offending
+    ids were not found; the caller must not deliver unless every one was removed,
+    and the new body is parsed again to check that none is left.
+    """
+    bad = set(bad_part_ids)
     names = names or {}
     msg = email.message_from_bytes(raw, policy=email.policy.compat32)
     head_changes: list[tuple[str, str]] = []
+    found: set[str] = set()
+    undecodable = 0
     for part in msg.walk():
         if part.is_multipart():
             continue
         try:
             payload = part.get_payload(decode=True) or b""
-        except Exception:  # undecodable part: leave it, the verdict already reflects it
+        except Exception:  # undecodable: it cannot be compared, so it cannot be shown to be clean
+            undecodable += 1
             continue
         sha = hashlib.sha256(payload).hexdigest()
         if sha not in bad:
             continue
-        name, verdict = names.get(sha, (part.get_filename() or "attachment", "malicious"))
-        notice = STRIP_NOTICE.format(verdict=verdict, name=_oneline(str(name))[:200], sha=sha)
+        found.add(sha)
+        name, why = names.get(sha, (part.get_filename() or "attachment", "found malicious"))
+        notice = STRIP_NOTICE.format(what=_oneline(why)[:200], name=_oneline(str(name))[:200], sha=sha)
         for h in ("Content-Transfer-Encoding", "Content-Disposition", "Content-Type"):
             del part[h]
         part["Content-Type"] = 'text/plain; charset="us-ascii"'
@@ -109,6 +146,17 @@ def strip_parts(raw: bytes, bad_sha256: Iterable[str], names: dict[str, tuple[st
                 ("Content-Disposition", part["Content-Disposition"]),
             ]
     data = msg.as_bytes(policy=email.policy.compat32.clone(linesep="\r\n"))
+    missing = bad - found
+    # check the result the way a mail client will read it: no offending content may be left
+    for part in email.message_from_bytes(data, policy=email.policy.compat32).walk():
+        if part.is_multipart():
+            continue
+        try:
+            payload = part.get_payload(decode=True) or b""
+        except Exception:
+            continue
+        if hashlib.sha256(payload).hexdigest() in bad:
+            missing.add(hashlib.sha256(payload).hexdigest())
     sep = data.find(b"\r\n\r\n")
     body = data[sep + 4:] if sep >= 0 else b""
-    return head_changes, body
+    return StripResult(head_changes, body, missing, undecodable)

@@ -51,6 +51,8 @@ class Outcome:
     recipients: list[str] = field(default_factory=list)
     quarantine_id: str | None = None
     released_id: str | None = None
+    #: for a strip decision: the body with every offending part replaced, verified (actions.StripResult)
+    stripped: Any = None
 
 
 class MilterService:
@@ -110,6 +112,24 @@ class MilterService:
         log.info("policies reloaded")
         return True
 
+    def _verified_strip(self, raw: bytes, decision: Decision, report: dict[str, Any] | None, tag: str):
+        """Strip the offending parts, or fail closed: if any is left (not found, undecodable),
+        the message is quarantined whole instead of delivered with malware inside."""
+        from dataclasses import replace
+
+        from mailvm.milter.actions import notices, strip_parts
+
+        try:
+            result = strip_parts(raw, decision.strip_parts, notices(report))
+        except Exception as exc:  # a message the parser cannot rewrite: never deliver it half-cleaned
+            log.error("%s: strip failed (%s); quarantining instead", tag, exc)
+            result = None
+        if result is not None and result.complete:
+            return decision, result
+        why = "strip could not remove every offending part, quarantined"
+        log.warning("%s: %s (missing %s)", tag, why, sorted(result.missing)[:3] if result else "all")
+        return replace(decision, action="quarantine", reason=(decision.reason + "; " + why)[:300], strip_parts=()), None
+
     def _count(self, key: str) -> None:
         with self._lock:
             self.counters[key] = self.counters.get(key, 0) + 1
@@ -168,7 +188,11 @@ class MilterService:
             tag, sender, len(recipients), decision.verdict, decision.score, decision.action,
             time.monotonic() - started, decision.reason,
         )
-        outcome = Outcome(decision, report, raw, sender, list(recipients))
+        if decision.action == "strip":
+            decision, stripped = self._verified_strip(raw, decision, report, tag)
+        else:
+            stripped = None
+        outcome = Outcome(decision, report, raw, sender, list(recipients), stripped=stripped)
         if decision.action == "quarantine":
             domain = recipients[0].rpartition("@")[2].lower() if recipients else ""
             record = decision_report(decision, outcomes, message_findings)
@@ -268,13 +292,12 @@ def _not_executed(artifact: dict[str, Any]) -> str:
 
 
 def outcomes_from_report(report: dict[str, Any]) -> list[ArtifactOutcome]:
-    """One outcome per artifact; ``part_id`` is the sha256 of the MIME part it came from.
-
-    An archive member's part is the attachment at the root of its origin chain,
-    so stripping a bad member removes the whole attachment that carried it.
+    """One outcome per artifact.  ``part_id`` is the identity extraction recorded as data on
+    each artifact (the decoded content's SHA-256 of the MIME part that carries it; for an
+    archive member, the attachment holding the archive), never parsed back from the
+    ``origin`` display string: file names are attacker data (``x > y.zip``).
     """
     artifacts = report.get("artifacts", [])
-    root_sha = {a.get("origin", ""): a["sha256"] for a in artifacts if " > " not in a.get("origin", "")}
     result = []
     # extraction that stopped on an internal error may have missed files: never "clean" by
     # omission; the policy's error action (tempfail by default) applies
@@ -284,7 +307,6 @@ def outcomes_from_report(report: dict[str, Any]) -> list[ArtifactOutcome]:
         result.append(ArtifactOutcome(sha256="", name="(extraction)", verdict="error", score=0,
                                       findings=(Finding(EXTRACT_ERROR, 0, str(broken[0].get("detail", ""))[:200], "extract"),)))
     for a in artifacts:
-        root = (a.get("origin") or "").split(" > ")[0]
         result.append(
             ArtifactOutcome(
                 sha256=a["sha256"],
@@ -292,7 +314,7 @@ def outcomes_from_report(report: dict[str, Any]) -> list[ArtifactOutcome]:
                 verdict=a["verdict"],
                 score=int(a["score"]),
                 findings=tuple(Finding(f["id"], f["severity"], f.get("detail", "")) for f in a.get("findings", [])),
-                part_id=root_sha.get(root),
+                part_id=str(a.get("part_id") or "") or None,
                 not_executed=_not_executed(a),
                 kind=str(a.get("kind", "")),
                 mime=str(a.get("type", "")),
