@@ -74,6 +74,18 @@ def docs_backend(docs_image):
     yield from serve_prepared(b)
 
 
+def _anon_mib(slot) -> float:
+    """Anonymous memory of the clone's QEMU (what one more clone really costs), MiB."""
+    try:
+        with open(f"/proc/{slot.vm.pid()}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Anonymous:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return -1.0
+
+
 def test_image_records_the_documents_stage(docs_image):
     m = docs_image.manifest
     assert m["with_docs"] is True and m["docs"]["added_bytes"] > 100 << 20
@@ -88,7 +100,7 @@ def test_docm_auto_open_shell_is_malicious_in_a_clone(docs_backend):
     wall = time.monotonic() - t0
     ids = {f["id"] for f in result["findings"]}
     print(f"\ndocm in a clone: {P.state_name(st)} {result['verdict']} {sorted(ids)}; guest {result['duration_s']:.1f} s,"
-          f" host {wall:.1f} s; {result.get('execution')}")
+          f" host {wall:.1f} s; clone anon {_anon_mib(slot):.0f} MiB; {result.get('execution')}")
     assert st == P.DONE and result["launcher"] == "libreoffice" and result["executed"] is True
     assert result["verdict"] == "malicious" and "viewer_spawns_shell" in ids, result["findings"]
     slot.destroy()
@@ -101,7 +113,8 @@ def test_password_form_page_is_judged_by_the_browser_in_a_clone(docs_backend):
     wall = time.monotonic() - t0
     ids = {f["id"] for f in result["findings"]}
     print(f"\nHTML in a clone: {P.state_name(st)} {result['verdict']} {sorted(ids)}; guest "
-          f"{result['duration_s']:.1f} s, host {wall:.1f} s; {result.get('execution')}")
+          f"{result['duration_s']:.1f} s, host {wall:.1f} s; clone anon {_anon_mib(slot):.0f} MiB; "
+          f"{result.get('execution')}")
     assert st == P.DONE and result["launcher"] == "html_chromium" and result["executed"] is True
     assert "page_password_form_other_domain" in ids and result["verdict"] == "malicious", result["findings"]
     slot.destroy()

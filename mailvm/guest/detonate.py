@@ -834,7 +834,10 @@ class BrowserRun:
                                           f"{final})")
             else:
                 why = str(rep.get("error") or "no load event")[:160]
-                proof.viewer_report(False, f"crash at load: Chromium did not render the page ({why})")
+                if "did not start within" in why:
+                    proof.viewer_report(False, f"launcher error: {why}")
+                else:
+                    proof.viewer_report(False, f"crash at load: Chromium did not render the page ({why})")
         shot = rep.get("screenshot")
         if shot == browser.SCREENSHOT_NAME:
             path = os.path.join(self.dir, "out", browser.SCREENSHOT_NAME)
