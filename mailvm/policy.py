@@ -1361,6 +1361,42 @@ def failure_decision(policy: Policy, detail: str = "internal error") -> Decision
     )
 
 
+#: SMTP reply for a message mailvm cannot take whole (RFC 3463: message too big for system)
+REPLY_TOO_BIG: tuple[str, str] = ("552", "5.3.4")
+
+
+def oversize_decision(policies: Sequence[Policy], detail: str) -> Decision:
+    """A message larger than mailvm reads whole (``max_message_bytes``, or headers past the cap).
+
+    Nothing was analysed, and mailvm only holds part of it, so nothing may store or drop
+    a partial copy: each domain's ``actions.unchecked`` is taken, with ``quarantine``
+    becoming ``hold`` (Postfix keeps its own, whole queue file) and ``reject``/``discard``
+    a ``552 5.3.4`` refusal the sender sees.  Several domains: the strictest.
+    """
+    mapping = {QUARANTINE: HOLD, DISCARD: REJECT}
+    pols = list(policies) or [Policy()]
+    best: Decision | None = None
+    for pol in pols:
+        action = mapping.get(pol.actions.unchecked, pol.actions.unchecked)
+        reason = _clip(_ascii_text(f"unchecked: {detail}; not analysed"), MAX_REASON)
+        code = ext = text = None
+        headers: tuple[tuple[str, str], ...] = ()
+        if action == REJECT:
+            code, ext = REPLY_TOO_BIG
+            text = smtp_reply_text("mailvm: message too large to be analysed")
+        elif action == TEMPFAIL:
+            code, ext = REPLY_TEMPFAIL
+            text = smtp_reply_text("mailvm: message too large to be analysed now")
+        else:
+            headers = ((pol.headers.verdict, "error score=0 unchecked oversize"),)
+        d = Decision(action=action, verdict=ERROR, score=0, reason=reason, smtp_code=code, smtp_ext=ext,
+                     smtp_text=text, headers=headers, policy=pol.name, flags=(UNCHECKED,), rule="actions.unchecked")
+        if best is None or ACTION_RANK[d.action] > ACTION_RANK[best.action]:
+            best = d
+    assert best is not None
+    return best
+
+
 def decision_report(decision: Decision, outcomes: Sequence[ArtifactOutcome], message_findings: Sequence[Finding] = ()) -> dict[str, Any]:
     """The decision plus every artifact (JSON-able; names kept as data, bounded)."""
     report = decision.to_report()
@@ -1402,6 +1438,7 @@ __all__ = [
     "decide_for_recipients",
     "decision_report",
     "failure_decision",
+    "oversize_decision",
     "load_policies",
     "normalize_domain",
     "parse_policy",

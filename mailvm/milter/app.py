@@ -76,10 +76,14 @@ class MailvmMilter(Milter.Base):
         self.msg.body = tempfile.TemporaryFile(dir=self.service.spool_dir, prefix="body-")
         return Milter.CONTINUE
 
-    @Milter.noreply
     def envrcpt(self, to, *params):
-        if self.msg is not None and len(self.msg.recipients) < MAX_RCPTS:
-            self.msg.recipients.append(_addr(to))
+        if self.msg is None:
+            return Milter.CONTINUE
+        if len(self.msg.recipients) >= MAX_RCPTS:
+            # never drop a recipient: refuse it for now, the client sends it again in a later transaction
+            self.setreply("452", "4.5.3", f"mailvm: more than {MAX_RCPTS} recipients, send the rest later")
+            return Milter.TEMPFAIL
+        self.msg.recipients.append(_addr(to))
         return Milter.CONTINUE
 
     @Milter.decode("bytes")
@@ -89,11 +93,12 @@ class MailvmMilter(Milter.Base):
         if msg is None:
             return Milter.CONTINUE
         lname = name.lower()
-        if lname.startswith(OWN_HEADER_PREFIX):
+        if lname.startswith(OWN_HEADER_PREFIX) or lname in self.service.own_header_names():
+            # a header of ours (or any name a domain's policy writes) from outside: a forgery; removed at
+            # eom before delivery, but kept in the stored copy (quarantine keeps the message as received)
             msg.own_headers[name] = msg.own_headers.get(name, 0) + 1
             if lname == "x-mailvm-release" and msg.release_header is None:
                 msg.release_header = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
-            return Milter.CONTINUE  # not kept: removed at eom, never scanned as ours
         raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
         msg.header_bytes += len(name) + len(raw) + 4
         if msg.header_bytes <= MAX_HEADER_BYTES:

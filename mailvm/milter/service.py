@@ -30,6 +30,7 @@ from mailvm.policy import (
     decide_for_recipients,
     decision_report,
     load_policies,
+    oversize_decision,
 )
 from mailvm.verdict import Finding
 
@@ -101,10 +102,23 @@ class MilterService:
     def policies(self) -> PolicySet:
         return self._policies
 
+    def own_header_names(self) -> frozenset[str]:
+        """Lower-case names of every header any policy writes: inbound copies are removed (forgery)."""
+        pset = self._policies
+        cached = getattr(self, "_own_names", None)
+        if cached is not None and cached[0] is pset:
+            return cached[1]
+        names = {"x-mailvm-verdict", "x-mailvm-report"}
+        for pol in [pset.default, *pset.domains.values()]:
+            names.add(pol.headers.verdict.lower())
+            names.add(pol.headers.report.lower())
+        self._own_names = (pset, frozenset(names))
+        return self._own_names[1]
+
     def reload(self) -> bool:
         """Reload the policies; on any error keep the last good set and say why."""
         try:
-            new = load_policies(self.config_path, self.policy_dir)
+            new = load_policies(self.config_path, self.policy_dir, previous=self._policies)
         except ConfigError as exc:
             log.error("policy reload failed, keeping the last good policy: %s", exc)
             return False
@@ -156,11 +170,14 @@ class MilterService:
                                released_id=released)
             log.warning("%s: invalid X-Mailvm-Release header ignored; scanning normally", tag)
         message_findings: list[Finding] = []
-        if truncated:
-            message_findings.append(
-                Finding("message_truncated", 4, f"message larger than {self.max_message_bytes} bytes: only its head was scanned", "milter")
-            )
         started = time.monotonic()
+        if truncated:
+            # mailvm holds only part of it: never scan, store or drop a partial copy (Postfix keeps it whole)
+            decision = oversize_decision(
+                policies, f"message larger than {self.max_message_bytes} bytes (or its header over the cap)")
+            self._count(f"action_{decision.action}")
+            log.warning("%s: from=<%s> rcpts=%d %s -> %s", tag, sender, len(recipients), decision.reason, decision.action)
+            return Outcome(decision, None, raw, sender, list(recipients))
         settings = analysis_settings(policies)
         max_wait = settings.max_wait_s
         options = ScanOptions(

@@ -27,6 +27,7 @@ POLICIES = {
     "hold.test": '[actions]\nmalicious = "hold"\n',
     "strip.test": '[actions]\nmalicious = "strip"\n',
     "slow.test": 'max_wait_s = 3\n[actions]\ntimeout = "tempfail"\n',
+    "custom.test": '[headers]\nverdict = "X-Other-Verdict"\nreport = "X-Other-Report"\n',
 }
 
 

@@ -86,3 +86,37 @@ mt.disconnect(conn)
 """
     res = run_lua(script)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_forged_custom_verdict_header_is_removed(mail_lab, miltertest_ok):
+    """A domain that names its headers itself: an inbound copy of that name is a forgery too."""
+    script = LUA_HEAD.format(port=mail_lab.milter_port, n=3, rcpt="u@custom.test") + """
+mt.header(conn, "From", "a@outside.test")
+mt.header(conn, "Subject", "forged custom header")
+mt.header(conn, "X-Other-Verdict", "clean score=0")
+pcall(mt.eoh, conn)
+mt.bodystring(conn, "hello\\r\\n")
+if mt.eom(conn) ~= nil then error("eom") end
+if mt.getreply(conn) ~= SMFIR_ACCEPT then error("eom reply is not ACCEPT") end
+if not mt.eom_check(conn, MT_HDRADD, "X-Other-Verdict") then error("no X-Other-Verdict added") end
+if not mt.eom_check(conn, MT_HDRCHANGE, "X-Other-Verdict") then error("forged X-Other-Verdict not removed") end
+mt.disconnect(conn)
+"""
+    res = run_lua(script)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_recipient_past_the_limit_is_refused_with_452_never_dropped(mail_lab, miltertest_ok):
+    from mailvm.milter.app import MAX_RCPTS
+
+    script = LUA_HEAD.format(port=mail_lab.milter_port, n=4, rcpt="u0@example.com") + f"""
+for i = 1, {MAX_RCPTS - 1} do
+  if mt.rcptto(conn, "<u" .. i .. "@example.com>") ~= nil then error("rcptto " .. i) end
+  if mt.getreply(conn) ~= SMFIR_CONTINUE then error("recipient " .. i .. " refused") end
+end
+if mt.rcptto(conn, "<one.too.many@example.com>") ~= nil then error("rcptto over the limit") end
+if mt.getreply(conn) ~= SMFIR_REPLYCODE then error("the recipient past the limit was not refused") end
+mt.disconnect(conn)
+"""
+    res = run_lua(script)
+    assert res.returncode == 0, res.stdout + res.stderr
