@@ -45,9 +45,24 @@ class _Worker:
 _worker: _Worker | None = None  # set by init_worker() in each worker process only
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG): a worker never
+    outlives a killed ``mailvm serve``; SIGTERM keeps its default action (the worker ends)."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except (OSError, AttributeError) as exc:  # not Linux: the supervisor's process group is the fallback
+        log.debug("PR_SET_PDEATHSIG unavailable: %s", exc)
+
+
 def init_worker(config_path: str | None) -> None:
     """ProcessPoolExecutor initializer: build the heavy, reusable parts once per worker."""
     global _worker
+    die_with_parent()
     from mailvm.scantable import ScanTable
     from mailvm.triage import Triage
     from mailvm.vmpool.jobqueue import JobQueue, QueueDetonator

@@ -16,9 +16,10 @@ import os
 import tempfile
 import threading
 import time
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
+
+from pebble import ProcessExpired
 
 from mailvm.config import Config, ConfigError
 from mailvm.milter.pipeline import ScanOptions, init_worker, scan_path
@@ -76,7 +77,7 @@ class MilterService:
         self.max_message_bytes = cfg.extract.max_message_bytes
         self._policies: PolicySet = load_policies(config_path, policy_dir)
         self._lock = threading.Lock()
-        self._executor: cf.ProcessPoolExecutor | None = None
+        self._executor: Any = None  # pebble.ProcessPool
         self.counters: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------
@@ -84,19 +85,42 @@ class MilterService:
         os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
         self._executor = self._new_executor()
 
-    def _new_executor(self) -> cf.ProcessPoolExecutor:
+    def _new_executor(self):
+        """The scan workers: a Pebble process pool, the one owner of the worker processes.
+
+        Pebble kills a worker whose task overruns its timeout and starts a fresh one, and
+        replaces a worker that died (its task fails alone); ``forkserver`` workers never
+        inherit the milter's threads or sockets.
+        """
         import multiprocessing
 
-        # "forkserver": workers never inherit the milter's threads or sockets
+        import pebble
+
         ctx = multiprocessing.get_context("forkserver")
-        return cf.ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=ctx, initializer=init_worker, initargs=(self.config_path,)
-        )
+        return pebble.ProcessPool(max_workers=self.workers, initializer=init_worker,
+                                  initargs=(self.config_path,), context=ctx)
 
     def close(self) -> None:
-        ex, self._executor = self._executor, None
+        with self._lock:
+            ex, self._executor = self._executor, None
         if ex is not None:
-            ex.shutdown(wait=False, cancel_futures=True)
+            ex.stop()
+            ex.join(timeout=10)
+
+    def _pool(self):
+        """The worker pool, started again (under the lock, the old one stopped) if it broke."""
+        with self._lock:
+            ex = self._executor
+            if ex is None:
+                raise RuntimeError("service not started")
+            if not ex.active:
+                log.error("the scan worker pool stopped; starting a new one")
+                try:
+                    ex.stop()
+                except Exception:
+                    pass
+                ex = self._executor = self._new_executor()
+            return ex
 
     @property
     def policies(self) -> PolicySet:
@@ -239,32 +263,30 @@ class MilterService:
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(raw)
-            executor = self._executor
-            if executor is None:
-                raise RuntimeError("service not started")
-            try:
-                fut = executor.submit(scan_path, path, options)
-            except BrokenProcessPool:
-                self._executor = self._new_executor()
-                fut = self._executor.submit(scan_path, path, options)
-            while True:
+            for attempt in (1, 2):
                 left = hard_deadline - time.monotonic()
                 if left <= 0:
-                    log.error("%s: scan worker did not answer in time", tag)
-                    fut.cancel()
                     return None
-                try:
-                    return fut.result(timeout=min(PROGRESS_EVERY_S, left))
-                except cf.TimeoutError:
-                    if progress is not None:
+                # the hard limit is Pebble's: past it the worker is killed and replaced, so a stuck
+                # analyzer (pdfid, oletools, pefile on a hostile file) never keeps a worker for good
+                fut = self._pool().schedule(scan_path, args=(path, options), timeout=left)
+                while not fut.done():
+                    cf.wait([fut], timeout=min(PROGRESS_EVERY_S, max(0.1, hard_deadline - time.monotonic())))
+                    if not fut.done() and progress is not None:
                         progress()
-                except BrokenProcessPool:
-                    log.error("%s: a scan worker died; restarting the worker pool", tag)
-                    self._executor = self._new_executor()
+                try:
+                    return fut.result()
+                except TimeoutError:
+                    log.error("%s: the scan did not finish in %.0f s; its worker was killed and replaced", tag, left)
                     return None
+                except ProcessExpired as exc:
+                    # the worker died under this message alone (others go on): try once more on a fresh one
+                    log.error("%s: scan worker died (%s)%s", tag, exc, "; retrying once" if attempt == 1 else "")
+                    continue
                 except Exception:
                     log.exception("%s: scan failed", tag)
                     return None
+            return None
         finally:
             try:
                 os.unlink(path)
