@@ -197,3 +197,73 @@ def test_benign_pages_stay_clean(tmp_path, name, data):
         data = doc.read_bytes()
     r = _detonate(tmp_path, name, data)
     assert r["executed"] is True and r["verdict"] == "clean" and r["score"] < 4, r["findings"]
+
+
+# ------------------------------------------------------------------ the screenshot on the host
+
+
+def test_screenshots_are_validated_stored_and_named(tmp_path):
+    from mailvm.vmpool import evidence, shmpage
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
+    raw = [{"name": "page.png", "url": "file:///work/a.html", "png_b64": base64.b64encode(png).decode()},
+           {"png_b64": base64.b64encode(b"GIF89a....").decode()},  # not a PNG
+           {"png_b64": "!!!not base64"}, "junk",
+           {"png_b64": "A" * (evidence.MAX_PNG_BYTES * 2)}]  # too large
+    checked = shmpage.check_result({"schema": 1, "verdict": "clean", "score": 0, "findings": [],
+                                    "screenshots": raw})["screenshots"]
+    assert len(checked) == 1 and checked[0]["png"] == png
+    sha = "ab" * 32
+    events = evidence.store_screenshots(checked, str(tmp_path), sha)
+    assert events == [{"type": "screenshot", "path": f"ab/{sha}/0-page.png", "url": "file:///work/a.html",
+                       "bytes": len(png)}]
+    assert (tmp_path / events[0]["path"]).read_bytes() == png
+    assert evidence.store_screenshots(checked, str(tmp_path), "../../etc") == []  # the name is a sha256 or nothing
+
+
+@pytest.mark.sandbox
+@pytest.mark.slow
+@needs_chromium
+def test_scan_stores_the_screenshot_and_cache_show_names_it(tmp_path):
+    import subprocess
+    import sys
+
+    from mailvm.config import PoolConfig
+    from mailvm.vmpool.backends.process import ProcessBackend
+    why = ProcessBackend.probe(PoolConfig())
+    if why:
+        pytest.skip(why)
+    cfg = tmp_path / "mailvm.toml"
+    cfg.write_text(f"""
+[spool]
+dir = "{tmp_path}/spool"
+[scantable]
+path = "{tmp_path}/table"
+[links]
+enabled = false
+[pool]
+backend = "process"
+slots = 1
+work_dir = "{tmp_path}/pool"
+job_timeout_s = 60
+idle_s = 2
+[triage]
+yara_rules_dir = "{tmp_path}/yara"
+""")
+    page = tmp_path / "Microsoft_Login.html"
+    page.write_bytes(PHISH.replace(b"</body>", b"<!-- " + tmp_path.name.encode() + b" --></body>"))
+
+    def mvctl(*args):
+        return subprocess.run([sys.executable, "-m", "mailvm.cli.mvctl", "-c", str(cfg), *args], capture_output=True,
+                              timeout=300)
+
+    res = mvctl("scan", "--json", str(page))
+    report = json.loads(res.stdout)
+    art = report["artifacts"][0]
+    assert art["source"] == "detonation" and art["verdict"] == "malicious", art
+    show = json.loads(mvctl("cache", "show", "--json", art["sha256"]).stdout)
+    assert len(show["screenshots"]) == 1, show.get("log", [])[:4]
+    shot = Path(show["screenshots"][0])
+    assert shot.is_file() and shot.read_bytes().startswith(b"\x89PNG")
+    assert shot.is_relative_to(tmp_path / "pool" / "evidence")
+    text = mvctl("cache", "show", art["sha256"]).stdout.decode()
+    assert f"screenshot {shot}" in text

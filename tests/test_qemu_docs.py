@@ -76,8 +76,10 @@ def docs_backend(docs_image):
 
 def _anon_mib(slot) -> float:
     """Anonymous memory of the clone's QEMU (what one more clone really costs), MiB."""
+    pid = slot.vm.pid
+    pid = pid() if callable(pid) else pid
     try:
-        with open(f"/proc/{slot.vm.pid()}/smaps_rollup") as fh:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
             for line in fh:
                 if line.startswith("Anonymous:"):
                     return int(line.split()[1]) / 1024

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 from typing import Any, Callable
 
@@ -83,8 +84,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         else:
             print(f"{sha}: not in the scanned table")
         return EXIT_BAD
+    shots = _screenshot_paths(args, verdict.log)
     if args.json:
-        print_json({"sha256": sha, "found": True, **verdict.to_dict()})
+        print_json({"sha256": sha, "found": True, **verdict.to_dict(), "screenshots": shots})
         return EXIT_OK
     when = dt.datetime.fromtimestamp(verdict.analyzed_at).isoformat(timespec="seconds")
     print(f"{sha}\n  state     {verdict.state}\n  verdict   {verdict.verdict} (score {verdict.score})")
@@ -92,7 +94,21 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"  analyzed  {when}  engine {verdict.engine_version}")
     for f in sorted(verdict.findings, key=lambda f: -f.severity):
         print(f"  [{f.severity:2d}] {f.id}: {f.detail}")
+    for path in shots:
+        print(f"  screenshot {path}")
     return EXIT_OK
+
+
+def _screenshot_paths(args: argparse.Namespace, entries: list) -> list[str]:
+    """Where the verdict's screenshots are (the pool's evidence directory, mailvm.vmpool.evidence)."""
+    from mailvm.vmpool.evidence import evidence_dir
+
+    rels = [e["path"] for e in entries if isinstance(e, dict) and e.get("type") == "screenshot"
+            and isinstance(e.get("path"), str)]
+    if not rels:
+        return []
+    root = evidence_dir(config_from(args).pool.work_dir)
+    return [os.path.join(root, rel) for rel in rels]
 
 
 def cmd_forget(args: argparse.Namespace) -> int:

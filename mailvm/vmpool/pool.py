@@ -79,6 +79,7 @@ from mailvm.config import PoolConfig
 from mailvm.guest import protocol
 from mailvm.verdict import CLEAN, ERROR, MALICIOUS, SUSPICIOUS, Finding, Verdict
 from mailvm.vmpool.backends.base import Backend, Slot
+from mailvm.vmpool.evidence import evidence_dir, store_screenshots
 from mailvm.vmpool.outcome import ENGINE, compose_verdict, failure_verdict
 from mailvm.vmpool.shmpage import PageError, RequestTooLarge
 
@@ -701,6 +702,8 @@ class Pool:
         if state == protocol.FAILED:
             log.info("pool: slot %s reported FAILED for %s", slot.id, job.sha256[:12])
         verdict = compose_verdict(job.static_findings, job.kind, result, slot.id, run_s, handover_ms)
+        shots = store_screenshots(result.get("screenshots") or [], evidence_dir(cfg.work_dir), job.sha256)
+        verdict.log[2:2] = shots  # after the kind and run entries: kept by any later cap
         return _Done(work, verdict, final=True, handover_ms=handover_ms, run_s=run_s, slot=slot.id)
 
     @staticmethod

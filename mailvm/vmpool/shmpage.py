@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 
 from mailvm.guest import protocol as P
 from mailvm.verdict import VERDICTS, Finding
+from mailvm.vmpool.evidence import check_screenshots
 
 #: result limits beyond the byte cap
 MAX_FINDINGS = 500
@@ -92,7 +93,8 @@ def check_result(obj: Any) -> dict[str, Any]:
     most severe).  Optional: ``log`` (list, str/dict entries kept, capped),
     ``duration_s`` (finite number >= 0), ``stopped`` (str or bool),
     ``launcher``, ``error`` (str), ``events`` (count >= 0, list or dict), ``truncated``
-    (list of str), ``executed`` (bool, else None) and ``execution`` (object of strings, else None).
+    (list of str), ``executed`` (bool, else None), ``execution`` (object of strings, else None) and
+    ``screenshots`` (validated PNGs, see :mod:`mailvm.vmpool.evidence`).
     Unknown keys are dropped.
     """
     if not isinstance(obj, dict):
@@ -149,6 +151,8 @@ def check_result(obj: Any) -> dict[str, Any]:
         "executed": obj["executed"] if isinstance(obj.get("executed"), bool) else None,
         "execution": {k: str(v)[:300] for k, v in list(obj["execution"].items())[:8] if isinstance(k, str)}
         if isinstance(obj.get("execution"), dict) else None,
+        # rendered pages' screenshots (validated PNGs; mailvm.vmpool.evidence stores them)
+        "screenshots": check_screenshots(obj.get("screenshots")),
     }
 
 
