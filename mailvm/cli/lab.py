@@ -28,6 +28,8 @@ from mailvm.lab.samples import SAMPLES
 DEFAULT_DIR = "/var/lib/mailvm-lab"
 SMTP_PORT = 2525
 MILTER_PORT = 8894
+METRICS_PORT = 9841
+WEB_PORT = 9842
 
 
 QUARANTINE_POLICY = """\
@@ -78,7 +80,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     (d / "policy.d").mkdir(exist_ok=True)
     cfg_path = d / "mailvm.toml"
     cfg_path.write_text(lab_config(d, MILTER_PORT, smtp_port=SMTP_PORT, backend=args.backend,
-                                   slots=max(1, args.slots), max_wait_s=120))
+                                   slots=max(1, args.slots), max_wait_s=120,
+                                   extra=f'[metrics]\nlisten = "127.0.0.1:{METRICS_PORT}"\n'
+                                         f'[web]\nlisten = "127.0.0.1:{WEB_PORT}"\nusers_file = "{d}/web-users"\n'
+                                         f'secret_file = "{d}/web.key"\n'))
     (d / "policy.d" / "quarantine.example.toml").write_text(QUARANTINE_POLICY)
     _stop_mailvm(d)
     log = open(d / "mailvm.log", "ab")
@@ -96,6 +101,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     pf.start()
     print(f"mailvm lab running (config {cfg_path}, log {d / 'mailvm.log'})")
     print(f"  Postfix : 127.0.0.1:{SMTP_PORT} -> mailvm milter 127.0.0.1:{MILTER_PORT} -> Maildir {pf.inbox}")
+    print(f"  metrics : http://127.0.0.1:{METRICS_PORT}/metrics   (mvctl top --url http://127.0.0.1:{METRICS_PORT}/metrics)")
+    print(f"  console : http://127.0.0.1:{WEB_PORT}/   (mvctl -c {cfg_path} web passwd admin)")
     print("  send    : mvctl lab send MESSAGE.eml --to user@example.com")
     print("  inbox   : mvctl lab inbox")
     print("  stop    : mvctl lab stop")

@@ -109,13 +109,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     socket_spec = args.socket or cfg.milter.socket
     quarantine = QuarantineStore(cfg.quarantine.dir)
     key = load_or_create_key(cfg.quarantine.release_key)
+    _clean_spool(cfg.spool.dir)
     service = MilterService(cfg, path, cfg.milter.policy_dir, quarantine, key, cfg.milter.workers)
+    for domain, problem in service.policies.broken.items():
+        log.error("policy of %s is invalid, its mail is deferred until fixed: %s", domain, problem)
     service.start()
+    servers = _start_side_servers(cfg, service, quarantine, key)
 
     pool_proc = None
+    restarts: list[float] = []
     if cfg.milter.pool_service and not args.no_pool:
         ctx = multiprocessing.get_context("spawn")
-        pool_proc = ctx.Process(target=_pool_process_main, args=(path, args.verbose), name="mailvm-pool")
+        pool_proc = ctx.Process(target=_pool_child_main, args=(path, args.verbose), name="mailvm-pool")
         pool_proc.start()
         log.info("pool service started (pid %d)", pool_proc.pid)
 
@@ -150,10 +155,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         while not stop.is_set():
             stop.wait(1.0)
             if pool_proc is not None and not pool_proc.is_alive():
-                log.error("pool service exited (code %s); restarting it", pool_proc.exitcode)
-                time.sleep(1.0)
+                # back off: 1 s doubling to 60 s; loud when it keeps dying (unseen files then time out)
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < 600] + [now]
+                delay = min(60.0, 2.0 ** (len(restarts) - 1))
+                level = logging.CRITICAL if len(restarts) >= 5 else logging.ERROR
+                log.log(level, "pool service exited (code %s); restart %d in 10 min, next in %.0f s",
+                        pool_proc.exitcode, len(restarts), delay)
+                if stop.wait(delay):
+                    break
                 ctx = multiprocessing.get_context("spawn")
-                pool_proc = ctx.Process(target=_pool_process_main, args=(path, args.verbose), name="mailvm-pool")
+                pool_proc = ctx.Process(target=_pool_child_main, args=(path, args.verbose), name="mailvm-pool")
                 pool_proc.start()
     finally:
         log.info("mailvm stopping")
@@ -162,6 +174,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except Exception:
             pass
         thread.join(timeout=10)
+        for server in servers:
+            try:
+                server.shutdown()
+            except Exception:
+                pass
         service.close()
         if pool_proc is not None and pool_proc.is_alive():
             pool_proc.terminate()
@@ -174,6 +191,110 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.error("milter failed: %s", failure[0])
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _pool_child_main(path: str | None, verbose: int) -> None:
+    """The pool service as a child of ``mailvm serve``: it dies with its parent (no orphan QEMUs)."""
+    from mailvm.milter.pipeline import die_with_parent
+
+    die_with_parent()
+    _pool_process_main(path, verbose)
+
+
+def _clean_spool(spool_dir: str) -> None:
+    """Remove what a killed ``mailvm serve`` left in the spool (copies only: Postfix keeps the mail)."""
+    import shutil
+
+    try:
+        names = os.listdir(spool_dir)
+    except FileNotFoundError:
+        return
+    removed = 0
+    for name in names:
+        if not name.startswith(("msg-", "body-")):
+            continue
+        full = os.path.join(spool_dir, name)
+        try:
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full)
+            else:
+                os.unlink(full)
+            removed += 1
+        except OSError as exc:
+            log.warning("spool: cannot remove %s: %s", full, exc)
+    if removed:
+        log.info("spool: removed %d leftovers of an earlier run", removed)
+
+
+def _start_side_servers(cfg, service, quarantine, key: bytes) -> list:
+    """Metrics, syslog output and the web console, each only when configured."""
+    servers: list = []
+    from mailvm.obs import msglog
+
+    msglog.configure(cfg.log.target, facility=cfg.log.facility)
+    if cfg.metrics.listen:
+        from mailvm.obs.metrics import new_metrics, start_server
+        from mailvm.vmpool.pool import read_status
+
+        service.metrics = new_metrics(lambda: read_status(cfg.pool.work_dir))
+        servers.append(start_server(service.metrics, cfg.metrics.listen))
+    if cfg.web.listen:
+        servers.append(_start_console(cfg, service, quarantine, key))
+    return servers
+
+
+def _start_console(cfg, service, quarantine, key: bytes):
+    import secrets
+    from pathlib import Path
+
+    from mailvm.audit import AuditLog
+    from mailvm.quarantine import smtp_deliver
+    from mailvm.store import open_table
+    from mailvm.vmpool.pool import read_status
+    from mailvm.web.app import ConsoleDeps, create_app, serve
+    from mailvm.web.auth import UsersFile
+
+    secret_path = Path(cfg.web.secret_file)
+    if not secret_path.exists():
+        secret_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(32))
+    audit = AuditLog(Path(cfg.quarantine.dir) / "audit.log")
+    deliver = smtp_deliver(cfg.quarantine.reinject_host, cfg.quarantine.reinject_port)
+
+    def release(item_id: str, recipients, who: str):
+        def to_chosen(raw, sender, original):
+            deliver(raw, sender, list(recipients) if recipients is not None else original)
+        result = quarantine.release(item_id, to_chosen, key)
+        audit.record(who, "release", item_id,
+                     f"to {', '.join(recipients) if recipients else 'all original recipients'}: {result.status}",
+                     ok=result.delivered)
+        return result
+
+    def verdict_of(sha: str):
+        table = open_table(cfg)
+        try:
+            v = table.get(sha)
+            return v.to_dict() if v is not None else None
+        finally:
+            table.close()
+
+    def figures() -> dict:
+        if service.metrics is None:
+            return {"metrics": "off ([metrics] listen)"}
+        from mailvm.cli.top import Snapshot, summary
+
+        snap = Snapshot(time.time())
+        for family in service.metrics.registry.collect():
+            for sample in family.samples:
+                snap.samples[(sample.name, tuple(sorted(sample.labels.items())))] = float(sample.value)
+        return summary(snap, None)
+
+    deps = ConsoleDeps(store=quarantine, audit=audit, users=UsersFile(cfg.web.users_file), release=release,
+                       verdict_of=verdict_of, pool_status=lambda: read_status(cfg.pool.work_dir), figures=figures,
+                       secret_key=secret_path.read_bytes(), evidence_dir=str(Path(cfg.pool.work_dir) / "evidence"))
+    return serve(create_app(deps), cfg.web.listen)
 
 
 def _logging(verbose: int) -> None:

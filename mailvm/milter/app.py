@@ -43,6 +43,8 @@ class MessageState:
     truncated: bool = False
     own_headers: dict[str, int] = field(default_factory=dict)  # lower-case name -> occurrences seen
     release_header: str | None = None
+    auth_user: str = ""
+    message_id: str = ""
 
     def close(self) -> None:
         if self.body is not None:
@@ -62,17 +64,28 @@ class MailvmMilter(Milter.Base):
         self.service = service
         self.id = Milter.uniqueID()
         self.client = ""
+        self.client_ip = ""
+        self.client_name = ""
+        self.helo_name = ""
         self.msg: MessageState | None = None
 
     # -- collecting ----------------------------------------------------------
     @Milter.noreply
     def connect(self, IPname, family, hostaddr):  # noqa: N803 (pymilter's names)
         self.client = f"{IPname} [{hostaddr[0] if hostaddr else '?'}]"
+        self.client_ip = str(hostaddr[0]) if hostaddr else ""
+        self.client_name = _addr(IPname)[:255]
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def hello(self, heloname):
+        self.helo_name = _addr(heloname)[:255]
         return Milter.CONTINUE
 
     def envfrom(self, mailfrom, *params):
         self._reset()
         self.msg = MessageState(sender=_addr(mailfrom))
+        self.msg.auth_user = _addr(self.getsymval("{auth_authen}") or "")[:256]
         self.msg.body = tempfile.TemporaryFile(dir=self.service.spool_dir, prefix="body-")
         return Milter.CONTINUE
 
@@ -100,6 +113,8 @@ class MailvmMilter(Milter.Base):
             if lname == "x-mailvm-release" and msg.release_header is None:
                 msg.release_header = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
         raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+        if lname == "message-id" and not msg.message_id:
+            msg.message_id = raw.decode("utf-8", "replace").strip()[:200]
         msg.header_bytes += len(name) + len(raw) + 4
         if msg.header_bytes <= MAX_HEADER_BYTES:
             msg.headers.append((name, raw))
@@ -131,6 +146,8 @@ class MailvmMilter(Milter.Base):
         queue_id = self.getsymval("i") or ""
         try:
             raw = self._assemble(msg)
+            from mailvm.policy import ClientInfo
+
             outcome = self.service.handle(
                 raw=raw,
                 sender=msg.sender,
@@ -139,6 +156,10 @@ class MailvmMilter(Milter.Base):
                 truncated=msg.truncated,
                 release_header=msg.release_header,
                 progress=self._progress,
+                client=ClientInfo(ip=self.client_ip, name=self.client_name, helo=self.helo_name,
+                                  auth_user=msg.auth_user, sender=msg.sender),
+                message_id=msg.message_id,
+                size=msg.header_bytes + msg.body_bytes,
             )
             return actions.apply(self, outcome, msg.own_headers)
         except Exception:  # never lose a message: tempfail and log the reason

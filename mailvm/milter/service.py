@@ -23,8 +23,16 @@ from pebble import ProcessExpired
 
 from mailvm.config import Config, ConfigError
 from mailvm.milter.pipeline import ScanOptions, init_worker, scan_path
+from mailvm.obs.msglog import MessageRecord
+from mailvm.obs.msglog import emit as emit_message_line
 from mailvm.policy import (
+    ACTION_RANK,
     ArtifactOutcome,
+    ClientInfo,
+    Policy,
+    bypass_decision,
+    bypass_for,
+    failure_decision,
     Decision,
     PolicySet,
     analysis_settings,
@@ -55,6 +63,8 @@ class Outcome:
     released_id: str | None = None
     #: for a strip decision: the body with every offending part replaced, verified (actions.StripResult)
     stripped: Any = None
+    #: why an allow-list let this message skip (part of) the analysis, or ""
+    bypass: str = ""
 
 
 class MilterService:
@@ -78,6 +88,8 @@ class MilterService:
         self._policies: PolicySet = load_policies(config_path, policy_dir)
         self._lock = threading.Lock()
         self._executor: Any = None  # pebble.ProcessPool
+        #: Prometheus metrics (mailvm.obs.metrics.Metrics) when [metrics] listen is set
+        self.metrics: Any = None
         self.counters: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------
@@ -182,6 +194,51 @@ class MilterService:
         truncated: bool = False,
         release_header: str | None = None,
         progress: Callable[[], Any] | None = None,
+        client: ClientInfo | None = None,
+        message_id: str = "",
+        size: int = 0,
+    ) -> Outcome:
+        """Decide one message; then one log line (and the metrics) say what happened to it."""
+        started = time.monotonic()
+        client = client or ClientInfo(sender=sender)
+        if self.metrics is not None:
+            self.metrics.inflight.inc()
+        try:
+            outcome = self._handle(raw, sender, recipients, queue_id, truncated, release_header, progress, client)
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.error("milter")
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.inflight.dec()
+        elapsed = time.monotonic() - started
+        d = outcome.decision
+        timings = dict((outcome.report or {}).get("timings", {}) or {})
+        timings["total"] = round(elapsed, 4)
+        rec = MessageRecord(
+            queue_id=queue_id, client_ip=client.ip, client_name=client.name, helo=client.helo,
+            auth_user=client.auth_user, sender=sender, recipients=list(recipients), size=size or len(raw),
+            message_id=message_id, verdict=d.verdict, score=d.score, action=d.action, domain=d.policy,
+            rule=d.rule, reason=d.reason, bypass=outcome.bypass, quarantine_id=outcome.quarantine_id or "",
+            timings=timings)
+        emit_message_line(rec, self.cfg.log.format)
+        if self.metrics is not None:
+            self.metrics.observe_message(d.verdict, d.action, elapsed, timings, (outcome.report or {}).get("artifacts", ()))
+            if outcome.bypass:
+                self.metrics.bypassed(outcome.bypass.split(" ", 1)[0])
+        return outcome
+
+    def _handle(
+        self,
+        raw: bytes,
+        sender: str,
+        recipients: Sequence[str],
+        queue_id: str,
+        truncated: bool,
+        release_header: str | None,
+        progress: Callable[[], Any] | None,
+        client: ClientInfo,
     ) -> Outcome:
         policies = [p for _, p in self._policies.for_recipients(list(recipients))]
         tag = queue_id or "-"
@@ -202,11 +259,18 @@ class MilterService:
             self._count(f"action_{decision.action}")
             log.warning("%s: from=<%s> rcpts=%d %s -> %s", tag, sender, len(recipients), decision.reason, decision.action)
             return Outcome(decision, None, raw, sender, list(recipients))
+        skip, why = bypass_for(policies, client)
+        if skip == "scan":
+            log.info("%s: bypass (%s): not analysed", tag, why)
+            decision = bypass_decision(policies[0] if policies else Policy(), why)
+            return Outcome(decision, None, raw, sender, list(recipients), bypass=why)
+        if skip:
+            log.info("%s: bypass (%s): static analysis only, no detonation", tag, why)
         settings = analysis_settings(policies)
         max_wait = settings.max_wait_s
         options = ScanOptions(
             deadline=started + max_wait,
-            detonate=settings.detonate,
+            detonate=settings.detonate and not skip,
             detonate_kinds=list(settings.detonate_kinds),
             links=settings.links_enabled,
             max_links=settings.max_links,
@@ -215,29 +279,34 @@ class MilterService:
         )
         report = self._run_pipeline(raw, options, progress, started + max_wait + WORKER_GRACE_S, tag)
         if report is None:
-            outcomes = [ArtifactOutcome(sha256="", name="(message)", verdict="error", score=0,
-                                        findings=(Finding("scan_failed", 0, "the analysis did not complete", "milter"),))]
+            # mailvm itself failed and has no verdict at all: each domain's fail_open decides (tempfail 451
+            # 4.3.0, or deliver marked "failed-open"); the strictest wins
+            if self.metrics is not None:
+                self.metrics.error("pipeline")
+            outcomes = []
+            decision = max((failure_decision(p, "the analysis did not complete") for p in policies or [Policy()]),
+                           key=lambda d: ACTION_RANK[d.action])
         else:
             outcomes = outcomes_from_report(report)
             message_findings.extend(
                 Finding(f["id"], f["severity"], f.get("detail", ""), "extract") for f in report.get("findings", [])
             )
-        decision = decide_for_recipients(policies, outcomes, message_findings)
+            decision = decide_for_recipients(policies, outcomes, message_findings)
         self._count(f"action_{decision.action}")
-        log.info(
-            "%s: from=<%s> rcpts=%d verdict=%s score=%d action=%s in %.2fs (%s)",
-            tag, sender, len(recipients), decision.verdict, decision.score, decision.action,
-            time.monotonic() - started, decision.reason,
-        )
         if decision.action == "strip":
             decision, stripped = self._verified_strip(raw, decision, report, tag)
         else:
             stripped = None
-        outcome = Outcome(decision, report, raw, sender, list(recipients), stripped=stripped)
+        outcome = Outcome(decision, report, raw, sender, list(recipients), stripped=stripped, bypass=why)
         if decision.action == "quarantine":
-            domain = recipients[0].rpartition("@")[2].lower() if recipients else ""
+            # filed under the domain whose policy decided (its retention and notices apply)
+            domain = decision.policy if decision.policy != "default" else (
+                recipients[0].rpartition("@")[2].lower() if recipients else "")
             record = decision_report(decision, outcomes, message_findings)
             record["subject"] = str((report or {}).get("headers", {}).get("subject", ""))[:300]
+            record.update(client_ip=client.ip, client_name=client.name, helo=client.helo,
+                          auth_user=client.auth_user, deciding_domain=decision.policy,
+                          received=_received_chain(raw))
             record["scan"] = report
             outcome.quarantine_id = self.quarantine.add(raw, sender, list(recipients), record, domain, queue_id)
             log.info("%s: quarantined as %s", tag, outcome.quarantine_id)
@@ -320,6 +389,18 @@ class MilterService:
             smtp_text=None,
             headers=((name, f"released id={item_id}"),),
         )
+
+
+def _received_chain(raw: bytes, limit: int = 20) -> list[str]:
+    """The message's Received fields (its path), unfolded and bounded, for the quarantine record."""
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0][:256 * 1024].decode("utf-8", "replace")
+    out: list[str] = []
+    for field_ in head.replace("\r\n", "\n").replace("\n\t", " ").replace("\n ", " ").split("\n"):
+        if field_.lower().startswith("received:"):
+            out.append(" ".join(field_[9:].split())[:500])
+            if len(out) >= limit:
+                break
+    return out
 
 
 def _not_executed(artifact: dict[str, Any]) -> str:
