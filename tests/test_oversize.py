@@ -39,3 +39,29 @@ def test_oversize_takes_hold_or_552_never_a_partial_quarantine(tmp_path):
     # several domains: the strictest (a partial copy is never quarantined for any of them)
     out = svc.handle(raw, "a@b.example", ["u@tag.test", "v@q.test"], "Q4", truncated=True)
     assert out.decision.action == "hold" and store.added == []
+
+
+def test_authenticated_sender_bypass_skips_detonation(tmp_path, monkeypatch):
+    """The SMTP-AUTH user (Postfix's {auth_authen}, read at MAIL FROM) reaches the policy's bypass."""
+    from mailvm.policy import ClientInfo
+
+    svc, _store = _service(tmp_path, {"auth.test": "[bypass]\nauthenticated = true\n",
+                                      "scanall.test": "[bypass]\nauthenticated = true\nskip = \"scan\"\n"})
+    seen = {}
+
+    def fake_pipeline(raw, options, progress, hard_deadline, tag):
+        seen["detonate"] = options.detonate
+        return {"verdict": "clean", "score": 0, "findings": [], "artifacts": []}
+
+    monkeypatch.setattr(svc, "_run_pipeline", fake_pipeline)
+    out = svc.handle(b"Subject: x\r\n\r\nhi\r\n", "a@inside.example", ["u@auth.test"], "Q5",
+                     client=ClientInfo(ip="198.51.100.9", auth_user="alice", sender="a@inside.example"))
+    assert seen["detonate"] is False and out.bypass == "authenticated user alice"
+    seen.clear()
+    out = svc.handle(b"Subject: x\r\n\r\nhi\r\n", "a@inside.example", ["u@auth.test"], "Q6",
+                     client=ClientInfo(ip="198.51.100.9", sender="a@inside.example"))
+    assert seen["detonate"] is True and out.bypass == ""
+    seen.clear()
+    out = svc.handle(b"Subject: x\r\n\r\nhi\r\n", "a@inside.example", ["u@scanall.test"], "Q7",
+                     client=ClientInfo(ip="198.51.100.9", auth_user="alice"))
+    assert seen == {} and out.decision.flags == ("bypassed",)

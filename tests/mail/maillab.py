@@ -27,6 +27,8 @@ POLICIES = {
     "hold.test": '[actions]\nmalicious = "hold"\n',
     "strip.test": '[actions]\nmalicious = "strip"\n',
     "slow.test": 'max_wait_s = 3\n[actions]\ntimeout = "tempfail"\n',
+    "trusted.test": '[bypass]\nnetworks = ["127.0.0.0/8"]\n',
+    "authbypass.test": '[bypass]\nauthenticated = true\n',
     "custom.test": '[headers]\nverdict = "X-Other-Verdict"\nreport = "X-Other-Report"\n',
 }
 

@@ -120,3 +120,4 @@ mt.disconnect(conn)
 """
     res = run_lua(script)
     assert res.returncode == 0, res.stdout + res.stderr
+

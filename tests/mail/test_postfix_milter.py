@@ -260,3 +260,23 @@ def test_hold_action_puts_message_in_postfix_hold_queue(mail_lab):
     res = mail_lab.mvctl("hold", "release", "--postfix-config", str(mail_lab.postfix.config_dir), qid)
     assert res.returncode == 0, res.stdout + res.stderr
     assert _delivered_with(mail_lab, "liam@hold.test", subject, timeout=60) is not None
+
+
+def test_allow_listed_network_skips_detonation_and_the_log_says_why(mail_lab):
+    """trusted.test lists 127.0.0.0/8: an unseen script from there is not detonated, yet still
+    triaged; EICAR from there is still blocked (static analysis and the table still apply)."""
+    subject = f"trusted {time.time_ns()}"
+    script = b"#!/bin/sh\necho 'unseen " + str(time.time_ns()).encode() + b"'\n"
+    msg = make_message(subject, attachments=[("build.sh", script)])
+    assert mail_lab.send(msg, ["dev@trusted.test"]) == {}
+    got = _delivered_with(mail_lab, "dev@trusted.test", subject)
+    assert got is not None
+    assert "detonation" not in (got.get("X-Mailvm-Report") or "")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "bypass=" not in mail_lab.log_text():
+        time.sleep(0.2)
+    line = [ln for ln in mail_lab.log_text().splitlines() if subject in ln or ("bypass=" in ln and "trusted.test" in ln)]
+    assert any("bypass=\"client 127.0.0.1 in 127.0.0.0/8\"" in ln for ln in line), line[-3:]
+    with pytest.raises(smtplib.SMTPDataError):
+        mail_lab.send(make_message(f"eicar trusted {time.time_ns()}", attachments=[("x.zip", eicar_zip())]),
+                      ["dev@trusted.test"])
