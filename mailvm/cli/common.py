@@ -23,6 +23,6 @@ def print_json(obj: Any) -> None:
 
 
 def open_table(cfg: Config):
-    from mailvm.scantable import ScanTable
+    from mailvm.store import open_table
 
-    return ScanTable(cfg.scantable)
+    return open_table(cfg)

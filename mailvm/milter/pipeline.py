@@ -63,13 +63,14 @@ def init_worker(config_path: str | None) -> None:
     """ProcessPoolExecutor initializer: build the heavy, reusable parts once per worker."""
     global _worker
     die_with_parent()
-    from mailvm.scantable import ScanTable
     from mailvm.triage import Triage
-    from mailvm.vmpool.jobqueue import JobQueue, QueueDetonator
+    from mailvm.vmpool.jobqueue import QueueDetonator
 
     cfg = load_config(config_path)
-    queue = JobQueue(Path(cfg.pool.work_dir) / "jobs")
-    _worker = _Worker(cfg, Triage(cfg.triage), ScanTable(cfg.scantable), QueueDetonator(queue))
+    from mailvm.store import open_queue, open_table
+
+    queue = open_queue(cfg)  # local, or the Redis stream of [pool] queue_url
+    _worker = _Worker(cfg, Triage(cfg.triage), open_table(cfg), QueueDetonator(queue))
     log.debug("scan worker %d ready", os.getpid())
 
 

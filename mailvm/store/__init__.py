@@ -27,8 +27,10 @@ def open_queue(cfg: Any, consumer: str | None = None) -> Any:
     if cfg.pool.queue_url:
         from mailvm.store.redis_queue import RedisJobQueue
 
+        # a job idle (no heartbeat) for three job timeouts belongs to a dead worker: another one takes it
         return RedisJobQueue(cfg.pool.queue_url, Path(cfg.pool.work_dir) / "redis-jobs", consumer=consumer,
-                             max_file_bytes=cfg.extract.max_file_bytes)
+                             max_file_bytes=cfg.extract.max_file_bytes,
+                             reclaim_idle_s=max(60.0, 3 * cfg.pool.job_timeout_s))
     from mailvm.vmpool.jobqueue import JobQueue
 
     return JobQueue(Path(cfg.pool.work_dir) / "jobs")

@@ -46,13 +46,12 @@ def job_from_record(record: dict[str, Any]):
 
 def run(cfg: Config, stop: threading.Event) -> None:
     """Serve jobs until ``stop`` is set; the pool and its slots are closed on every exit path."""
-    from mailvm.scantable import ScanTable
-    from mailvm.vmpool.jobqueue import JobQueue
+    from mailvm.store import open_queue, open_table
     from mailvm.vmpool.pool import Pool
     from mailvm.vmpool.select import make_backend
 
-    queue = JobQueue(Path(cfg.pool.work_dir) / "jobs")
-    table = ScanTable(cfg.scantable)
+    queue = open_queue(cfg)  # local, or a Redis stream several pool hosts share ([pool] queue_url)
+    table = open_table(cfg)
     backend = make_backend(cfg.pool)
     info = backend.info()
     level = logging.WARNING if info.accel in ("tcg", "none") else logging.INFO

@@ -1,0 +1,60 @@
+"""The whole unseen-file path over Redis: a scan worker enqueues on the stream and waits on the
+Redis table; a pool service (the process backend) takes the job from the stream, detonates it and
+publishes the verdict; a second scanner gets it from the table without a second detonation."""
+
+from __future__ import annotations
+
+import email.message
+import threading
+import time
+
+import pytest
+
+from mailvm.milter import pipeline
+from redis_helpers import REDIS_SERVER, RedisServer
+from test_windows_launchers import SANDBOX as SANDBOX_REASON
+
+pytestmark = [pytest.mark.redis, pytest.mark.sandbox, pytest.mark.slow,
+              pytest.mark.skipif(not REDIS_SERVER, reason="redis-server is not installed (make setup installs it)"),
+              pytest.mark.skipif(SANDBOX_REASON is not None, reason=f"sandbox unavailable: {SANDBOX_REASON}")]
+
+
+def test_unseen_script_detonated_once_through_redis(tmp_path):
+    from mailvm.config import load_config
+    from mailvm.store import open_table
+    from mailvm.vmpool import service
+
+    srv = RedisServer(tmp_path / "redis").start()
+    cfg_path = tmp_path / "mailvm.toml"
+    cfg_path.write_text(
+        f'[spool]\ndir = "{tmp_path}/spool"\n[scantable]\npath = "{tmp_path}/t"\nurl = "{srv.url}"\n'
+        f'[pool]\nbackend = "process"\nslots = 1\nwork_dir = "{tmp_path}/pool"\nqueue_url = "{srv.url}"\n'
+        f'job_timeout_s = 20\nidle_s = 1\n[links]\nenabled = false\n')
+    cfg = load_config(cfg_path)
+    stop = threading.Event()
+    pool = threading.Thread(target=service.run, args=(cfg, stop), daemon=True)
+    pool.start()
+    try:
+        pipeline.init_worker(str(cfg_path))
+        m = email.message.EmailMessage()
+        m["Subject"] = "redis path"
+        m.set_content("see attached")
+        script = b"#!/bin/sh\nmkdir -p ~/.config/autostart\necho unseen-" + str(time.time_ns()).encode() + b"\n"
+        m.add_attachment(script, maintype="application", subtype="x-sh", filename="run.sh")
+        msg = tmp_path / "m.eml"
+        msg.write_bytes(m.as_bytes())
+        opts = pipeline.ScanOptions(deadline=time.monotonic() + 120, detonate=True, detonate_kinds=["script"],
+                                    links=False)
+        report = pipeline.scan_path(str(msg), opts)
+        art = [a for a in report["artifacts"] if a["name"] == "run.sh"][0]
+        assert art["source"] == "detonation", art
+        # the verdict is in the shared table: a second message is answered from it
+        again = pipeline.scan_path(str(msg), opts)
+        assert [a for a in again["artifacts"] if a["name"] == "run.sh"][0]["source"] == "cache"
+        table = open_table(cfg)
+        assert table.stats()["published"] >= 1 and table.r.xlen("mailvm:jobs") == 0
+    finally:
+        stop.set()
+        pool.join(timeout=60)
+        pipeline._worker = None
+        srv.stop()
