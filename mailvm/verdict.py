@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-ENGINE_VERSION = "mailvm-0.1.0/rules-1"
+ENGINE_VERSION = "mailvm-0.2.0/rules-2"  # bumped: verdicts of the old rules are re-analysed
 
 CLEAN = "clean"
 SUSPICIOUS = "suspicious"
