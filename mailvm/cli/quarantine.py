@@ -212,8 +212,10 @@ def cmd_hold_release(args: argparse.Namespace) -> int:
     if res.returncode != 0:
         print(out, file=sys.stderr)
         return EXIT_ERROR
-    if "Released from hold" not in out and "released" not in out.lower():
-        print(f"{args.queue_id}: not in the hold queue", file=sys.stderr)
+    # postsuper says "postsuper: Released from hold: N messages"; N = 0 means no such held message
+    m = re.search(r"Released from hold:\s*(\d+)", out)
+    if not m or int(m.group(1)) < 1:
+        print(f"{args.queue_id}: not in the hold queue" + (f" ({out})" if out else ""), file=sys.stderr)
         return EXIT_BAD
     subprocess.run(["postqueue", *_pf(args), "-i", args.queue_id], capture_output=True, timeout=60)
     print(f"{args.queue_id}: released from hold")

@@ -280,3 +280,11 @@ def test_allow_listed_network_skips_detonation_and_the_log_says_why(mail_lab):
     with pytest.raises(smtplib.SMTPDataError):
         mail_lab.send(make_message(f"eicar trusted {time.time_ns()}", attachments=[("x.zip", eicar_zip())]),
                       ["dev@trusted.test"])
+
+
+def test_hold_release_of_an_unknown_queue_id_exits_non_zero(mail_lab, capsys):
+    """The real postsuper answers 'Released from hold: 0 messages' (or nothing): that is not a release."""
+    from mailvm.cli.mvctl import main
+
+    rc = main(["hold", "release", "ABCDE12345", "--postfix-config", str(mail_lab.postfix.config_dir)])
+    assert rc == 1 and "not in the hold queue" in capsys.readouterr().err
