@@ -186,6 +186,7 @@ def drive(url: str, out: str, chromium: str, budget_s: float, settle_s: float,
     downloads_dir = os.path.join(out, "downloads")
     os.makedirs(downloads_dir, exist_ok=True)
     t0 = time.monotonic()
+    wait = 10.0
     report: dict[str, Any] = {"url": url, "loaded": False, "navigations": [], "http_redirects": 0, "downloads": [],
                               "dialogs": [], "error": ""}
     proc, cdp = start_chromium(chromium, os.path.join(out, "profile"))
@@ -197,15 +198,20 @@ def drive(url: str, out: str, chromium: str, budget_s: float, settle_s: float,
         except CdpError as exc:
             raise CdpError(f"Chromium did not start within {start_s:g} s ({exc})") from None
         report["start_s"] = round(time.monotonic() - t_start, 2)
+        # an emulated guest is tens of times slower: every later bound scales with how long the start took
+        slow = min(max(1.0, report["start_s"] / 2.0), 12.0)
+        wait = 10.0 * slow
+        budget_s *= slow
         t0 = time.monotonic()  # the page's budget starts now
-        target = cdp.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = cdp.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        target = cdp.call("Target.createTarget", {"url": "about:blank"}, timeout=wait)["targetId"]
+        session = cdp.call("Target.attachToTarget", {"targetId": target, "flatten": True}, timeout=wait)["sessionId"]
         for method, params in (("Page.enable", {}), ("Network.enable", {}), ("Runtime.enable", {}),
                                ("Emulation.setDeviceMetricsOverride", {"width": VIEWPORT[0], "height": VIEWPORT[1],
                                                                        "deviceScaleFactor": 1, "mobile": False})):
-            cdp.call(method, params, session)
-        main_frame = cdp.call("Page.getFrameTree", {}, session).get("frameTree", {}).get("frame", {}).get("id", "")
-        cdp.call("Page.navigate", {"url": url}, session, timeout=30.0)
+            cdp.call(method, params, session, timeout=wait)
+        tree = cdp.call("Page.getFrameTree", {}, session, timeout=wait)
+        main_frame = tree.get("frameTree", {}).get("frame", {}).get("id", "")
+        cdp.call("Page.navigate", {"url": url}, session, timeout=3 * wait)
         last = time.monotonic()
         downloads: dict[str, dict[str, Any]] = {}
         while time.monotonic() - t0 < budget_s:
@@ -248,11 +254,12 @@ def drive(url: str, out: str, chromium: str, budget_s: float, settle_s: float,
             except OSError:
                 d["head"] = ""
             report["downloads"].append(d)
-        facts = cdp.call("Runtime.evaluate", {"expression": EXTRACT_JS, "returnByValue": True}, session)
+        facts = cdp.call("Runtime.evaluate", {"expression": EXTRACT_JS, "returnByValue": True}, session,
+                         timeout=2 * wait)
         value = (facts.get("result") or {}).get("value")
         if isinstance(value, str) and len(value) < 1 << 20:
             report["page"] = json.loads(value)
-        shot = cdp.call("Page.captureScreenshot", {"format": "png"}, session, timeout=20.0).get("data", "")
+        shot = cdp.call("Page.captureScreenshot", {"format": "png"}, session, timeout=3 * wait).get("data", "")
         png = base64.b64decode(shot) if isinstance(shot, str) else b""
         if png and len(png) <= MAX_SCREENSHOT:
             with open(os.path.join(out, SCREENSHOT_NAME), "wb") as fh:
