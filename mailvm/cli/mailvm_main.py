@@ -115,6 +115,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.error("policy of %s is invalid, its mail is deferred until fixed: %s", domain, problem)
     service.start()
     servers = _start_side_servers(cfg, service, quarantine, key)
+    housekeeping_stop = threading.Event()
+    threading.Thread(target=_housekeeping, args=(cfg, service, quarantine, housekeeping_stop),
+                     name="mailvm-housekeeping", daemon=True).start()
 
     pool_proc = None
     restarts: list[float] = []
@@ -174,6 +177,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except Exception:
             pass
         thread.join(timeout=10)
+        housekeeping_stop.set()
         for server in servers:
             try:
                 server.shutdown()
@@ -199,6 +203,36 @@ def _pool_child_main(path: str | None, verbose: int) -> None:
 
     die_with_parent()
     _pool_process_main(path, verbose)
+
+
+#: how often the service expires old quarantine items and scanned-table entries by itself
+HOUSEKEEPING_EVERY_S = 3600.0
+
+
+def _housekeeping(cfg, service, quarantine, stop: threading.Event) -> None:
+    """Expiry on a schedule inside the service: quarantine items past their domain's retention
+    (audited as ``expire``) and stale scanned-table entries; a failure is logged, never fatal."""
+    from pathlib import Path
+
+    from mailvm.audit import AuditLog
+    from mailvm.store import open_table
+
+    audit = AuditLog(Path(cfg.quarantine.dir) / "audit.log")
+    while not stop.wait(HOUSEKEEPING_EVERY_S):
+        try:
+            pset = service.policies
+            removed = quarantine.expire(cfg.quarantine.retention_days,
+                                        retention_for=lambda d: pset.for_domain(d).quarantine.retention_days)
+            if removed:
+                audit.record("mailvm", "expire", "-", f"{removed} quarantine item(s) past retention")
+            table = open_table(cfg)
+            try:
+                gone = table.expire()
+            finally:
+                table.close()
+            log.info("housekeeping: %d quarantine item(s) and %d table entries expired", removed, gone)
+        except Exception:
+            log.exception("housekeeping failed; trying again in %.0f s", HOUSEKEEPING_EVERY_S)
 
 
 def _clean_spool(spool_dir: str) -> None:

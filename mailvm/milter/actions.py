@@ -13,12 +13,18 @@ import email.policy
 import hashlib
 import logging
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import Milter
 
+from mailvm.verdict import ENGINE_VERSION
+
 log = logging.getLogger(__name__)
+
+#: "mailvm/<version> on <host>", appended to the verdict header of every message this host decides
+SCANNER_ID = f"mailvm/{ENGINE_VERSION.split('/', 1)[0].removeprefix('mailvm-')} on {socket.gethostname()[:64]}"
 
 STRIP_NOTICE = (
     "This attachment was removed by mailvm: {what}.\r\n"
@@ -53,7 +59,9 @@ def apply(ctx: Any, outcome: Any, own_headers: dict[str, int]) -> int:
     if d.action in ("discard", "quarantine"):
         # quarantine: the service already stored the message durably in mailvm's store
         return Milter.DISCARD
-    for name, value in d.headers:
+    for i, (name, value) in enumerate(d.headers):
+        if i == 0:  # the verdict header says which mailvm, where (like clamav-milter's ReportHostname)
+            value = f"{value} ({SCANNER_ID})"
         ctx.addheader(name, value, -1)
     if d.action == "hold":
         ctx.quarantine(_oneline(d.reason)[:200] or "mailvm hold")

@@ -46,6 +46,8 @@ def test_clean_message_is_delivered_with_verdict_header(mail_lab):
     assert got is not None, "clean message was not delivered"
     assert got.get_all("X-Mailvm-Verdict") == [got["X-Mailvm-Verdict"]]
     assert got["X-Mailvm-Verdict"].startswith("clean")
+    import socket
+    assert got["X-Mailvm-Verdict"].endswith(f"on {socket.gethostname()[:64]})")  # which mailvm, where
     assert "notes.txt" in (got.get("X-Mailvm-Report") or "")
 
 
