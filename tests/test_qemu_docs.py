@@ -111,12 +111,14 @@ def test_docm_auto_open_shell_is_malicious_in_a_clone(docs_backend):
 def test_password_form_page_is_judged_by_the_browser_in_a_clone(docs_backend):
     slot = docs_backend.create_slot("html")
     t0 = time.monotonic()
-    _, st, result = _job(slot, PHISH, "Microsoft_Login.html", timeout=240.0)
+    _, st, result = _job(slot, PHISH, "Microsoft_Login.html", timeout=400.0)
     wall = time.monotonic() - t0
     ids = {f["id"] for f in result["findings"]}
     print(f"\nHTML in a clone: {P.state_name(st)} {result['verdict']} {sorted(ids)}; guest "
           f"{result['duration_s']:.1f} s, host {wall:.1f} s; clone anon {_anon_mib(slot):.0f} MiB; "
           f"{result.get('execution')}")
+    for f in result["findings"]:
+        print(f"  {f['id']} {f['severity']} {f['detail'][:200]}")
     assert st == P.DONE and result["launcher"] == "html_chromium" and result["executed"] is True
     assert "page_password_form_other_domain" in ids and result["verdict"] == "malicious", result["findings"]
     slot.destroy()

@@ -449,7 +449,8 @@ CHROMIUM_SERVICE_HOSTS = frozenset({
     "clients2.google.com", "clients1.google.com", "update.googleapis.com", "clientservices.googleapis.com",
     "safebrowsing.googleapis.com", "optimizationguide-pa.googleapis.com", "content-autofill.googleapis.com",
     "redirector.gvt1.com", "edgedl.me.gvt1.com", "www.gstatic.com", "accounts.google.com", "dns.google",
-    "chromewebstore.googleapis.com",
+    "chromewebstore.googleapis.com", "www.google.com", "android.clients.google.com", "mtalk.google.com",
+    "www.googleapis.com",
 })
 #: the IPv6 reachability probe: a UDP connect to Google's public DNS (no packet is sent)
 CHROMIUM_PROBES = frozenset({"[2001:4860:4860::8888]:443", "8.8.8.8:443"})
