@@ -284,6 +284,7 @@ def _start_console(cfg, service, quarantine, key: bytes):
     from mailvm.audit import AuditLog
     from mailvm.quarantine import smtp_deliver
     from mailvm.store import open_table
+    from mailvm.vmpool.evidence import evidence_dir
     from mailvm.vmpool.pool import read_status
     from mailvm.web.app import ConsoleDeps, create_app, serve
     from mailvm.web.auth import UsersFile
@@ -327,7 +328,7 @@ def _start_console(cfg, service, quarantine, key: bytes):
 
     deps = ConsoleDeps(store=quarantine, audit=audit, users=UsersFile(cfg.web.users_file), release=release,
                        verdict_of=verdict_of, pool_status=lambda: read_status(cfg.pool.work_dir), figures=figures,
-                       secret_key=secret_path.read_bytes(), evidence_dir=str(Path(cfg.pool.work_dir) / "evidence"))
+                       secret_key=secret_path.read_bytes(), evidence_dir=evidence_dir(cfg.pool.work_dir))
     return serve(create_app(deps), cfg.web.listen)
 
 
