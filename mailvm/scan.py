@@ -157,10 +157,11 @@ class Scanner:
     ) -> ScanReport:
         return self._run(lambda spool: extract_message(raw, spool, self.cfg.extract, passwords), deadline, links)
 
-    def scan_file(self, path: str | os.PathLike[str], name: str | None = None, deadline: float | None = None) -> ScanReport:
+    def scan_file(self, path: str | os.PathLike[str], name: str | None = None, deadline: float | None = None,
+                  passwords: Sequence[str] = ()) -> ScanReport:
         name = name or Path(path).name
         return self._run(
-            lambda spool: extract_file(path, name, spool, self.cfg.extract), deadline, links=False
+            lambda spool: extract_file(path, name, spool, self.cfg.extract, passwords), deadline, links=False
         )
 
     # -- pipeline --------------------------------------------------------------

@@ -167,3 +167,27 @@ def test_unseen_scripts_are_detonated_in_the_process_backend(config, tmp_path):
     # both verdicts are in the table now: no detonation on the next scan
     again = as_json(mvctl(config, "scan", "--json", str(plain)))
     assert again["artifacts"][0]["source"] == "cache"
+
+
+def test_password_applies_to_a_plain_archive(tmp_path, capsys):
+    """An oletools-style sample.zip (AES, password 'secret42' that no default list holds): --password opens
+    it when the input is the archive itself, not only inside a message (issue 12 item 13)."""
+    import json
+
+    import pyzipper
+
+    from mailvm.cli.mvctl import main
+
+    eicar = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+    z = tmp_path / "sample.doc.zip"
+    with pyzipper.AESZipFile(z, "w", compression=pyzipper.ZIP_DEFLATED, encryption=pyzipper.WZ_AES) as zf:
+        zf.setpassword(b"secret42")
+        zf.writestr("sample.doc", eicar)
+    cfg = tmp_path / "mailvm.toml"
+    cfg.write_text(f'[scantable]\npath = "{tmp_path}/t"\n[spool]\ndir = "{tmp_path}/s"\n')
+    main(["-c", str(cfg), "scan", str(z), "--json", "--no-detonate", "--no-cache"])
+    without = json.loads(capsys.readouterr().out)
+    assert not any(a["name"] == "sample.doc" for a in without["artifacts"])  # the control: not opened
+    assert main(["-c", str(cfg), "scan", str(z), "--json", "--no-detonate", "--no-cache", "--password", "secret42"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["verdict"] == "malicious" and any(a["name"] == "sample.doc" for a in out["artifacts"])

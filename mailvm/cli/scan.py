@@ -176,7 +176,7 @@ def _scan_one(scanner, path: str, args: argparse.Namespace, deadline: float):
         with tempfile.NamedTemporaryFile(prefix="mailvm-stdin-", delete=True) as tmp:
             tmp.write(raw)
             tmp.flush()
-            return scanner.scan_file(tmp.name, "stdin", deadline)
+            return scanner.scan_file(tmp.name, "stdin", deadline, args.password)
     if not os.path.isfile(path):
         raise FileNotFoundError(2, "not a regular file", path)
     as_message = args.as_ == "message"
@@ -188,7 +188,7 @@ def _scan_one(scanner, path: str, args: argparse.Namespace, deadline: float):
         with open(path, "rb") as fh:
             raw = fh.read(min(size, scanner.cfg.extract.max_message_bytes + 1))
         return scanner.scan_message(raw, args.password, deadline)
-    return scanner.scan_file(path, os.path.basename(path), deadline)
+    return scanner.scan_file(path, os.path.basename(path), deadline, args.password)
 
 
 def _exit_for(verdict: str) -> int:

@@ -358,7 +358,7 @@ def expand_zip(ctx: ExpandContext) -> list[Artifact]:
         fh.seek(0)
         with pyzipper.AESZipFile(fh) as zf:
             infos = zf.infolist()
-            encrypted = [i for i in infos if i.flag_bits & 0x1 and not i.is_dir()]
+            encrypted = [i for i in infos if i.flag_bits & 0x1 and not i.filename.endswith("/")]
             pwd: bytes | None = None
             if encrypted:
                 method = "AES" if any(getattr(i, "wz_aes_vendor_id", None) for i in encrypted) else "ZipCrypto"
@@ -374,7 +374,7 @@ def expand_zip(ctx: ExpandContext) -> list[Artifact]:
             for info in infos:
                 if not ctx.count_entry():
                     break
-                if info.is_dir():
+                if info.filename.endswith("/"):  # ZipInfo.is_dir() raises on an empty name
                     continue
                 special = _zip_special(info)
                 if special:

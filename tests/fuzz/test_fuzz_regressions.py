@@ -84,9 +84,6 @@ def test_rar4_second_entry_with_the_same_name_is_analysed():
     run_file(path.read_bytes(), path.name, "corpus", analysed)
 
 
-@pytest.mark.xfail(strict=True, reason="open, reported to the extract helper (mailvm/extract/archives.py, expand_zip): "
-                   "ZipInfo.is_dir() raises IndexError on an entry with an empty name, so the whole zip becomes "
-                   "archive_corrupt and no member is analysed; info.filename.endswith('/') would not raise")
 def test_zip_members_after_an_empty_named_entry_are_analysed():
     from test_fuzz_archives import run_file
 
