@@ -174,7 +174,8 @@ def test_cold_wine_in_a_clone_sees_the_same_and_the_warm_one_is_much_faster(cold
     assert st == P.DONE and wst == P.DONE
     assert wine_ev and wine_ev[0]["warm"] is False and wine_ev[0]["prefix"] == "copied", wine_ev
     assert cold["verdict"] == warm["verdict"] == "malicious", cold["findings"]
-    assert ids == {f["id"] for f in warm["findings"]} == {"persistence_registry_run", "network_raw_ip"}, ids
+    # the same evidence both ways (combination rules such as combo_persistence_c2 may add to it)
+    assert ids == {f["id"] for f in warm["findings"]} and {"persistence_registry_run", "network_raw_ip"} <= ids, ids
     assert warm["duration_s"] < cold["duration_s"] / 2, (warm["duration_s"], cold["duration_s"])
 
 
