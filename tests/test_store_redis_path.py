@@ -52,7 +52,9 @@ def test_unseen_script_detonated_once_through_redis(tmp_path):
         again = pipeline.scan_path(str(msg), opts)
         assert [a for a in again["artifacts"] if a["name"] == "run.sh"][0]["source"] == "cache"
         table = open_table(cfg)
-        assert table.stats()["published"] >= 1 and table.r.xlen("mailvm:jobs") == 0
+        stored = table.get(art["sha256"])
+        assert stored is not None and stored.source == "detonation"  # in Redis, for every host
+        assert table.r.xlen("mailvm:jobs") == 0  # acknowledged and removed from the stream
     finally:
         stop.set()
         pool.join(timeout=60)
