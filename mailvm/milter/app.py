@@ -21,6 +21,7 @@ import Milter
 
 from mailvm.milter import actions
 from mailvm.milter.service import MilterService
+from mailvm.policy import REPLY_INTERNAL
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,8 @@ class MailvmMilter(Milter.Base):
             return actions.apply(self, outcome, msg.own_headers)
         except Exception:  # never lose a message: tempfail and log the reason
             log.exception("%s: internal error at end of message; deferring", queue_id or self.id)
-            self.setreply("451", "4.7.1", "mailvm: temporary failure, please retry")
+            code, ext = REPLY_INTERNAL  # mailvm itself failed (docs/policy.md): 451 4.3.0
+            self.setreply(code, ext, "mailvm: temporary failure, please retry")
             return Milter.TEMPFAIL
         finally:
             self._reset()
