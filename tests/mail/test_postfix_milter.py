@@ -259,6 +259,10 @@ def test_hold_action_puts_message_in_postfix_hold_queue(mail_lab):
     assert "!" in queue, queue  # postqueue marks held messages with "!"
     assert _delivered_with(mail_lab, "liam@hold.test", subject, timeout=1) is None
     qid = next(line.split("!")[0].strip() for line in queue.splitlines() if "!" in line)
+    listed = mail_lab.mvctl("hold", "list", "--json", "--postfix-config", str(mail_lab.postfix.config_dir))
+    import json as _json
+    held = {h["queue_id"]: h for h in _json.loads(listed.stdout)}
+    assert held[qid]["recipients"] == ["liam@hold.test"] and held[qid]["sender"], listed.stdout
     res = mail_lab.mvctl("hold", "release", "--postfix-config", str(mail_lab.postfix.config_dir), qid)
     assert res.returncode == 0, res.stdout + res.stderr
     assert _delivered_with(mail_lab, "liam@hold.test", subject, timeout=60) is not None
