@@ -169,8 +169,8 @@ class LabPostfix:
             return
         dirs.append(entry)
         kept = [line for line in text.splitlines() if not line.startswith("alternate_config_directories")]
-        if not any(line.startswith("maillog_file") for line in kept):
-            # with no main.cf at all, Postfix would try syslog; keep the default instance quiet
+        if not any(line.startswith(("maillog_file", "compatibility_level")) for line in kept):
+            # with no main.cf at all, Postfix would complain; one compatibility_level line, never a second
             kept.append("compatibility_level = 3.6")
         kept.append("alternate_config_directories = " + " ".join(dirs))
         default.write_text("\n".join(kept) + "\n")
