@@ -456,6 +456,30 @@ class ScanTable:
             self._count("refreshed")
         return mine
 
+    def take_over(self, sha256: str, expected_owner: str, owner: str) -> Claim:
+        """Hand a queued job's claim to the process that will run it (the pool service), atomically.
+
+        The claim is moved to ``owner`` when it is still ``expected_owner``'s (live or stale),
+        or when nobody holds it any more (missing, stale, expired); from then on the claim
+        lives and dies with ``owner``: when that process dies the claim is stale at once
+        (:func:`owner_is_dead`), so the job it held is handed back to the next claimer
+        without waiting for ``pending_ttl_s``.  Not won: ``entry`` is a fresh done verdict
+        (the job need not run) or another owner's live claim (that owner queued its own job).
+        """
+        key = check_key(sha256)
+        expected_owner, owner = _check_owner(expected_owner), _check_owner(owner)
+        with self._db("take over"), self._cache.transact():
+            now = time.time()
+            entry = self._read(key, now)
+            mine = entry.status in (_LIVE, _STALE) and (entry.record or {}).get("owner") == expected_owner
+            won = mine or entry.status in _REPLACEABLE
+            if won:
+                self._cache.set(key, json.dumps(self._pending_record(owner, now)))
+        if entry.status == _CORRUPT:
+            log.warning("scanned table %s: replaced corrupt entry %s: %s", self.path, key, entry.problem)
+        self._count("claims_won" if won else "claims_lost")
+        return Claim(True, None) if won else Claim(False, entry.verdict)
+
     def wait(self, sha256: str, deadline: float) -> Verdict | None:
         """Wait until ``sha256`` has a done verdict, or ``deadline`` (``time.monotonic()``) passes.
 

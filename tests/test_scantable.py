@@ -328,6 +328,29 @@ def test_refresh_extends_lease(tmp_path):
         assert not t.refresh(key, "b")
 
 
+def test_take_over_moves_a_queued_claim_to_the_process_that_runs_it(tmp_path):
+    """The pool takes a popped job's claim: from then on it dies with the pool (issue 12 item 4)."""
+    import os
+    import subprocess
+
+    with ScanTable(cfg_for(tmp_path / "st")) as t:
+        key = sha("queued")
+        assert t.claim(key, "worker-1").won
+        assert not t.take_over(key, "worker-2", "pool-x").won  # another owner's live claim: not ours
+        node = os.uname().nodename
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        pool_owner = f"{node}:{dead.pid}:pool-1"  # a pool process that is gone
+        assert t.take_over(key, "worker-1", pool_owner).won
+        assert not t.refresh(key, "worker-1")  # the worker no longer owns it
+        assert t.claim(key, "worker-3").won  # the pool is dead: handed back at once, not after the TTL
+        t.publish(key, bad_verdict())
+        got = t.take_over(key, "worker-3", "pool-y")
+        assert not got.won and got.entry.state == DONE  # known: the popped job is not run
+        fresh = sha("forgotten")
+        assert t.take_over(fresh, "worker-1", "pool-z").won  # nobody holds it any more: the popper does
+
+
 # ---------------------------------------------------------------- expiry
 
 

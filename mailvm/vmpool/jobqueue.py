@@ -1,14 +1,18 @@
 """The durable in-queue between the milter's workers and the pool service.
 
 Scan workers (separate processes) claim a file in the scanned table, copy it
-into the queue's ``files/`` directory and push a small job record; the pool
-service pops records and detonates them, and publishes verdicts to the table,
-where the workers wait.  The queue is a diskcache ``Deque`` (SQLite: safe with
-many processes on one host); past one host the same interface maps to a Redis
-stream (DESIGN.md, "Past one machine").
+into the queue's ``files/`` directory (one copy per record) and push a small job
+record; the pool service pops records and detonates them, and publishes
+verdicts to the table, where the workers wait.  The queue is a diskcache
+``Deque`` (SQLite: safe with many processes on one host); past one host the
+same interface maps to a Redis stream (:mod:`mailvm.store.redis_queue`).
 
-A job whose popper dies is not lost for good: its scanned-table claim goes
-stale and the next message carrying the file claims and enqueues it again.
+Claims stay alive while a record waits: the pool service refreshes the claim of
+every waiting record (:meth:`JobQueue.waiting`).  When it pops a record it takes
+the claim over (:meth:`mailvm.scantable.ScanTable.take_over`), so a pool that dies
+hands its jobs back at once; a record whose verdict is already known, or whose
+file another claimer has queued again, is not run (:mod:`mailvm.vmpool.service`).
+Only one pool service consumes one local queue (:mod:`mailvm.vmpool.queuelock`).
 """
 
 from __future__ import annotations
@@ -16,17 +20,20 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mailvm.verdict import Finding
 
 log = logging.getLogger(__name__)
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+#: a file copy no waiting record names is removed once it is this old (a push copies, then appends)
+ORPHAN_FILE_AGE_S = 600.0
 
 
 class JobQueue:
@@ -40,21 +47,30 @@ class JobQueue:
         self.files.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._deque = diskcache.Deque(directory=str(self.root / "queue"))
 
+    @property
+    def lock_path(self) -> Path:
+        """The file a pool service locks while it consumes this queue."""
+        return self.root / "consumer.lock"
+
     def push(self, job: Any) -> None:
         """Copy the job's file next to the queue and enqueue the record (``Job`` or dict)."""
         record = asdict(job) if not isinstance(job, dict) else dict(job)
         sha = record.get("sha256", "")
         if not _SHA_RE.match(sha):
             raise ValueError(f"job sha256 {sha!r} is not a sha256")
-        dest = self.files / sha
-        if not dest.exists():
-            tmp = self.files / f".{sha}.{os.getpid()}.tmp"
-            shutil.copyfile(record["path"], tmp)
-            os.replace(tmp, dest)
+        # a copy of its own per record: two records of one file never share (or delete) one copy
+        dest = self.files / f"{sha}.{secrets.token_hex(6)}"
+        tmp = self.files / f".{dest.name}.tmp"
+        shutil.copyfile(record["path"], tmp)
+        os.replace(tmp, dest)
         record["path"] = str(dest)
         record["static_findings"] = [f.to_dict() if isinstance(f, Finding) else f for f in record.get("static_findings", [])]
         record["queued_at"] = time.time()
-        self._deque.append(record)
+        try:
+            self._deque.append(record)
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
 
     def pop(self) -> dict[str, Any] | None:
         """The oldest record, or ``None`` when the queue is empty."""
@@ -63,14 +79,37 @@ class JobQueue:
         except IndexError:
             return None
 
+    def waiting(self) -> Iterator[dict[str, Any]]:
+        """The records waiting now, oldest first (a snapshot that tolerates concurrent pops)."""
+        for record in self._deque:
+            if isinstance(record, dict):
+                yield record
+
     def done(self, record: dict[str, Any]) -> None:
-        """Remove the job's file copy once its verdict is published."""
+        """Remove the record's file copy (its verdict is published, or it will not run)."""
         path = Path(record.get("path", ""))
         if path.parent == self.files:
             try:
                 path.unlink()
             except FileNotFoundError:
                 pass
+
+    def sweep_files(self, min_age_s: float = ORPHAN_FILE_AGE_S) -> int:
+        """Remove file copies no waiting record names (their popper died); returns the count."""
+        named = {str(r.get("path", "")) for r in self.waiting()}
+        now = time.time()
+        removed = 0
+        for entry in os.scandir(self.files):
+            try:
+                if entry.path in named or now - entry.stat(follow_symlinks=False).st_mtime < min_age_s:
+                    continue
+                os.unlink(entry.path)
+                removed += 1
+            except OSError:
+                continue
+        if removed:
+            log.info("job queue %s: removed %d file copies no job names any more", self.root, removed)
+        return removed
 
     def __len__(self) -> int:
         return len(self._deque)

@@ -4,12 +4,29 @@ Runs as its own process (a child of ``mailvm serve``, or ``mailvm pool`` on a
 hypervisor host of its own).  Verdicts go to the scanned table, where the scan
 workers wait; the pool publishes them itself (each job carries the owner of
 its claim).
+
+Claims and the queue (issue 12 item 4):
+
+* while a record waits in the durable queue its claim is refreshed (every third
+  of ``pending_ttl_s``), so a backlog never lets a live claim go stale and a later
+  message queue the same file a second time;
+* a popped record's claim is taken over by this process (:func:`admit`): when the
+  pool service dies, every claim it held is stale at once (the table checks that
+  the owner process is gone), so the waiting scans queue those files again
+  without waiting for the claim's TTL;
+* a popped record whose verdict is already in the table, or whose file was
+  queued again by another claimer, is not run;
+* a local queue has one consumer: the service holds its lock
+  (:mod:`mailvm.vmpool.queuelock`) while it runs.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -44,23 +61,100 @@ def job_from_record(record: dict[str, Any]):
     )
 
 
-def run(cfg: Config, stop: threading.Event) -> None:
-    """Serve jobs until ``stop`` is set; the pool and its slots are closed on every exit path."""
+#: the claims of records waiting in the durable queue are refreshed this often (a third of pending_ttl_s)
+REFRESH_FRACTION = 3.0
+#: how often file copies that no waiting record names are swept
+SWEEP_EVERY_S = 3600.0
+
+
+def pool_owner() -> str:
+    """A claim owner naming this pool process (``node:pid:...``): its claims die with it."""
+    return f"{os.uname().nodename}:{os.getpid()}:pool-{uuid.uuid4().hex[:8]}"
+
+
+def admit(table: Any, record: dict[str, Any]) -> str:
+    """Whether a popped record runs: ``"run"`` (its claim is now this process's, ``record["owner"]``
+    updated), ``"known"`` (a fresh verdict exists: not run again) or ``"other"`` (another claimer
+    queued the file again after this record's claim went stale: that record runs, not this one).
+    """
+    sha, owner = str(record.get("sha256", "")), str(record.get("owner", "") or "")
+    take_over = getattr(table, "take_over", None)
+    if take_over is not None and owner:
+        new_owner = pool_owner()
+        claim = take_over(sha, owner, new_owner)
+        if claim.won:
+            record["owner"] = new_owner
+            return "run"
+        return "known" if claim.entry is not None and claim.entry.state == "done" else "other"
+    # a table without take-over (Redis: its claims expire by themselves): still never run a known file
+    entry = table.get(sha)
+    return "known" if entry is not None and entry.state == "done" else "run"
+
+
+def refresh_waiting(queue: Any, table: Any) -> int:
+    """Keep the claims of the records waiting in the queue alive; returns how many were refreshed."""
+    waiting = getattr(queue, "waiting", None)
+    if waiting is None:
+        return 0
+    n = 0
+    for record in waiting():
+        sha, owner = record.get("sha256"), record.get("owner")
+        if not sha or not owner:
+            continue
+        try:
+            n += bool(table.refresh(sha, owner))
+        except Exception as exc:  # the table is a cache: never stop serving for it
+            log.warning("pool service: refreshing the claim of queued %s failed: %s", str(sha)[:12], exc)
+    return n
+
+
+def run(cfg: Config, stop: threading.Event, supervisor: int = 0) -> None:
+    """Serve jobs until ``stop`` is set; the pool and its slots are closed on every exit path.
+
+    ``supervisor``: pid of the ``mailvm serve`` that started this process (0: a pool of its own),
+    written into the queue lock so that a restarted service can tell a leftover from a peer.
+    """
     from mailvm.store import open_queue, open_table
     from mailvm.vmpool.pool import Pool
+    from mailvm.vmpool.queuelock import QueueLock
     from mailvm.vmpool.select import make_backend
 
     queue = open_queue(cfg)  # local, or a Redis stream several pool hosts share ([pool] queue_url)
-    table = open_table(cfg)
+    lock = None
+    lock_path = getattr(queue, "lock_path", None)
+    if lock_path is not None:  # a local queue has one consumer: never two pools on it
+        lock = QueueLock(lock_path)
+        if not lock.acquire(stop, supervisor):
+            return
+    try:
+        _serve(cfg, stop, queue, open_table(cfg), Pool, make_backend)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _serve(cfg: Config, stop: threading.Event, queue: Any, table: Any, pool_cls: Any, make_backend: Any) -> None:
     backend = make_backend(cfg.pool)
     info = backend.info()
     level = logging.WARNING if info.accel in ("tcg", "none") else logging.INFO
     log.log(level, "pool service: backend %s, isolation %s, accelerator %s", info.name, info.isolation, info.accel)
-    pool = Pool(cfg.pool, backend, table)
+    pool = pool_cls(cfg.pool, backend, table)
+    refresh_every = max(1.0, float(cfg.scantable.pending_ttl_s) / REFRESH_FRACTION)
+    sweep = getattr(queue, "sweep_files", None)
     try:
         pool.start()
+        if sweep is not None:
+            sweep()
+        last_refresh = last_sweep = time.monotonic()
         delay = IDLE_POLL_MIN_S
         while not stop.is_set():
+            now = time.monotonic()
+            if now - last_refresh >= refresh_every:
+                last_refresh = now
+                refresh_waiting(queue, table)
+            if sweep is not None and now - last_sweep >= SWEEP_EVERY_S:
+                last_sweep = now
+                sweep()
             # back-pressure: leave jobs in the durable queue while the pool is busy,
             # so a crash loses nothing and `mvctl pool status` shows the real backlog
             if pool.queued() >= cfg.pool.slots:
@@ -74,9 +168,22 @@ def run(cfg: Config, stop: threading.Event) -> None:
                 continue
             delay = IDLE_POLL_MIN_S
             try:
+                verdict_state = admit(table, record)
+            except Exception as exc:  # table unusable: run it anyway (a detonation too many, never one lost)
+                log.warning("pool service: cannot check the table for %s (%s); running it",
+                            str(record.get("sha256"))[:12], exc)
+                verdict_state = "run"
+            if verdict_state != "run":
+                log.info("pool service: not running %s: %s", str(record.get("sha256"))[:12],
+                         "its verdict is already known" if verdict_state == "known"
+                         else "another claimer queued it again")
+                queue.done(record)
+                continue
+            try:
                 job = job_from_record(record)
             except (KeyError, TypeError) as exc:
                 log.error("dropping malformed job record: %s", exc)
+                queue.done(record)
                 continue
             fut = pool.submit(job)
             fut.add_done_callback(lambda _f, r=record: queue.done(r))
