@@ -75,3 +75,26 @@ def test_die_with_parent_sets_the_death_signal():
             "libc.prctl(2, ctypes.byref(v), 0, 0, 0); print(v.value)")  # PR_GET_PDEATHSIG
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert int(out) == int(signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_an_idle_worker_killed_does_not_fail_the_next_message(tmp_path):
+    """Pebble stops the whole pool when a worker dies while no task runs; the service starts a new
+    one (under its lock, the old workers stopped) and the next message is scanned as usual."""
+    from mailvm.procfs import is_gone
+
+    svc = _service(tmp_path, workers=2)
+    try:
+        opts = lambda: pipeline.ScanOptions(deadline=time.monotonic() + 30, detonate=False, links=False)  # noqa: E731
+        assert svc._run_pipeline(b"Subject: x\r\n\r\nhi\r\n", opts(), None, time.monotonic() + 60, "t") is not None
+        old = svc._executor
+        victims = [w.pid for w in old._pool_manager.worker_manager.workers.values()]
+        os.kill(victims[0], signal.SIGKILL)
+        report = svc._run_pipeline(b"Subject: y\r\n\r\nhello\r\n", opts(), None, time.monotonic() + 60, "t")
+        assert report is not None and report["verdict"] == "clean"
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not all(is_gone(p) for p in victims):
+            time.sleep(0.1)
+        assert all(is_gone(p) for p in victims)  # the old pool's other worker was stopped, not leaked
+    finally:
+        svc.close()

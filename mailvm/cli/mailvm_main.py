@@ -52,14 +52,14 @@ def config_path(args: argparse.Namespace) -> str | None:
     return resolve_config_path(args.config)
 
 
-def _pool_process_main(path: str | None, verbose: int) -> None:
+def _pool_process_main(path: str | None, verbose: int, supervisor: int = 0) -> None:
     _logging(verbose)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     from mailvm.vmpool import service
 
-    service.run(load_config(path), stop)
+    service.run(load_config(path), stop, supervisor=supervisor)
 
 
 def cmd_pool(args: argparse.Namespace) -> int:
@@ -109,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     socket_spec = args.socket or cfg.milter.socket
     quarantine = QuarantineStore(cfg.quarantine.dir)
     key = load_or_create_key(cfg.quarantine.release_key)
-    _clean_spool(cfg.spool.dir)
+    _sweep_leftovers(cfg)
     service = MilterService(cfg, path, cfg.milter.policy_dir, quarantine, key, cfg.milter.workers)
     for domain, problem in service.policies.broken.items():
         log.error("policy of %s is invalid, its mail is deferred until fixed: %s", domain, problem)
@@ -122,9 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     pool_proc = None
     restarts: list[float] = []
     if cfg.milter.pool_service and not args.no_pool:
-        ctx = multiprocessing.get_context("spawn")
-        pool_proc = ctx.Process(target=_pool_child_main, args=(path, args.verbose), name="mailvm-pool")
-        pool_proc.start()
+        pool_proc = _start_pool_child(path, args.verbose)
         log.info("pool service started (pid %d)", pool_proc.pid)
 
     stop = threading.Event()
@@ -167,9 +165,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         pool_proc.exitcode, len(restarts), delay)
                 if stop.wait(delay):
                     break
-                ctx = multiprocessing.get_context("spawn")
-                pool_proc = ctx.Process(target=_pool_child_main, args=(path, args.verbose), name="mailvm-pool")
-                pool_proc.start()
+                pool_proc = _start_pool_child(path, args.verbose)
     finally:
         log.info("mailvm stopping")
         try:
@@ -197,12 +193,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _pool_child_main(path: str | None, verbose: int) -> None:
+def _pool_child_main(path: str | None, verbose: int, supervisor: int) -> None:
     """The pool service as a child of ``mailvm serve``: it dies with its parent (no orphan QEMUs)."""
     from mailvm.milter.pipeline import die_with_parent
 
-    die_with_parent()
-    _pool_process_main(path, verbose)
+    die_with_parent(expected_parent=supervisor)
+    _pool_process_main(path, verbose, supervisor)
+
+
+def _start_pool_child(path: str | None, verbose: int):
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=_pool_child_main, args=(path, verbose, os.getpid()), name="mailvm-pool")
+    proc.start()
+    return proc
+
+
+def _sweep_leftovers(cfg) -> None:
+    """What a killed ``mailvm serve`` may have left: its spool copies, and a pool service that
+    outlived it and still holds the job queue (two pools must never share one queue)."""
+    from mailvm.store import open_queue
+    from mailvm.vmpool.queuelock import sweep
+
+    _clean_spool(cfg.spool.dir)
+    if cfg.pool.queue_url:
+        return  # a Redis stream is shared by design; its consumers are told apart by Redis
+    try:
+        lock_path = open_queue(cfg).lock_path
+    except Exception as exc:  # the pool service reports a broken queue itself
+        log.warning("cannot open the job queue to sweep it: %s", exc)
+        return
+    killed = sweep(lock_path)
+    if killed:
+        log.error("killed pool service pid %d left over from an earlier mailvm serve", killed)
 
 
 #: how often the service expires old quarantine items and scanned-table entries by itself

@@ -45,18 +45,25 @@ class _Worker:
 _worker: _Worker | None = None  # set by init_worker() in each worker process only
 
 
-def die_with_parent() -> None:
+def die_with_parent(expected_parent: int | None = None) -> None:
     """Ask Linux to SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG): a worker never
-    outlives a killed ``mailvm serve``; SIGTERM keeps its default action (the worker ends)."""
+    outlives a killed ``mailvm serve``.  SIGTERM, SIGINT and SIGHUP get their default action and are
+    unblocked: a process forked from a thread that blocks them (libmilter's) would inherit the block
+    and shrug off a plain ``kill``.  With ``expected_parent``, a parent that died before the prctl
+    (the signal would never come) ends this process at once."""
     import ctypes
     import signal
 
     try:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    except (OSError, AttributeError) as exc:  # not Linux: the supervisor's process group is the fallback
+    except (OSError, AttributeError, ValueError) as exc:  # not Linux: the supervisor's process group is the fallback
         log.debug("PR_SET_PDEATHSIG unavailable: %s", exc)
+    if expected_parent is not None and os.getppid() != expected_parent:
+        os._exit(1)  # the parent is already gone: nobody would ever stop this process
 
 
 def init_worker(config_path: str | None) -> None:
@@ -72,6 +79,11 @@ def init_worker(config_path: str | None) -> None:
     queue = open_queue(cfg)  # local, or the Redis stream of [pool] queue_url
     _worker = _Worker(cfg, Triage(cfg.triage), open_table(cfg), QueueDetonator(queue))
     log.debug("scan worker %d ready", os.getpid())
+
+
+def worker_ready() -> bool:
+    """A task that only proves a worker started (``MilterService.start`` warms the pool with it)."""
+    return _worker is not None
 
 
 def scan_path(path: str, options: ScanOptions) -> dict[str, Any]:

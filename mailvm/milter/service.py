@@ -16,13 +16,14 @@ import os
 import tempfile
 import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from pebble import ProcessExpired
 
 from mailvm.config import Config, ConfigError
-from mailvm.milter.pipeline import ScanOptions, init_worker, scan_path
+from mailvm.milter.pipeline import ScanOptions, init_worker, scan_path, worker_ready
 from mailvm.obs.msglog import MessageRecord
 from mailvm.obs.msglog import emit as emit_message_line
 from mailvm.policy import (
@@ -50,6 +51,18 @@ EXTRACT_ERROR = "extract_error"
 #: extra time past the policy's maximum wait before the worker is given up on
 WORKER_GRACE_S = 10.0
 PROGRESS_EVERY_S = 10.0
+#: the worker pool is checked this often, and started again when it stopped
+WATCH_EVERY_S = 1.0
+#: restarts of a stopped worker pool back off: none for the first, then 1 s doubling to 60 s;
+#: from the fifth restart within ten minutes each one is logged CRITICAL
+RESTART_BACKOFF_FIRST_S = 1.0
+RESTART_BACKOFF_MAX_S = 60.0
+RESTART_WINDOW_S = 600.0
+RESTART_LOUD_AFTER = 5
+
+
+class WorkersRestarting(RuntimeError):
+    """The scan worker pool stopped and its restart is backing off: no worker for this message."""
 
 
 @dataclass
@@ -88,6 +101,8 @@ class MilterService:
         self._policies: PolicySet = load_policies(config_path, policy_dir)
         self._lock = threading.Lock()
         self._executor: Any = None  # pebble.ProcessPool
+        self._restarts: list[float] = []
+        self._stopping = threading.Event()
         #: Prometheus metrics (mailvm.obs.metrics.Metrics) when [metrics] listen is set
         self.metrics: Any = None
         self.counters: dict[str, int] = {}
@@ -96,43 +111,73 @@ class MilterService:
     def start(self) -> None:
         os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
         self._executor = self._new_executor()
+        threading.Thread(target=self._watch, name="mailvm-workers-watch", daemon=True).start()
 
     def _new_executor(self):
         """The scan workers: a Pebble process pool, the one owner of the worker processes.
 
         Pebble kills a worker whose task overruns its timeout and starts a fresh one, and
         replaces a worker that died (its task fails alone); ``forkserver`` workers never
-        inherit the milter's threads or sockets.
+        inherit the milter's threads or sockets.  Pebble starts its workers on the first task:
+        one is scheduled at once (the YARA rules compiled, the table open before any message,
+        and a broken worker set-up is in the log at start).
         """
         import multiprocessing
 
         import pebble
 
         ctx = multiprocessing.get_context("forkserver")
-        return pebble.ProcessPool(max_workers=self.workers, initializer=init_worker,
-                                  initargs=(self.config_path,), context=ctx)
+        ex = pebble.ProcessPool(max_workers=self.workers, initializer=init_worker,
+                                initargs=(self.config_path,), context=ctx)
+        ex.schedule(worker_ready)
+        return ex
 
     def close(self) -> None:
+        self._stopping.set()
         with self._lock:
             ex, self._executor = self._executor, None
         if ex is not None:
-            ex.stop()
-            ex.join(timeout=10)
+            _stop_pool(ex)
+
+    def _watch(self) -> None:
+        """Start the worker pool again soon after it stopped, not only when the next message comes."""
+        while not self._stopping.wait(WATCH_EVERY_S):
+            try:
+                self._pool()
+            except RuntimeError:
+                pass  # not started, closed, or backing off: said in the log
+            except Exception:
+                log.exception("checking the scan worker pool failed")
 
     def _pool(self):
-        """The worker pool, started again (under the lock, the old one stopped) if it broke."""
+        """The worker pool; one that stopped is stopped for good and replaced, under the lock.
+
+        Pebble stops the whole pool when a worker dies while no task runs (an idle worker killed,
+        a worker whose set-up fails).  Restarts back off (:data:`RESTART_BACKOFF_FIRST_S` doubling
+        to :data:`RESTART_BACKOFF_MAX_S`); meanwhile :class:`WorkersRestarting` is raised.
+        """
         with self._lock:
             ex = self._executor
             if ex is None:
-                raise RuntimeError("service not started")
-            if not ex.active:
-                log.error("the scan worker pool stopped; starting a new one")
-                try:
-                    ex.stop()
-                except Exception:
-                    pass
-                ex = self._executor = self._new_executor()
-            return ex
+                raise RuntimeError("service not started or closed")
+            if ex.active:
+                return ex
+            now = time.monotonic()
+            self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_S]
+            n = len(self._restarts)
+            delay = 0.0 if n == 0 else min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_FIRST_S * 2 ** (n - 1))
+            if n and now - self._restarts[-1] < delay:
+                raise WorkersRestarting(f"scan workers restarting in {delay - (now - self._restarts[-1]):.0f} s")
+            self._restarts.append(now)
+            level = logging.CRITICAL if n + 1 >= RESTART_LOUD_AFTER else logging.ERROR
+            log.log(level, "the scan worker pool stopped (a worker died with no task running, or its set-up "
+                    "failed); starting a new one (restart %d in %.0f min%s)", n + 1, RESTART_WINDOW_S / 60,
+                    f", next one waits {min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_FIRST_S * 2 ** n):.0f} s")
+            old, ex = ex, self._new_executor()
+            self._executor = ex
+        # the old pool's workers are stopped (SIGTERM, then SIGKILL) off this thread: stop() only marks it
+        threading.Thread(target=_stop_pool, args=(old,), name="mailvm-workers-stop", daemon=True).start()
+        return ex
 
     @property
     def policies(self) -> PolicySet:
@@ -338,7 +383,12 @@ class MilterService:
                     return None
                 # the hard limit is Pebble's: past it the worker is killed and replaced, so a stuck
                 # analyzer (pdfid, oletools, pefile on a hostile file) never keeps a worker for good
-                fut = self._pool().schedule(scan_path, args=(path, options), timeout=left)
+                try:
+                    fut = self._pool().schedule(scan_path, args=(path, options), timeout=left)
+                except RuntimeError as exc:  # stopped between the check and the call, or restarting
+                    log.error("%s: no scan worker (%s)%s", tag, exc, "; trying again" if attempt == 1 else "")
+                    time.sleep(min(1.0, max(0.0, hard_deadline - time.monotonic())))
+                    continue
                 while not fut.done():
                     cf.wait([fut], timeout=min(PROGRESS_EVERY_S, max(0.1, hard_deadline - time.monotonic())))
                     if not fut.done() and progress is not None:
@@ -348,8 +398,9 @@ class MilterService:
                 except TimeoutError:
                     log.error("%s: the scan did not finish in %.0f s; its worker was killed and replaced", tag, left)
                     return None
-                except ProcessExpired as exc:
-                    # the worker died under this message alone (others go on): try once more on a fresh one
+                except (ProcessExpired, BrokenProcessPool) as exc:
+                    # the worker died under this message (others go on), or the pool stopped before the
+                    # task ran: try once more on a fresh worker
                     log.error("%s: scan worker died (%s)%s", tag, exc, "; retrying once" if attempt == 1 else "")
                     continue
                 except Exception:
@@ -389,6 +440,15 @@ class MilterService:
             smtp_text=None,
             headers=((name, f"released id={item_id}"),),
         )
+
+
+def _stop_pool(ex: Any) -> None:
+    """Stop a Pebble pool for good: its workers are terminated (killed if they linger)."""
+    try:
+        ex.stop()
+        ex.join(timeout=30)
+    except Exception as exc:  # it has been replaced whatever it says
+        log.warning("stopping the old scan worker pool: %s", exc)
 
 
 def _received_chain(raw: bytes, limit: int = 20) -> list[str]:
