@@ -519,3 +519,37 @@ def test_archive_kind_uses_content_not_names():
     assert archive_kind("application/x-rar", b"Rar!\x1a\x07\x01\x00") == "rar5"
     assert archive_kind("application/vnd.openxmlformats-officedocument.wordprocessingml.document", b"PK\x03\x04") is None
     assert archive_kind("text/plain", b"just text") is None
+
+
+# -- defects found by the fuzzers (tests/fuzz, docs/reliability.md "Fuzzing") ------------------
+
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+def _scanner(tmp_path):
+    from mailvm.config import parse_config
+    from mailvm.scan import Scanner
+    from mailvm.triage import Triage
+
+    cfg = parse_config({"scantable": {"path": str(tmp_path / "t")}, "spool": {"dir": str(tmp_path / "s")},
+                        "links": {"enabled": False}})
+    return Scanner(cfg, Triage(cfg.triage), None, None)
+
+
+def test_rar4_members_repeating_the_name_before_them_are_analysed(tmp_path, extract_cfg, make_spool):
+    """libarchive returns a RAR 4 header that repeats the previous name as a nameless type-0 entry
+    (the next part of a split file to it); it was skipped as a device and never analysed."""
+    from fuzz.builders import rar4_archive
+
+    data = rar4_archive([("invoice.exe", b""), ("invoice.exe", EICAR), ("invoice.exe", b"MZ third"),
+                         ("readme.txt", b"after them")])
+    res, _ = run_file(tmp_path, data, "invoice.rar", extract_cfg, make_spool)
+    rar = res.artifacts[0]
+    got = sorted((a.name, a.sha256) for a in res.artifacts[1:])
+    assert got == sorted([("invoice.exe", sha(b"")), ("invoice.exe", EICAR_SHA256), ("invoice.exe", sha(b"MZ third")),
+                          ("readme.txt", sha(b"after them"))])
+    assert all(a.origin == ("file:invoice.rar", f"member:{a.name}") and a.depth == 1 for a in res.artifacts[1:])
+    assert rar.findings == [], rar.findings  # neither a "device" nor corruption
+
+    report = _scanner(tmp_path).scan_file(tmp_path / "input" / "invoice.rar")
+    assert report.verdict == "malicious", report.to_dict()

@@ -1,7 +1,8 @@
 """Archive members out, bounded: zip (incl. ZipCrypto/AES), 7z (incl. AES), rar, tar, gzip/bzip2/xz, ISO 9660, cab.
 
-Every archive is read by a library (pyzipper, py7zr, libarchive); nothing here
-parses an archive format.  What this module adds is the hostile-input policy
+Every archive is read by a library (pyzipper, py7zr, libarchive; rarfile lists
+the RAR 4 headers that libarchive does not return); nothing here parses an
+archive format.  What this module adds is the hostile-input policy
 around the libraries:
 
 * the kind of an archive comes from its detected MIME type and magic bytes,
@@ -621,25 +622,43 @@ class _BudgetedInput(io.RawIOBase):
     libarchive decompresses inside C calls that cannot be interrupted; its input
     callback is the one place where a hostile stream (an xz of zeros expands by
     thousands) comes back to Python, so the budget is checked there.
+
+    With ``ranges`` ((offset, length) pairs), the input is those byte ranges of the
+    file one after the other, read forward only.
     """
 
-    def __init__(self, fh: BinaryIO, spool: Spool) -> None:
+    def __init__(self, fh: BinaryIO, spool: Spool, ranges: Sequence[tuple[int, int]] | None = None) -> None:
         super().__init__()
         self._fh = fh
         self._spool = spool
+        self._ranges = list(ranges) if ranges is not None else None
+        self._left = 0
         self.out_of_time = False
 
     def readable(self) -> bool:
         return True
 
     def seekable(self) -> bool:
-        return True
+        return self._ranges is None
 
     def readinto(self, buf) -> int:
         if self._spool.expired():
             self.out_of_time = True
             return 0
-        return self._fh.readinto(buf)
+        if self._ranges is None:
+            return self._fh.readinto(buf)
+        while self._left <= 0:
+            if not self._ranges:
+                return 0
+            offset, self._left = self._ranges.pop(0)
+            self._fh.seek(offset)
+        view = memoryview(buf)[: min(len(buf), self._left)]
+        n = self._fh.readinto(view)
+        if not n:  # the file is shorter than the range said
+            self._ranges, self._left = [], 0
+            return 0
+        self._left -= n
+        return n
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         return self._fh.seek(offset, whence)
@@ -658,6 +677,7 @@ def _libarchive_pass(ctx: ExpandContext, fmt: str, filt: str) -> bool:
 
     art = ctx.artifact
     seen_any = False
+    repeated = 0
     with open(art.path, "rb") as fh:
         source = _BudgetedInput(fh, ctx.spool)
         try:
@@ -677,6 +697,9 @@ def _libarchive_pass(ctx: ExpandContext, fmt: str, filt: str) -> bool:
                         continue
                     if entry.islnk:
                         continue  # hard link: no data of its own
+                    if fmt == "rar" and entry.pathname is None and entry.filetype == 0:
+                        repeated += 1  # a header repeating the name before it: see _rar4_repeated_members
+                        continue
                     if entry.isdev or not entry.isreg:
                         ctx.note_special(clean_name(name), "device/fifo/socket")
                         continue
@@ -705,7 +728,67 @@ def _libarchive_pass(ctx: ExpandContext, fmt: str, filt: str) -> bool:
                 ctx.note_error(exc)
     if source.out_of_time:
         ctx.spool.check_time()  # records the limit and ends the message's extraction
+    if repeated and not ctx.stopped:
+        _rar4_repeated_members(ctx, repeated)
     return True
+
+
+def _rar4_repeated_members(ctx: ExpandContext, hidden: int) -> None:
+    """Read the RAR 4 members that libarchive lists without returning them.
+
+    libarchive (3.6) takes a file header that repeats the name of the header just
+    before it for the next part of a file split across volumes, whatever its flags
+    say, and returns an entry without name, type or data.  An archiver extracts it
+    as a file of its own (the second copy replaces the first), so a benign empty
+    ``invoice.exe`` followed by a malicious one would hide the malicious one.
+    rarfile lists every file header with its offsets; each such member is then
+    given to libarchive alone (the archive's blocks before its first file, then that
+    member's header and data), so libarchive still does all the decoding.
+    """
+    import libarchive
+    import rarfile
+
+    art = ctx.artifact
+    with open(art.path, "rb") as fh:
+        try:
+            with rarfile.RarFile(fh, part_only=True) as rf:  # a file object: no other volume is looked for
+                infos = rf.infolist()
+        except LimitExceeded:
+            raise
+        except Exception as exc:
+            ctx.note_error(f"{hidden} member(s) repeating the name before them not read: {type(exc).__name__}: {exc}")
+            return
+        repeats = [cur for prev, cur in zip(infos, infos[1:]) if cur.filename == prev.filename]
+        if len(repeats) < hidden:
+            ctx.note_error(f"{hidden - len(repeats)} member(s) repeating the name before them not found by rarfile")
+        for info in repeats[:hidden]:
+            ctx.spool.check_time()
+            name = info.filename
+            if info.is_dir():
+                continue
+            if not info.is_file():
+                ctx.note_special(clean_name(name), "symlink" if info.is_symlink() else "not a regular file")
+                continue
+            ranges = [(0, infos[0].header_offset), (info.header_offset, info.header_size + info.compress_size)]
+            source = _BudgetedInput(fh, ctx.spool, ranges)
+            try:
+                with libarchive.stream_reader(source, format_name="rar", filter_name="none", block_size=64 * 1024) as archive:
+                    for entry in archive:
+                        if entry.isreg:
+                            blocks = _Blocks(entry.get_blocks(64 * 1024))
+                            ctx.add_member(blocks.read, entry.pathname or name, ratio_base=max(art.size, 1))
+                        else:
+                            ctx.note_error(f"{clean_name(name)}: the repeated member is not a regular file")
+                        break  # one member in this stream; never ask for another header
+            except LimitExceeded:
+                raise
+            except libarchive.ArchiveError as exc:
+                if not source.out_of_time:
+                    ctx.note_error(exc)
+            if source.out_of_time:
+                ctx.spool.check_time()
+            if ctx.stopped or any(_is_encryption_error(e) for e in ctx.errors):
+                break
 
 
 def expand_libarchive(ctx: ExpandContext, kind: str) -> list[Artifact]:
