@@ -66,10 +66,44 @@ def die_with_parent(expected_parent: int | None = None) -> None:
         os._exit(1)  # the parent is already gone: nobody would ever stop this process
 
 
-def init_worker(config_path: str | None) -> None:
-    """ProcessPoolExecutor initializer: build the heavy, reusable parts once per worker."""
+def die_with_process(pid: int, start: int | None) -> None:
+    """End this process (SIGKILL) as soon as process ``pid`` (started at ``start`` ticks) ends.
+
+    A scan worker's parent is multiprocessing's forkserver, not ``mailvm serve``; and the forkserver
+    only exits once every process it forked is gone, so PR_SET_PDEATHSIG alone left a busy worker
+    (and with it the forkserver) running until its message was done.  A daemon thread waits on a
+    pidfd of ``mailvm serve`` instead: readable the moment it dies.
+    """
+    import select
+    import signal
+    import threading
+
+    from mailvm.procfs import start_ticks
+
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        os._exit(1)  # already gone
+    if start is not None and start_ticks(pid) != start:
+        os._exit(1)  # the pid was reused: the process meant is gone
+
+    def watch() -> None:
+        select.select([fd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="mailvm-die-with-serve", daemon=True).start()
+
+
+def init_worker(config_path: str | None, supervisor: int | None = None, supervisor_start: int | None = None) -> None:
+    """Pebble's initializer: build the heavy, reusable parts once per worker.
+
+    ``supervisor``: the pid (and start time) of the ``mailvm serve`` that owns the workers; the
+    worker dies with it.
+    """
     global _worker
     die_with_parent()
+    if supervisor:
+        die_with_process(supervisor, supervisor_start)
     from mailvm.triage import Triage
     from mailvm.vmpool.jobqueue import QueueDetonator
 

@@ -127,8 +127,11 @@ class MilterService:
         import pebble
 
         ctx = multiprocessing.get_context("forkserver")
+        from mailvm.procfs import start_ticks
+
+        me = os.getpid()  # the workers die with this process (not only with the forkserver)
         ex = pebble.ProcessPool(max_workers=self.workers, initializer=init_worker,
-                                initargs=(self.config_path,), context=ctx)
+                                initargs=(self.config_path, me, start_ticks(me)), context=ctx)
         ex.schedule(worker_ready)
         return ex
 
