@@ -43,7 +43,9 @@ class StripResult:
 
     @property
     def complete(self) -> bool:
-        return not self.missing
+        """Every offending part found and gone, and no leaf that could not be compared: a part that
+        cannot be decoded cannot be shown not to be an offending one, so it fails closed too."""
+        return not self.missing and not self.undecodable
 
 
 def apply(ctx: Any, outcome: Any, own_headers: dict[str, int]) -> int:
@@ -161,7 +163,8 @@ def strip_parts(raw: bytes, bad_part_ids: Iterable[str],
             continue
         try:
             payload = part.get_payload(decode=True) or b""
-        except Exception:
+        except Exception:  # not compared: counted, so the caller does not deliver
+            undecodable += 1
             continue
         if hashlib.sha256(payload).hexdigest() in bad:
             missing.add(hashlib.sha256(payload).hexdigest())
