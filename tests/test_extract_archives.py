@@ -553,3 +553,48 @@ def test_rar4_members_repeating_the_name_before_them_are_analysed(tmp_path, extr
 
     report = _scanner(tmp_path).scan_file(tmp_path / "input" / "invoice.rar")
     assert report.verdict == "malicious", report.to_dict()
+
+
+class _UnnamedZipInfo(zipfile.ZipInfo):
+    """Lets zipfile write an entry with an empty name (its is_dir() would raise on one)."""
+
+    def is_dir(self) -> bool:
+        return False
+
+
+def zip_with_odd_names() -> bytes:
+    """An empty-named entry first (as unzip and zipfile read it), then EICAR, then a name with a NUL in it."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        unnamed = _UnnamedZipInfo("x")
+        unnamed.filename = ""
+        z.writestr(unnamed, b"first")
+        z.writestr("invoice.exe", EICAR)
+        z.writestr("note.pdf#NUL#.exe", b"MZ cut at a NUL")
+    data = buf.getvalue()
+    assert data.count(b"#NUL#") == 2  # local header and central directory; the CRCs cover the data only
+    return data.replace(b"#NUL#", b"\x00\x00\x00\x00\x00")
+
+
+def test_zip_members_after_an_empty_named_entry_are_extracted(tmp_path, extract_cfg, make_spool):
+    """ZipInfo.is_dir() raised IndexError on an empty name: the whole zip was archive_corrupt and EICAR behind
+    such an entry scanned clean 2 (found by the fuzzers)."""
+    data = zip_with_odd_names()
+    names = [i.orig_filename for i in zipfile.ZipFile(io.BytesIO(data)).infolist()]
+    assert names == ["", "invoice.exe", "note.pdf\x00\x00\x00\x00\x00.exe"]
+    res, _ = run_file(tmp_path, data, "invoice.zip", extract_cfg, make_spool)
+    zipart = res.artifacts[0]
+    got = {a.sha256: a.name for a in res.artifacts[1:]}
+    assert got == {sha(b"first"): "unnamed", EICAR_SHA256: "invoice.exe", sha(b"MZ cut at a NUL"): "note.pdf"}
+    assert finding(zipart, "archive_corrupt") is None, zipart.findings
+    bad = finding(zipart, "archive_bad_member_name")
+    assert bad is not None and bad.severity == 3 and bad.detail.startswith("2 member(s)"), zipart.findings
+    assert "(empty) (empty name)" in bad.detail and "note.pdf\\x00" in bad.detail and "(NUL in the name)" in bad.detail
+
+    report = _scanner(tmp_path).scan_file(tmp_path / "input" / "invoice.zip")
+    assert report.verdict == "malicious", report.to_dict()
+
+
+def test_ordinary_zip_names_are_not_flagged(tmp_path, extract_cfg, make_spool):
+    res, _ = run_file(tmp_path, zip_bytes({"dir/": b"", "dir/a.txt": b"a", "b.txt": b"b"}), "ok.zip", extract_cfg, make_spool)
+    assert res.artifacts[0].findings == [] and sorted(a.name for a in res.artifacts[1:]) == ["a.txt", "b.txt"]

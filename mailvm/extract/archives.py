@@ -173,6 +173,7 @@ class ExpandContext:
     entries: int = 0
     traversal: list[str] = field(default_factory=list)
     special: list[str] = field(default_factory=list)
+    bad_names: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     stopped: bool = False
 
@@ -203,6 +204,10 @@ class ExpandContext:
     def note_special(self, name: str, what: str) -> None:
         if len(self.special) < 1000:
             self.special.append(f"{clean_name(name)} ({what})")
+
+    def note_bad_name(self, name: str, what: str) -> None:
+        if len(self.bad_names) < 1000:
+            self.bad_names.append(f"{clean_name(name, '(empty)')} ({what})")
 
     def add_member(
         self,
@@ -263,6 +268,16 @@ class ExpandContext:
             names = ", ".join(self.special[:MAX_DETAIL_NAMES])
             art.findings.append(
                 Finding("archive_special_member", 3, f"{len(self.special)} link/device member(s) skipped: {names}", SOURCE)
+            )
+        if self.bad_names:
+            names = ", ".join(self.bad_names[:MAX_DETAIL_NAMES])
+            art.findings.append(
+                Finding(
+                    "archive_bad_member_name",
+                    3,
+                    f"{len(self.bad_names)} member(s) with an empty name or one cut at a NUL, analysed all the same: {names}",
+                    SOURCE,
+                )
             )
         if self.errors:
             art.findings.append(Finding("archive_corrupt", 2, "; ".join(self.errors), SOURCE))
@@ -377,6 +392,10 @@ def expand_zip(ctx: ExpandContext) -> list[Artifact]:
                     break
                 if info.filename.endswith("/"):  # ZipInfo.is_dir() raises on an empty name
                     continue
+                if not info.filename or "\x00" in info.orig_filename:
+                    # readers differ on such a name (zipfile cuts it at the NUL): the data is analysed anyway
+                    why = "NUL in the name" if "\x00" in info.orig_filename else "empty name"
+                    ctx.note_bad_name(info.orig_filename.replace("\x00", "\\x00"), why)
                 special = _zip_special(info)
                 if special:
                     ctx.note_special(info.filename, special)
