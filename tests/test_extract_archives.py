@@ -6,11 +6,13 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import json
 import os
 import random
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 import time
 import zipfile
@@ -598,3 +600,30 @@ def test_zip_members_after_an_empty_named_entry_are_extracted(tmp_path, extract_
 def test_ordinary_zip_names_are_not_flagged(tmp_path, extract_cfg, make_spool):
     res, _ = run_file(tmp_path, zip_bytes({"dir/": b"", "dir/a.txt": b"a", "b.txt": b"b"}), "ok.zip", extract_cfg, make_spool)
     assert res.artifacts[0].findings == [] and sorted(a.name for a in res.artifacts[1:]) == ["a.txt", "b.txt"]
+
+
+_EXTRACT_IN_A_CHILD = """
+import json, sys
+from pathlib import Path
+from mailvm.config import ExtractConfig
+from mailvm.extract import extract_file
+from mailvm.extract.spool import Spool
+cfg = ExtractConfig()
+res = extract_file(sys.argv[1], Path(sys.argv[1]).name, Spool(sys.argv[2], cfg), cfg)
+print(json.dumps([[a.name, a.size, [[f.id, f.detail] for f in a.findings]] for a in res.artifacts]))
+"""
+
+
+def test_cab_with_a_fatal_data_error_ends_with_a_finding_not_a_crash(tmp_path):
+    """84 bytes found by the fuzzers (a stored CAB whose CFFILE lost two bytes): after "Invalid CFDATA"
+    (ARCHIVE_FATAL) the reader asked libarchive 3.6.2 for the next header and it crashed (SIGSEGV), killing
+    the scan worker; the message tempfailed on every retry.  Run in a child so that a crash fails this test."""
+    cab = Path(__file__).parent / "fuzz" / "corpus" / "archive" / "cab-segfault-libarchive.cab"
+    proc = subprocess.run([sys.executable, "-c", _EXTRACT_IN_A_CHILD, str(cab), str(tmp_path / "spool")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    (name, size, findings), *members = json.loads(proc.stdout)
+    assert name == "cab-segfault-libarchive.cab" and size == 84
+    corrupt = [d for fid, d in findings if fid == "archive_corrupt"]
+    assert corrupt and "Invalid CFDATA" in corrupt[0] and "entries after voice.pdf.exe not read" in corrupt[0]
+    assert [m[0] for m in members] == ["voice.pdf.exe"]  # what was read before the error stays

@@ -196,7 +196,12 @@ class ExpandContext:
         return True
 
     def note_error(self, exc: BaseException | str) -> None:
-        text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, str):
+            text = exc
+        elif hasattr(exc, "retcode") and isinstance(getattr(exc, "msg", None), str):
+            text = f"{type(exc).__name__}: {exc.msg}"  # libarchive's text without its object's address
+        else:
+            text = f"{type(exc).__name__}: {exc}"
         log.info("archive %s: %s", self.artifact.name, text)
         if len(self.errors) < MAX_DETAIL_NAMES:
             self.errors.append(clean_name(text)[:200])
@@ -610,12 +615,23 @@ LIBARCHIVE_FORMATS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: libarchive's ARCHIVE_FATAL: after it only freeing the archive object is safe
+ARCHIVE_FATAL = -30
+
+
 class _Blocks:
-    """``read(n)`` over libarchive's block generator for one entry."""
+    """``read(n)`` over libarchive's block generator for one entry.
+
+    ``fatal`` is set when libarchive failed with ARCHIVE_FATAL (or an error without a
+    code) while reading this entry's data: the reader must then ask for no other
+    header.  libarchive 3.6.2's cab reader crashes (SIGSEGV) when it is asked for
+    the next header after "Invalid CFDATA", which ended the scan worker.
+    """
 
     def __init__(self, blocks: Iterator[bytes]):
         self._blocks = blocks
         self._buf = b""
+        self.fatal = False
 
     def read(self, n: int) -> bytes:
         while not self._buf:
@@ -623,6 +639,10 @@ class _Blocks:
                 self._buf = next(self._blocks)
             except StopIteration:
                 return b""
+            except Exception as exc:  # libarchive.ArchiveError, or anything from a hostile stream
+                code = getattr(exc, "retcode", None)
+                self.fatal = not isinstance(code, int) or code <= ARCHIVE_FATAL
+                raise
         out, self._buf = self._buf[:n], self._buf[n:]
         return out
 
@@ -724,6 +744,10 @@ def _libarchive_pass(ctx: ExpandContext, fmt: str, filt: str) -> bool:
                         continue
                     blocks = _Blocks(entry.get_blocks(64 * 1024))
                     member = ctx.add_member(blocks.read, name, ratio_base=max(art.size, 1))
+                    if blocks.fatal:
+                        # libarchive can no longer be used; asking it for the next header may crash it
+                        ctx.note_error(f"entries after {clean_name(name)} not read (fatal error in its data)")
+                        break
                     if member is not None and any(f.id == "file_truncated" for f in member.findings):
                         # in a compressed stream, reaching the next entry means decompressing
                         # the rest of this one: stop here instead
