@@ -220,6 +220,29 @@ def test_find_urls_relative_without_base_is_ignored():
     assert find_urls("", '<a href="/x.exe">x</a><a href="www.nope.example">y</a>', 10) == []
 
 
+def test_hosts_of_dots_are_not_links(spool, monkeypatch):
+    """``http://.`` was kept as a link, and _parse_hop stripped the dot after its empty-host check, so the
+    downloader asked DNS for "" (found by the fuzzers)."""
+    doc = '<a href=http://.>x</a><a href="http://../y">y</a><img src="https://...:8443/z"><a href=http://a.example.>ok</a>'
+    assert find_urls("see http://. or http://.../x", doc, 10) == ["http://a.example."]
+    for u in ("http://.", "http://..", "https://.:443/", "http://user@./"):
+        assert links.normalize_url(u) is None, u
+        with pytest.raises(links._Failure, match="no host"):
+            links._parse_hop(u)
+
+    looked_up: list[str] = []
+    real = socket.getaddrinfo
+
+    def recording(host, *args, **kwargs):  # the real resolver, with a record of what it was asked
+        looked_up.append(host)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording)
+    arts, found = download_links(["http://./", "http://../x"], spool, cfg())
+    assert arts == [] and looked_up == []
+    assert [f.id for f in found] == ["link_download_failed"] * 2 and all("no host" in f.detail for f in found)
+
+
 def test_find_urls_limit_and_text_before_html():
     text = " ".join(f"http://t{i}.example/" for i in range(5))
     html_doc = "".join(f'<a href="http://h{i}.example/">x</a>' for i in range(5))

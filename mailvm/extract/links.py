@@ -126,8 +126,8 @@ def normalize_url(raw: str, base: str | None = None) -> str | None:
         url = urllib.parse.urljoin(base, url.replace("\\", "/"))
     try:
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in SCHEMES or not parts.hostname:
-            return None
+        if parts.scheme not in SCHEMES or not (parts.hostname or "").strip("."):
+            return None  # no host, or only dots ("http://."): nothing a browser would open
         parts.port  # raises ValueError on a bad port
     except ValueError:
         return None
@@ -428,6 +428,8 @@ def _parse_hop(url: str) -> _Hop:
             host = host.rstrip(".").encode("idna").decode("ascii")
         except UnicodeError as exc:
             raise _Failure("link_download_failed", f"bad host name: {exc}") from None
+        if not host:  # the name was only dots: never ask DNS for ""
+            raise _Failure("link_download_failed", "bad URL: no host")
     if port is None:
         port = 443 if parts.scheme == "https" else 80
     path = urllib.parse.quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
