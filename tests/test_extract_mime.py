@@ -246,7 +246,7 @@ def test_message_rfc822_nesting_past_max_depth_is_a_finding(make_spool):
     res = extract_message(msg.as_bytes(), spool, cfg)
     names = sorted(a.name for a in res.artifacts)
     assert names == ["f3.bin", "f4.bin", "f5.bin", "f6.bin"]
-    assert any(f.id == "archive_limit_exceeded" and "max_depth" in f.detail for f in res.findings)
+    assert any(f.id == "nested_message_limit_exceeded" and "max_message_depth" in f.detail for f in res.findings)
 
 
 def test_tnef_winmail_dat_attachments_become_artifacts(extract_cfg, make_spool):
@@ -319,7 +319,7 @@ def test_oversized_message_scans_its_head_only(make_spool):
     res = extract_message(m.as_bytes(), spool, cfg)
     assert [a.name for a in res.artifacts][0] == "first.bin"
     assert res.artifacts[0].sha256 == sha(b"first" * 100)
-    assert any(f.id == "archive_limit_exceeded" and "max_message_bytes" in f.detail for f in res.findings)
+    assert any(f.id == "message_size_limit_exceeded" and "max_message_bytes" in f.detail for f in res.findings)
 
 
 def test_many_parts_are_capped(extract_cfg, make_spool):
@@ -332,7 +332,7 @@ def test_many_parts_are_capped(extract_cfg, make_spool):
     res = extract_message(raw, spool, extract_cfg)
     assert time.monotonic() - t0 < 10
     assert 900 <= len(res.artifacts) <= 1000
-    assert any(f.id == "archive_limit_exceeded" and "max_mime_parts" in f.detail for f in res.findings)
+    assert any(f.id == "parts_limit_exceeded" and "max_mime_parts" in f.detail for f in res.findings)
 
 
 def test_deeply_nested_multiparts_are_bounded(extract_cfg, make_spool):
@@ -346,7 +346,7 @@ def test_deeply_nested_multiparts_are_bounded(extract_cfg, make_spool):
     res = extract_message(raw, spool, extract_cfg)
     assert time.monotonic() - t0 < 10
     assert res.artifacts == []  # the leaf is far below the nesting cap
-    assert any(f.id == "archive_limit_exceeded" for f in res.findings)
+    assert any(f.id == "mime_depth_limit_exceeded" for f in res.findings)
 
 
 def test_same_attachment_twice_listed_twice_expanded_once(extract_cfg, make_spool):

@@ -10,7 +10,7 @@ names files itself and enforces the per-message limits.
 
 Nothing here raises for bad input: problems are findings on the artifact
 concerned (``archive_corrupt``, ``encrypted_archive_unopened``...) or on the
-message (``archive_limit_exceeded``, ``mime_defect``).  An unexpected internal
+message (``*_limit_exceeded``, ``mime_defect``).  An unexpected internal
 error ends extraction early with an ``extract_error`` finding (severity 0: an
 error, not evidence) and whatever was extracted until then.
 """
@@ -100,7 +100,8 @@ def _expand(art: Artifact, spool: Spool, cfg: ExtractConfig, passwords: Sequence
     if kind is None:
         return
     if art.depth >= cfg.max_depth:
-        spool.note_limit("max_depth", f"{art.name} ({kind}) nested deeper than {cfg.max_depth}, not opened")
+        what = "max_message_depth" if kind in ("message", "msg") else "max_depth"
+        spool.note_limit(what, f"{art.name} ({kind}) nested deeper than {cfg.max_depth}, not opened")
         return
     if art.sha256 in spool.expanded:
         return  # the same file elsewhere in the message: listed again, expanded once

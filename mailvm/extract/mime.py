@@ -547,7 +547,7 @@ def _walk_tree(
             children = [c for c in payload if isinstance(c, email.message.Message)]
             if ctype in ("message/rfc822", "message/global") and part is not root:
                 if p_depth + 1 > cfg.max_depth:
-                    spool.note_limit("max_depth", f"message/rfc822 nested deeper than {cfg.max_depth}")
+                    spool.note_limit("max_message_depth", f"message/rfc822 nested deeper than {cfg.max_depth}")
                     continue
                 nested_index += 1
                 for child in reversed(children):

@@ -98,7 +98,7 @@ def _walk(ctx: ExpandContext, msg: Any, prefix: str, embedded: list[int]) -> Non
         elif data is not None and hasattr(data, "attachments"):  # an attached Outlook message
             embedded[0] += 1
             if embedded[0] > MAX_EMBEDDED or ctx.depth + prefix.count("/") >= ctx.cfg.max_depth:
-                ctx.spool.note_limit("max_depth", f"{ctx.artifact.name}: Outlook messages nested too deep")
+                ctx.spool.note_limit("max_message_depth", f"{ctx.artifact.name}: Outlook messages nested too deep")
                 continue
             subject = _text(_safe(lambda: data.subject), 60).replace("/", "_") or f"message{embedded[0]}"
             _walk(ctx, data, prefix=f"{prefix}{subject}/", embedded=embedded)

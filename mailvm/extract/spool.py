@@ -8,7 +8,10 @@ path, so nothing can be written outside the directory whatever a sender claims.
 
 The spool also enforces the per-message limits of :class:`~mailvm.config.ExtractConfig`
 (total expanded bytes, bytes per file, artifacts per message, wall time) and
-records what was cut as findings (``archive_limit_exceeded``).
+records what was cut as findings: one id per kind of limit, every id ending in
+``_limit_exceeded`` (:data:`LIMIT_FINDINGS`), severity :data:`LIMIT_SEVERITY`.  A
+limit is not evidence against a message (the severity stays low); it says that
+part of the message went unchecked, which the policy maps to ``actions.unchecked``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,31 @@ log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 MAX_NAME = 255
+#: a limit says "not checked", not "bad": low severity (the policy's ``unchecked`` action decides)
+LIMIT_SEVERITY = 2
+#: which limit stopped extraction (the ``what`` of :meth:`Spool.note_limit`) -> finding id
+LIMIT_FINDINGS: dict[str, str] = {
+    "max_depth": "archive_depth_limit_exceeded",
+    "max_members": "archive_members_limit_exceeded",
+    "max_total_bytes": "archive_bytes_limit_exceeded",
+    "stream_after_cut": "archive_bytes_limit_exceeded",
+    "max_tnef_bytes": "archive_bytes_limit_exceeded",
+    "max_msg_bytes": "archive_bytes_limit_exceeded",
+    "max_ratio": "archive_ratio_limit_exceeded",
+    "max_file_bytes": "file_size_limit_exceeded",
+    "max_bytes": "file_size_limit_exceeded",
+    "time_budget": "time_limit_exceeded",
+    "max_artifacts": "artifacts_limit_exceeded",
+    "max_message_bytes": "message_size_limit_exceeded",
+    "max_mime_parts": "parts_limit_exceeded",
+    "max_mime_depth": "mime_depth_limit_exceeded",
+    "max_message_depth": "nested_message_limit_exceeded",
+    "max_embedded": "embedded_limit_exceeded",
+    "max_bodies": "body_limit_exceeded",
+    "max_recovered": "recovered_parts_limit_exceeded",
+}
+#: the id for a limit missing from :data:`LIMIT_FINDINGS` (still ends in ``_limit_exceeded``)
+OTHER_LIMIT = "extract_limit_exceeded"
 
 _magic_local = threading.local()
 
@@ -118,13 +146,14 @@ class Spool:
 
     # -- limits --------------------------------------------------------------
     def note_limit(self, what: str, detail: str) -> None:
-        """Record one ``archive_limit_exceeded`` finding per kind of limit."""
+        """Record one ``*_limit_exceeded`` finding per kind of limit (:data:`LIMIT_FINDINGS`)."""
         with self._lock:
             if what in self._limit_ids:
                 return
             self._limit_ids.add(what)
         log.info("extraction limit %s: %s", what, detail)
-        self.findings.append(Finding("archive_limit_exceeded", 5, f"{what}: {detail}", "extract"))
+        fid = LIMIT_FINDINGS.get(what, OTHER_LIMIT)
+        self.findings.append(Finding(fid, LIMIT_SEVERITY, f"{what}: {detail}", "extract"))
 
     def expired(self) -> bool:
         return self.budget.time_left() <= 0
@@ -150,11 +179,20 @@ class Spool:
             n = self._counter
         return self.root / f"{n:04d}.bin"
 
-    def add_bytes(self, data: bytes, name: str, origin: tuple[str, ...], depth: int = 0) -> Artifact | None:
+    def add_bytes(
+        self,
+        data: bytes,
+        name: str,
+        origin: tuple[str, ...],
+        depth: int = 0,
+        *,
+        part_id: str = "",
+        role: str = "attachment",
+    ) -> Artifact | None:
         """Store ``data`` as a new artifact; ``None`` when a limit forbids it (finding recorded)."""
         import io
 
-        return self.add_stream(io.BytesIO(data), name, origin, depth)
+        return self.add_stream(io.BytesIO(data), name, origin, depth, part_id=part_id, role=role)
 
     def add_stream(
         self,
@@ -164,6 +202,9 @@ class Spool:
         depth: int = 0,
         max_bytes: int | None = None,
         ratio_base: int | None = None,
+        *,
+        part_id: str = "",
+        role: str = "attachment",
     ) -> Artifact | None:
         """Copy a stream into the spool, bounded by the file, total and ratio limits.
 
@@ -172,7 +213,7 @@ class Spool:
         copy is still kept as an artifact (its head is what analyzers need) with
         a finding saying it was cut.
         """
-        writer = self.open_writer(name, origin, depth, max_bytes, ratio_base)
+        writer = self.open_writer(name, origin, depth, max_bytes, ratio_base, part_id=part_id, role=role)
         if writer is None:
             return None
         read = reader if callable(reader) else reader.read
@@ -194,6 +235,9 @@ class Spool:
         depth: int = 0,
         max_bytes: int | None = None,
         ratio_base: int | None = None,
+        *,
+        part_id: str = "",
+        role: str = "attachment",
     ) -> "SpoolWriter | None":
         """A push-style writer for one new artifact (for libraries that write: py7zr, msoffcrypto).
 
@@ -212,7 +256,9 @@ class Spool:
             cap = min(cap, max_bytes)
         if ratio_base is not None:
             cap = min(cap, max(ratio_base, 1) * self.limits.max_ratio + 1024 * 1024)
-        return SpoolWriter(self, self._new_path(), name, tuple(origin), depth, cap, max_bytes, ratio_base)
+        writer = SpoolWriter(self, self._new_path(), name, tuple(origin), depth, cap, max_bytes, ratio_base)
+        writer.part_id, writer.role = part_id, role
+        return writer
 
     def _why_cut(self, size: int, max_bytes: int | None, ratio_base: int | None) -> str:
         if self.bytes_left() <= 0:
@@ -257,6 +303,9 @@ class SpoolWriter:
         self.size = 0
         self.truncated = False
         self._why = ""
+        #: carried into the artifact (see :class:`~mailvm.verdict.Artifact`)
+        self.part_id = ""
+        self.role = "attachment"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         self._out: BinaryIO | None = os.fdopen(fd, "wb")
 
@@ -319,6 +368,8 @@ class SpoolWriter:
             origin=self.origin,
             depth=self.depth,
             findings=extra,
+            part_id=self.part_id,
+            role=self.role,
         )
         self._spool.artifacts.append(art)
         return art
