@@ -54,19 +54,21 @@ MIX = (("clean", 0.4), ("eicar_reject", 0.1), ("eicar_quarantine", 0.1), ("scrip
        ("script_malicious", 0.2))
 MALICIOUS_CLASSES = ("eicar_reject", "eicar_quarantine", "script_malicious")
 KILL_ORDER = ("milter", "pool", "worker", "agent")
-#: lines of the mailvm log counted in the account: how each kill was absorbed
+#: lines of the mailvm log counted in the account: how each kill was absorbed (regular expressions)
 LOG_EVENTS = {
-    "detonations completed": " detonated ",
-    "scan retried on a fresh worker (worker died)": "; retrying once",
-    "claim handed back, file queued again by a waiting scan": "taking over the analysis of",
-    "slot failures (job retried on a fresh slot)": "failed under",
-    "pool service restarts": "pool service exited",
-    "popped jobs not run (verdict known / queued again)": "pool service: not running",
+    "detonations completed": r" detonated [0-9a-f]{12} ",
+    "scan retried on a fresh worker (worker died)": r"scan worker died .*; retrying once",
+    "claim of a dead pool's job taken over at once": r"claim on [0-9a-f]{64} by '[^']*:pool-[0-9a-f]+' went stale",
+    "slot failures (job retried on a fresh slot)": r"slot \S+ failed under",
+    "pool service restarts": r"pool service exited",
+    "popped jobs not run (verdict known / queued again)": r"pool service: not running",
 }
 
 
 def log_events(text: str) -> dict[str, int]:
-    return {name: text.count(needle) for name, needle in LOG_EVENTS.items()}
+    import re
+
+    return {name: len(re.findall(pattern, text)) for name, pattern in LOG_EVENTS.items()}
 
 
 @dataclass
@@ -321,11 +323,13 @@ class Killer:
             pid = serve
             os.kill(serve, signal.SIGKILL)
             self.lab.proc.wait(timeout=30)
-            self._record(target, pid, f"{len(tree)} processes under it" + (f"; {note}" if note else ""))
-            end = time.monotonic() + 30
+            killed_at = time.monotonic()
+            end = killed_at + 30
             alive = lambda: [p for p, t in tree.items() if not is_gone(p) and start_ticks(p) == t]  # noqa: E731
             while time.monotonic() < end and alive():
-                time.sleep(0.2)
+                time.sleep(0.1)
+            self._record(target, pid, f"{len(tree)} processes under it, all gone {time.monotonic() - killed_at:.1f} s "
+                         "later" + (f"; {note}" if note else ""), at=killed_at)
             self.leftovers = [_cmdline(p).replace(b"\0", b" ")[:120].decode("ascii", "replace") for p in alive()]
             time.sleep(1.0)  # a service manager restarts it a moment later
             self.lab.proc = None
@@ -350,8 +354,9 @@ class Killer:
         os.kill(pid, signal.SIGKILL)
         self._record(target, pid, note)
 
-    def _record(self, target: str, pid: int, note: str) -> None:
-        self.kills.append(Kill(target, pid, round(time.monotonic() - self.t0, 1), self.load.completed(), note))
+    def _record(self, target: str, pid: int, note: str, at: float | None = None) -> None:
+        at = time.monotonic() if at is None else at
+        self.kills.append(Kill(target, pid, round(at - self.t0, 1), self.load.completed(), note))
 
 
 # ------------------------------------------------------------------ the account
