@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 import Milter
 
+from mailvm.policy import REPLY_REJECT, REPLY_TEMPFAIL
 from mailvm.verdict import ENGINE_VERSION
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,13 @@ def apply(ctx: Any, outcome: Any, own_headers: dict[str, int]) -> int:
     d = outcome.decision
     _remove_own_headers(ctx, own_headers)
     if d.action == "reject":
-        ctx.setreply(d.smtp_code or "550", d.smtp_ext or "5.7.1", d.smtp_text or "Message rejected")
+        ctx.setreply(d.smtp_code or REPLY_REJECT[0], d.smtp_ext or REPLY_REJECT[1], d.smtp_text or "Message rejected")
         return Milter.REJECT
     if d.action == "tempfail":
-        ctx.setreply(d.smtp_code or "451", d.smtp_ext or "4.7.1", d.smtp_text or "Analysis in progress, try again later")
+        # the reply codes have one source, mailvm.policy (documented in docs/policy.md): 451 4.7.1 for a
+        # tempfail decision, 451 4.3.0 (REPLY_INTERNAL) when mailvm itself failed (set by the decision)
+        ctx.setreply(d.smtp_code or REPLY_TEMPFAIL[0], d.smtp_ext or REPLY_TEMPFAIL[1],
+                     d.smtp_text or "Analysis in progress, try again later")
         return Milter.TEMPFAIL
     if d.action in ("discard", "quarantine"):
         # quarantine: the service already stored the message durably in mailvm's store
