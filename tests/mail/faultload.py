@@ -83,6 +83,8 @@ class Item:
     final: str = ""  # accepted | rejected | "" (still deferred)
     last_reply: str = ""
     not_before: float = 0.0
+    #: the 4xx answers (or lost connections) this message met before its final one
+    deferrals: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -116,6 +118,9 @@ class Account:
     unseen_scripts: int = 0
     #: what the service log says about the recovery (see LOG_EVENTS)
     log_events: dict[str, int] = field(default_factory=dict)
+    #: every 4xx answer met on the way, by reply (queue ids and numbers left out), most frequent first
+    deferral_replies: dict[str, int] = field(default_factory=dict)
+    attempts: int = 0
     duration_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -222,6 +227,7 @@ class Load:
             it.final = "rejected"
         else:
             it.deferred += 1
+            it.deferrals.append(it.last_reply)
             it.not_before = time.monotonic() + self.retry_s
             with self._lock:
                 self._retry.append(it)
@@ -448,7 +454,16 @@ def account(items: list[Item], postfix: Any, store: Any) -> Account:
         malicious_delivered={k: v for k, v in mal.items() if v}, clean_not_delivered=clean_bad,
         outcomes_by_class={k: dict(v) for k, v in outcomes.items()},
         unseen_scripts=sum(1 for it in items if it.cls.startswith("script")),
+        deferral_replies=dict(Counter(_reply_kind(r) for it in items for r in it.deferrals).most_common()),
+        attempts=sum(it.attempts for it in items),
     )
+
+
+def _reply_kind(reply: str) -> str:
+    """A deferral reply without what differs from message to message (queue ids, counts, times)."""
+    import re
+
+    return re.sub(r"\b[0-9A-F]{8,}\b|\b\d+(\.\d+)? ?s\b", "*", reply)[:120]
 
 
 def wait_queue_empty(postfix: Any, timeout: float) -> bool:
