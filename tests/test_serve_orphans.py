@@ -155,3 +155,25 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_housekeeping_sweeps_only_spool_entries_older_than_any_scan(tmp_path):
+    """A scan worker killed at its hard limit leaves its message's extraction directory (``msg-*``);
+    serve's hourly housekeeping removes such leftovers without touching a scan that may still run."""
+    from mailvm.cli.mailvm_main import SPOOL_STALE_S, _clean_spool
+
+    spool = tmp_path / "spool"
+    old_dir, young_dir, old_copy = spool / "msg-old", spool / "msg-young", spool / "msg-old.eml"
+    (old_dir / "sub").mkdir(parents=True)
+    (old_dir / "sub" / "a.bin").write_bytes(b"x")
+    young_dir.mkdir()
+    old_copy.write_bytes(b"Subject: x\r\n\r\n")
+    other = spool / "keep.txt"  # not a spool entry of mailvm's: never removed
+    other.write_text("x")
+    past = time.time() - SPOOL_STALE_S - 60
+    for p in (old_dir, old_copy, other):
+        os.utime(p, (past, past))
+    assert _clean_spool(str(spool), min_age_s=SPOOL_STALE_S) == 2
+    assert sorted(p.name for p in spool.iterdir()) == ["keep.txt", "msg-young"]
+    assert _clean_spool(str(spool)) == 1  # at start: everything of mailvm's goes
+    assert [p.name for p in spool.iterdir()] == ["keep.txt"]

@@ -252,25 +252,36 @@ def _housekeeping(cfg, service, quarantine, stop: threading.Event) -> None:
                 gone = table.expire()
             finally:
                 table.close()
+            # a scan worker killed at its hard limit leaves its message's extraction directory behind
+            _clean_spool(cfg.spool.dir, min_age_s=SPOOL_STALE_S)
             log.info("housekeeping: %d quarantine item(s) and %d table entries expired", removed, gone)
         except Exception:
             log.exception("housekeeping failed; trying again in %.0f s", HOUSEKEEPING_EVERY_S)
 
 
-def _clean_spool(spool_dir: str) -> None:
-    """Remove what a killed ``mailvm serve`` left in the spool (copies only: Postfix keeps the mail)."""
+#: a spool entry this old belongs to no running scan (a scan's hard limit is max_wait_s <= 600 s + grace)
+SPOOL_STALE_S = 3600.0
+
+
+def _clean_spool(spool_dir: str, min_age_s: float = 0.0) -> int:
+    """Remove what a killed ``mailvm serve`` or a killed scan worker left in the spool (copies only:
+    Postfix keeps the mail).  At start everything goes; while serving (``min_age_s``) only entries
+    older than any scan can run.  Returns how many were removed."""
     import shutil
 
     try:
         names = os.listdir(spool_dir)
     except FileNotFoundError:
-        return
+        return 0
     removed = 0
+    now = time.time()
     for name in names:
         if not name.startswith(("msg-", "body-")):
             continue
         full = os.path.join(spool_dir, name)
         try:
+            if min_age_s and now - os.lstat(full).st_mtime < min_age_s:
+                continue
             if os.path.isdir(full) and not os.path.islink(full):
                 shutil.rmtree(full)
             else:
@@ -279,7 +290,9 @@ def _clean_spool(spool_dir: str) -> None:
         except OSError as exc:
             log.warning("spool: cannot remove %s: %s", full, exc)
     if removed:
-        log.info("spool: removed %d leftovers of an earlier run", removed)
+        log.info("spool: removed %d leftovers of %s", removed,
+                 "killed scans" if min_age_s else "an earlier run")
+    return removed
 
 
 def _start_side_servers(cfg, service, quarantine, key: bytes) -> list:
