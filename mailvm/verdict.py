@@ -130,9 +130,11 @@ class Artifact:
     description: str = ""
     depth: int = 0
     findings: list[Finding] = field(default_factory=list)
-    #: the MIME part (its path in the message tree, e.g. ``"1.2"``) that carries this file: for an
-    #: attachment its own part, for an archive member the attachment that holds the archive.  This is
-    #: the identity ``strip`` uses; it is never parsed back from ``origin`` (names are attacker data).
+    #: the MIME part that carries this file, as the SHA-256 of that leaf's decoded content: for an
+    #: attachment its own part, for an archive member the attachment that holds the archive, for a
+    #: file found inside a text part that part.  This is the identity ``strip`` uses (every leaf with
+    #: that content is replaced, then the result is re-parsed); it is never parsed back from
+    #: ``origin`` (names are attacker data).  Empty when no MIME leaf carries the file (a download).
     part_id: str = ""
     #: what the file is to the message: attachment | member | body | embedded | download
     role: str = "attachment"
