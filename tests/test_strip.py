@@ -87,3 +87,29 @@ def test_strip_fails_closed_when_a_part_cannot_be_found(scanner, tmp_path):
     assert new.action == "quarantine" and stripped is None and "quarantined" in new.reason
     ok, stripped = MilterService._verified_strip(svc, raw, d, report, "test")
     assert ok.action == "strip" and stripped.complete
+
+
+def test_strip_fails_closed_when_a_copy_of_the_part_hides_behind_a_reused_boundary(scanner):
+    """The zip is attached twice: once as a normal part, once behind a nested multipart that reuses
+    the outer boundary (a standard parser never sees that copy; the extractor skips it as already
+    known).  Removing the visible copy is not enough: the hidden one would be delivered."""
+    import base64
+
+    zb = base64.encodebytes(_zip("eicar.com", EICAR)).decode()
+    raw = ("From: a@b.example\nTo: c@d.example\nSubject: reuse\nMIME-Version: 1.0\n"
+           'Content-Type: multipart/mixed; boundary="XYZ"\n\n'
+           '--XYZ\nContent-Type: application/zip; name="a.zip"\nContent-Disposition: attachment; filename="a.zip"\n'
+           f"Content-Transfer-Encoding: base64\n\n{zb}"
+           '--XYZ\nContent-Type: multipart/alternative; boundary="XYZ"\n\n'
+           "--XYZ\nContent-Type: text/plain\n\nhello\n"
+           "--XYZ\nContent-Type: text/html\n\n<p>hello</p>\n--XYZ--\n"
+           '--XYZ\nContent-Type: application/zip; name="b.zip"\nContent-Disposition: attachment; filename="b.zip"\n'
+           f"Content-Transfer-Encoding: base64\n\n{zb}--XYZ--\n").encode()
+    report = scanner.scan_message(raw).to_dict()
+    d = decide(Policy(actions=ActionsPolicy(malicious="strip")), outcomes_from_report(report))
+    assert d.action == "strip"
+    result = strip_parts(raw, d.strip_parts, notices(report))
+    assert not result.complete and result.missing == set(d.strip_parts)
+    svc = MilterService.__new__(MilterService)
+    new, stripped = MilterService._verified_strip(svc, raw, d, report, "test")
+    assert new.action == "quarantine" and stripped is None

@@ -53,7 +53,8 @@ SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"MSCF\x00\x00\x00\x00", "cab"),
 )
 
-_BOUNDARY_LINE = re.compile(rb"^--[!-~][ -~]{0,199}$", re.M)
+# a boundary line ends with LF or CRLF (SMTP and the milter hand messages over with CRLF)
+_BOUNDARY_LINE = re.compile(rb"^--[!-~][ -~]{0,199}\r?$", re.M)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 # a base64 run: groups of 4 with optional line breaks between them (no nested ambiguity: linear)
 _B64_RUN = re.compile(rb"(?:[A-Za-z0-9+/]{4}(?:\r?\n)?){32,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")

@@ -39,7 +39,9 @@ class StripResult:
 
     head_changes: list[tuple[str, str]]
     body: bytes
-    missing: set[str]  # offending part ids not found in the message (nothing removed for them)
+    #: offending part ids not removed: not found in the message, or a copy still in the new body (seen by
+    #: the standard parser or hidden behind broken boundaries)
+    missing: set[str]
     undecodable: int  # leaves whose content could not be decoded (so not compared)
 
     @property
@@ -125,7 +127,9 @@ def strip_parts(raw: bytes, bad_part_ids: Iterable[str],
     Part ids are the SHA-256 of a leaf's decoded content, recorded at extraction
     (:attr:`mailvm.verdict.Artifact.part_id`).  The result says which offending
     ids were not found; the caller must not deliver unless every one was removed,
-    and the new body is parsed again to check that none is left.
+    and the new body is parsed again to check that none is left, both as a mail
+    client's parser sees it and as the extractor's recovery of parts hidden behind
+    broken or reused boundaries does.
     """
     bad = set(bad_part_ids)
     names = names or {}
@@ -172,6 +176,14 @@ def strip_parts(raw: bytes, bad_part_ids: Iterable[str],
             continue
         if hashlib.sha256(payload).hexdigest() in bad:
             missing.add(hashlib.sha256(payload).hexdigest())
+    # and the way the extractor reads past broken or reused boundaries (mime_part_recovered): a copy of
+    # an offending part hidden from the standard parser is still in the body, though no leaf shows it
+    from mailvm.extract.embedded import salvage_parts
+
+    for hidden in salvage_parts(data, len(data)):
+        sha = hashlib.sha256(hidden.data).hexdigest()
+        if sha in bad:
+            missing.add(sha)
     sep = data.find(b"\r\n\r\n")
     body = data[sep + 4:] if sep >= 0 else b""
     return StripResult(head_changes, body, missing, undecodable)
