@@ -125,6 +125,56 @@ def test_strip_replaces_the_offending_part(mail_lab):
     assert got["X-Mailvm-Verdict"].startswith("malicious")
 
 
+
+def test_strip_of_a_zip_named_like_an_origin_chain_keeps_the_benign_part(mail_lab):
+    """Issue 12 item 8, through Postfix: a text part ``x`` next to a zip ``x > y.zip`` holding EICAR
+    used to lose ``x`` and deliver the zip."""
+    from email.message import EmailMessage
+
+    subject = f"strip chain {time.time_ns()}"
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "sender@outside.test", "ivy@strip.test", subject
+    m.set_content("see attachments")
+    m.add_attachment(b"just a harmless note\n", maintype="text", subtype="plain", filename="x")
+    m.add_attachment(eicar_zip(), maintype="application", subtype="zip", filename="x > y.zip")
+    assert mail_lab.send(m, ["ivy@strip.test"]) == {}
+    got = _delivered_with(mail_lab, "ivy@strip.test", subject)
+    assert got is not None
+    leaves = {p.get_filename(): p.get_payload(decode=True) for p in got.walk() if not p.is_multipart()}
+    assert leaves.get("x") == b"just a harmless note\n"
+    assert "x > y.zip" not in leaves and b"UEsDB" not in got.as_bytes() and "removed-by-mailvm.txt" in leaves
+    assert got["X-Mailvm-Verdict"].startswith("malicious")
+
+
+def test_strip_quarantines_when_a_copy_hides_behind_a_reused_boundary(mail_lab):
+    """The same zip attached twice, once behind a nested multipart reusing the outer boundary: the
+    hidden copy cannot be cut out with the visible one, so the whole message is quarantined."""
+    import base64
+
+    from mailvm.config import load_config
+    from mailvm.quarantine import QuarantineStore
+
+    subject = f"strip hidden {time.time_ns()}"
+    zb = base64.encodebytes(eicar_zip()).decode()
+    raw = (f"From: sender@outside.test\nTo: jay@strip.test\nSubject: {subject}\nMIME-Version: 1.0\n"
+           'Content-Type: multipart/mixed; boundary="XYZ"\n\n'
+           '--XYZ\nContent-Type: application/zip; name="a.zip"\nContent-Disposition: attachment; filename="a.zip"\n'
+           f"Content-Transfer-Encoding: base64\n\n{zb}"
+           '--XYZ\nContent-Type: multipart/alternative; boundary="XYZ"\n\n'
+           "--XYZ\nContent-Type: text/plain\n\nhello\n"
+           "--XYZ\nContent-Type: text/html\n\n<p>hello</p>\n--XYZ--\n"
+           '--XYZ\nContent-Type: application/zip; name="b.zip"\nContent-Disposition: attachment; filename="b.zip"\n'
+           f"Content-Transfer-Encoding: base64\n\n{zb}--XYZ--\n").replace("\n", "\r\n").encode()
+    assert mail_lab.send(raw, ["jay@strip.test"]) == {}
+    store = QuarantineStore(load_config(mail_lab.config).quarantine.dir)
+    end = time.monotonic() + 30
+    item = None
+    while item is None and time.monotonic() < end:
+        item = next((i for i in store.list() if subject.encode() in store.read_message(i.id)), None)
+        time.sleep(0.2)
+    assert item is not None, "not quarantined"
+    assert _delivered_with(mail_lab, "jay@strip.test", subject, timeout=2) is None
+
 MALFORMED = [
     "zbateson-mail-mime-parser/tests/_data/emails/m0001.txt",
     "zbateson-mail-mime-parser/tests/_data/emails/invalid-charset.txt",
