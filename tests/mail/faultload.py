@@ -61,6 +61,7 @@ LOG_EVENTS = {
     "claim of a dead pool's job taken over at once": r"claim on [0-9a-f]{64} by '[^']*:pool-[0-9a-f]+' went stale",
     "slot failures (job retried on a fresh slot)": r"slot \S+ failed under",
     "pool service restarts": r"pool service exited",
+    "scan worker pool replaced (a worker died idle)": r"the scan worker pool stopped",
     "popped jobs not run (verdict known / queued again)": r"pool service: not running",
 }
 
@@ -279,6 +280,21 @@ def scan_workers(serve_pid: int) -> list[int]:
     return [p for s in servers for p in process_tree(s) if p != s and not is_gone(p)]
 
 
+def _cpu_ticks(pid: int) -> int:
+    f = stat_fields(pid) or []
+    return int(f[11]) + int(f[12]) if len(f) > 12 else -1  # utime + stime (fields 14 and 15)
+
+
+def busy_worker(serve_pid: int, window_s: float = 0.3) -> int | None:
+    """A scan worker that is working on a message: one that used CPU in the last ``window_s`` (an idle
+    worker blocks on its task pipe; a busy one analyses, or polls the table for a verdict)."""
+    before = {p: _cpu_ticks(p) for p in scan_workers(serve_pid)}
+    time.sleep(window_s)
+    gained = {p: _cpu_ticks(p) - t for p, t in before.items() if t >= 0 and not is_gone(p)}
+    busy = [p for p, d in sorted(gained.items(), key=lambda kv: -kv[1]) if d > 0]
+    return busy[0] if busy else None
+
+
 def agents(root: Path) -> list[int]:
     return find_processes(b"mailvm.guest.agent", str(root).encode())
 
@@ -346,8 +362,13 @@ class Killer:
             if target == "pool":
                 pid = pool_service(serve)
             elif target == "worker":
-                ws = scan_workers(serve)
-                pid = ws[0] if ws else None
+                # a worker with a message in hand (its message must then be retried on a fresh one);
+                # an idle one only if none was seen busy for 20 s
+                pid = busy_worker(serve)
+                note = "busy" if pid is not None else ""
+                if pid is None and time.monotonic() > end - 10:
+                    ws = scan_workers(serve)
+                    pid, note = (ws[0], "idle") if ws else (None, "")
             elif target == "agent":
                 pid = busy_agent(self.root)
                 if pid is None and time.monotonic() > end - 10:

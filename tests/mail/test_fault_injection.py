@@ -118,3 +118,7 @@ def test_no_message_is_lost_while_parts_are_killed(fault_lab):
     assert acc.clean_not_delivered == []
     # the kills really hit messages in flight: some were deferred and delivered after the restart
     assert acc.deferred_then_delivered >= 1
+    # and the service saw each kill of a part and recovered from it (the mailvm log)
+    ev = acc.log_events
+    assert ev["pool service restarts"] >= 1
+    assert ev["scan retried on a fresh worker (worker died)"] + ev["scan worker pool replaced (a worker died idle)"] >= 1
