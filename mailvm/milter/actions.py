@@ -70,7 +70,7 @@ def apply(ctx: Any, outcome: Any, own_headers: dict[str, int]) -> int:
     for i, (name, value) in enumerate(d.headers):
         if i == 0:  # the verdict header says which mailvm, where (like clamav-milter's ReportHostname)
             value = f"{value} ({SCANNER_ID})"
-        ctx.addheader(name, value, -1)
+        ctx.addheader(name, _value(ctx, value), -1)
     if d.action == "hold":
         ctx.quarantine(_oneline(d.reason)[:200] or "mailvm hold")
     elif d.action == "strip":
@@ -84,6 +84,12 @@ def _remove_own_headers(ctx: Any, own_headers: dict[str, int]) -> None:
             ctx.chgheader(name, idx, "")
 
 
+def _value(ctx: Any, value: str) -> str:
+    """A header value for the MTA: with SMFIP_HDR_LEADSPC negotiated it inserts no space after the
+    colon itself, so the value brings its own."""
+    return " " + value if getattr(ctx, "leadspc", False) and value and not value[0].isspace() else value
+
+
 def _oneline(text: str) -> str:
     return re.sub(r"[\r\n\t]+", " ", text or "").strip()
 
@@ -94,7 +100,7 @@ def _strip(ctx: Any, outcome: Any) -> None:
     if result is None:
         raise RuntimeError("strip decision without a verified stripped body")
     for name, value in result.head_changes:
-        ctx.chgheader(name, 1, value)
+        ctx.chgheader(name, 1, _value(ctx, value))
     ctx.replacebody(result.body)
 
 

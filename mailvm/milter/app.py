@@ -61,6 +61,18 @@ class MailvmMilter(Milter.Base):
 
     service: MilterService  # set by the factory
 
+    @classmethod
+    def protocol_mask(cls) -> int:
+        """Ask for SMFIP_HDR_LEADSPC (pymilter masks it off): the MTA then sends each header value with
+        its leading whitespace as received, so the stored copy can be byte-exact (``Subject:x`` and
+        ``Subject: x`` differ).  An MTA that does not offer it strips one space as before."""
+        return Milter.Base.protocol_mask.__func__(cls) & ~Milter.P_HDR_LEADSPC
+
+    @property
+    def leadspc(self) -> bool:
+        """Whether header values come (and go back to the MTA) with their leading whitespace."""
+        return bool(getattr(self, "_protocol", 0) & Milter.P_HDR_LEADSPC)
+
     def __init__(self, service: MilterService) -> None:
         self.service = service
         self.id = Milter.uniqueID()
@@ -112,7 +124,8 @@ class MailvmMilter(Milter.Base):
             # eom before delivery, but kept in the stored copy (quarantine keeps the message as received)
             msg.own_headers[name] = msg.own_headers.get(name, 0) + 1
             if lname == "x-mailvm-release" and msg.release_header is None:
-                msg.release_header = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+                msg.release_header = (value.decode("ascii", "replace") if isinstance(value, bytes)
+                                      else str(value)).strip()
         raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
         if lname == "message-id" and not msg.message_id:
             msg.message_id = raw.decode("utf-8", "replace").strip()[:200]
@@ -178,7 +191,10 @@ class MailvmMilter(Milter.Base):
             log.debug("progress() failed: %s", exc)
 
     def _assemble(self, msg: MessageState) -> bytes:
-        head = b"".join(n.encode("ascii", "replace") + b": " + v + b"\r\n" for n, v in msg.headers)
+        """The message as received: the MTA hands a folded value over with bare LF between its lines
+        (restored to CRLF) and, without SMFIP_HDR_LEADSPC, with one leading space taken off."""
+        sep = b":" if self.leadspc else b": "
+        head = b"".join(n.encode("ascii", "replace") + sep + _crlf(v) + b"\r\n" for n, v in msg.headers)
         msg.body.seek(0)
         return head + b"\r\n" + msg.body.read()
 
@@ -194,6 +210,11 @@ class MailvmMilter(Milter.Base):
         if self.msg is not None:
             self.msg.close()
         self.msg = None
+
+
+def _crlf(value: bytes) -> bytes:
+    """Line ends inside a folded header value as they travel in SMTP: CRLF."""
+    return value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") if b"\n" in value else value
 
 
 def _addr(value: Any) -> str:
