@@ -105,8 +105,10 @@ NOT_EXECUTED_ID = "not_executed"
 #: what ``not_executed`` may raise a never-run file to
 NOT_EXECUTED_VERDICTS = (CLEAN, SUSPICIOUS, MALICIOUS)
 #: not_executed reasons that say nothing about the file: it is built for a platform neither the
-#: sandbox nor the desktops mailvm protects run (an ARM64 Windows program); its static verdict stands
-NOT_EXECUTED_EXEMPT = ("unsupported architecture",)
+#: sandbox nor the desktops mailvm protects run (an ARM64 Windows program), or it is not a script
+#: Windows Script Host can parse (a Node.js module named .js would not run on a desktop either);
+#: its static verdict stands
+NOT_EXECUTED_EXEMPT = ("unsupported architecture", "bad format: the script host could not parse")
 BYPASS_SKIPS = ("detonation", "scan")
 
 #: SMTP replies: (basic code, enhanced status code, RFC 3463)

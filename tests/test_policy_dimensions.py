@@ -165,3 +165,8 @@ def test_unsupported_architecture_keeps_its_static_verdict():
     d = decide(pol(), [arm])
     assert d.verdict == "clean" and "not_executed" in d.flags  # reported, not raised
     assert decide(pol(), [art("x.exe", not_executed="crash at load: c0000135")]).verdict == "suspicious"
+
+
+def test_a_script_windows_cannot_parse_keeps_its_static_verdict():
+    node = art("index.js", not_executed="bad format: the script host could not parse the script (800a03ea)")
+    assert decide(pol(), [node]).verdict == "clean"

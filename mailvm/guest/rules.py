@@ -684,6 +684,17 @@ def _credential_target(path: str, ctx: RuleContext) -> bool:
     return any(path.startswith(a) for a in SECRETS_ABS)
 
 
+#: stores their own tools read (GnuPG's keyring by gpg, gpgsm...): that is not credential theft
+OWN_STORE_TOOLS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("/.gnupg", frozenset({"gpg", "gpg2", "gpgsm", "gpg-agent", "gpgconf", "dirmngr", "keyboxd", "gpgv", "gpg-connect-agent"})),
+)
+
+
+def _own_store(path: str, ev: dict[str, Any], st: State) -> bool:
+    prog = st.proc_exe.get(ev.get("pid")) if isinstance(ev.get("pid"), int) else None
+    return bool(prog) and any(marker in path and prog in tools for marker, tools in OWN_STORE_TOOLS)
+
+
 def _credential_access(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
     if ev.get("type") == "reg_open":
         key = _s(ev.get("key"))
@@ -694,7 +705,7 @@ def _credential_access(ev: dict[str, Any], ctx: RuleContext, st: State) -> str |
     op = ev.get("op")
     if op not in ("read", "probe") or op == "probe" and ctx.platform == "linux":
         return None
-    if not _credential_target(path, ctx):
+    if not _credential_target(path, ctx) or _own_store(path, ev, st):
         return None
     if not ev.get("ok", True) and ev.get("err") in ("ENOENT", "ENOTDIR"):
         # no such store here: one look is not an access (Python's netrc module looks for ~/.netrc), a sweep
@@ -1069,6 +1080,10 @@ def _anti_vm_windows(ev: dict[str, Any], ctx: RuleContext) -> str | None:
     return None
 
 
+#: runtimes that read the machine's hardware description for themselves, whatever program they run
+RUNTIMES_READING_HARDWARE = frozenset({"mono", "mono-sgen", "java", "node", "dotnet"})
+
+
 def _anti_vm(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
     if ctx.platform == "windows":
         hit = _anti_vm_windows(ev, ctx)
@@ -1080,6 +1095,8 @@ def _anti_vm(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
         return None
     if ctx.platform != "linux" or ev.get("op") not in ("read", "probe"):
         return None  # Wine itself reads DMI and cpuinfo to fill its registry
+    if isinstance(ev.get("pid"), int) and st.proc_exe.get(ev["pid"]) in RUNTIMES_READING_HARDWARE:
+        return None  # a language runtime sizing itself (Mono reads /sys for the CPU topology)
     path = _s(ev.get("path"))
     if any(under(path, p) for p in VM_PATHS):
         return f"{ev.get('op')} {path}"
