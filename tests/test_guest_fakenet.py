@@ -247,6 +247,35 @@ def test_fallback_listeners_without_iptables(namespace, tmp_path):
     assert 4444 in next(e for e in evs if e["type"] == "ready")["ports"]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_connections_still_in_the_backlog_are_logged_when_the_responder_stops(tmp_path):
+    """A sample's last connect, made just before the run ends, sits in the listen backlog until the
+    accept loop wakes: stopping must still log it (CI lost such a connection when stop() was a SIGKILL)."""
+    events = F.EventLog(str(tmp_path / "ev.jsonl"))
+    port = _free_port()
+    server = F.Server(events, redirect=False, dns_port=0, fallback_ports=(port,))
+    server.bind()
+    try:
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=3) for _ in range(3)]
+        for c in clients:
+            c.sendall(b"GET /last.exe HTTP/1.1\r\nHost: late.example\r\n\r\n")
+            c.close()
+        server.stop.set()
+        server.serve_forever()  # returns at once: the loop never accepted them
+        server.drain()
+    finally:
+        for s in server.listeners + [server.udp]:
+            s.close()
+    evs = _events(tmp_path / "ev.jsonl")
+    assert len([e for e in evs if e["type"] == "tcp"]) == 3, evs
+    assert len([e for e in evs if e["type"] == "http" and "/last.exe" in json.dumps(e)]) == 3, evs
+
+
 @pytest.mark.sandbox
 @pytest.mark.skipif(REASON is not None, reason=f"network namespace unavailable: {REASON}")
 def test_server_exits_when_its_parent_dies(tmp_path):

@@ -72,6 +72,8 @@ MAX_BODY = 64 * 1024
 PREVIEW = 96
 CONN_TIMEOUT_S = 5.0
 SILENCE_FOR_BANNER_S = 1.0
+#: how long a stopping responder gives the connections it has (and those still in the backlog) to be logged
+DRAIN_S = 1.0
 SESSION_S = 30.0  # the longest an SMTP/FTP/IRC dialogue may last
 MAX_SESSION_LINES = 200
 MAX_LINE_BYTES = 4096
@@ -400,6 +402,7 @@ class Server:
         self.ports: list[int] = []
         self.data_slots: dict[int, DataSlot] = {}
         self.data_lock = threading.Lock()
+        self.handlers: list[threading.Thread] = []
 
     # -- setup
     def bind(self) -> None:
@@ -430,19 +433,40 @@ class Server:
         threading.Thread(target=self._dns_loop, daemon=True, name="fakenet-dns").start()
         while not self.stop.is_set():
             try:
-                ready, _, _ = select.select(self.listeners, [], [], 0.5)
+                ready, _, _ = select.select(self.listeners, [], [], 0.2)
             except (OSError, ValueError):
                 return
             for s in ready:
-                try:
-                    conn, peer = s.accept()
-                except OSError:
-                    continue
-                if not self.slots.acquire(blocking=False):
-                    self.events.write(type="fakenet_error", error="connection limit reached")
-                    conn.close()
-                    continue
-                threading.Thread(target=self._handle, args=(conn, peer), daemon=True).start()
+                self._accept(s)
+
+    def _accept(self, s: socket.socket) -> bool:
+        try:
+            conn, peer = s.accept()
+        except OSError:
+            return False
+        if not self.slots.acquire(blocking=False):
+            self.events.write(type="fakenet_error", error="connection limit reached")
+            conn.close()
+            return True
+        t = threading.Thread(target=self._handle, args=(conn, peer), daemon=True)
+        with self.data_lock:
+            self.handlers = [h for h in self.handlers if h.is_alive()] + [t]
+        t.start()
+        return True
+
+    def drain(self, grace_s: float = DRAIN_S) -> None:
+        """On the way out: take the connections still waiting in the listen backlog (a sample's last
+        connect, made just before the run ended, is accepted by the kernel before fakenet's loop sees
+        it) and give the running handlers ``grace_s`` to write their events."""
+        deadline = time.monotonic() + grace_s
+        for s in self.listeners:
+            s.setblocking(False)
+            while time.monotonic() < deadline and self._accept(s):
+                pass
+        with self.data_lock:
+            handlers = list(self.handlers)
+        for t in handlers:
+            t.join(max(0.0, deadline - time.monotonic()))
 
     # -- DNS
     def _dns_loop(self) -> None:
@@ -1013,14 +1037,16 @@ def main(argv: list[str] | None = None) -> int:
     events = EventLog(args.events)
     server = Server(events, args.redirect, args.catchall_port, args.dns_port)
     server.bind()
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    # SIGTERM is the host's "the run is over": stop accepting, log what is still waiting, then leave
+    signal.signal(signal.SIGTERM, lambda *_: server.stop.set())
     if args.parent:
         threading.Thread(target=_watch_parent, args=(args.parent, server), daemon=True).start()
     events.write(type="ready", redirect=args.redirect, ports=server.ports)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     server.serve_forever()
-    return 0
+    server.drain()
+    os._exit(0)  # handler threads still talking to a client end with the process
 
 
 # ------------------------------------------------------------------ host side
@@ -1100,6 +1126,12 @@ class FakeNet:
         if p is None:
             return
         self.proc = None
+        if p.poll() is None:  # asked first, so that connections made at the very end are still logged
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(timeout=DRAIN_S + 2.0)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
         if p.poll() is None:
             try:
                 os.killpg(p.pid, signal.SIGKILL)
