@@ -845,3 +845,90 @@ def _running(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# ------------------------------------------------------------------ what the sample may see and do to the sandbox
+
+
+PEEK = r"""
+import json, os
+out = {}
+for p in %s:
+    try:
+        if os.path.isdir(p):
+            out[p] = sorted(os.listdir(p))
+        else:
+            with open(p, "rb") as fh:
+                out[p] = fh.read(200).decode("latin-1")
+    except OSError as exc:
+        out[p] = "ERR " + type(exc).__name__
+print("PEEK" + json.dumps(out))
+"""
+
+
+@pytest.mark.sandbox
+@pytest.mark.skipif(SANDBOX_REASON is not None, reason=f"sandbox unavailable: {SANDBOX_REASON}")
+def test_the_sandbox_hides_host_configuration_opt_and_hardware_identity(run):
+    """What the host has in /etc for mail, the filter and its services, its machine id, /opt and the
+    hardware identity in /sys are not the sample's to read; the libraries and the rest of /etc are."""
+    hidden_files = [p for p in S.HIDDEN_FILES if os.path.isfile(p) and p != "/etc/machine-id"]
+    hidden_dirs = [p for p in S.HIDDEN_DIRS if os.path.isdir(p) and os.listdir(p)]
+    wanted = hidden_files + hidden_dirs + ["/etc/machine-id", "/opt", "/etc/ld.so.cache", "/etc/passwd"]
+    if not hidden_files and not hidden_dirs:
+        pytest.skip("this machine has none of the hidden host paths to compare with")
+    r = run((PEEK % json.dumps(wanted)).encode(), "peek.py")
+    line = next(e["text"] for e in r["log"] if e["type"] == "output" and "PEEK" in e["text"])
+    seen = json.loads(line.split("PEEK", 1)[1].splitlines()[0])
+    for p in hidden_files:
+        assert seen[p] in ("", "ERR FileNotFoundError"), (p, seen[p])
+    for p in hidden_dirs:
+        assert seen[p] in ([], "ERR FileNotFoundError"), (p, seen[p])
+    with open("/etc/machine-id") as fh:
+        assert seen["/etc/machine-id"].strip() != fh.read().strip()
+    assert not set(seen["/opt"] if isinstance(seen["/opt"], list) else []) - {os.path.basename(d)
+                                                                            for d in S.OPT_TOOL_DIRS}
+    assert not str(seen["/etc/ld.so.cache"]).startswith("ERR") and "user:x:" in seen["/etc/passwd"]
+    assert r["executed"] is True
+
+
+@pytest.mark.sandbox
+@pytest.mark.skipif(SANDBOX_REASON is not None, reason=f"sandbox unavailable: {SANDBOX_REASON}")
+def test_attacks_on_the_sandbox_and_the_monitor_are_findings(run):
+    """kill -9 of the sandbox's pid 1 (the sample's parent, which anchors the trace), kill(-1) and
+    pkill of the tracer: each is seen, none ends the run early, and the host's strace lives on."""
+    script = (b"#!/bin/sh\nkill -9 1\nkill -TERM -1\npkill -9 strace\npkill -9 -f mailvm\n"
+              b"echo still-here\n")
+    r = run(script, "tamper.sh", timeout_s=20)
+    found = {f["id"]: f for f in r["findings"]}
+    assert "sandbox_tampering" in found and "security_tool_tampering" in found, r["findings"]
+    assert "kill(1, SIGKILL)" in found["sandbox_tampering"]["detail"] or \
+        "kill(1, 9)" in found["sandbox_tampering"]["detail"], found["sandbox_tampering"]
+    assert "strace" in found["security_tool_tampering"]["detail"]
+    assert "anti_vm_probe" not in found, found  # pkill reads /proc/1/cgroup to match names: not a probe
+    assert r["verdict"] == "malicious" and r["executed"] is True
+    assert any(e["type"] == "output" and "still-here" in e["text"] for e in r["log"]), r["log"]
+
+
+@pytest.mark.sandbox
+@pytest.mark.skipif(SANDBOX_REASON is not None, reason=f"sandbox unavailable: {SANDBOX_REASON}")
+def test_an_out_of_memory_kill_is_a_finding(tmp_path):
+    """A sample that passes the memory cgroup's limit is killed by the kernel, and the report says so."""
+    from mailvm.guest.detonate import Detonation
+
+    probe = S.Cgroups("mailvm-probe-" + uuid.uuid4().hex[:8], Limits(memory=64 << 20))
+    try:
+        probe.create()
+        missing = probe.missing()
+    finally:
+        probe.remove()
+    if "memory" in missing:
+        pytest.skip("no memory cgroup controller on this machine: only the rlimits bound a sample here")
+    sample = tmp_path / "hog.py"
+    sample.write_text("chunks = []\nwhile True:\n    chunks.append(b'x' * (16 << 20))\n")
+    (tmp_path / "wd").mkdir()
+    r = Detonation(str(sample), parse_options({"name": "hog.py", "timeout_s": 30}), str(tmp_path / "wd"), None,
+                   limits=Limits(memory=96 << 20)).run()
+    found = {f["id"]: f for f in r["findings"]}
+    assert "memory_exhaustion" in found, r["findings"]
+    assert "96 MiB" in found["memory_exhaustion"]["detail"]
+    assert r["verdict"] == "suspicious" and r["executed"] is True

@@ -460,6 +460,11 @@ class Detonation:
         if leftover:
             self.extra.append(Finding("sandbox_leftover", 0, f"{leftover} processes killed by the final sweep",
                                       SOURCE))
+        box.stop_network()  # logs the connections made in the last moments, read by the drain below
+        ooms = box.oom_kills()
+        if ooms:
+            self._feed(engine, [{"t": round(time.time() - self.t0, 4), "type": "oom_kill", "count": ooms,
+                                 "limit": self.limits.memory}])
         deadline = time.monotonic() + FINAL_DRAIN_S  # the rest of the trace (bounded: a flood may have outrun us)
         while time.monotonic() < deadline and strace.tail.offset <= MAX_TRACE_BYTES:
             batch = self._collect(strace, net)

@@ -583,7 +583,8 @@ class EventBuilder:
         tpid = int(outer.group(1)) if outer else (int(tm.group(1)) if tm else None)
         if tpid == p.pid or sig.strip() == "0":
             return {}
-        ev = {"type": "kill", "target": tpid, "signal": sig.strip()}
+        ev = {"type": "kill", "target": tpid, "signal": sig.strip(),
+              "ns_target": int(tm.group(1)) if tm else None}  # the pid as the sample named it (its namespace)
         ev.update(self._err(call))
         return ev
 
@@ -594,7 +595,8 @@ class EventBuilder:
             outer = _PIDNS_RE.search(call.args[1])
             tm = re.match(r"\s*(\d+)", call.args[1])
             target = int(outer.group(1)) if outer else (int(tm.group(1)) if tm else None)
-        ev = {"type": "ptrace", "request": req, "target": target}
+        ns = re.match(r"\s*(-?\d+)", call.args[1]) if len(call.args) > 1 else None
+        ev = {"type": "ptrace", "request": req, "target": target, "ns_target": int(ns.group(1)) if ns else None}
         ev.update(self._err(call))
         return ev
 

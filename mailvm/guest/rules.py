@@ -1037,6 +1037,84 @@ def _anti_debug(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
     return None
 
 
+#: programs that end processes by name (a sample naming an analysis or security tool to them is tampering)
+KILL_BY_NAME = frozenset({"pkill", "killall", "killall5", "taskkill", "taskkill.exe", "tskill", "tskill.exe"})
+SECURITY_TOOL_RE = re.compile(
+    r"(?<![\w.-])(?:strace|ltrace|gdb|tcpdump|tshark|dumpcap|wireshark|sysdig|falco|auditd|osqueryd|bwrap"
+    r"|mailvm[\w.-]*|procmon(?:64)?|procexp(?:64)?|processhacker|autoruns(?:c)?|x32dbg|x64dbg|ollydbg|windbg"
+    r"|immunitydebugger|idaq?(?:64)?|ida64|fiddler|httpdebuggerui|sysmon(?:64)?|vboxservice|vboxtray|vmtoolsd"
+    r"|vmwaretray|vmwareuser|msmpeng|mpcmdrun|msseces|nissrv|securityhealthservice|avp|avgui|avastui|ekrn|egui"
+    r"|bdagent|mbam|mbamservice|mbamtray|clamd|freshclam)(?:\.exe)?(?![\w.-])", re.I)
+PS_KILL_RE = re.compile(r"\bstop-process\b|\bwmic(?:\.exe)?\b.*\bprocess\b.*\b(?:delete|terminate)\b", re.I | re.S)
+DEFENDER_OFF_RE = re.compile(
+    r"set-mppreference\b.*-disable(?:realtimemonitoring|behaviormonitoring|ioavprotection|scriptscanning"
+    r"|blockatfirstseen|intrusionpreventionsystem)\s+(?:\$?true|1)\b"
+    r"|add-mppreference\b.*-exclusion(?:path|process|extension)\b"
+    r"|\bsc(?:\.exe)?\s+(?:stop|delete|config)\s+\"?(?:windefend|wdnissvc|wdfilter|sense|wscsvc|securityhealthservice"
+    r"|mpssvc)\b"
+    r"|\bnet1?(?:\.exe)?\s+stop\s+\"?(?:windefend|wscsvc|mpssvc|sense|windows defender)"
+    r"|\bnetsh(?:\.exe)?\s+(?:advfirewall\s+set\s+\w+\s+state\s+off|firewall\s+set\s+opmode\s+(?:mode=)?disable)"
+    r"|reg(?:\.exe)?\s+add\s.*\\windows defender\b.*\bdisable(?:antispyware|realtimemonitoring|antivirus)\b",
+    re.I | re.S)
+
+
+DEFENDER_KEY_RE = re.compile(r"\\Windows Defender\\(?:.*\\)?Disable(?:AntiSpyware|AntiVirus|RealtimeMonitoring"
+                             r"|BehaviorMonitoring|OnAccessProtection|ScanOnRealtimeEnable|IOAVProtection)$", re.I)
+
+
+def _security_tools(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
+    """Ending analysis or security tools by name, or switching Windows' own defences off."""
+    if ev.get("type") == "reg_set":
+        text = f"{_s(ev.get('key'))}\\{_s(ev.get('value'))}"
+        data = _s(ev.get("data")).strip().lower()
+        if DEFENDER_KEY_RE.search(text) and data not in ("", "0", "dword:00000000", "0x0", '"0"'):
+            return f"{text} = {_s(ev.get('data'))[:40]}"
+        return None
+    if ev.get("type") not in EXECS or (ev.get("src") == "wine" and ev.get("proc") in WIN_HELPERS):
+        return None
+    argv = [_s(a) for a in ev.get("argv") or []]
+    if not argv:
+        return None
+    text = _argv_text(ev)
+    if DEFENDER_OFF_RE.search(text):
+        return text[:240]
+    if ev.get("src") == "wine":  # one command line: the program, then its arguments
+        m = re.match(r'\s*(?:"([^"]*)"|(\S+))\s*(.*)', text, re.S)
+        first, rest = ((m.group(1) or m.group(2) or ""), m.group(3)) if m else ("", "")
+    else:
+        first, rest = argv[0], " ".join(argv[1:])
+    prog = first.replace("\\", "/").rsplit("/", 1)[-1].lower()
+    if prog in KILL_BY_NAME or PS_KILL_RE.search(text):
+        named = SECURITY_TOOL_RE.search(rest[:400])
+        if named:
+            return f"{text[:200]} (ends {named.group(0)})"
+    return None
+
+
+def _sandbox_tampering(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
+    """Signals or ptrace aimed at the sandbox itself: its pid 1 (the process the monitor's trace is
+    anchored to, which keeps the run alive) or every process at once (kill(-1))."""
+    typ = ev.get("type")
+    if typ == "kill" and _s(ev.get("signal")).strip() not in ("0", ""):
+        ns, target = ev.get("ns_target"), ev.get("target")
+        if ns == 1:
+            return f"kill(1, {_s(ev.get('signal'))}): the sandbox's init{_attempt(ev)}"
+        if ns == -1 or (ns is None and target == -1):
+            return f"kill(-1, {_s(ev.get('signal'))}): every process it may signal{_attempt(ev)}"
+    if typ == "ptrace" and ev.get("ns_target") == 1 and "TRACEME" not in _s(ev.get("request")):
+        return f"ptrace {_s(ev.get('request'))} on the sandbox's init{_attempt(ev)}"
+    return None
+
+
+def _memory_exhaustion(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
+    if ev.get("type") == "oom_kill":
+        limit = ev.get("limit")
+        size = f" of {int(limit) >> 20} MiB" if isinstance(limit, int) and limit > 0 else ""
+        return (f"{ev.get('count')} process(es) killed by the kernel at the sandbox's memory limit{size}: what "
+                "they would have done after that was not seen")
+    return None
+
+
 VM_PATHS = ("/sys/class/dmi/id", "/sys/devices/virtual/dmi", "/sys/hypervisor", "/proc/xen", "/proc/scsi/scsi",
             "/.dockerenv", "/run/.containerenv", "/proc/vz", "/proc/1/cgroup", "/sys/firmware/acpi/tables",
             "/proc/sysinfo", "/dev/vboxguest", "/dev/vboxuser")
@@ -1082,6 +1160,8 @@ def _anti_vm_windows(ev: dict[str, Any], ctx: RuleContext) -> str | None:
 
 #: runtimes that read the machine's hardware description for themselves, whatever program they run
 RUNTIMES_READING_HARDWARE = frozenset({"mono", "mono-sgen", "java", "node", "dotnet"})
+#: process listers read every /proc/PID/ file, /proc/1/cgroup included, to match names
+PROCESS_LISTERS = frozenset({"pkill", "pgrep", "ps", "top", "killall", "pidof", "pstree", "htop"})
 
 
 def _anti_vm(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
@@ -1095,9 +1175,12 @@ def _anti_vm(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
         return None
     if ctx.platform != "linux" or ev.get("op") not in ("read", "probe"):
         return None  # Wine itself reads DMI and cpuinfo to fill its registry
-    if isinstance(ev.get("pid"), int) and st.proc_exe.get(ev["pid"]) in RUNTIMES_READING_HARDWARE:
-        return None  # a language runtime sizing itself (Mono reads /sys for the CPU topology)
     path = _s(ev.get("path"))
+    exe = st.proc_exe.get(ev["pid"]) if isinstance(ev.get("pid"), int) else None
+    if exe in RUNTIMES_READING_HARDWARE:
+        return None  # a language runtime sizing itself (Mono reads /sys for the CPU topology)
+    if exe in PROCESS_LISTERS and path.startswith("/proc/"):
+        return None
     if any(under(path, p) for p in VM_PATHS):
         return f"{ev.get('op')} {path}"
     return None
@@ -1450,6 +1533,16 @@ RULES: tuple[Rule, ...] = (
     Rule("keyboard_hook", 7, _t("api"), _keyboard_hook,
          "installs a keyboard hook (SetWindowsHookEx WH_KEYBOARD_LL / WH_KEYBOARD): keylogger",
          "SetWindowsHookExA(WH_KEYBOARD_LL)", _f(SPY)),
+    Rule("security_tool_tampering", 7, _t("exec", "exec_request", "reg_set"), _security_tools,
+         "ends analysis or security tools by name (pkill strace, taskkill /im procmon.exe, Stop-Process MsMpEng) or "
+         "switches Windows' defences off (Set-MpPreference -DisableRealtimeMonitoring, Defender exclusions, sc stop "
+         "WinDefend, firewall off, the DisableAntiSpyware policy)", "taskkill /f /im procmon.exe", _f(EVASION)),
+    Rule("sandbox_tampering", 5, _t("kill", "ptrace"), _sandbox_tampering,
+         "signals or traces the sandbox's pid 1 (its parent, which anchors the monitor) or signals every process "
+         "at once (kill(-1))", "kill -9 1; kill -9 -1", _f(EVASION)),
+    Rule("memory_exhaustion", 4, _t("oom_kill"), _memory_exhaustion,
+         "is killed by the kernel for passing the sandbox's memory limit (2 GiB by default): a memory bomb, or "
+         "a sample that hides what it does behind a huge allocation", "allocate and touch 20 GB"),
     Rule("anti_debug", 4, _t("ptrace", "api"), _anti_debug,
          "checks whether it is being debugged (PTRACE_TRACEME, IsDebuggerPresent, CheckRemoteDebuggerPresent, "
          "ThreadHideFromDebugger)", "ptrace(PTRACE_TRACEME)", _f(EVASION)),

@@ -140,6 +140,28 @@ _STAGE = (
 )
 
 
+#: host paths a sample has no business reading, masked by an empty tmpfs (directories) or an empty
+#: file (files) on top of the read-only /etc and /sys: this machine's mail, filter, cache and
+#: hypervisor configuration, its keys and credentials, and the hardware identity that anti-VM
+#: checks read (the reads still show in the trace, and fail). Programs the launchers run need none
+#: of them. /opt is not shown at all, except the tool folders of :data:`OPT_TOOL_DIRS`.
+HIDDEN_DIRS = ("/etc/mailvm", "/etc/postfix", "/etc/mail", "/etc/redis", "/etc/libvirt", "/etc/ssh",
+               "/etc/ssl/private", "/etc/sasl2", "/etc/dovecot", "/etc/opendkim", "/etc/letsencrypt",
+               "/etc/sudoers.d", "/etc/cron.d", "/etc/systemd", "/etc/apache2", "/etc/nginx",
+               "/etc/lighttpd", "/etc/mysql", "/etc/postgresql", "/etc/openvpn", "/etc/wireguard", "/etc/ipsec.d",
+               "/etc/docker", "/etc/kubernetes", "/etc/ldap", "/etc/krb5kdc", "/etc/grafana", "/etc/prometheus",
+               "/sys/firmware", "/sys/devices/virtual/dmi", "/sys/class/dmi", "/sys/hypervisor", "/sys/kernel/debug",
+               "/sys/kernel/security", "/sys/module")
+HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers", "/etc/aliases",
+                "/etc/aliases.db", "/etc/mailname", "/etc/krb5.keytab", "/etc/fstab", "/etc/crypttab",
+                "/etc/crontab", "/etc/netplan", "/etc/network/interfaces", "/etc/wpa_supplicant.conf",
+                "/etc/machine-id")
+#: folders under /opt whose programs a launcher may run (WineHQ's packages install there)
+OPT_TOOL_DIRS = ("/opt/wine-stable", "/opt/wine-staging", "/opt/wine-devel")
+#: a machine id of the sandbox's own (the host's would identify it: D-Bus and systemd read it)
+SANDBOX_MACHINE_ID = b"5d1f0e2a9c3b4e7f8a6b2c1d0e9f8a7b\n"
+
+
 class SandboxError(Exception):
     """The sandbox could not be set up (missing tool, not root, namespace failure)."""
 
@@ -391,6 +413,22 @@ class Cgroups:
                         log.info("removed stale cgroup %s", path)
                 except OSError:
                     continue
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel killed for passing this detonation's memory limit
+        (``oom_kill`` of v2's ``memory.events``, of v1's ``memory.oom_control``); 0 when unknown."""
+        total = 0
+        for d in self.dirs:
+            for name in ("memory.events", "memory.oom_control"):
+                try:
+                    with open(os.path.join(d, name)) as fh:
+                        for line in fh:
+                            key, _, value = line.partition(" ")
+                            if key == "oom_kill" and value.strip().isdigit():
+                                total += int(value)
+                except OSError:
+                    continue
+        return total
 
     def kill(self) -> None:
         for d in self.dirs:
@@ -656,21 +694,39 @@ class Sandbox:
             elif os.path.isdir(d):
                 a += ["--ro-bind", d, d]
         a += ["--ro-bind", "/etc", "/etc"]
-        for d in ("/opt", "/sys", "/var/cache/fontconfig", "/var/lib/dbus") + self.ro_binds:
+        for d in ("/sys", "/var/cache/fontconfig") + OPT_TOOL_DIRS + self.ro_binds:
             if os.path.isdir(d):
                 a += ["--ro-bind", d, d]
+        a += self._mask_args()
         a += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.limits.tmp_size), "--tmpfs", "/tmp",
               "--size", str(self.limits.tmp_size), "--tmpfs", "/var/tmp", "--size", str(16 << 20), "--tmpfs", "/run",
               "--size", str(self.limits.tmp_size), "--tmpfs", "/dev/shm",
               "--dir", "/var/spool/cron/crontabs", "--dir", "/root",
               "--bind", STAGE_DIR + "/home", HOME_IN, "--bind", STAGE_DIR + "/work", WORK_IN]
         for dest, content in (("/etc/passwd", passwd), ("/etc/group", group), ("/etc/hosts", hosts),
-                              ("/etc/hostname", (HOSTNAME + "\n").encode()), ("/etc/resolv.conf", resolv)):
+                              ("/etc/hostname", (HOSTNAME + "\n").encode()), ("/etc/resolv.conf", resolv),
+                              ("/etc/machine-id", SANDBOX_MACHINE_ID)):
             if os.path.islink(dest):
                 continue  # a symlinked file cannot be a mount point; every address is local anyway
             a += ["--ro-bind-data", str(self._data_fd(content)), dest]
         a += ["--chdir", WORK_IN]
         return a, list(self._fds)
+
+    def _mask_args(self) -> list[str]:
+        """bwrap arguments that hide :data:`HIDDEN_DIRS` and :data:`HIDDEN_FILES` where this machine has them
+        (a symlink is left alone: a mount cannot go on it, and what it points to is masked by its own entry)."""
+        a: list[str] = []
+        for d in HIDDEN_DIRS:
+            if os.path.isdir(d) and not os.path.islink(d):
+                a += ["--size", "4096", "--tmpfs", d, "--remount-ro", d]
+        for f in HIDDEN_FILES:
+            if f == "/etc/machine-id":
+                continue  # replaced by the sandbox's own below
+            if os.path.isdir(f) and not os.path.islink(f):
+                a += ["--size", "4096", "--tmpfs", f, "--remount-ro", f]
+            elif os.path.isfile(f) and not os.path.islink(f):
+                a += ["--ro-bind-data", str(self._data_fd(b"")), f]  # (/dev/null is nodev in there: EACCES)
+        return a
 
     def start(self, argv: Iterable[str], env: dict[str, str], unlimited_address_space: bool = False,
               on_stderr_line: Callable[[str], None] | None = None, cpu_s: int | None = None,
@@ -807,6 +863,15 @@ class Sandbox:
         if left:
             log.error("sandbox uid %d still has processes %s", self.uid, left[:10])
         return len(left) if left else 0
+
+    def stop_network(self) -> None:
+        """Stop the simulated internet (it logs what is still in its backlog first); after :meth:`stop`."""
+        if self.fakenet is not None:
+            self.fakenet.stop()
+
+    def oom_kills(self) -> int:
+        """Processes of the sample killed for memory (before :meth:`close`)."""
+        return self.cgroups.oom_kills() if self.cgroups is not None else 0
 
     def close(self) -> None:
         if self._closed:
