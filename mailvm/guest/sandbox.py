@@ -16,8 +16,11 @@ Layers, from the outside in::
                                     may stay 0700
     setpriv --reuid=U               a uid used by nothing else on the machine (U is per detonation)
     bwrap --unshare-user,pid,ipc,uts --as-pid-1 ...
-                                    read-only /usr /etc, tmpfs /tmp, a fresh writable HOME with
-                                    decoy documents, the sample's directory writable, /proc, /dev
+                                    read-only /usr /etc /sys, tmpfs /tmp, a fresh writable HOME with
+                                    decoy documents, the sample's directory writable, /proc, /dev;
+                                    the host's configuration that is none of the sample's business
+                                    (mail, filter, services, keys: HIDDEN_DIRS, HIDDEN_FILES), its
+                                    machine id, /opt and the hardware identity in /sys are masked
     python3 -I -S -c INIT marker    pid 1 of the sandbox: reaps orphans so daemonised children live
                                     on until the detonation ends; its exec marks where the sample
                                     begins in the trace
