@@ -140,3 +140,37 @@ def test_job_queue_pop_blocks_until_a_push(redis_server, tmp_path):
     t0 = time.monotonic()
     job = consumer.pop(block_s=10)
     assert job is not None and 0.3 < time.monotonic() - t0 < 5
+
+
+def test_waiting_jobs_keep_their_claims_live_past_the_ttl(redis_server, tmp_path):
+    """A Redis backlog longer than pending_ttl_s: the pool service's refresh keeps each waiting job's
+    claim live (its owner, the scan worker that queued it), so no other worker claims and runs it again."""
+    from mailvm.store.redis_queue import RedisJobQueue
+    from mailvm.store.redis_table import RedisScanTable
+    from mailvm.vmpool.service import refresh_waiting
+
+    ttl = 5.0
+    table = RedisScanTable(ScanTableConfig(path="unused", pending_ttl_s=ttl), redis_server.url, prefix="t-wait:")
+    producer = RedisJobQueue(redis_server.url, tmp_path / "p", consumer="mx1", prefix="q3:")
+    pool = RedisJobQueue(redis_server.url, tmp_path / "pool", consumer="pool-a", prefix="q3:")
+    digests = []
+    for i in range(1203):  # more than two pages of the listing
+        f = tmp_path / f"s{i}"
+        f.write_bytes(b"sample %d" % i)
+        d = hashlib.sha256(f.read_bytes()).hexdigest()
+        digests.append(d)
+        assert table.claim(d, f"mx1:{i}").won
+        producer.push({"sha256": d, "path": str(f), "owner": f"mx1:{i}"})
+    running = pool.pop()  # one is running: still listed, and still refreshed
+    assert running is not None and running["sha256"] == digests[0]
+    assert [r["sha256"] for r in pool.waiting()] == digests
+    assert len(list(pool.waiting(limit=700))) == 700
+    assert refresh_waiting(pool, table) == len(digests)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < ttl + 1:  # refreshed every ttl/3, as the pool service does
+        time.sleep(ttl / 3)
+        assert refresh_waiting(pool, table) == len(digests)
+    assert not table.claim(digests[-1], "mx2:other").won  # still live: nobody queues it twice
+    time.sleep(ttl + 0.5)  # no refresh: the claims go stale and may be taken over
+    assert table.claim(digests[-1], "mx2:other").won
+    table.close()

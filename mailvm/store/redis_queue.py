@@ -27,7 +27,7 @@ import re
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mailvm.store.redis_table import connect
 from mailvm.verdict import Finding
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 FILE_TTL_S = 86400
 MAX_RECORD_BYTES = 256 * 1024
+#: at most this many stream entries are listed per claim refresh (a third of pending_ttl_s apart)
+WAITING_SCAN_MAX = 20000
 
 
 class RedisJobQueue:
@@ -173,6 +175,34 @@ class RedisJobQueue:
         path = Path(record.get("path", ""))
         if path.parent == self.files:
             path.unlink(missing_ok=True)
+
+    def waiting(self, limit: int = WAITING_SCAN_MAX) -> Iterator[dict[str, Any]]:
+        """The records in the stream now, oldest first: waiting, and running on some pool host (done
+        entries are deleted). The pool service refreshes their table claims with this, so a backlog
+        longer than ``pending_ttl_s`` never lets a live claim go stale and the file run twice.
+        Bounded by ``limit`` entries; the files are not fetched."""
+        start, seen = "-", 0
+        while seen < limit:
+            try:
+                page = self.r.xrange(self.stream, min=start, max="+", count=min(500, limit - seen))
+            except self._errors as exc:
+                log.warning("job queue %s: listing waiting jobs: %s", self.url, exc)
+                return
+            if not page:
+                return
+            for entry_id, fields in page:
+                seen += 1
+                try:
+                    record = json.loads(fields.get(b"job") or fields.get("job"))
+                except (ValueError, TypeError):
+                    continue
+                if isinstance(record, dict):
+                    yield record
+            last = page[-1][0]
+            last = last.decode() if isinstance(last, bytes) else str(last)
+            start = "(" + last  # exclusive: the page after the last one seen
+            if len(page) < 500:
+                return
 
     def __len__(self) -> int:
         """Jobs waiting or running (stream length: entries are deleted when done)."""
