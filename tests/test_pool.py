@@ -571,3 +571,45 @@ def test_failure_verdict_keeps_static_evidence():
     assert v.verdict == ERROR and v.slot == "s9" and v.findings[0].source == "engine"
     v = failure_verdict([Finding("pe_packed", 7, "", "triage")], "executable", "slot_failed", "died")
     assert v.verdict == MALICIOUS and {f.id for f in v.findings} == {"pe_packed", "slot_failed"}
+
+
+def test_status_says_starting_while_the_backend_prepares(need_sandbox, cfg, table, tmp_path, capsys):
+    """While the backend prepares (the reference VM boots: a minute under TCG), status.json says
+    "starting" and `mvctl pool status` says so (exit 3), not "has not run"; then it runs (exit 0)."""
+    import threading
+
+    from mailvm.cli.mvctl import main as mvctl
+
+    gate = threading.Event()
+
+    class SlowToPrepare(ProcessBackend):  # the real process backend, whose preparation waits for the gate
+        def prepare(self) -> None:
+            gate.wait(60)
+            super().prepare()
+
+    conf = tmp_path / "mailvm.toml"
+    conf.write_text(f'[pool]\nwork_dir = "{cfg.work_dir}"\n')
+    pool = Pool(cfg, SlowToPrepare(cfg), table)
+    starter = threading.Thread(target=pool.start)
+    starter.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (read_status(cfg.work_dir) or {}).get("starting_since"):
+            time.sleep(0.05)
+        status = read_status(cfg.work_dir)
+        assert status and status["state"] == "starting", status
+        time.sleep(2.5)  # rewritten meanwhile, so it never looks stale
+        assert read_status(cfg.work_dir)["updated_at"] > status["updated_at"]
+        assert mvctl(["-c", str(conf), "pool", "status"]) == 3
+        assert "starting: booting the reference VM (" in capsys.readouterr().out
+        assert mvctl(["-c", str(conf), "pool", "status", "--json"]) == 3
+        out = json.loads(capsys.readouterr().out)
+        assert out["starting"] is True and out["running"] is False
+        gate.set()
+        starter.join(30)
+        assert read_status(cfg.work_dir)["state"] == "running"
+        assert mvctl(["-c", str(conf), "pool", "status"]) == 0
+    finally:
+        gate.set()
+        starter.join(30)
+        pool.close()

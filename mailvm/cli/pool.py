@@ -2,7 +2,8 @@
 
 The pool service writes ``<pool.work_dir>/status.json`` at least every few
 seconds; a status older than :data:`STALE_S`, or from a process that no longer
-exists, means the pool service is not running (exit status 2).
+exists, means the pool service is not running (exit status 2); while it
+boots its reference VM the status says ``starting`` (exit status 3).
 """
 
 from __future__ import annotations
@@ -15,6 +16,15 @@ from typing import Any
 from mailvm.cli.common import EXIT_ERROR, EXIT_OK, config_from, print_json
 
 STALE_S = 30.0
+#: exit status while the pool service is still preparing its backend (0 running, 2 not running)
+EXIT_STARTING = 3
+
+
+def _fresh(status: dict[str, Any]) -> bool:
+    try:
+        return time.time() - float(status.get("updated_at", 0)) < STALE_S
+    except (TypeError, ValueError):
+        return False
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,17 +59,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     cfg = config_from(args)
     status = read_status(cfg.pool.work_dir)
-    running = (
-        bool(status)
-        and status.get("state") not in ("closed", "broken")
-        and _alive(status.get("pid"))
-        and time.time() - float(status.get("updated_at", 0)) < STALE_S
-    )
+    live = bool(status) and _alive(status.get("pid")) and _fresh(status)
+    running = live and status.get("state") not in ("closed", "broken", "starting", "failed")
+    starting = live and status.get("state") == "starting"
     if args.json:
-        print_json({"running": running, "work_dir": cfg.pool.work_dir, "status": status})
-        return EXIT_OK if running else EXIT_ERROR
+        print_json({"running": running, "starting": starting, "work_dir": cfg.pool.work_dir, "status": status})
+        return EXIT_OK if running else EXIT_STARTING if starting else EXIT_ERROR
     if not status:
         print(f"no pool status under {cfg.pool.work_dir}: the pool service has not run (mailvm serve / mailvm pool)")
+        return EXIT_ERROR
+    if starting:
+        since = status.get("starting_since")
+        took = f" ({_age(time.time() - float(since))})" if isinstance(since, (int, float)) else ""
+        print(f"pool       starting: booting the reference VM{took}  pid {status.get('pid')}")
+        print("           slots are made once it is up; jobs wait in the queue meanwhile")
+        return EXIT_STARTING
+    if status.get("state") == "failed" and status.get("start_error"):
+        print(f"pool       FAILED TO START: {status.get('start_error')}")
         return EXIT_ERROR
     b = status.get("backend", {})
     accel = str(b.get("accel", "?"))

@@ -110,6 +110,8 @@ READY_CHECK_S = 1.0
 STATUS_INTERVAL_S = 1.0
 STATUS_KEEPALIVE_S = 5.0
 STATUS_FILE = "status.json"
+#: while the backend is being prepared (the reference VM boots), status.json is rewritten this often
+STARTING_STATUS_S = 2.0
 #: how long close() waits for a thread that is stuck in a backend call
 JOIN_SLACK_S = 5.0
 
@@ -278,6 +280,8 @@ class Pool:
         # --- owned by single threads
         self._outq: queue.Queue[_Done | None] = queue.Queue()
         self._info: dict[str, Any] = {"name": getattr(backend, "name", "?")}
+        self._preparing_since: float | None = None  # wall clock time start() began preparing the backend
+        self._start_error = ""  # why the backend could not be prepared
         self._max_file = max_file_bytes(cfg)
         self._status_path = Path(cfg.work_dir) / STATUS_FILE
         self._status_written = 0.0
@@ -300,8 +304,30 @@ class Pool:
                 if self._started:
                     return
             Path(self.cfg.work_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.backend.prepare()
+            # preparing may boot the reference VM (a minute under TCG): say so in status.json meanwhile,
+            # so that `mvctl pool status` reports "starting" rather than "has not run"
+            self._preparing_since, self._start_error = time.time(), ""
+            prepared = threading.Event()
+            beat = threading.Thread(target=self._starting_status, args=(prepared,), name="mailvm-pool-starting",
+                                    daemon=True)
+            beat.start()
+            try:
+                self.backend.prepare()
+            except BaseException as exc:
+                self._start_error = f"{type(exc).__name__}: {exc}"[:500]
+                raise
+            finally:
+                prepared.set()
+                beat.join(5)
+                self._preparing_since = None
+                if self._start_error:
+                    self._write_status(force=True)
             self._start_threads()
+
+    def _starting_status(self, prepared: threading.Event) -> None:
+        while not prepared.is_set():
+            self._write_status(force=True)
+            prepared.wait(STARTING_STATUS_S)
 
     def _backend_info(self) -> dict[str, Any]:
         info = self.backend.info()
@@ -387,7 +413,9 @@ class Pool:
             except Exception as exc:  # keep the last known description
                 log.debug("pool: backend info failed: %s", exc)
         with self._cond:
-            state = "closed" if self._closing else "broken" if self._broken else "running" if self._started else "new"
+            state = ("closed" if self._closing else "broken" if self._broken else "running" if self._started
+                     else "starting" if self._preparing_since is not None else "failed" if self._start_error
+                     else "new")
             c = self._counts
             busy = [(s, w.job.sha256, w.attempts + 1, w.stage) for s, w in self._busy.values()]
             out = {
@@ -395,6 +423,8 @@ class Pool:
                 "updated_at": time.time(),
                 "state": state,
                 "backend": dict(self._info),
+                "starting_since": self._preparing_since,
+                "start_error": self._start_error,
                 "slots": {
                     "target": self.cfg.slots,
                     "ready": len(self._ready),

@@ -135,14 +135,18 @@ def run(cfg: Config, stop: threading.Event, supervisor: int = 0) -> None:
 
 def _serve(cfg: Config, stop: threading.Event, queue: Any, table: Any, pool_cls: Any, make_backend: Any) -> None:
     backend = make_backend(cfg.pool)
-    info = backend.info()
-    level = logging.WARNING if info.accel in ("tcg", "none") else logging.INFO
-    log.log(level, "pool service: backend %s, isolation %s, accelerator %s", info.name, info.isolation, info.accel)
+    log.info("pool service: backend %s, preparing it (a VM backend boots its reference VM first)",
+             backend.info().name)
     pool = pool_cls(cfg.pool, backend, table)
     refresh_every = max(1.0, float(cfg.scantable.pending_ttl_s) / REFRESH_FRACTION)
     sweep = getattr(queue, "sweep_files", None)
     try:
         pool.start()
+        # the accelerator is known once the backend is prepared (before, a VM backend says "none")
+        info = backend.info()
+        level = logging.WARNING if info.accel in ("tcg", "none") else logging.INFO
+        log.log(level, "pool service: backend %s ready, isolation %s, accelerator %s", info.name, info.isolation,
+                info.accel)
         if sweep is not None:
             sweep()
         last_refresh = last_sweep = time.monotonic()
