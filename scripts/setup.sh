@@ -67,6 +67,11 @@ if ! id mailvm-qemu >/dev/null 2>&1; then
   useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin mailvm-qemu
 fi
 
+# a venv copied or moved with the tree still runs the old tree's code: make it again
+if [ -e .venv ] && ! python3 scripts/venv_check.py .; then
+  echo ">> removing .venv (it belongs to another tree or its interpreter is gone)"
+  rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
   echo ">> creating .venv"
   python3 -m venv .venv
