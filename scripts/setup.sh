@@ -22,8 +22,8 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils debootstrap busybox-static lz4 cpio
   # libvirt (started by hand by scripts/start-libvirtd.sh where no systemd runs)
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients tini
-  # the mail path
-  postfix miltertest
+  # the mail path; sasl2-bin makes the lab Postfix's SMTP-AUTH users (saslpasswd2)
+  postfix miltertest sasl2-bin libsasl2-modules
   # the web console's browser tests (selenium drives Debian's headless chromium)
   chromium chromium-driver
   # the shared scanned table and job queue of several hosts (tests start their own instance)

@@ -15,7 +15,7 @@ import pwd
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ class LabPostfix:
     milter_default_action: str = "tempfail"
     milter_content_timeout: int = 300
     myhostname: str = "mailvm-lab.localdomain"
+    #: SMTP-AUTH users (name -> password) in a sasldb of the lab's own; empty: no SMTP-AUTH
+    sasl_users: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
@@ -123,6 +125,17 @@ class LabPostfix:
             "shlib_directory": "/usr/lib/postfix",
             "meta_directory": "/etc/postfix",
         }
+        if self.sasl_users:  # Cyrus SASL with a sasldb of the lab's own (PLAIN/LOGIN: loopback only)
+            lines.update(
+                {
+                    "smtpd_sasl_auth_enable": "yes",
+                    "smtpd_sasl_type": "cyrus",
+                    "smtpd_sasl_path": "smtpd",
+                    "cyrus_sasl_config_path": str(self.config_dir / "sasl"),
+                    "smtpd_sasl_security_options": "noanonymous",
+                    "smtpd_relay_restrictions": "permit_mynetworks, permit_sasl_authenticated, reject",
+                }
+            )
         if self.milter:
             lines.update(
                 {
@@ -152,10 +165,31 @@ class LabPostfix:
         os.chown(self.mail_dir, nobody.pw_uid, nobody.pw_gid)
         pf = pwd.getpwnam("postfix")
         os.chown(self.root / "data", pf.pw_uid, pf.pw_gid)
+        if self.sasl_users:
+            self._write_sasl(pf)
         # nothing is registered in the system's /etc/postfix/main.cf: as root, ``postfix -c``,
         # ``postqueue -c`` and ``postsuper -c`` accept a directory that the default configuration
         # does not list in alternate_config_directories (tests/mail/test_postfix_milter.py checks
         # that /etc/postfix is left as it was)
+
+    def _write_sasl(self, pf: pwd.struct_passwd) -> None:
+        """smtpd.conf and a sasldb (saslpasswd2, Debian's sasl2-bin) readable by smtpd only."""
+        tool = shutil.which("saslpasswd2") or "/usr/sbin/saslpasswd2"
+        if not os.path.exists(tool):
+            raise RuntimeError("SMTP-AUTH in the lab needs saslpasswd2 (Debian's sasl2-bin: make setup)")
+        sasl_dir = self.config_dir / "sasl"
+        sasl_dir.mkdir(exist_ok=True)
+        db = self.root / "data" / "sasldb2"
+        (sasl_dir / "smtpd.conf").write_text(
+            f"pwcheck_method: auxprop\nauxprop_plugin: sasldb\nsasldb_path: {db}\nmech_list: PLAIN LOGIN\n")
+        for user, password in self.sasl_users.items():
+            name, _, realm = user.partition("@")
+            cmd = [tool, "-c", "-p", "-f", str(db)] + (["-u", realm] if realm else []) + [name]
+            r = subprocess.run(cmd, input=password + "\n", capture_output=True, text=True, timeout=30)
+            if r.returncode != 0:
+                raise RuntimeError(f"saslpasswd2 for {user} failed: {r.stderr.strip()}")
+        os.chown(db, pf.pw_uid, pf.pw_gid)
+        os.chmod(db, 0o600)
 
     # -- lifecycle ---------------------------------------------------------------------
     def _postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ import shutil
 import signal
 
 import pytest
-from maillab import POLICIES, MailLab
+from maillab import POLICIES, SASL_PASSWORD, SASL_USER, MailLab
 
 from mailvm.lab.common import free_port, lab_config, lab_dir
 
@@ -26,7 +26,10 @@ def mail_lab():
     config = root / "mailvm.toml"
     config.write_text(lab_config(root, milter_port, smtp_port=smtp_port, backend="process", slots=2,
                                  job_timeout_s=20, idle_s=2, max_wait_s=60))
-    postfix = LabPostfix(root / "postfix", port=smtp_port, milter=f"inet:127.0.0.1:{milter_port}")
+    # SMTP-AUTH users where Cyrus SASL's saslpasswd2 is installed (make setup installs sasl2-bin)
+    users = {SASL_USER: SASL_PASSWORD} if shutil.which("saslpasswd2", path="/usr/sbin:/usr/bin") else {}
+    postfix = LabPostfix(root / "postfix", port=smtp_port, milter=f"inet:127.0.0.1:{milter_port}",
+                         sasl_users=users)
     lab = MailLab(root, config, smtp_port, milter_port, postfix)
     try:
         lab.start_mailvm()

@@ -21,6 +21,9 @@ from mailvm.lab.common import wait_port
 
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
+#: the lab Postfix's SMTP-AUTH user (a sasldb of its own; see mailvm.lab.postfix.LabPostfix.sasl_users)
+SASL_USER, SASL_PASSWORD = "alice@lab.example", "correct horse battery staple"
+
 POLICIES = {
     "reject.test": '[actions]\nmalicious = "reject"\n',
     "quarantine.test": '[actions]\nmalicious = "quarantine"\nsuspicious = "quarantine"\n',
@@ -69,9 +72,13 @@ class MailLab:
             self.proc.wait(timeout=10)
         self.proc = None
 
-    def send(self, msg: bytes | EmailMessage, rcpts: list[str], sender: str = "sender@outside.test") -> dict:
+    def send(self, msg: bytes | EmailMessage, rcpts: list[str], sender: str = "sender@outside.test",
+             login: tuple[str, str] | None = None) -> dict:
         raw = msg.as_bytes() if isinstance(msg, EmailMessage) else msg
         with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=600) as smtp:
+            if login is not None:
+                smtp.ehlo()
+                smtp.login(*login)  # SMTP-AUTH (PLAIN) against the lab's sasldb
             return smtp.sendmail(sender, rcpts, raw)
 
     def mvctl(self, *args: str) -> subprocess.CompletedProcess:

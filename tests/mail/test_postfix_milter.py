@@ -342,6 +342,40 @@ def test_allow_listed_network_skips_detonation_and_the_log_says_why(mail_lab):
                       ["dev@trusted.test"])
 
 
+def test_authenticated_sender_skips_detonation_and_the_log_says_why(mail_lab):
+    """authbypass.test lets SMTP-AUTH users through unanalysed: a user who logs in to the lab Postfix
+    (Cyrus SASL, {auth_authen} handed to the milter) is not detonated and the log line names the user;
+    the same unseen script from an unauthenticated client to the same domain is analysed."""
+    from maillab import SASL_PASSWORD, SASL_USER
+
+    if not mail_lab.postfix.sasl_users:
+        pytest.skip("saslpasswd2 is not installed (Debian's sasl2-bin; make setup installs it)")
+    subject = f"authenticated {time.time_ns()}"
+    script = b"#!/bin/sh\necho 'unseen by auth " + str(time.time_ns()).encode() + b"'\n"
+    msg = make_message(subject, attachments=[("deploy.sh", script)])
+    assert mail_lab.send(msg, ["ops@authbypass.test"], sender="alice@lab.example",
+                         login=(SASL_USER, SASL_PASSWORD)) == {}
+    got = _delivered_with(mail_lab, "ops@authbypass.test", subject)
+    assert got is not None
+    assert "detonation" not in (got.get("X-Mailvm-Report") or "")
+    want = f'bypass="authenticated user {SASL_USER}"'
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and want not in mail_lab.log_text():
+        time.sleep(0.2)
+    assert want in mail_lab.log_text(), mail_lab.log_text().splitlines()[-3:]
+    # without logging in: no bypass, the script is analysed (it runs: its report names the detonation)
+    subject2 = f"not authenticated {time.time_ns()}"
+    script2 = b"#!/bin/sh\necho 'unseen anonymous " + str(time.time_ns()).encode() + b"'\n"
+    assert mail_lab.send(make_message(subject2, attachments=[("deploy.sh", script2)]),
+                         ["ops@authbypass.test"]) == {}
+    got2 = _delivered_with(mail_lab, "ops@authbypass.test", subject2, timeout=120)
+    assert got2 is not None
+    shown = mail_lab.mvctl("cache", "show", hashlib.sha256(script2).hexdigest(), "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert '"detonation"' in shown.stdout, shown.stdout  # it ran in the sandbox: no bypass without AUTH
+    assert mail_lab.mvctl("cache", "show", hashlib.sha256(script).hexdigest(), "--json").returncode != 0
+
+
 def test_hold_release_of_an_unknown_queue_id_exits_non_zero(mail_lab, capsys):
     """The real postsuper answers 'Released from hold: 0 messages' (or nothing): that is not a release."""
     from mailvm.cli.mvctl import main
