@@ -147,6 +147,9 @@ class MilterConfig:
     timeout_s: int = _bounded(600, 10, 3600, "libmilter's I/O timeout towards the MTA")
     policy_dir: str = "/etc/mailvm/policy.d"
     pool_service: bool = True  # run the detonation pool inside `mailvm serve`
+    #: the user the scan workers (every parser of hostile bytes) drop to when mailvm serve runs as root;
+    #: "" (or "root") keeps them root. See mailvm.privilege.
+    worker_user: str = "mailvm"
 
 
 @dataclass
@@ -327,6 +330,9 @@ def parse_config(data: dict[str, Any], file: str = "<string>") -> Config:
         if value and not re.fullmatch(r"(rediss?://[^\s/]+(/\d{1,2})?|unix:///\S+)", value):
             raise ConfigError(file, key, "must be redis://HOST:PORT/DB, rediss://..., unix:///PATH or empty (local)")
     _check_socket(file, cfg.milter.socket)
+    if cfg.milter.worker_user not in ("", "root") and not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}",
+                                                                       cfg.milter.worker_user):
+        raise ConfigError(file, "milter.worker_user", "must be a system user name, or \"\" to keep root")
     try:
         if not 0 <= int(cfg.milter.socket_mode, 8) <= 0o777:
             raise ValueError

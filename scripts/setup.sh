@@ -61,6 +61,11 @@ elif [ -n "${apt_stale:-}" ]; then
   apt-get update -qq
 fi
 
+# the scan workers (every parser of hostile mail content) drop root to this user (milter.worker_user)
+if ! id mailvm >/dev/null 2>&1; then
+  echo ">> useradd mailvm"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --user-group mailvm
+fi
 # the qemu backend's clones drop root to this user (pool.qemu_user); no group, no home, no shell
 if ! id mailvm-qemu >/dev/null 2>&1; then
   echo ">> useradd mailvm-qemu"
@@ -69,12 +74,12 @@ fi
 
 # a venv copied or moved with the tree still runs the old tree's code: make it again
 if [ -e .venv ] && ! python3 scripts/venv_check.py .; then
-  echo ">> removing .venv (it belongs to another tree or its interpreter is gone)"
+  echo ">> removing .venv (the reason is above)"
   rm -rf .venv
 fi
 if [ ! -x .venv/bin/python ]; then
-  echo ">> creating .venv"
-  python3 -m venv .venv
+  echo ">> creating .venv (Debian's /usr/bin/python3: readable by the scan workers' user, unlike a Python under /root)"
+  /usr/bin/python3 -m venv .venv
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo ">> pip install -e .[test,bench]"

@@ -13,6 +13,20 @@ import subprocess
 import sys
 
 PROBE = "import mailvm, os; print(os.path.realpath(mailvm.__file__))"
+#: setup.sh makes the venv with Debian's interpreter
+SYSTEM_PYTHON_HOME = "/usr/bin"
+
+
+def _cfg_value(path: str, key: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                name, sep, value = line.partition("=")
+                if sep and name.strip() == key:
+                    return value.strip()
+    except OSError:
+        return None
+    return None
 
 
 def problem(tree: str) -> str | None:
@@ -31,6 +45,10 @@ def problem(tree: str) -> str | None:
         target = shebang[2:].strip().split()[0] if shebang[2:].strip() else ""
         if target and os.path.realpath(os.path.dirname(target)) != os.path.realpath(os.path.join(venv, "bin")):
             return f"its scripts start {target}, another tree's interpreter (the tree was copied or moved)"
+    home = _cfg_value(os.path.join(venv, "pyvenv.cfg"), "home")
+    if home is not None and os.path.realpath(home) != os.path.realpath(SYSTEM_PYTHON_HOME):
+        return (f"it was made with the Python in {home}, not Debian's {SYSTEM_PYTHON_HOME}/python3 "
+                "(the scan workers' user must be able to read the interpreter)")
     try:
         r = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, timeout=60, cwd="/")
     except (OSError, subprocess.TimeoutExpired) as exc:

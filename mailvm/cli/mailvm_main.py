@@ -57,9 +57,15 @@ def _pool_process_main(path: str | None, verbose: int, supervisor: int = 0) -> N
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    from mailvm.privilege import UMASK, plan_workers, share_dirs
     from mailvm.vmpool import service
 
-    service.run(load_config(path), stop, supervisor=supervisor)
+    cfg = load_config(path)
+    os.umask(UMASK)  # verdicts and queue entries it writes stay readable by the scan workers' group
+    ident, _ = plan_workers(cfg)
+    if ident is not None and not supervisor:  # a pool of its own (`mailvm pool`): nobody else shares them
+        share_dirs(cfg, ident)
+    service.run(cfg, stop, supervisor=supervisor)
 
 
 def cmd_pool(args: argparse.Namespace) -> int:

@@ -94,11 +94,14 @@ def die_with_process(pid: int, start: int | None) -> None:
     threading.Thread(target=watch, name="mailvm-die-with-serve", daemon=True).start()
 
 
-def init_worker(config_path: str | None, supervisor: int | None = None, supervisor_start: int | None = None) -> None:
+def init_worker(config_path: str | None, supervisor: int | None = None, supervisor_start: int | None = None,
+                identity: Any = None) -> None:
     """Pebble's initializer: build the heavy, reusable parts once per worker.
 
     ``supervisor``: the pid (and start time) of the ``mailvm serve`` that owns the workers; the
-    worker dies with it.
+    worker dies with it. ``identity`` (:class:`mailvm.privilege.WorkerIdentity`): the user the
+    worker becomes once the configuration is read and the YARA rules are compiled; the table and
+    the queue are opened as that user, so a permission problem shows at start.
     """
     global _worker
     die_with_parent()
@@ -108,10 +111,16 @@ def init_worker(config_path: str | None, supervisor: int | None = None, supervis
     from mailvm.vmpool.jobqueue import QueueDetonator
 
     cfg = load_config(config_path)
+    triage = Triage(cfg.triage)
+    if identity is not None:
+        from mailvm.privilege import drop_privileges
+
+        drop_privileges(identity)  # raises rather than go on as root: Pebble reports the failed start
+        die_with_parent()  # a change of user clears the parent-death signal: set it again
     from mailvm.store import open_queue, open_table
 
     queue = open_queue(cfg)  # local, or the Redis stream of [pool] queue_url
-    _worker = _Worker(cfg, Triage(cfg.triage), open_table(cfg), QueueDetonator(queue))
+    _worker = _Worker(cfg, triage, open_table(cfg), QueueDetonator(queue))
     log.debug("scan worker %d ready", os.getpid())
 
 

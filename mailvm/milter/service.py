@@ -106,10 +106,25 @@ class MilterService:
         #: Prometheus metrics (mailvm.obs.metrics.Metrics) when [metrics] listen is set
         self.metrics: Any = None
         self.counters: dict[str, int] = {}
+        #: who the scan workers become (mailvm.privilege); None: they stay as this process
+        self.worker_identity: Any = None
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
+        from mailvm.privilege import UMASK, plan_workers, share_dirs
+
+        os.umask(UMASK)  # what this process creates in the shared directories stays the workers' group's
         os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
+        ident, why = plan_workers(self.cfg)
+        if ident is not None:
+            problems = share_dirs(self.cfg, ident)
+            if problems:
+                ident, why = None, "cannot share " + "; ".join(problems)[:300]
+        if ident is None:
+            log.warning("scan workers run as root: %s", why)
+        else:
+            log.info("scan workers run as %s (uid %d) with rlimits and no_new_privs", ident.user, ident.uid)
+        self.worker_identity = ident
         self._executor = self._new_executor()
         threading.Thread(target=self._watch, name="mailvm-workers-watch", daemon=True).start()
 
@@ -131,7 +146,8 @@ class MilterService:
 
         me = os.getpid()  # the workers die with this process (not only with the forkserver)
         ex = pebble.ProcessPool(max_workers=self.workers, initializer=init_worker,
-                                initargs=(self.config_path, me, start_ticks(me)), context=ctx)
+                                initargs=(self.config_path, me, start_ticks(me), self.worker_identity),
+                                context=ctx)
         ex.schedule(worker_ready)
         return ex
 
@@ -378,6 +394,7 @@ class MilterService:
     ) -> dict[str, Any] | None:
         fd, path = tempfile.mkstemp(prefix="msg-", suffix=".eml", dir=self.spool_dir)
         try:
+            os.fchmod(fd, 0o640)  # the scan worker reads it as the worker group (mailvm.privilege)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(raw)
             for attempt in (1, 2):

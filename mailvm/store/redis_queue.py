@@ -56,7 +56,7 @@ class RedisJobQueue:
         self.reclaim_idle_ms = max(1000, int(reclaim_idle_s * 1000))
         self.max_file_bytes = max_file_bytes
         self.files = Path(local_dir) / "files"
-        self.files.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.files.mkdir(parents=True, exist_ok=True, mode=0o770)  # 0770 & ~umask (mailvm.privilege)
         self._errors = (redis.RedisError, OSError)
         self._busy_group = redis.ResponseError
         self._group_ready = False

@@ -44,7 +44,8 @@ class JobQueue:
 
         self.root = Path(root)
         self.files = self.root / "files"
-        self.files.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # 0770 & ~umask: private (umask 077) or shared with the scan workers' group (mailvm.privilege)
+        self.files.mkdir(parents=True, exist_ok=True, mode=0o770)
         self._deque = diskcache.Deque(directory=str(self.root / "queue"))
 
     @property

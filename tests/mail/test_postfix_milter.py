@@ -10,6 +10,7 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
+import os
 import json
 import smtplib
 import threading
@@ -374,6 +375,48 @@ def test_authenticated_sender_skips_detonation_and_the_log_says_why(mail_lab):
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert '"detonation"' in shown.stdout, shown.stdout  # it ran in the sandbox: no bypass without AUTH
     assert mail_lab.mvctl("cache", "show", hashlib.sha256(script).hexdigest(), "--json").returncode != 0
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat_line = open(f"/proc/{name}/stat").read()
+            except OSError:
+                continue
+            if int(stat_line.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(name))
+    return out
+
+
+def _uid(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    return -1
+
+
+def test_scan_workers_do_not_run_as_root(mail_lab):
+    """The processes that parse the mail (scan workers) run as milter.worker_user, not root; the
+    pool service (namespaces, cgroups, QEMU) keeps root. A message still goes through."""
+    import pwd
+
+    if "scan workers run as root:" in mail_lab.log_text():
+        reason = [ln for ln in mail_lab.log_text().splitlines() if "scan workers run as root:" in ln][-1]
+        pytest.skip(f"this machine cannot run the workers unprivileged: {reason}")
+    subject = f"privilege {time.time_ns()}"
+    assert mail_lab.send(make_message(subject, attachments=[("notes.txt", b"plain text")]),
+                         ["alice@example.com"]) == {}
+    assert _delivered_with(mail_lab, "alice@example.com", subject) is not None
+    user = pwd.getpwnam("mailvm")
+    serve = mail_lab.proc.pid
+    forkservers = [p for p in _children(serve) if b"forkserver" in open(f"/proc/{p}/cmdline", "rb").read()]
+    workers = [w for f in forkservers for w in _children(f)]
+    assert workers, f"no scan worker under mailvm serve {serve}"
+    assert {_uid(w) for w in workers} == {user.pw_uid}, [(w, _uid(w)) for w in workers]
+    assert _uid(serve) == 0  # it supervises the root pool service
+    assert "scan workers run as mailvm" in mail_lab.log_text()
 
 
 def test_hold_release_of_an_unknown_queue_id_exits_non_zero(mail_lab, capsys):
