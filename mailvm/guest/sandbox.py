@@ -711,6 +711,8 @@ class Sandbox:
                               ("/etc/machine-id", SANDBOX_MACHINE_ID)):
             if os.path.islink(dest):
                 continue  # a symlinked file cannot be a mount point; every address is local anyway
+            if dest == "/etc/machine-id" and not os.path.isfile(dest):
+                continue  # nothing to hide, and a read-only root (the guest's) has no place for a new one
             a += ["--ro-bind-data", str(self._data_fd(content)), dest]
         a += ["--chdir", WORK_IN]
         return a, list(self._fds)
