@@ -1038,7 +1038,7 @@ def _anti_debug(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
 
 
 #: programs that end processes by name (a sample naming an analysis or security tool to them is tampering)
-KILL_BY_NAME = frozenset({"pkill", "killall", "killall5", "taskkill", "taskkill.exe", "tskill", "tskill.exe"})
+KILL_BY_NAME = frozenset({"pkill", "killall", "killall5", "taskkill", "tskill"})  # as _prog names them
 SECURITY_TOOL_RE = re.compile(
     r"(?<![\w.-])(?:strace|ltrace|gdb|tcpdump|tshark|dumpcap|wireshark|sysdig|falco|auditd|osqueryd|bwrap"
     r"|mailvm[\w.-]*|procmon(?:64)?|procexp(?:64)?|processhacker|autoruns(?:c)?|x32dbg|x64dbg|ollydbg|windbg"
@@ -1078,13 +1078,10 @@ def _security_tools(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | No
     text = _argv_text(ev)
     if DEFENDER_OFF_RE.search(text):
         return text[:240]
-    if ev.get("src") == "wine":  # one command line: the program, then its arguments
-        m = re.match(r'\s*(?:"([^"]*)"|(\S+))\s*(.*)', text, re.S)
-        first, rest = ((m.group(1) or m.group(2) or ""), m.group(3)) if m else ("", "")
-    else:
-        first, rest = argv[0], " ".join(argv[1:])
-    prog = first.replace("\\", "/").rsplit("/", 1)[-1].lower()
-    if prog in KILL_BY_NAME or PS_KILL_RE.search(text):
+    # Wine's trace gives one command line: the program, then its arguments
+    args = _win_tokens(argv[0])[1:] if ev.get("src") == "wine" else argv[1:]
+    rest = " ".join(args)
+    if _prog(ev) in KILL_BY_NAME or PS_KILL_RE.search(text):
         named = SECURITY_TOOL_RE.search(rest[:400])
         if named:
             return f"{text[:200]} (ends {named.group(0)})"

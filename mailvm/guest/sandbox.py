@@ -152,13 +152,13 @@ HIDDEN_DIRS = ("/etc/mailvm", "/etc/postfix", "/etc/mail", "/etc/redis", "/etc/l
                "/etc/ssl/private", "/etc/sasl2", "/etc/dovecot", "/etc/opendkim", "/etc/letsencrypt",
                "/etc/sudoers.d", "/etc/cron.d", "/etc/systemd", "/etc/apache2", "/etc/nginx",
                "/etc/lighttpd", "/etc/mysql", "/etc/postgresql", "/etc/openvpn", "/etc/wireguard", "/etc/ipsec.d",
-               "/etc/docker", "/etc/kubernetes", "/etc/ldap", "/etc/krb5kdc", "/etc/grafana", "/etc/prometheus",
+               "/etc/docker", "/etc/kubernetes", "/etc/ldap", "/etc/netplan", "/etc/krb5kdc", "/etc/grafana",
+               "/etc/prometheus",
                "/sys/firmware", "/sys/devices/virtual/dmi", "/sys/class/dmi", "/sys/hypervisor", "/sys/kernel/debug",
                "/sys/kernel/security", "/sys/module")
 HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers", "/etc/aliases",
                 "/etc/aliases.db", "/etc/mailname", "/etc/krb5.keytab", "/etc/fstab", "/etc/crypttab",
-                "/etc/crontab", "/etc/netplan", "/etc/network/interfaces", "/etc/wpa_supplicant.conf",
-                "/etc/machine-id")
+                "/etc/crontab", "/etc/network/interfaces", "/etc/wpa_supplicant.conf")
 #: folders under /opt whose programs a launcher may run (WineHQ's packages install there)
 OPT_TOOL_DIRS = ("/opt/wine-stable", "/opt/wine-staging", "/opt/wine-devel")
 #: a machine id of the sandbox's own (the host's would identify it: D-Bus and systemd read it)
@@ -725,11 +725,7 @@ class Sandbox:
             if os.path.isdir(d) and not os.path.islink(d):
                 a += ["--size", "4096", "--tmpfs", d, "--remount-ro", d]
         for f in HIDDEN_FILES:
-            if f == "/etc/machine-id":
-                continue  # replaced by the sandbox's own below
-            if os.path.isdir(f) and not os.path.islink(f):
-                a += ["--size", "4096", "--tmpfs", f, "--remount-ro", f]
-            elif os.path.isfile(f) and not os.path.islink(f):
+            if os.path.isfile(f) and not os.path.islink(f):
                 a += ["--ro-bind-data", str(self._data_fd(b"")), f]  # (/dev/null is nodev in there: EACCES)
         return a
 
