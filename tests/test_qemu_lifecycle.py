@@ -385,7 +385,10 @@ def test_a_new_image_is_noticed_built_in_the_background_and_switched(backend, im
         assert 0 <= d["template_age_s"] < 600 and d["image_pending"] is None
         # idle clones of the old template are retired; one that had a job is not
         end = soon(RETIRE_WAIT_S)
-        while idle.vm.alive() and time.monotonic() < end:
+        # (the switch thread kills QEMU first, then removes the slot directory and the old template:
+        # wait for the whole retirement, not its first step)
+        while (idle.vm.alive() or os.path.exists(idle.slot_dir) or b._old or os.path.exists(old.dir)) \
+                and time.monotonic() < end:
             time.sleep(0.05)
         assert not idle.alive() and not os.path.exists(idle.slot_dir)
         assert busy.vm.alive() and os.path.exists(busy.slot_dir)
