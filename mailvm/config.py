@@ -164,6 +164,15 @@ class QuarantineConfig:
 
 
 @dataclass
+class NotifyConfig:
+    """Notices about quarantined and held messages (who gets them: each domain's ``[notify]``)."""
+
+    #: {quarantine,hold}-{admin,recipient}.txt here replace the built-in templates (mailvm.notify)
+    template_dir: str = "/etc/mailvm/templates"
+    from_address: str = ""  # the notices' From: header; "" = mailvm@<this host's name>
+
+
+@dataclass
 class MetricsConfig:
     """Prometheus metrics of ``mailvm serve`` (``/metrics``)."""
 
@@ -198,6 +207,7 @@ class Config:
     pool: PoolConfig = field(default_factory=PoolConfig)
     milter: MilterConfig = field(default_factory=MilterConfig)
     quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     web: WebConfig = field(default_factory=WebConfig)
@@ -214,6 +224,7 @@ SECTIONS: dict[str, type] = {
     "pool": PoolConfig,
     "milter": MilterConfig,
     "quarantine": QuarantineConfig,
+    "notify": NotifyConfig,
     "metrics": MetricsConfig,
     "log": LogConfig,
     "web": WebConfig,
@@ -333,6 +344,11 @@ def parse_config(data: dict[str, Any], file: str = "<string>") -> Config:
     if cfg.milter.worker_user not in ("", "root") and not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}",
                                                                        cfg.milter.worker_user):
         raise ConfigError(file, "milter.worker_user", "must be a system user name, or \"\" to keep root")
+    from mailvm.notify import load_templates  # here: mailvm.notify imports this module
+
+    load_templates(cfg.notify.template_dir)  # a bad template is a ConfigError naming its file
+    if cfg.notify.from_address and not re.fullmatch(r"[^@\s<>\"]{1,64}@[A-Za-z0-9.-]{1,253}", cfg.notify.from_address):
+        raise ConfigError(file, "notify.from_address", "must be an e-mail address (local@domain) or empty")
     try:
         if not 0 <= int(cfg.milter.socket_mode, 8) <= 0o777:
             raise ValueError

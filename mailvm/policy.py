@@ -187,8 +187,25 @@ class LinksPolicy:
 class QuarantinePolicy:
     """The quarantine store (``[quarantine]``)."""
 
-    notify: str = _opt("", doc="address told about each quarantined message, or empty")
+    notify: str = _opt("", doc="address told about each quarantined message, or empty (same as notify.admin "
+                               "for the quarantine event)")
     retention_days: int = _opt(30, 1, 3650, "days a quarantined message is kept")
+
+
+#: events a notice can be sent for (mailvm.notify.EVENTS; kept here to validate without importing it)
+NOTIFY_EVENTS = ("quarantine", "hold")
+
+
+@dataclass
+class NotifyPolicy:
+    """Notices about quarantined and held messages (``[notify]``; texts from mailvm.notify's templates).
+
+    The sender is never notified (backscatter: stopped mail mostly has a forged sender).
+    """
+
+    admin: list[str] = _opt([], doc="addresses told about each message quarantined or held for this domain")
+    recipients: bool = _opt(False, doc="also tell each recipient of this domain (never the sender)")
+    events: list[str] = _opt(list(NOTIFY_EVENTS), doc="which actions send notices: quarantine, hold")
 
 
 @dataclass
@@ -239,6 +256,7 @@ class Policy:
     quarantine: QuarantinePolicy = field(default_factory=QuarantinePolicy)
     headers: HeadersPolicy = field(default_factory=HeadersPolicy)
     bypass: BypassPolicy = field(default_factory=BypassPolicy)
+    notify: NotifyPolicy = field(default_factory=NotifyPolicy)
     #: not a key: why this domain's file could not be used ("" when it is fine); such a
     #: policy defers every message (see :func:`decide`)
     error: str = field(default="", metadata={"internal": True})
@@ -257,6 +275,7 @@ TABLES: dict[str, type] = {
     "quarantine": QuarantinePolicy,
     "headers": HeadersPolicy,
     "bypass": BypassPolicy,
+    "notify": NotifyPolicy,
 }
 #: top-level scalar/list keys of a policy
 SCALAR_KEYS: tuple[str, ...] = tuple(
@@ -326,6 +345,22 @@ def address_problem(addr: str) -> str | None:
         return None
     if not _ADDR.match(addr) or ".." in addr.split("@", 1)[1]:
         return "must be an e-mail address (local@domain) or empty"
+    return None
+
+
+def _addresses_check(value: list[str]) -> str | None:
+    if len(value) > 20:
+        return "at most 20 addresses"
+    for addr in value:
+        if not addr or address_problem(addr):
+            return f"{addr!r} is not an e-mail address (local@domain)"
+    return None
+
+
+def _events_check(value: list[str]) -> str | None:
+    bad = [v for v in value if v not in NOTIFY_EVENTS]
+    if bad:
+        return f"unknown event(s) {', '.join(map(repr, bad))} (known: {', '.join(NOTIFY_EVENTS)})"
     return None
 
 
@@ -414,6 +449,8 @@ VALUE_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "reject_text": template_problem,
     "tempfail_text": template_problem,
     "quarantine.notify": address_problem,
+    "notify.admin": _addresses_check,
+    "notify.events": _events_check,
 }
 
 

@@ -47,7 +47,7 @@ from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from mailvm.policy import normalize_domain, safe_name
 from mailvm.release import add_release_header, make_token, message_body_sha256, valid_item_id
@@ -450,10 +450,15 @@ class QuarantineStore:
         return removed
 
     # ---------------------------------------------------------------- release
-    def release(self, item_id: str, deliver: Deliver, key: bytes, force: bool = False) -> ReleaseResult:
+    def release(self, item_id: str, deliver: Deliver, key: bytes, force: bool = False,
+                recipients: Sequence[str] | None = None) -> ReleaseResult:
         """Deliver the message once, with the release header; see the module docstring.
 
         ``deliver(raw_with_header, sender, recipients)`` must raise on failure.
+
+        ``recipients`` (like ``amavisd-release mail_id alt_recip``) delivers a copy to those
+        addresses only, original recipients or not; unless they are all of the original
+        recipients, the item stays quarantined for the others (and may be released again).
         """
         fd = self._lock(item_id)
         if fd is None:
@@ -461,6 +466,13 @@ class QuarantineStore:
         try:
             state = self._read_state(item_id)
             attempts = int(state.get("attempts", 0))
+            if recipients is not None:
+                item = self.get(item_id)
+                chosen = list(dict.fromkeys(recipients))
+                if not chosen:
+                    return ReleaseResult(item_id, ST_FAILED, False, "no recipient given")
+                if {r.lower() for r in chosen} != {r.lower() for r in item.recipients}:
+                    return self._copy_to(item, key, deliver, chosen, state)
             if state.get("state") == RELEASED:
                 return ReleaseResult(item_id, ST_ALREADY, False, "already released")
             if state.get("state") == RELEASING and not force:
@@ -492,6 +504,45 @@ class QuarantineStore:
             return ReleaseResult(item_id, ST_RELEASED, True, "released")
         finally:
             os.close(fd)
+
+
+    def _copy_to(self, item: QuarantineItem, key: bytes, deliver: Deliver, chosen: list[str],
+                 state: dict[str, Any]) -> ReleaseResult:
+        """A released copy to ``chosen`` only; the item's state stays what it was (caller holds the lock).
+
+        While the copy is being delivered the state is ``releasing`` (the milter accepts the release
+        token only then or once released), and goes back afterwards; a crash in between leaves
+        ``releasing``, which a later release treats as interrupted (``--force``), never as released.
+        """
+        raw = self.read_message(item.id)
+        out = add_release_header(raw, make_token(key, item.id, message_body_sha256(raw)))
+        self._write_state(item.id, **{**state, "state": RELEASING})
+        try:
+            deliver(out, item.sender, chosen)
+        except PartialDelivery as exc:
+            msg = str(exc)[:MAX_ERROR]
+            log.warning("quarantine item %s: copy to %s delivered with %s", item.id, ", ".join(chosen), msg)
+            return ReleaseResult(item.id, ST_RELEASED, True, f"copy to {len(chosen)} address(es); {msg}")
+        except Exception as exc:
+            msg = f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
+            log.warning("quarantine item %s: copy to %s failed: %s", item.id, ", ".join(chosen), msg)
+            return ReleaseResult(item.id, ST_FAILED, False, f"delivery failed: {msg}")
+        finally:
+            self._write_state(item.id, **state)
+        log.info("quarantine item %s: copy released to %s", item.id, ", ".join(chosen))
+        left = "still quarantined for the others" if state.get("state") != RELEASED else "already released to all"
+        return ReleaseResult(item.id, ST_RELEASED, True, f"copy released to {', '.join(chosen)}; {left}")
+
+
+def release_audited(store: QuarantineStore, audit: Any, deliver: Deliver, key: bytes, item_id: str,
+                    recipients: Sequence[str] | None, who: str, force: bool = False) -> ReleaseResult:
+    """:meth:`QuarantineStore.release` plus its entry in the audit log (mailvm.audit): who released
+    what to whom, and how it went.  One function for ``mvctl`` and the web console."""
+    result = store.release(item_id, deliver, key, force=force, recipients=recipients)
+    target = f"to {', '.join(recipients)}" if recipients else "to all original recipients"
+    audit.record(who, "release", item_id, f"{target}: {result.status} ({result.message})"[:480],
+                 ok=result.delivered)
+    return result
 
 
 def _sha256(data: bytes) -> str:
@@ -533,48 +584,12 @@ def smtp_deliver(host: str = "127.0.0.1", port: int = 25, timeout: float = 60.0)
     return deliver
 
 
-def notification(item: QuarantineItem, to: str, from_addr: str = "mailvm@localhost") -> bytes:
-    """A short text message telling ``to`` (``quarantine.notify``) that ``item`` was quarantined.
-
-    It names the item, envelope, verdict and files (names sanitised); it never
-    includes the message itself.
-    """
-    msg = EmailMessage()
-    msg["From"] = from_addr
-    msg["To"] = to
-    msg["Subject"] = f"[mailvm] quarantined {item.verdict or 'message'} {item.id}"
-    msg["Date"] = format_datetime(datetime.now(timezone.utc))
-    msg["Message-ID"] = make_msgid(domain="mailvm.invalid")
-    lines = [
-        "A message was quarantined by mailvm.",
-        "",
-        f"Item:       {item.id}",
-        f"Received:   {item.created_iso}",
-        f"Queue id:   {safe_name(item.queue_id, 64) if item.queue_id else '-'}",
-        f"Sender:     {safe_name(item.sender, 200) if item.sender else '<>'}",
-        f"Recipients: {', '.join(safe_name(r, 200) for r in item.recipients[:20])}"
-        + (f" (+{len(item.recipients) - 20} more)" if len(item.recipients) > 20 else ""),
-        f"Verdict:    {safe_name(item.verdict, 20)} score={item.score}",
-        f"Reason:     {item.reason[:300]}",
-        "",
-        "Files:",
-    ]
-    for art in item.report.get("artifacts", [])[:50] if isinstance(item.report.get("artifacts"), list) else []:
-        if isinstance(art, dict):
-            lines.append(
-                f"  {safe_name(art.get('name'), 80)}  {str(art.get('sha256', ''))[:64]}  {safe_name(art.get('verdict'), 20)}"
-            )
-    lines += ["", f"Release: mvctl quarantine release {item.id}"]
-    msg.set_content("\n".join(lines) + "\n")
-    return msg.as_bytes()
-
-
 __all__ = [
     "PartialDelivery",
     "QuarantineItem",
     "QuarantineStore",
     "ReleaseResult",
-    "notification",
+    "release_audited",
     "smtp_deliver",
     "to_crlf",
 ]

@@ -25,7 +25,6 @@ from mailvm.quarantine import (
     RELEASING,
     PartialDelivery,
     QuarantineStore,
-    notification,
     smtp_deliver,
 )
 from mailvm.release import (
@@ -349,16 +348,6 @@ def test_interrupted_release_needs_force(store):
     assert len(rec.calls) == 1 and store.get(qid).attempts == 2
 
 
-def test_notification(store):
-    qid = store.add(MSG, "a@sender.test", ["u@example.com"], REPORT, "example.com", "4XyZ1")
-    raw = notification(store.get(qid), "postmaster@example.com")
-    msg = message_from_bytes(raw)
-    assert msg["To"] == "postmaster@example.com" and qid in msg["Subject"]
-    text = msg.get_payload(decode=True).decode()
-    assert qid in text and "malicious" in text and "invoice_exe.pdf" in text  # RLO neutralised
-    assert b"Please see the attachment" not in raw
-
-
 # --------------------------------------------------------------------------- real SMTP
 
 
@@ -429,6 +418,37 @@ def test_release_through_real_smtp(store, smtp_server):
     value = message_from_bytes(data)["X-Mailvm-Release"]
     assert verify_token(KEY, value, message_body_sha256(data)) == qid
     assert message_body_sha256(data) == store.get(qid).body_sha256
+
+
+def test_release_a_copy_to_chosen_addresses_keeps_the_item_for_the_others(store, smtp_server, tmp_path):
+    """amavisd-release's alt_recip: a copy to one address; the item stays quarantined; audited."""
+    from mailvm.audit import AuditLog
+    from mailvm.quarantine import release_audited
+
+    audit = AuditLog(tmp_path / "audit.log")
+    deliver = smtp_deliver("127.0.0.1", smtp_server.server_address[1], timeout=10)
+    qid = store.add(MSG, "a@sender.test", ["u@example.com", "v@example.com"], REPORT, "example.com")
+    r = release_audited(store, audit, deliver, KEY, qid, ["analyst@soc.example"], "alice")
+    assert r.status == "released" and r.delivered and "still quarantined" in r.message
+    assert store.get(qid).state == QUARANTINED
+    (mail_from, rcpts, data, _), = smtp_server.received
+    assert rcpts == ["<analyst@soc.example>"]
+    assert verify_token(KEY, message_from_bytes(data)["X-Mailvm-Release"], message_body_sha256(data)) == qid
+    # then to all original recipients: released once, as usual
+    r = release_audited(store, audit, deliver, KEY, qid, None, "bob")
+    assert r.status == "released" and store.get(qid).state == RELEASED
+    assert smtp_server.received[1][1] == ["<u@example.com>", "<v@example.com>"]
+    # the chosen set equal to every original recipient is the normal (once-only) release
+    assert release_audited(store, audit, deliver, KEY, qid, ["V@example.com", "u@example.com"], "bob").status \
+        == "already_released"
+    entries = audit.entries(item=qid)
+    assert [e.who for e in entries] == ["bob", "bob", "alice"]
+    # during a copy's delivery the item is "releasing" (what the milter accepts a token for), then back
+    seen = []
+    qid2 = store.add(MSG, "a@sender.test", ["u@example.com", "v@example.com"], REPORT, "example.com")
+    store.release(qid2, lambda raw, s, r: seen.append(store.get(qid2).state), KEY, recipients=["u@example.com"])
+    assert seen == [RELEASING] and store.get(qid2).state == QUARANTINED
+    assert "to analyst@soc.example: released" in entries[-1].detail and entries[0].ok is False
 
 
 def test_smtp_partial_and_failed_delivery(store, smtp_server):

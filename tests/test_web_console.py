@@ -15,7 +15,7 @@ import time
 import pytest
 
 from mailvm.audit import AuditLog
-from mailvm.quarantine import QuarantineStore, smtp_deliver
+from mailvm.quarantine import QuarantineStore, release_audited, smtp_deliver
 from mailvm.web.app import ConsoleDeps, create_app, serve
 from mailvm.web.auth import UsersFile
 
@@ -109,12 +109,7 @@ def test_login_find_release_to_one_recipient_and_audit(tmp_path, smtp_sink, brow
     deliver = smtp_deliver("127.0.0.1", ctl.port, timeout=10)
 
     def release(iid, recipients, who):
-        def to_chosen(raw, sender, original):
-            deliver(raw, sender, recipients if recipients is not None else original)
-        result = store.release(iid, to_chosen, key)
-        audit.record(who, "release", iid, f"to {', '.join(recipients) if recipients else 'all recipients'}: {result.status}",
-                     ok=result.delivered)
-        return result
+        return release_audited(store, audit, deliver, key, iid, recipients, who)
 
     deps = ConsoleDeps(store=store, audit=audit, users=users, release=release, verdict_of=lambda s: None,
                        pool_status=lambda: {"state": "running", "slots": {"ready": 2}}, figures=lambda: {"messages": 1},
@@ -154,6 +149,8 @@ def test_login_find_release_to_one_recipient_and_audit(tmp_path, smtp_sink, brow
         mail_from, rcpts, content = sink.messages[0]
         assert rcpts == ["bob@example.com"] and mail_from == "attacker@bad.example"
         assert b"X-Mailvm-Release: v1 " + item_id.encode() in content
+        # a copy to one of two recipients: the item stays quarantined for the other
+        assert store.get(item_id).state == "quarantined"
         # the audit entry, on the item page and on the audit page
         assert "release" in find("item-audit").text
         find("nav-audit").click()

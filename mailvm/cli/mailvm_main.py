@@ -260,6 +260,8 @@ def _housekeeping(cfg, service, quarantine, stop: threading.Event) -> None:
                 table.close()
             # a scan worker killed at its hard limit leaves its message's extraction directory behind
             _clean_spool(cfg.spool.dir, min_age_s=SPOOL_STALE_S)
+            # hold reasons (mvctl hold list) of messages held longer than the retention
+            service.hold_index.prune(older_than_s=cfg.quarantine.retention_days * 86400)
             log.info("housekeeping: %d quarantine item(s) and %d table entries expired", removed, gone)
         except Exception:
             log.exception("housekeeping failed; trying again in %.0f s", HOUSEKEEPING_EVERY_S)
@@ -323,7 +325,7 @@ def _start_console(cfg, service, quarantine, key: bytes):
     from pathlib import Path
 
     from mailvm.audit import AuditLog
-    from mailvm.quarantine import smtp_deliver
+    from mailvm.quarantine import release_audited, smtp_deliver
     from mailvm.store import open_table
     from mailvm.vmpool.evidence import evidence_dir
     from mailvm.vmpool.pool import read_status
@@ -340,13 +342,7 @@ def _start_console(cfg, service, quarantine, key: bytes):
     deliver = smtp_deliver(cfg.quarantine.reinject_host, cfg.quarantine.reinject_port)
 
     def release(item_id: str, recipients, who: str):
-        def to_chosen(raw, sender, original):
-            deliver(raw, sender, list(recipients) if recipients is not None else original)
-        result = quarantine.release(item_id, to_chosen, key)
-        audit.record(who, "release", item_id,
-                     f"to {', '.join(recipients) if recipients else 'all original recipients'}: {result.status}",
-                     ok=result.delivered)
-        return result
+        return release_audited(quarantine, audit, deliver, key, item_id, recipients, who)
 
     def verdict_of(sha: str):
         table = open_table(cfg)

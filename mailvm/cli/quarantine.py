@@ -1,4 +1,4 @@
-"""``mvctl quarantine list|show|release|delete|expire`` and ``mvctl hold list|release``.
+"""``mvctl quarantine list|show|release|delete|expire|audit`` and ``mvctl hold list|release``.
 
 The quarantine is mailvm's own durable store (``[quarantine] dir``); *hold* is
 Postfix's hold queue, used by the ``hold`` policy action.
@@ -45,8 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--raw", action="store_true", help="print the original message instead")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_show)
-    s = q.add_parser("release", help="deliver an item to its original recipients (once)")
+    s = q.add_parser("release", help="deliver an item to its original recipients (once), or a copy to --to",
+                     description="Deliver a quarantined message, with a release token so mailvm lets it through. "
+                                 "Without --to: to all original recipients, once. With --to: a copy to those "
+                                 "addresses only (like amavisd-release's alt_recip); the item stays quarantined "
+                                 "for the others. Every release is written to the audit log.")
     s.add_argument("id")
+    s.add_argument("--to", action="append", metavar="ADDRESS", dest="to",
+                   help="deliver to this address only (repeatable; an original recipient or another address)")
     s.add_argument("--force", action="store_true", help="retry an interrupted release (may duplicate)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_release)
@@ -54,6 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("id")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_delete)
+    s = q.add_parser("audit", help="who released or deleted what, and when (newest first)",
+                     description="The append-only audit log of releases, deletions, expiry, hold releases, "
+                                 "pins and console logins.")
+    s.add_argument("--item", metavar="ID", help="entries about this item (quarantine id, queue id or SHA-256)")
+    s.add_argument("--limit", type=int, default=50, help="entries shown (default 50)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_audit)
     s = q.add_parser("expire", help="delete items older than the retention period")
     s.add_argument("--days", type=float, help="retention in days (default: quarantine.retention_days)")
     s.add_argument("--json", action="store_true")
@@ -63,7 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Messages the `hold` action parked in Postfix's hold queue.")
     hs = h.add_subparsers(dest="hold_command", metavar="ACTION")
     hs.required = True
-    for name, func, helptext in (("list", cmd_hold_list, "held messages: id, arrival, size, sender, recipients"),
+    for name, func, helptext in (("list", cmd_hold_list,
+                                  "held messages: id, arrival, size, sender, recipients, verdict and reason"),
                                  ("release", cmd_hold_release, "release QUEUEID from hold (postsuper -H)")):
         s = hs.add_parser(name, help=helptext)
         if name == "release":
@@ -141,14 +155,28 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _audit(cfg: Any):
+    from pathlib import Path
+
+    from mailvm.audit import AuditLog
+
+    return AuditLog(Path(cfg.quarantine.dir) / "audit.log")
+
+
 def cmd_release(args: argparse.Namespace) -> int:
-    from mailvm.quarantine import smtp_deliver
+    from mailvm.audit import current_user
+    from mailvm.policy import address_problem
+    from mailvm.quarantine import release_audited, smtp_deliver
     from mailvm.release import load_or_create_key
 
+    for addr in args.to or ():
+        if not addr or address_problem(addr):
+            print(f"mvctl quarantine release: --to {addr!r} is not an e-mail address", file=sys.stderr)
+            return EXIT_ERROR
     cfg, store = _store(args)
     key = load_or_create_key(cfg.quarantine.release_key)
     deliver = smtp_deliver(cfg.quarantine.reinject_host, cfg.quarantine.reinject_port)
-    result = store.release(args.id, deliver, key, force=args.force)
+    result = release_audited(store, _audit(cfg), deliver, key, args.id, args.to, current_user(), force=args.force)
     if args.json:
         print_json({"id": result.id, "status": result.status, "delivered": result.delivered, "message": result.message})
     else:
@@ -159,16 +187,32 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    _, store = _store(args)
+    from mailvm.audit import current_user
+
+    cfg, store = _store(args)
     try:
         gone = store.delete(args.id)
     except ValueError:
         gone = False
+    _audit(cfg).record(current_user(), "delete", args.id, "mvctl" if gone else "mvctl: no such item", ok=gone)
     if args.json:
         print_json({"id": args.id, "deleted": gone})
     else:
         print(f"{args.id}: {'deleted' if gone else 'no such item'}")
     return EXIT_OK if gone else EXIT_BAD
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    cfg = config_from(args)
+    entries = _audit(cfg).entries(item=args.item, limit=max(1, min(args.limit, 10000)))
+    if args.json:
+        print_json([{"at": e.at_iso, "who": e.who, "action": e.action, "item": e.item, "detail": e.detail,
+                     "ok": e.ok} for e in entries])
+        return EXIT_OK
+    for e in entries:
+        print(f"{e.at_iso}  {e.who:<16} {e.action:<13} {e.item:<24} {'' if e.ok else '(failed) '}{e.detail}")
+    print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
+    return EXIT_OK
 
 
 def cmd_expire(args: argparse.Namespace) -> int:
@@ -193,11 +237,20 @@ def _pf(args: argparse.Namespace) -> list[str]:
     return ["-c", args.postfix_config] if args.postfix_config else []
 
 
+#: a hold record whose message is no longer held is removed once this old (a fresh one may belong
+#: to a message Postfix is moving into the hold queue right now)
+HOLD_RECORD_GRACE_S = 3600.0
+
+
 def cmd_hold_list(args: argparse.Namespace) -> int:
     """Held messages from ``postqueue -j`` (one JSON object per message): id, arrival, size,
-    sender and every recipient (Postfix does not keep the milter's hold reason: mailvm's log
-    line for the queue id says why)."""
+    sender and every recipient, joined with mailvm's hold records (mailvm.holdindex: verdict,
+    score, reason, deciding domain; Postfix itself keeps no reason)."""
     import json as _json
+
+    from mailvm.holdindex import HoldIndex
+
+    index = HoldIndex(config_from(args).quarantine.dir)
 
     res = subprocess.run(["postqueue", *_pf(args), "-j"], capture_output=True, text=True, timeout=60)
     if res.returncode != 0:
@@ -211,16 +264,26 @@ def cmd_hold_list(args: argparse.Namespace) -> int:
             continue
         if item.get("queue_name") != "hold":
             continue
-        held.append({"queue_id": str(item.get("queue_id", "")), "arrival_time": item.get("arrival_time"),
+        qid = str(item.get("queue_id", ""))
+        rec = index.get(qid)
+        held.append({"queue_id": qid, "arrival_time": item.get("arrival_time"),
                      "size": item.get("message_size"), "sender": str(item.get("sender", "")),
-                     "recipients": [str(r.get("address", "")) for r in item.get("recipients", [])]})
+                     "recipients": [str(r.get("address", "")) for r in item.get("recipients", [])],
+                     "verdict": rec.verdict if rec else None, "score": rec.score if rec else None,
+                     "reason": rec.reason if rec else None, "domain": rec.domain if rec else None,
+                     "held_by": "mailvm" if rec else "other (no mailvm record)"})
+    index.prune(held=[h["queue_id"] for h in held], older_than_s=HOLD_RECORD_GRACE_S)
     if getattr(args, "json", False):
         print_json(held)
         return EXIT_OK
     for h in held:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(h["arrival_time"] or 0))
         print(f"{h['queue_id']}  {when}  {h['size']} B  <{h['sender']}> -> {', '.join(h['recipients'])}")
-    print(f"{len(held)} held message(s)" + (" (mailvm's log line for a queue id says why it was held)" if held else ""))
+        if h["verdict"] is not None:
+            print(f"    {h['verdict']} score={h['score']} ({h['domain']}): {h['reason']}")
+        else:
+            print("    not held by mailvm (no record): see the mail log for this queue id")
+    print(f"{len(held)} held message(s)")
     return EXIT_OK
 
 
@@ -239,5 +302,8 @@ def cmd_hold_release(args: argparse.Namespace) -> int:
         print(f"{args.queue_id}: not in the hold queue" + (f" ({out})" if out else ""), file=sys.stderr)
         return EXIT_BAD
     subprocess.run(["postqueue", *_pf(args), "-i", args.queue_id], capture_output=True, timeout=60)
+    from mailvm.audit import current_user
+
+    _audit(config_from(args)).record(current_user(), "hold_release", args.queue_id, "postsuper -H")
     print(f"{args.queue_id}: released from hold")
     return EXIT_OK

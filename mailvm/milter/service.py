@@ -108,6 +108,12 @@ class MilterService:
         self.counters: dict[str, int] = {}
         #: who the scan workers become (mailvm.privilege); None: they stay as this process
         self.worker_identity: Any = None
+        from mailvm.holdindex import HoldIndex
+        from mailvm.notify import load_templates
+
+        #: notice templates (validated when the config was loaded; mailvm.notify)
+        self.templates = load_templates(cfg.notify.template_dir)
+        self.hold_index = HoldIndex(cfg.quarantine.dir)
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -362,32 +368,64 @@ class MilterService:
         else:
             stripped = None
         outcome = Outcome(decision, report, raw, sender, list(recipients), stripped=stripped, bypass=why)
-        if decision.action == "quarantine":
+        if decision.action in ("quarantine", "hold"):
             # filed under the domain whose policy decided (its retention and notices apply)
             domain = decision.policy if decision.policy != "default" else (
                 recipients[0].rpartition("@")[2].lower() if recipients else "")
             record = decision_report(decision, outcomes, message_findings)
             record["subject"] = str((report or {}).get("headers", {}).get("subject", ""))[:300]
-            record.update(client_ip=client.ip, client_name=client.name, helo=client.helo,
-                          auth_user=client.auth_user, deciding_domain=decision.policy,
-                          received=_received_chain(raw))
-            record["scan"] = report
-            outcome.quarantine_id = self.quarantine.add(raw, sender, list(recipients), record, domain, queue_id)
-            log.info("%s: quarantined as %s", tag, outcome.quarantine_id)
-            for notify in sorted({p.quarantine.notify for p in policies if p.quarantine.notify}):
-                threading.Thread(target=self._notify, args=(outcome.quarantine_id, notify), daemon=True).start()
+            if decision.action == "quarantine":
+                record.update(client_ip=client.ip, client_name=client.name, helo=client.helo,
+                              auth_user=client.auth_user, deciding_domain=decision.policy,
+                              received=_received_chain(raw))
+                record["scan"] = report
+                outcome.quarantine_id = self.quarantine.add(raw, sender, list(recipients), record, domain, queue_id)
+                log.info("%s: quarantined as %s", tag, outcome.quarantine_id)
+                ident = outcome.quarantine_id
+            else:
+                self._record_hold(queue_id, decision, domain, recipients, tag)
+                ident = queue_id or "-"
+            self._send_notices(decision.action, ident, queue_id, domain, sender, recipients, record)
         return outcome
 
-    def _notify(self, item_id: str, to: str) -> None:
-        """Tell ``quarantine.notify`` about an item (off the SMTP transaction's critical path)."""
-        from mailvm.quarantine import notification, smtp_deliver
+    def _record_hold(self, queue_id: str, decision: Decision, domain: str, recipients: Sequence[str],
+                     tag: str) -> None:
+        """Why this message is held, for ``mvctl hold list`` (mailvm.holdindex); never raises."""
+        from mailvm.holdindex import HoldRecord
 
         try:
-            item = self.quarantine.get(item_id)
-            deliver = smtp_deliver(self.cfg.quarantine.reinject_host, self.cfg.quarantine.reinject_port)
-            deliver(notification(item, to), "", [to])
-        except Exception as exc:  # a failed notice never affects the message itself
-            log.warning("quarantine notice for %s to %s failed: %s", item_id, to, exc)
+            self.hold_index.record(HoldRecord(queue_id, time.time(), decision.verdict, int(decision.score),
+                                              decision.reason, domain, decision.rule, tuple(recipients)))
+        except (OSError, ValueError) as exc:  # the message is held all the same: Postfix keeps it
+            log.warning("%s: hold reason not recorded (%s); mailvm's log line says why it is held", tag, exc)
+
+    def _send_notices(self, event: str, ident: str, queue_id: str, domain: str, sender: str,
+                      recipients: Sequence[str], record: dict[str, Any]) -> None:
+        """Tell each domain's ``[notify]`` admins (and its recipients where asked) about a quarantined
+        or held message, in a thread: never on the SMTP transaction's critical path."""
+        import socket
+
+        from mailvm.notify import DomainNotify, facts_from_record, plan_notices, send_notices
+        from mailvm.policy import recipient_domain
+        from mailvm.quarantine import smtp_deliver
+
+        domains = []
+        for name, pol in self._policies.for_recipients(list(recipients)):
+            admins = list(pol.notify.admin)
+            if event == "quarantine" and pol.quarantine.notify:
+                admins.append(pol.quarantine.notify)  # the older key, kept working
+            domains.append(DomainNotify(
+                domain=name, admin=tuple(admins), recipients=pol.notify.recipients, events=tuple(pol.notify.events),
+                domain_recipients=tuple(r for r in recipients if (recipient_domain(r) or "") == name)))
+        notices = plan_notices(event, domains)
+        if not notices:
+            return
+        host = socket.gethostname()
+        facts = facts_from_record(event, ident, queue_id, domain, sender, recipients, record, time.time(), host)
+        from_addr = self.cfg.notify.from_address or f"mailvm@{host if '.' in host else host + '.localdomain'}"
+        deliver = smtp_deliver(self.cfg.quarantine.reinject_host, self.cfg.quarantine.reinject_port)
+        threading.Thread(target=send_notices, args=(self.templates, facts, notices, deliver, from_addr),
+                         name="mailvm-notices", daemon=True).start()
 
     def _run_pipeline(
         self, raw: bytes, options: ScanOptions, progress: Callable[[], Any] | None, hard_deadline: float, tag: str

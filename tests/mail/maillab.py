@@ -27,7 +27,8 @@ SASL_USER, SASL_PASSWORD = "alice@lab.example", "correct horse battery staple"
 POLICIES = {
     "reject.test": '[actions]\nmalicious = "reject"\n',
     "quarantine.test": '[actions]\nmalicious = "quarantine"\nsuspicious = "quarantine"\n',
-    "hold.test": '[actions]\nmalicious = "hold"\n',
+    "hold.test": '[actions]\nmalicious = "hold"\n[notify]\nadmin = ["postmaster@hold.test"]\n',
+    "notify.test": '[actions]\nmalicious = "quarantine"\n[notify]\nadmin = ["soc@notify.test"]\nrecipients = true\n',
     "strip.test": '[actions]\nmalicious = "strip"\n',
     "slow.test": 'max_wait_s = 3\n[actions]\ntimeout = "tempfail"\n',
     "trusted.test": '[bypass]\nnetworks = ["127.0.0.0/8"]\n',

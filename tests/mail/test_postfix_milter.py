@@ -39,6 +39,18 @@ def _delivered_with(lab, rcpt: str, subject: str, timeout: float = 30.0):
     return None
 
 
+def _notice(lab, rcpt: str, marker: str, timeout: float = 60.0):
+    """The notice (Auto-Submitted: auto-generated) delivered to ``rcpt`` whose body names ``marker``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for raw in lab.postfix.delivered(rcpt):
+            msg = email.message_from_bytes(raw, policy=email.policy.default)
+            if msg.get("Auto-Submitted") == "auto-generated" and marker in msg.get_body(("plain",)).get_content():
+                return msg
+        time.sleep(0.2)
+    return None
+
+
 def test_clean_message_is_delivered_with_verdict_header(mail_lab):
     subject = f"clean {time.time_ns()}"
     msg = make_message(subject, attachments=[("notes.txt", b"just some text\n" * 20)])
@@ -318,9 +330,53 @@ def test_hold_action_puts_message_in_postfix_hold_queue(mail_lab):
     import json as _json
     held = {h["queue_id"]: h for h in _json.loads(listed.stdout)}
     assert held[qid]["recipients"] == ["liam@hold.test"] and held[qid]["sender"], listed.stdout
+    # why it is held (mailvm's hold record), and the text listing says it too
+    assert held[qid]["verdict"] == "malicious" and held[qid]["domain"] == "hold.test", listed.stdout
+    assert "eicar" in held[qid]["reason"] and held[qid]["held_by"] == "mailvm"
+    text = mail_lab.mvctl("hold", "list", "--postfix-config", str(mail_lab.postfix.config_dir)).stdout
+    assert f"malicious score={held[qid]['score']} (hold.test)" in text, text
+    # the domain's admin was told, with the queue id and the release command; the recipient was not
+    notice = _notice(mail_lab, "postmaster@hold.test", qid)
+    assert notice is not None, "no hold notice reached postmaster@hold.test"
+    assert notice["Auto-Submitted"] == "auto-generated" and f"mvctl hold release {qid}" in notice.get_content()
+    assert _notice(mail_lab, "liam@hold.test", qid, timeout=1) is None
     res = mail_lab.mvctl("hold", "release", "--postfix-config", str(mail_lab.postfix.config_dir), qid)
     assert res.returncode == 0, res.stdout + res.stderr
     assert _delivered_with(mail_lab, "liam@hold.test", subject, timeout=60) is not None
+    audit = json.loads(mail_lab.mvctl("quarantine", "audit", "--item", qid, "--json").stdout)
+    assert [e["action"] for e in audit] == ["hold_release"] and audit[0]["ok"], audit
+
+
+def test_quarantine_notices_reach_the_admin_and_the_recipient_never_the_sender(mail_lab):
+    subject = f"notify {time.time_ns()}"
+    msg = make_message(subject, attachments=[("invoice.zip", eicar_zip())])
+    assert mail_lab.send(msg, ["nina@notify.test"]) == {}
+    res = mail_lab.mvctl("quarantine", "list", "--json", "--domain", "notify.test")
+    items = [i for i in json.loads(res.stdout) if i.get("subject") == subject]
+    assert len(items) == 1, res.stdout
+    qid = items[0]["id"]
+    admin = _notice(mail_lab, "soc@notify.test", qid)
+    assert admin is not None, "no quarantine notice reached soc@notify.test"
+    body = admin.get_content()
+    assert subject in body and "eicar.com" in body and f"mvctl quarantine release {qid}" in body
+    assert admin["From"].startswith("mailvm@") and admin["Subject"].startswith("[mailvm] quarantined malicious")
+    mine = _notice(mail_lab, "nina@notify.test", qid)
+    assert mine is not None, "no quarantine notice reached the recipient"
+    assert "mvctl" not in mine.get_content() and "sender@outside.test" in mine.get_content()
+    # the notice itself went through the milter (clean) and was delivered, not quarantined
+    assert mine["X-Mailvm-Verdict"].startswith("clean")
+    # never the (claimed) sender: that would be backscatter
+    time.sleep(1.0)
+    assert _notice(mail_lab, "sender@outside.test", qid, timeout=1) is None
+    # a copy to an analyst; the item stays quarantined; the audit log says who did what
+    rel = mail_lab.mvctl("quarantine", "release", qid, "--to", "analyst@notify.test", "--json")
+    assert rel.returncode == 0 and json.loads(rel.stdout)["status"] == "released", rel.stdout + rel.stderr
+    assert _delivered_with(mail_lab, "analyst@notify.test", subject, timeout=60) is not None
+    assert _delivered_with(mail_lab, "nina@notify.test", subject, timeout=1) is None
+    shown = json.loads(mail_lab.mvctl("quarantine", "show", qid, "--json").stdout)
+    assert shown["state"] == "quarantined"
+    audit = json.loads(mail_lab.mvctl("quarantine", "audit", "--item", qid, "--json").stdout)
+    assert audit[0]["action"] == "release" and "to analyst@notify.test: released" in audit[0]["detail"]
 
 
 def test_allow_listed_network_skips_detonation_and_the_log_says_why(mail_lab):
