@@ -73,6 +73,9 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
+            from mailvm.privilege import inherit_owner
+
+            inherit_owner(fd, self.path.parent)  # created by mvctl (root): still the milter's to append to
             os.write(fd, line)
             os.fsync(fd)
         finally:

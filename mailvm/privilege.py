@@ -196,9 +196,10 @@ def drop_privileges(ident: WorkerIdentity) -> None:
         cap = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(res, (cap, cap))
     os.umask(UMASK)
-    os.setgroups([ident.gid])
-    os.setresgid(ident.gid, ident.gid, ident.gid)
-    os.setresuid(ident.uid, ident.uid, ident.uid)
+    if os.getresuid() != (ident.uid,) * 3:  # already that user (forked by a process that dropped): limits only
+        os.setgroups([ident.gid])
+        os.setresgid(ident.gid, ident.gid, ident.gid)
+        os.setresuid(ident.uid, ident.uid, ident.uid)
     if os.getresuid() != (ident.uid,) * 3 or os.getresgid() != (ident.gid,) * 3:
         raise OSError(f"still {os.getresuid()}/{os.getresgid()} after dropping to {ident.user}")
     try:
@@ -207,3 +208,111 @@ def drop_privileges(ident: WorkerIdentity) -> None:
             log.warning("no_new_privs not set: errno %d", ctypes.get_errno())
     except (OSError, AttributeError) as exc:  # not Linux
         log.warning("no_new_privs not set: %s", exc)
+
+
+# --------------------------------------------------------------------------------------
+# The milter process itself (mailvm serve)
+# --------------------------------------------------------------------------------------
+
+
+def _readable(path: Path, uid: int, gids: set[int]) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    m = st.st_mode
+    return bool(m & stat.S_IROTH or (st.st_gid in gids and m & stat.S_IRGRP) or (st.st_uid == uid and m & stat.S_IRUSR))
+
+
+def plan_service(cfg: Any, config_path: str | None) -> tuple[WorkerIdentity | None, str]:
+    """(identity, "") when ``mailvm serve`` itself can run as ``[milter] worker_user`` once it has
+    started (the pool service keeps root in a process of its own); else (None, why not).
+
+    Besides what the workers need (:func:`plan_workers`) the milter re-reads the configuration,
+    the policy files and the notice templates on SIGHUP: the user must be able to read them.
+    The quarantine, the release key and the console's files are given to it (:func:`own_service_paths`).
+    """
+    ident, why = plan_workers(cfg)
+    if ident is None:
+        return None, why
+    gids = {ident.gid}
+    files = [Path(config_path)] if config_path else []
+    policy_dir = Path(cfg.milter.policy_dir)
+    if policy_dir.is_dir():
+        if _reachable(policy_dir / "x", ident.uid, gids) or not _readable(policy_dir, ident.uid, gids):
+            return None, f"user {ident.user} cannot list {policy_dir}"
+        files += sorted(policy_dir.glob("*.toml"))
+    template_dir = Path(cfg.notify.template_dir)
+    if template_dir.is_dir():
+        files += sorted(template_dir.glob("*.txt"))
+    for f in files:
+        stop = _reachable(f, ident.uid, gids)
+        if stop or not _readable(f, ident.uid, gids):
+            return None, f"user {ident.user} cannot read {f}" + (f": {stop} is closed to it" if stop else "")
+    for d in (Path(cfg.quarantine.dir), Path(cfg.quarantine.release_key).parent):
+        stop = _reachable(d, ident.uid, gids)
+        if stop:
+            return None, f"user {ident.user} cannot reach {d}: {stop} is closed to it"
+    return ident, ""
+
+
+def _own_tree(root: Path, uid: int, gid: int) -> None:
+    """``root`` and everything in it (bounded) owned by uid:gid; modes unchanged (private stays private)."""
+    os.chown(root, uid, gid)
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            seen += 1
+            if seen > MAX_REPAIR_ENTRIES:
+                log.warning("%s: more than %d entries, the rest keep their owner", root, MAX_REPAIR_ENTRIES)
+                return
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+                if not stat.S_ISLNK(st.st_mode) and (st.st_uid, st.st_gid) != (uid, gid):
+                    os.chown(os.path.join(dirpath, name), uid, gid)
+            except FileNotFoundError:
+                continue
+
+
+def own_service_paths(cfg: Any, ident: WorkerIdentity) -> list[str]:
+    """Give the milter user what it writes after the drop: the quarantine (with its audit log and
+    hold records; modes stay 0700/0600), the release key and the console's session key (0600),
+    and read access to the console's users file (group, 0640).  Run as root; the problems found."""
+    problems: list[str] = []
+    quarantine = Path(cfg.quarantine.dir)
+    try:
+        quarantine.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _own_tree(quarantine, ident.uid, ident.gid)
+    except OSError as exc:
+        problems.append(f"{quarantine}: {exc}")
+    for key in (Path(cfg.quarantine.release_key), Path(cfg.web.secret_file)):
+        try:
+            if key.exists():
+                os.chown(key, ident.uid, ident.gid)
+                os.chmod(key, 0o600)
+        except OSError as exc:
+            problems.append(f"{key}: {exc}")
+    users = Path(cfg.web.users_file)
+    try:
+        if users.exists():
+            os.chown(users, -1, ident.gid)
+            os.chmod(users, 0o640)
+    except OSError as exc:
+        problems.append(f"{users}: {exc}")
+    for p in problems:
+        log.error("cannot give %s to user %s", p, ident.user)
+    return problems
+
+
+def inherit_owner(fd: int, directory: str | os.PathLike[str]) -> None:
+    """A file that root (``mvctl``) creates in a directory the milter user owns gets that owner and
+    group, so the milter can still read it (a quarantine item's state after a release, the audit
+    log).  No-op unless running as root in a directory root does not own."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.stat(directory)
+        if st.st_uid != 0:
+            os.fchown(fd, st.st_uid, st.st_gid)
+    except OSError as exc:
+        log.warning("cannot give a new file in %s to its owner: %s", directory, exc)

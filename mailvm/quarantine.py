@@ -142,8 +142,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_file(path: Path, data: bytes) -> None:
+    from mailvm.privilege import inherit_owner
+
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
+        inherit_owner(fd, path.parent)  # mvctl (root) writing into the store of a milter run as mailvm
         view = memoryview(data)
         while view:
             n = os.write(fd, view)

@@ -51,11 +51,34 @@ def _alive(procs: dict[int, int | None]) -> list[int]:
 
 @pytest.mark.sandbox
 @pytest.mark.slow
-def test_kill_9_of_serve_leaves_no_process_and_a_restart_cleans_the_spool(tmp_path):
+def _mailvm_user_uid() -> int | None:
+    import pwd
+
+    try:
+        return pwd.getpwnam("mailvm").pw_uid
+    except KeyError:
+        return None
+
+
+@pytest.mark.parametrize("dropped", [False, True], ids=["serve-root", "serve-as-mailvm"])
+def test_kill_9_of_serve_leaves_no_process_and_a_restart_cleans_the_spool(tmp_path, dropped):
+    """Also when serve gave up root (mailvm.privilege.plan_service): the kernel does not deliver
+    PR_SET_PDEATHSIG from such a parent to its root children, the pool supervisor's poll must."""
     reason = ProcessBackend.probe(PoolConfig())
     if reason:
         pytest.skip(f"process backend cannot run here: {reason}")
-    root = tmp_path
+    if dropped and (os.geteuid() != 0 or _mailvm_user_uid() is None):
+        pytest.skip("needs root and the mailvm user (make setup creates it) for serve to drop root")
+    if dropped:  # pytest's tmp_path is 0700 root: the mailvm user could not reach it (serve stays root)
+        import shutil
+
+        from mailvm.lab.common import lab_dir
+
+        root = lab_dir("mailvm-orphans-")
+        request_cleanup = lambda: shutil.rmtree(root, ignore_errors=True)  # noqa: E731
+    else:
+        root = tmp_path
+        request_cleanup = lambda: None  # noqa: E731
     (root / "policy.d").mkdir()
     port = free_port()
     config = root / "mailvm.toml"
@@ -79,6 +102,10 @@ def test_kill_9_of_serve_leaves_no_process_and_a_restart_cleans_the_spool(tmp_pa
         agents = [p for p in find_processes(str(root).encode()) if p != serve.pid]
         assert len(agents) >= 2, (root / "serve.log").read_text()[-2000:]
         assert len(_workers(serve.pid, 2)) == 2 and set(_workers(serve.pid, 2)) <= set(tree)
+        end = time.monotonic() + 30
+        while dropped and time.monotonic() < end and _uid(serve.pid) != _mailvm_user_uid():
+            time.sleep(0.1)
+        assert _uid(serve.pid) == (_mailvm_user_uid() if dropped else 0), (root / "serve.log").read_text()[-2000:]
         os.kill(serve.pid, signal.SIGKILL)
         serve.wait(timeout=30)
         end = time.monotonic() + 30
@@ -96,6 +123,17 @@ def test_kill_9_of_serve_leaves_no_process_and_a_restart_cleans_the_spool(tmp_pa
                 os.kill(p, signal.SIGKILL)
             except OSError:
                 pass
+        request_cleanup()
+
+
+def _uid(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
 @pytest.mark.slow

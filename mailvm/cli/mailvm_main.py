@@ -92,13 +92,28 @@ def _fix_socket(path: str, owner: str, group: str, mode: int, stop: threading.Ev
     try:
         uid = pwd.getpwnam(owner).pw_uid if owner else -1
         gid = grp.getgrnam(group).gr_gid if group else -1
-        os.chown(path, uid, gid)
+        if os.geteuid() == 0:
+            os.chown(path, uid, gid)
+            os.chown(os.path.dirname(path), uid, gid)
+        else:
+            # mailvm serve runs as the milter user: the socket is its own, and its group is Postfix's
+            # through the set-group-id directory made at start (_prepare_socket_dir)
+            owner = pwd.getpwuid(os.geteuid()).pw_name
+            if gid != -1 and os.stat(path).st_gid != gid:
+                os.chown(path, -1, gid)
         os.chmod(path, mode)
-        parent = os.path.dirname(path)
-        os.chown(parent, uid, gid)
         log.info("milter socket %s owner %s group %s mode %o", path, owner, group, mode)
     except (KeyError, OSError) as exc:
         log.error("cannot set owner/mode of %s (%s): Postfix may get 'Permission denied'", path, exc)
+
+
+def _prepare_socket_dir(sock_path: str, ident, group: str) -> None:
+    """Before the drop: the socket's directory belongs to the milter user, with Postfix's group and
+    set-group-id (2750), so the socket libmilter creates there later is Postfix's to connect to."""
+    parent = os.path.dirname(sock_path)
+    gid = grp.getgrnam(group).gr_gid if group else ident.gid
+    os.chown(parent, ident.uid, gid)
+    os.chmod(parent, 0o2750)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -119,20 +134,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     service = MilterService(cfg, path, cfg.milter.policy_dir, quarantine, key, cfg.milter.workers)
     for domain, problem in service.policies.broken.items():
         log.error("policy of %s is invalid, its mail is deferred until fixed: %s", domain, problem)
-    service.start()
+    service.prepare()
     servers = _start_side_servers(cfg, service, quarantine, key)
     housekeeping_stop = threading.Event()
     threading.Thread(target=_housekeeping, args=(cfg, service, quarantine, housekeeping_stop),
                      name="mailvm-housekeeping", daemon=True).start()
 
-    pool_proc = None
+    supervisor = None
     restarts: list[float] = []
     if cfg.milter.pool_service and not args.no_pool:
-        pool_proc = _start_pool_child(path, args.verbose)
-        log.info("pool service started (pid %d)", pool_proc.pid)
+        supervisor = _start_pool_supervisor(path, args.verbose)
+        log.info("pool service supervisor started (pid %d)", supervisor.pid)
 
     stop = threading.Event()
     sock_path = _prepare_unix_socket(socket_spec)
+    _drop_serve(cfg, path, service, sock_path)
+    service.start_workers()  # after the drop: see MilterService.start_workers
     if sock_path:
         threading.Thread(
             target=_fix_socket,
@@ -161,17 +178,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         while not stop.is_set():
             stop.wait(1.0)
-            if pool_proc is not None and not pool_proc.is_alive():
-                # back off: 1 s doubling to 60 s; loud when it keeps dying (unseen files then time out)
+            if supervisor is not None and not supervisor.is_alive() and not stop.is_set():
+                if os.geteuid() != 0:
+                    # the pool needs root, which this process gave up: stop, loudly; the service manager
+                    # (Restart=on-failure) starts everything again, Postfix defers meanwhile
+                    log.critical("pool service supervisor exited (code %s) and mailvm serve, no longer root, "
+                                 "cannot start it again: stopping", supervisor.exitcode)
+                    failure.append(RuntimeError("pool service supervisor exited"))
+                    break
                 now = time.monotonic()
                 restarts = [t for t in restarts if now - t < 600] + [now]
                 delay = min(60.0, 2.0 ** (len(restarts) - 1))
-                level = logging.CRITICAL if len(restarts) >= 5 else logging.ERROR
-                log.log(level, "pool service exited (code %s); restart %d in 10 min, next in %.0f s",
-                        pool_proc.exitcode, len(restarts), delay)
+                log.error("pool service supervisor exited (code %s); starting it again in %.0f s",
+                          supervisor.exitcode, delay)
                 if stop.wait(delay):
                     break
-                pool_proc = _start_pool_child(path, args.verbose)
+                supervisor = _start_pool_supervisor(path, args.verbose)
     finally:
         log.info("mailvm stopping")
         try:
@@ -186,13 +208,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             except Exception:
                 pass
         service.close()
-        if pool_proc is not None and pool_proc.is_alive():
-            pool_proc.terminate()
-            pool_proc.join(timeout=30)
-            if pool_proc.is_alive():
-                pool_proc.kill()
+        if supervisor is not None and supervisor.is_alive():
+            # the supervisor is root and this process may not be: a kill is refused, but the
+            # supervisor also ends by itself once it sees this process gone (SUPERVISOR_POLL_S)
+            try:
+                supervisor.terminate()
+            except PermissionError:
+                pass
+            supervisor.join(timeout=40)
         if sock_path and os.path.exists(sock_path):
-            os.unlink(sock_path)
+            try:
+                os.unlink(sock_path)
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", sock_path, exc)
     if failure:
         log.error("milter failed: %s", failure[0])
         return EXIT_ERROR
@@ -200,7 +228,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _pool_child_main(path: str | None, verbose: int, supervisor: int) -> None:
-    """The pool service as a child of ``mailvm serve``: it dies with its parent (no orphan QEMUs)."""
+    """The pool service as a child of the pool supervisor: it dies with its parent (no orphan QEMUs)."""
     from mailvm.milter.pipeline import die_with_parent
 
     die_with_parent(expected_parent=supervisor)
@@ -212,6 +240,84 @@ def _start_pool_child(path: str | None, verbose: int):
     proc = ctx.Process(target=_pool_child_main, args=(path, verbose, os.getpid()), name="mailvm-pool")
     proc.start()
     return proc
+
+
+#: the pool supervisor checks this often that mailvm serve is still its parent
+SUPERVISOR_POLL_S = 1.0
+
+
+def _pool_supervisor_main(path: str | None, verbose: int, serve_pid: int) -> None:
+    """Root process between ``mailvm serve`` and the pool service: starts the pool, starts it again
+    when it exits (1 s doubling to 60 s; CRITICAL from the fifth time in ten minutes), and stops it
+    when serve stops or is gone.
+
+    It exists because serve gives up root once started (mailvm.privilege.plan_service) and the pool
+    needs root.  PR_SET_PDEATHSIG is not delivered from a parent that gave up root to a child that kept
+    it, so besides the prctl (for a serve that stays root) this process polls its parent pid."""
+    from mailvm.milter.pipeline import die_with_parent
+
+    die_with_parent(expected_parent=serve_pid)
+    _logging(verbose)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    restarts: list[float] = []
+    child = _start_pool_child(path, verbose)
+    log.info("pool service started (pid %d)", child.pid)
+    while not stop.wait(SUPERVISOR_POLL_S):
+        if os.getppid() != serve_pid:
+            log.error("mailvm serve (pid %d) is gone: stopping the pool service", serve_pid)
+            break
+        if not child.is_alive():
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < 600] + [now]
+            delay = min(60.0, 2.0 ** (len(restarts) - 1))
+            level = logging.CRITICAL if len(restarts) >= 5 else logging.ERROR
+            log.log(level, "pool service exited (code %s); restart %d in 10 min, next in %.0f s",
+                    child.exitcode, len(restarts), delay)
+            if stop.wait(delay) or os.getppid() != serve_pid:
+                break
+            child = _start_pool_child(path, verbose)
+    if child.is_alive():
+        child.terminate()
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+
+
+def _start_pool_supervisor(path: str | None, verbose: int):
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=_pool_supervisor_main, args=(path, verbose, os.getpid()),
+                       name="mailvm-pool-supervisor")
+    proc.start()
+    return proc
+
+
+def _drop_serve(cfg, path: str | None, service, sock_path: str | None) -> None:
+    """Give up root in this process once everything that needs it has started (the pool, in its
+    supervisor; the scan workers' shared directories): see mailvm.privilege.plan_service.  Where
+    the milter user cannot work, serve stays root and says why."""
+    from mailvm.privilege import drop_privileges, own_service_paths, plan_service
+
+    if os.geteuid() != 0:
+        log.info("mailvm serve runs as %s (uid %d)", pwd.getpwuid(os.geteuid()).pw_name, os.geteuid())
+        return
+    ident, why = plan_service(cfg, path)
+    if ident is None:
+        log.warning("mailvm serve (the milter) keeps running as root: %s", why)
+        return
+    if own_service_paths(cfg, ident):
+        log.warning("mailvm serve (the milter) keeps running as root: see the errors above")
+        return
+    try:
+        if sock_path:
+            _prepare_socket_dir(sock_path, ident, cfg.milter.socket_group)
+        drop_privileges(ident)
+    except (KeyError, OSError) as exc:
+        log.critical("mailvm serve could not drop root to %s (%s): stopping", ident.user, exc)
+        raise SystemExit(EXIT_ERROR) from None
+    log.info("mailvm serve (the milter) now runs as %s (uid %d); the pool service keeps root in its "
+             "supervisor", ident.user, ident.uid)
 
 
 def _sweep_leftovers(cfg) -> None:

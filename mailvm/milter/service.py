@@ -117,6 +117,12 @@ class MilterService:
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
+        """:meth:`prepare` then :meth:`start_workers` (``mailvm serve`` drops root in between)."""
+        self.prepare()
+        self.start_workers()
+
+    def prepare(self) -> None:
+        """What needs root: the spool and the directories shared with the workers, and who they become."""
         from mailvm.privilege import UMASK, plan_workers, share_dirs
 
         os.umask(UMASK)  # what this process creates in the shared directories stays the workers' group's
@@ -131,6 +137,11 @@ class MilterService:
         else:
             log.info("scan workers run as %s (uid %d) with rlimits and no_new_privs", ident.user, ident.uid)
         self.worker_identity = ident
+
+    def start_workers(self) -> None:
+        """Start the scan workers.  After ``mailvm serve`` dropped root (multiprocessing's forkserver
+        listens on a socket in a directory private to the user that started it: one started as root
+        could not be asked for a new worker once serve is not root any more)."""
         self._executor = self._new_executor()
         threading.Thread(target=self._watch, name="mailvm-workers-watch", daemon=True).start()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import threading
 import time
 from pathlib import Path
@@ -58,6 +59,13 @@ class UsersFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:  # a rewrite keeps the file's group and mode (mailvm serve reads it through its group)
+            st = os.stat(self.path)
+            if os.geteuid() == 0:
+                os.fchown(fd, st.st_uid, st.st_gid)
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o640)
+        except FileNotFoundError:
+            pass
         with os.fdopen(fd, "w") as fh:
             fh.write("# mailvm web console users (mvctl web passwd NAME)\n")
             for n in sorted(users):

@@ -53,7 +53,7 @@ BENIGN_SCRIPT = "#!/bin/sh\n# {nonce}\necho 'nightly build {nonce} done'\n"
 MIX = (("clean", 0.4), ("eicar_reject", 0.1), ("eicar_quarantine", 0.1), ("script_benign", 0.2),
        ("script_malicious", 0.2))
 MALICIOUS_CLASSES = ("eicar_reject", "eicar_quarantine", "script_malicious")
-KILL_ORDER = ("milter", "pool", "worker", "agent")
+KILL_ORDER = ("milter", "pool", "worker", "agent", "supervisor")
 #: lines of the mailvm log counted in the account: how each kill was absorbed (regular expressions)
 LOG_EVENTS = {
     "detonations completed": r" detonated [0-9a-f]{12} ",
@@ -266,12 +266,22 @@ def _ppid(pid: int) -> int:
     return int(f[1]) if len(f) > 1 else 0
 
 
-def pool_service(serve_pid: int) -> int | None:
-    """The pool service: the child of ``mailvm serve`` started by multiprocessing's spawn."""
-    for p in process_tree(serve_pid):
-        if _ppid(p) == serve_pid and b"spawn_main" in _cmdline(p) and not is_gone(p):
+def _spawned_child(parent: int) -> int | None:
+    for p in process_tree(parent):
+        if _ppid(p) == parent and b"spawn_main" in _cmdline(p) and not is_gone(p):
             return p
     return None
+
+
+def pool_supervisor(serve_pid: int) -> int | None:
+    """The pool supervisor (root): the child of ``mailvm serve`` started by multiprocessing's spawn."""
+    return _spawned_child(serve_pid)
+
+
+def pool_service(serve_pid: int) -> int | None:
+    """The pool service: the supervisor's child (mailvm.cli.mailvm_main._pool_supervisor_main)."""
+    sup = pool_supervisor(serve_pid)
+    return _spawned_child(sup) if sup is not None else None
 
 
 def scan_workers(serve_pid: int) -> list[int]:
@@ -356,6 +366,32 @@ class Killer:
             time.sleep(1.0)  # a service manager restarts it a moment later
             self.lab.proc = None
             self.lab.start_mailvm()
+            return
+        if target == "supervisor":
+            # the root process that restarts the pool: a serve that gave up root cannot start it again,
+            # so it stops (loudly) and its service manager starts it; a serve still root restarts it
+            pid = pool_supervisor(serve)
+            if pid is None:
+                raise RuntimeError("no supervisor process to kill")
+            tree = {p: start_ticks(p) for p in process_tree(serve) if p != serve}
+            os.kill(pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            end = killed_at + 60
+            while time.monotonic() < end and self.lab.proc.poll() is None and pool_supervisor(serve) in (None, pid):
+                time.sleep(0.1)
+            if self.lab.proc.poll() is not None:
+                alive = lambda: [p for p, t in tree.items() if not is_gone(p) and start_ticks(p) == t]  # noqa: E731
+                while time.monotonic() < end and alive():
+                    time.sleep(0.1)
+                self._record(target, pid, f"serve stopped (exit {self.lab.proc.returncode}) after "
+                             f"{time.monotonic() - killed_at:.1f} s, {len(alive())} processes left; restarted",
+                             at=killed_at)
+                self.leftovers += [_cmdline(p).replace(b"\0", b" ")[:120].decode("ascii", "replace") for p in alive()]
+                time.sleep(1.0)
+                self.lab.proc = None
+                self.lab.start_mailvm()
+            else:
+                self._record(target, pid, "serve started a new supervisor", at=killed_at)
             return
         end = time.monotonic() + 30
         while time.monotonic() < end and pid is None:

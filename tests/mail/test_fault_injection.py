@@ -1,6 +1,6 @@
 """Fault injection through the real lab Postfix: a mixed load while the milter, the pool service,
-a scan worker and a slot's agent are killed with SIGKILL in turn; then every message is accounted
-for (issue 12; docs/reliability.md, "Fault injection").
+a scan worker, a slot's agent and the pool's root supervisor are killed with SIGKILL in turn; then
+every message is accounted for (issue 12; docs/reliability.md, "Fault injection").
 
 CI size by default (100 messages, about 3-5 minutes here).  The documented long run::
 
@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.postfix, pytest.mark.sandbox, pytest.mark.slow]
 
 POLICIES = {"quarantine.test": '[actions]\nmalicious = "quarantine"\nsuspicious = "quarantine"\n'}
 #: the kills happen once this share of the messages has been sent a first time
-KILL_POINTS = [0.15, 0.35, 0.55, 0.75]
+KILL_POINTS = [0.15, 0.35, 0.55, 0.7, 0.85]
 
 
 def _env_int(name: str, default: int) -> int:
@@ -104,7 +104,7 @@ def test_no_message_is_lost_while_parts_are_killed(fault_lab):
             json.dump(figures, fh, indent=1)
 
     assert killer.errors == [], killer.errors
-    assert [k.target for k in killer.kills] == ["milter", "pool", "worker", "agent"]
+    assert [k.target for k in killer.kills] == ["milter", "pool", "worker", "agent", "supervisor"]
     assert acc.leftovers_after_milter_kill == [], "processes outlived the killed mailvm serve"
     # every message is accounted for: delivered + rejected + quarantined (+ held) = sent
     assert acc.lost == [], [items[i].last_reply for i in acc.lost]

@@ -453,14 +453,16 @@ def _uid(pid: int) -> int:
     return -1
 
 
-def test_scan_workers_do_not_run_as_root(mail_lab):
-    """The processes that parse the mail (scan workers) run as milter.worker_user, not root; the
-    pool service (namespaces, cgroups, QEMU) keeps root. A message still goes through."""
+def test_the_milter_runs_as_mailvm_and_only_the_pool_keeps_root(mail_lab):
+    """The processes that parse the mail (scan workers) and the milter itself run as
+    milter.worker_user, not root; only the pool supervisor and the pool service (namespaces,
+    cgroups, QEMU) keep root. A message still goes through, and the quarantine is the milter's."""
     import pwd
 
-    if "scan workers run as root:" in mail_lab.log_text():
-        reason = [ln for ln in mail_lab.log_text().splitlines() if "scan workers run as root:" in ln][-1]
-        pytest.skip(f"this machine cannot run the workers unprivileged: {reason}")
+    for marker in ("scan workers run as root:", "keeps running as root:"):
+        if marker in mail_lab.log_text():
+            reason = [ln for ln in mail_lab.log_text().splitlines() if marker in ln][-1]
+            pytest.skip(f"this machine cannot run mailvm unprivileged: {reason}")
     subject = f"privilege {time.time_ns()}"
     assert mail_lab.send(make_message(subject, attachments=[("notes.txt", b"plain text")]),
                          ["alice@example.com"]) == {}
@@ -471,8 +473,15 @@ def test_scan_workers_do_not_run_as_root(mail_lab):
     workers = [w for f in forkservers for w in _children(f)]
     assert workers, f"no scan worker under mailvm serve {serve}"
     assert {_uid(w) for w in workers} == {user.pw_uid}, [(w, _uid(w)) for w in workers]
-    assert _uid(serve) == 0  # it supervises the root pool service
+    assert _uid(serve) == user.pw_uid, "mailvm serve kept root"
+    assert "mailvm serve (the milter) now runs as mailvm" in mail_lab.log_text()
+    supervisors = [p for p in _children(serve) if b"spawn_main" in open(f"/proc/{p}/cmdline", "rb").read()]
+    assert len(supervisors) == 1 and _uid(supervisors[0]) == 0
+    pools = _children(supervisors[0])
+    assert pools and {_uid(p) for p in pools} == {0}, "the pool service must keep root"
     assert "scan workers run as mailvm" in mail_lab.log_text()
+    q = mail_lab.root / "quarantine"
+    assert os.stat(q).st_uid == user.pw_uid and os.stat(q).st_mode & 0o077 == 0  # the milter's, private
 
 
 def test_hold_release_of_an_unknown_queue_id_exits_non_zero(mail_lab, capsys):
