@@ -190,6 +190,181 @@ def combination_findings(found: list[Finding], source: str = SOURCE) -> list[Fin
     return out
 
 
+# --- Windows Script Host droppers (JScript, VBScript, WSF) --------------------------------------
+#
+# Obfuscated droppers hide what a plain reading would show (the names "WScript.Shell",
+# "ActiveXObject", a URL) and build the code they run at run time.  The signs below are weak
+# alone (a library indexes arrays, an installer calls Execute) and only looked for in files that
+# Windows Script Host would run: a .js that reads like a Node.js module or a browser script is
+# not one.  Each sign is a finding of severity 3 at most; :func:`wsh_combination_findings` makes
+# a suspicious one when obfuscation meets dynamic code or a hidden COM object.
+
+#: extensions Windows Script Host runs (the launcher's list); .jse/.vbe are encoded and opaque
+WSH_EXTENSIONS = {".js": "jscript", ".jse": "jscript", ".vbs": "vbscript", ".vbe": "vbscript", ".wsf": "wsf",
+                  ".wsh": "wsf"}
+_NODE_OR_BROWSER = re.compile(
+    r"(?:\brequire\s*\(\s*['\"`]|\bmodule\.exports\b|\bexports\.[\w$]+\s*=|\bprocess\.(?:env|argv|exit|stdout|nextTick)\b|"
+    r"^\s*(?:import|export)\s+[\w{*]|^#!.*\bnode\b|\bwindow\.[\w$]|\bdocument\.[\w$]|\bdefine\s*\(\s*(?:\[|function))",
+    re.M)
+_WSH_MARKER = re.compile(r"(?:\bWScript\s*[.\[]|@cc_on)", I)
+
+_IDENT = r"(?<![\w$])[A-Za-z_$][\w$]{0,79}"  # bounded: no quadratic backtracking in long words
+#: one operand of a string-building chain: a table lookup by number, a property, a short literal
+_LOOKUP = rf"(?:{_IDENT}\s*\[\s*(?:\d+|0x[0-9a-fA-F]+)\s*\]|{_IDENT}\.{_IDENT}|\"[^\"\n]{{0,4}}\"|'[^'\n]{{0,4}}')"
+_LOOKUP_CHAIN = re.compile(rf"{_LOOKUP}(?:\s*\+\s*{_LOOKUP}){{5,}}")
+_TABLE_INDEX = re.compile(rf"{_IDENT}\s*\[\s*(?:\d+|0x[0-9a-fA-F]+)\s*\]")
+_HEX_NAME = re.compile(r"\b_0x[0-9a-fA-F]{4,}\b")
+_SHORT_STRING_VAR = re.compile(r"(?:^|[;,{(]|\bvar\b|\blet\b|\bconst\b)[ \t]*[A-Za-z_$][\w$]{0,79}[ \t]*=\s*(?:\"[^\"\n]{1,5}\"|'[^'\n]{1,5}')\s*[;,\n]",
+                               re.M)
+_ESCAPE = re.compile(r"\\(?:x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4})")
+_SPACED_LETTERS = re.compile(r"[\"'](?:[A-Za-z] ){10,}")
+#: Replace(x, "token", "") / .replace("token", "") / .replace(/token/g, "") / .split("token").join("")
+_REMOVE_TOKEN = re.compile(
+    r"(?:\bReplace\s*\(\s*[^,\n]{1,200},\s*\"([^\"\n]{2,40})\"\s*,\s*\"\"|"
+    r"\.replace\s*\(\s*(?:\"([^\"\n]{2,40})\"|'([^'\n]{2,40})'|/((?:[^/\\\n]|\\.){2,40})/g?i?)\s*,\s*(?:\"\"|'')\s*\)|"
+    r"\.split\s*\(\s*(?:\"([^\"\n]{2,40})\"|'([^'\n]{2,40})')\s*\)\s*\.join\s*\(\s*(?:\"\"|'')\s*\))",
+    I)
+#: code evaluated at run time: eval / Execute / ExecuteGlobal / execScript / new Function / Function(...)
+#: (not a method: RegExp.Execute, Command.Execute)
+_DYN_CALL = re.compile(r"(?:(?<![.\w$])(?:eval|Execute|ExecuteGlobal|execScript)\b|(?-i:\bFunction\b)(?=\s*\())\s*\(?[ \t]*(?:_[ \t]*\r?\n\s*)?",
+                       I)
+_LITERAL_ONLY = re.compile(r"(?:\"[^\"\n]*\"|'[^'\n]*')\s*\)")
+_LOOP = re.compile(r"\b(?:for|while|do)\b", I)
+_COM_CALL = re.compile(r"(?:\bnew\s+ActiveXObject|\bCreateObject|\bGetObject)\s*\(\s*", I)
+_COM_ALIAS = re.compile(r"(?:=\s*ActiveXObject\s*[,;\n)]|\bWScript\s*\[|\bthis\s*\[\s*[^\]\n]{0,80}\+)", I)
+
+WSH_MIN_LOOKUP_CHAINS = 5
+WSH_MIN_TABLE_INDEXES = 150
+WSH_MIN_HEX_NAMES = 20
+WSH_MIN_SHORT_STRING_VARS = 25
+WSH_MIN_ESCAPES = 200
+WSH_MIN_JUNK_REPEATS = 10
+WSH_MAX_TOKENS_TRIED = 32
+
+
+def wsh_language(name: str, mime: str, text: str) -> str | None:
+    """``jscript``, ``vbscript`` or ``wsf`` when Windows Script Host would run the file, else None.
+
+    A .js that reads like a Node.js module or a browser script (require, module.exports, import,
+    window., document.) is not one, unless it names WScript itself."""
+    ext = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    lang = WSH_EXTENSIONS.get(ext)
+    if lang is None:
+        m = mime.lower()
+        lang = "vbscript" if "vbscript" in m else ("jscript" if "jscript" in m else None)
+    if lang == "jscript" and _NODE_OR_BROWSER.search(text) and not _WSH_MARKER.search(text):
+        return None
+    return lang
+
+
+def _computed_dynamic_calls(text: str) -> tuple[int, int]:
+    """(call sites whose argument is not one string literal, of them with a loop keyword in the
+    300 characters before)."""
+    computed = looped = 0
+    for m in _DYN_CALL.finditer(text):
+        rest = text[m.end(): m.end() + 200]
+        if not rest or rest[0] in ")\n;" or _LITERAL_ONLY.match(rest):
+            continue
+        computed += 1
+        if _LOOP.search(text[max(0, m.start() - 300): m.start()]):
+            looped += 1
+    return computed, looped
+
+
+def _computed_com(text: str) -> int:
+    n = 0
+    for m in _COM_CALL.finditer(text):
+        rest = text[m.end(): m.end() + 200]
+        if rest and not _LITERAL_ONLY.match(rest):
+            n += 1
+    return n + len(_COM_ALIAS.findall(text))
+
+
+def _junk_tokens(text: str) -> list[str]:
+    """Tokens removed from strings by Replace/replace/split-join that occur often in the text:
+    noise sprinkled through a payload string."""
+    out: list[str] = []
+    tried: set[str] = set()
+    for m in _REMOVE_TOKEN.finditer(text):
+        token = next(g for g in m.groups() if g)
+        if token in tried or (m.group(4) and re.search(r"[\\.*+?()\[\]{}|^$]", token)):
+            continue  # seen, or a real regular expression rather than a literal junk token
+        tried.add(token)
+        if text.count(token) >= WSH_MIN_JUNK_REPEATS:
+            out.append(token)
+        if len(tried) >= WSH_MAX_TOKENS_TRIED:
+            break  # each try counts over the whole text: bounded
+    return out
+
+
+def wsh_findings(text: str, lang: str, source: str = SOURCE) -> list[Finding]:
+    """The weak obfuscation and dynamic-code signs of a Windows Script Host file (severity 3 at most)."""
+    out: list[Finding] = []
+    chains = len(_LOOKUP_CHAIN.findall(text))
+    indexes = len(_TABLE_INDEX.findall(text)) if lang != "vbscript" else 0
+    hex_names = len(set(_HEX_NAME.findall(text)))
+    short_vars = len(_SHORT_STRING_VAR.findall(text))
+    escapes = len(_ESCAPE.findall(text))
+    spaced = len(_SPACED_LETTERS.findall(text))
+    signs = []
+    if chains >= WSH_MIN_LOOKUP_CHAINS:
+        signs.append(f"{chains} chains of table lookups and fragments")
+    if hex_names >= WSH_MIN_HEX_NAMES:
+        signs.append(f"{hex_names} _0x names")
+    if short_vars >= WSH_MIN_SHORT_STRING_VARS:
+        signs.append(f"{short_vars} variables holding 1-5 character fragments")
+    if escapes >= WSH_MIN_ESCAPES and escapes * 20 >= len(text):
+        signs.append(f"{escapes} escaped characters")
+    if spaced >= 2:
+        signs.append(f"{spaced} letter-spaced strings")
+    if indexes >= WSH_MIN_TABLE_INDEXES and chains:
+        signs.append(f"{indexes} lookups by number")
+    if signs:
+        out.append(Finding("wsh_string_obfuscation", 3,
+                           f"{lang} built from string fragments: {'; '.join(signs)}", source))
+    junk = _junk_tokens(text)
+    if junk:
+        out.append(Finding("wsh_junk_token_removal", 3,
+                           f"{lang} strips a repeated junk token from its strings: {clip(junk[0], 40)!r}", source))
+    computed, looped = _computed_dynamic_calls(text)
+    if computed:
+        how = f", {looped} in a loop" if looped else ""
+        out.append(Finding("wsh_computed_eval", 3,
+                           f"{lang} evaluates code built at run time ({computed} call sites{how})", source))
+    com = _computed_com(text)
+    if com:
+        out.append(Finding("wsh_computed_com_object", 3,
+                           f"{lang} creates COM/ActiveX objects whose names are built at run time ({com})", source))
+    return out
+
+
+#: obfuscation signs (a WSH file's own and the general ones)
+WSH_OBFUSCATION = frozenset({"wsh_string_obfuscation", "wsh_junk_token_removal", "script_charcode_obfuscation",
+                             "script_concat_obfuscation", "script_long_base64"})
+#: COM use: plain or with a computed name
+WSH_COM = frozenset({"wsh_computed_com_object", "script_activex", "script_wscript_shell"})
+
+
+def wsh_combination_findings(found: list[Finding], lang: str, source: str = SOURCE) -> list[Finding]:
+    """A Windows script that hides its strings and runs code it builds, or hides the COM objects it
+    creates, is a dropper's shape: suspicious (5), or 6 when it also uses COM objects."""
+    ids = {f.id for f in found}
+    obf = sorted(ids & WSH_OBFUSCATION)
+    dyn = "wsh_computed_eval" in ids
+    com = sorted(ids & WSH_COM)
+    if obf and dyn:
+        sev = 6 if com else 5
+        what = f"obfuscated ({', '.join(obf)}) and evaluates code built at run time" + (
+            f", with COM objects ({', '.join(com)})" if com else "")
+    elif obf and "wsh_computed_com_object" in ids:
+        sev, what = 5, f"obfuscated ({', '.join(obf)}) and hides the names of the COM objects it creates"
+    elif dyn and "wsh_computed_com_object" in ids:
+        sev, what = 5, "evaluates code built at run time and hides the names of the COM objects it creates"
+    else:
+        return []
+    return [Finding("wsh_obfuscated_dropper", sev, f"Windows script ({lang}) {what}", source)]
+
+
 def command_findings(text: str, source: str = SOURCE) -> list[Finding]:
     """Script indicators for one command line (shortcut target + arguments, DDE field)."""
     found = indicator_findings(text[:MAX_CHARS], source)
@@ -202,5 +377,17 @@ def text_findings(text: str, source: str = SOURCE) -> list[Finding]:
     return found + combination_findings(found, source)
 
 
+def script_findings(text: str, name: str = "", mime: str = "", source: str = SOURCE) -> list[Finding]:
+    """:func:`text_findings` plus the Windows Script Host signs when the file is one
+    (:func:`wsh_language`)."""
+    text = text[:MAX_CHARS]
+    found = text_findings(text, source)
+    lang = wsh_language(name, mime, text)
+    if lang is None:
+        return found
+    wsh = wsh_findings(text, lang, source)
+    return found + wsh + wsh_combination_findings(found + wsh, lang, source)
+
+
 def analyze(artifact: Artifact, data_path: str, ctx: Context) -> list[Finding]:
-    return text_findings(decode_text(ctx.data, MAX_CHARS * 2))
+    return script_findings(decode_text(ctx.data, MAX_CHARS * 2), artifact.name, artifact.type)
