@@ -164,3 +164,144 @@ def test_weak_capabilities_together_are_suspicious_and_a_dropper_is_malicious():
             'var s = new ActiveXObject("ADODB.Stream"); s.SaveToFile(p, 2);\n')
     ids = {f.id for f in script.text_findings(half)}
     assert "script_download_save" in ids and score_findings(script.text_findings(half))[0] == "suspicious"
+
+
+# -- Windows Script Host droppers: obfuscation with dynamic code (issue: GandCrab .js, VBS droppers) --
+
+def _table_js() -> str:
+    """A JScript dropper in the string-table style: tables of 1-2 character fragments, small
+    functions joining lookups into "ActiveXObject", "WScript.Shell", a URL, and code run by eval."""
+    rnd = random.Random(7)
+    words = ["WScript.Shell", "MSXML2.XMLHTTP", "ADODB.Stream", "Scripting.FileSystemObject",
+             "http://a.example/x.exe", "%TEMP%\\x.exe", "this.WScript.Sleep(1000)", "ResponseBody"]
+    alphabet = sorted({c for w in words for c in w})
+    tables: list[list[object]] = [[] for _ in range(4)]
+    where: dict[str, tuple[int, int]] = {}
+    for c in alphabet:
+        t = rnd.randrange(4)
+        tables[t].append(rnd.randrange(100, 999))  # numbers in between, as the real tables have
+        where[c] = (t, len(tables[t]))
+        tables[t].append(c)
+    def lit(x: object) -> str:
+        return str(x) if isinstance(x, int) else '"' + str(x).replace("\\", "\\\\") + '"'
+
+    lines = [f"var tb{i} = [{', '.join(lit(x) for x in t)}];" for i, t in enumerate(tables)]
+    for n, w in enumerate(words):
+        lines.append(f"function f{n}(e){{return {'+'.join(f'tb{where[c][0]}[{where[c][1]}]' for c in w)}}}")
+    lines.append("var shell = new ActiveXObject(f0(1));")
+    lines.append("var code = eval(f6(2) + f7(3));")
+    return "\n".join(lines) + "\n"
+
+
+JUNK = "#&z"
+OBF_VBS = (
+    'p = "' + JUNK.join('Set o = CreateObject("WScript.Shell"): o.Run "powershell -w hidden -c iex", 0') + '"\n'
+    'p = Replace(p, "' + JUNK + '", "")\n'
+    "Execute p\n"
+)
+
+
+def test_wsh_string_table_jscript_is_suspicious(triage, tmp_path):
+    r = run(triage, tmp_path, "invoice.js", _table_js())
+    found = ids(r)
+    assert {"wsh_string_obfuscation", "wsh_computed_eval", "wsh_computed_com_object"} <= set(found), r.findings
+    assert found["wsh_obfuscated_dropper"] == 6
+    assert max(found[i] for i in ("wsh_string_obfuscation", "wsh_computed_eval", "wsh_computed_com_object")) <= 3
+    assert r.verdict in ("suspicious", "malicious")
+
+
+def test_wsh_junk_token_vbs_is_suspicious(triage, tmp_path):
+    r = run(triage, tmp_path, "remit.vbs", OBF_VBS)
+    found = ids(r)
+    assert {"wsh_junk_token_removal", "wsh_computed_eval", "wsh_obfuscated_dropper"} <= set(found), r.findings
+    assert r.verdict in ("suspicious", "malicious")
+
+
+def test_wsh_hidden_com_name_and_execute_vbs_is_suspicious():
+    vbs = ('Execute("Set o = CreateObject(A1)")\nv = Eval(k1())\nExecuteGlobal _\n  p1 & _\n  p2\n'
+           'Function k1()\n k1 = StrReverse(q)\nEnd Function\n')
+    found = {f.id: f.severity for f in script.script_findings(vbs, "remit.vbs")}
+    assert found.get("wsh_obfuscated_dropper") == 5 and "wsh_computed_com_object" in found, found
+
+
+@pytest.mark.parametrize("text", [
+    "s = ReadAll()\nExecute s\n",                                              # dynamic code alone
+    "var o = new ActiveXObject(progId);\no.Visible = true;\n",                   # a computed COM name alone
+    'x = Replace(x, "\\r\\n", "")\n' + 'y = "a\\r\\nb"\n' * 12,                  # a junk token alone
+])
+def test_wsh_single_sign_stays_below_suspicious(text):
+    for name in ("job.vbs", "job.js"):
+        found = script.script_findings(text, name)
+        assert score_findings(found)[0] == "clean", (name, found)
+        assert "wsh_obfuscated_dropper" not in {f.id for f in found}
+
+
+def test_wsh_signs_only_for_files_script_host_runs():
+    js = _table_js()
+    assert "wsh_obfuscated_dropper" in {f.id for f in script.script_findings(js, "a.js")}
+    assert not [f for f in script.script_findings(js, "a.txt") if f.id.startswith("wsh_")]
+    assert not [f for f in script.script_findings(js, "a.py") if f.id.startswith("wsh_")]
+    assert script.wsh_language("a.vbs", "", "") == "vbscript"
+    assert script.wsh_language("a.wsf", "", "") == "wsf"
+    assert script.wsh_language("noext", "text/vbscript", "") == "vbscript"
+
+
+def test_wsh_minified_node_module_is_not_a_windows_script(triage, tmp_path):
+    # a minified Node module: short names, tables of small strings and lookups, Function() built
+    # from strings (as template engines do) — Node runs it, Windows Script Host would not
+    body = _table_js().replace("new ActiveXObject(f0(1))", "Function(f4(0))").replace("\n", ";")
+    mod = '"use strict";var fs=require("fs"),path=require("path");' + body + "module.exports={f0:f0,f1:f1};\n"
+    assert script.wsh_language("index.js", "application/javascript", mod) is None
+    r = run(triage, tmp_path, "index.js", mod)
+    assert not [f for f in r.findings if f.id.startswith("wsh_")], r.findings
+
+
+ADMIN_VBS = '''Option Explicit
+' Flush DNS and map the team share (IT helpdesk)
+Dim sh, net, fso, re, m, user, logf
+Set sh = CreateObject("WScript.Shell")
+Set net = CreateObject("WScript.Network")
+Set fso = CreateObject("Scripting.FileSystemObject")
+user = sh.ExpandEnvironmentStrings("%USERNAME%")
+sh.Run "ipconfig /flushdns", 0, True
+net.MapNetworkDrive "S:", "\\\\fileserver\\team"
+Set re = New RegExp
+re.Pattern = "^[a-z]+$"
+Set m = re.Execute(user)
+Set logf = fso.OpenTextFile(sh.ExpandEnvironmentStrings("%TEMP%") & "\\map.log", 8, True)
+logf.WriteLine Now & " " & Replace(user, " ", "")
+logf.Close
+For Each d In fso.Drives
+  WScript.Echo d.DriveLetter & ": " & d.DriveType
+Next
+'''
+
+
+def test_wsh_admin_vbs_gets_no_dropper_signs(triage, tmp_path):
+    r = run(triage, tmp_path, "mapdrive.vbs", ADMIN_VBS)
+    assert not [f for f in r.findings if f.id.startswith("wsh_")], r.findings
+    # the WSH signs do not raise what the existing indicators already said
+    assert score_findings(r.findings)[1] <= score_findings(script.text_findings(ADMIN_VBS))[1] + 1
+    plain = ADMIN_VBS.replace("WScript.Shell", "WScript.Network").replace('sh.Run "ipconfig /flushdns", 0, True\n', "")
+    assert score_findings(script.script_findings(plain, "mapdrive.vbs"))[0] == "clean"
+
+
+def test_wsh_long_number_crunching_library_with_json_eval_is_clean():
+    # a standalone JScript library (no Node or browser markers, so it counts as a WSH file): a
+    # hash over number tables (long chains of numeric lookups) and the old eval-based JSON parser
+    k = ", ".join(f"0x{(i * 2654435761) & 0xFFFFFFFF:08x}" for i in range(64))
+    rounds = "\n".join(f"  t{i} = (h[{i % 8}] + h[{(i + 1) % 8}] + k[{i}] + w[{i % 16}] + h[{(i + 3) % 8}] + h[{(i + 5) % 8}]) | 0;"
+                       for i in range(64))
+    lib = (f"var k = [{k}];\nfunction block(h, w) {{\n  var t0;\n{rounds}\n  return h;\n}}\n"
+           "function parseJSON(text) { return eval('(' + text + ')'); }\n") * 20
+    found = script.script_findings(lib, "sha256.js")
+    assert "wsh_obfuscated_dropper" not in {f.id for f in found}, found
+    assert score_findings(found)[0] == "clean", found
+
+
+def test_wsh_signs_stay_linear_on_hostile_text():
+    hostile = ("".join(f'x=Replace(y, "t{i:05d}", "")\n' for i in range(20000)) + "a" * 300000 + "\n"
+               + "x[1]+" * 40000 + "\n" + "eval(" * 20000 + "CreateObject(" * 20000)
+    t0 = time.monotonic()
+    script.script_findings(hostile, "h.vbs")
+    assert time.monotonic() - t0 < 20  # normally about a second

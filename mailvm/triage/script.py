@@ -212,6 +212,8 @@ _IDENT = r"(?<![\w$])[A-Za-z_$][\w$]{0,79}"  # bounded: no quadratic backtrackin
 #: one operand of a string-building chain: a table lookup by number, a property, a short literal
 _LOOKUP = rf"(?:{_IDENT}\s*\[\s*(?:\d+|0x[0-9a-fA-F]+)\s*\]|{_IDENT}\.{_IDENT}|\"[^\"\n]{{0,4}}\"|'[^'\n]{{0,4}}')"
 _LOOKUP_CHAIN = re.compile(rf"{_LOOKUP}(?:\s*\+\s*{_LOOKUP}){{5,}}")
+#: a 1-2 character string as an element of an array or object literal: the table of fragments
+_TABLE_FRAGMENT = re.compile(r"""[\[,:]\s*(?:"[^"\\\n]{1,2}"|'[^'\\\n]{1,2}')\s*(?=[,\]}])""")
 _TABLE_INDEX = re.compile(rf"{_IDENT}\s*\[\s*(?:\d+|0x[0-9a-fA-F]+)\s*\]")
 _HEX_NAME = re.compile(r"\b_0x[0-9a-fA-F]{4,}\b")
 _SHORT_STRING_VAR = re.compile(r"(?:^|[;,{(]|\bvar\b|\blet\b|\bconst\b)[ \t]*[A-Za-z_$][\w$]{0,79}[ \t]*=\s*(?:\"[^\"\n]{1,5}\"|'[^'\n]{1,5}')\s*[;,\n]",
@@ -234,6 +236,7 @@ _COM_CALL = re.compile(r"(?:\bnew\s+ActiveXObject|\bCreateObject|\bGetObject)\s*
 _COM_ALIAS = re.compile(r"(?:=\s*ActiveXObject\s*[,;\n)]|\bWScript\s*\[|\bthis\s*\[\s*[^\]\n]{0,80}\+)", I)
 
 WSH_MIN_LOOKUP_CHAINS = 5
+WSH_MIN_TABLE_FRAGMENTS = 30
 WSH_MIN_TABLE_INDEXES = 150
 WSH_MIN_HEX_NAMES = 20
 WSH_MIN_SHORT_STRING_VARS = 25
@@ -300,7 +303,10 @@ def _junk_tokens(text: str) -> list[str]:
 def wsh_findings(text: str, lang: str, source: str = SOURCE) -> list[Finding]:
     """The weak obfuscation and dynamic-code signs of a Windows Script Host file (severity 3 at most)."""
     out: list[Finding] = []
-    chains = len(_LOOKUP_CHAIN.findall(text))
+    # chains of lookups count only where there are tables of fragments to look up (number
+    # crunching code indexes arrays of numbers: h[0] + h[1] + ...)
+    fragments = len(_TABLE_FRAGMENT.findall(text))
+    chains = len(_LOOKUP_CHAIN.findall(text)) if fragments >= WSH_MIN_TABLE_FRAGMENTS else 0
     indexes = len(_TABLE_INDEX.findall(text)) if lang != "vbscript" else 0
     hex_names = len(set(_HEX_NAME.findall(text)))
     short_vars = len(_SHORT_STRING_VAR.findall(text))
@@ -308,7 +314,7 @@ def wsh_findings(text: str, lang: str, source: str = SOURCE) -> list[Finding]:
     spaced = len(_SPACED_LETTERS.findall(text))
     signs = []
     if chains >= WSH_MIN_LOOKUP_CHAINS:
-        signs.append(f"{chains} chains of table lookups and fragments")
+        signs.append(f"{chains} chains of lookups in tables of {fragments} fragments")
     if hex_names >= WSH_MIN_HEX_NAMES:
         signs.append(f"{hex_names} _0x names")
     if short_vars >= WSH_MIN_SHORT_STRING_VARS:
