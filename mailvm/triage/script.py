@@ -241,6 +241,7 @@ WSH_MIN_TABLE_INDEXES = 150
 WSH_MIN_HEX_NAMES = 20
 WSH_MIN_SHORT_STRING_VARS = 25
 WSH_MIN_ESCAPES = 200
+WSH_ESCAPE_DENSITY = 60  # at least one escape per this many characters
 WSH_MIN_JUNK_REPEATS = 10
 WSH_MAX_TOKENS_TRIED = 32
 
@@ -319,7 +320,7 @@ def wsh_findings(text: str, lang: str, source: str = SOURCE) -> list[Finding]:
         signs.append(f"{hex_names} _0x names")
     if short_vars >= WSH_MIN_SHORT_STRING_VARS:
         signs.append(f"{short_vars} variables holding 1-5 character fragments")
-    if escapes >= WSH_MIN_ESCAPES and escapes * 20 >= len(text):
+    if escapes >= WSH_MIN_ESCAPES and escapes * WSH_ESCAPE_DENSITY >= len(text):
         signs.append(f"{escapes} escaped characters")
     if spaced >= 2:
         signs.append(f"{spaced} letter-spaced strings")
