@@ -60,3 +60,63 @@ def test_unseen_script_detonated_once_through_redis(tmp_path):
         pool.join(timeout=60)
         pipeline._worker = None
         srv.stop()
+
+
+def test_a_running_job_is_kept_alive_and_no_other_pool_worker_takes_it(tmp_path, monkeypatch):
+    """The pool service marks the jobs it runs alive (RedisJobQueue.heartbeat): a job that runs
+    longer than the reclaim time is not taken over by another consumer while its worker lives."""
+    import hashlib
+
+    from mailvm.config import load_config
+    from mailvm.store import open_table
+    from mailvm.store.redis_queue import RedisJobQueue
+    from mailvm.verdict import Finding
+    from mailvm.vmpool import service
+    from mailvm.vmpool.pool import Pool
+    from mailvm.vmpool.select import make_backend
+
+    monkeypatch.setattr(service, "JOB_HEARTBEAT_S", 0.2)
+    srv = RedisServer(tmp_path / "redis").start()
+    cfg_path = tmp_path / "mailvm.toml"
+    cfg_path.write_text(
+        f'[scantable]\npath = "{tmp_path}/t"\nurl = "{srv.url}"\n'
+        f'[pool]\nbackend = "process"\nslots = 1\nwork_dir = "{tmp_path}/pool"\nqueue_url = "{srv.url}"\n'
+        f'job_timeout_s = 30\nidle_s = 1\n')
+    cfg = load_config(cfg_path)
+    sample = tmp_path / "slow.sh"
+    sample.write_bytes(b"#!/bin/sh\n# " + str(time.time_ns()).encode() + b"\nsleep 4\necho done\n")
+    digest = hashlib.sha256(sample.read_bytes()).hexdigest()
+    table = open_table(cfg)
+    owner = "mx1:1:worker"  # as a scan worker does: claim the file, then queue it under that claim
+    assert table.claim(digest, owner).won
+    producer = RedisJobQueue(srv.url, tmp_path / "p", consumer="mx1")
+    producer.push({"sha256": digest, "path": str(sample), "name": "slow.sh", "kind": "script",
+                   "static_findings": [Finding("x", 1)], "owner": owner})
+    # the pool under test reclaims after 1 s of silence; so does the other consumer
+    worker = RedisJobQueue(srv.url, tmp_path / "w", consumer="pool-a", reclaim_idle_s=1)
+    other = RedisJobQueue(srv.url, tmp_path / "o", consumer="pool-b", reclaim_idle_s=1)
+    stop = threading.Event()
+    t = threading.Thread(target=service._serve, args=(cfg, stop, worker, table, Pool, make_backend), daemon=True)
+    t.start()
+    try:
+        end = time.monotonic() + 60
+        while time.monotonic() < end and producer.r.xpending(producer.stream, producer.group)["pending"] == 0:
+            time.sleep(0.05)
+        assert producer.r.xpending(producer.stream, producer.group)["pending"] == 1, "the pool took no job"
+        taken = []
+        while time.monotonic() < end and getattr(table.get(digest), "state", None) != "done":
+            got = other.pop()  # 1 s of silence would hand it over
+            if got is not None:
+                taken.append(got)
+            time.sleep(0.3)
+        assert taken == [], "another consumer took over a job that was still running"
+        verdict = table.get(digest)
+        assert verdict is not None and verdict.source == "detonation"
+        end = time.monotonic() + 10
+        while time.monotonic() < end and len(producer) > 0:
+            time.sleep(0.05)
+        assert len(producer) == 0  # acknowledged once done
+    finally:
+        stop.set()
+        t.join(timeout=60)
+        srv.stop()

@@ -27,10 +27,12 @@ def open_queue(cfg: Any, consumer: str | None = None) -> Any:
     if cfg.pool.queue_url:
         from mailvm.store.redis_queue import RedisJobQueue
 
-        # a job idle (no heartbeat) for three job timeouts belongs to a dead worker: another one takes it
+        from mailvm.vmpool.service import JOB_RECLAIM_IDLE_S
+
+        # a running job is marked alive every JOB_HEARTBEAT_S by its pool worker: one silent for
+        # six heartbeats belongs to a dead worker, and another one takes it over
         return RedisJobQueue(cfg.pool.queue_url, Path(cfg.pool.work_dir) / "redis-jobs", consumer=consumer,
-                             max_file_bytes=cfg.extract.max_file_bytes,
-                             reclaim_idle_s=max(60.0, 3 * cfg.pool.job_timeout_s))
+                             max_file_bytes=cfg.extract.max_file_bytes, reclaim_idle_s=JOB_RECLAIM_IDLE_S)
     from mailvm.vmpool.jobqueue import JobQueue
 
     return JobQueue(Path(cfg.pool.work_dir) / "jobs")

@@ -65,6 +65,10 @@ def job_from_record(record: dict[str, Any]):
 REFRESH_FRACTION = 3.0
 #: how often file copies that no waiting record names are swept
 SWEEP_EVERY_S = 3600.0
+#: a running job of a shared queue (Redis) is marked alive this often (RedisJobQueue.heartbeat)
+JOB_HEARTBEAT_S = 5.0
+#: ... and a job silent this long belongs to a dead pool worker: another one takes it over
+JOB_RECLAIM_IDLE_S = 6 * JOB_HEARTBEAT_S
 
 
 def pool_owner() -> str:
@@ -149,10 +153,27 @@ def _serve(cfg: Config, stop: threading.Event, queue: Any, table: Any, pool_cls:
                 info.accel)
         if sweep is not None:
             sweep()
-        last_refresh = last_sweep = time.monotonic()
+        last_refresh = last_sweep = last_beat = time.monotonic()
         delay = IDLE_POLL_MIN_S
+        # jobs running here; a shared queue (Redis) is told they are alive, so that no other pool
+        # worker takes them over (it takes a job silent for JOB_RECLAIM_IDLE_S: this worker died)
+        beat = getattr(queue, "heartbeat", None)
+        running: dict[int, dict[str, Any]] = {}
+        running_lock = threading.Lock()
+
+        def finished(record: dict[str, Any]) -> None:
+            with running_lock:
+                running.pop(id(record), None)
+            queue.done(record)
+
         while not stop.is_set():
             now = time.monotonic()
+            if beat is not None and now - last_beat >= JOB_HEARTBEAT_S:
+                last_beat = now
+                with running_lock:
+                    alive = list(running.values())
+                for record in alive:
+                    beat(record)
             if now - last_refresh >= refresh_every:
                 last_refresh = now
                 refresh_waiting(queue, table)
@@ -189,8 +210,10 @@ def _serve(cfg: Config, stop: threading.Event, queue: Any, table: Any, pool_cls:
                 log.error("dropping malformed job record: %s", exc)
                 queue.done(record)
                 continue
+            with running_lock:
+                running[id(record)] = record
             fut = pool.submit(job)
-            fut.add_done_callback(lambda _f, r=record: queue.done(r))
+            fut.add_done_callback(lambda _f, r=record: finished(r))
     finally:
         pool.close()
         table.close()
