@@ -178,6 +178,7 @@ class Scanner:
             for f in spool.findings:
                 if f not in findings:
                     findings.append(f)
+            findings += _message_findings(res)
             reports = self._analyze(spool.artifacts or res.artifacts, deadline)
             msg_verdict, msg_score = score_findings(findings)
             overall = worst([msg_verdict] + [r.verdict if r.verdict != PENDING else ERROR for r in reports])
@@ -344,6 +345,20 @@ class Scanner:
                     return self._wait(sha, fut, None, deadline)
             elif claim.entry is not None and claim.entry.state == "done":
                 return claim.entry
+
+def _message_findings(res: ExtractionResult) -> list[Finding]:
+    """Message-level phishing signs (:mod:`mailvm.triage.phishing`) of a message (a file has no From)."""
+    if not res.headers.get("From"):
+        return []
+    from mailvm.triage import phishing
+
+    names = [a.name for a in res.artifacts if a.role == "attachment"]
+    try:
+        return phishing.message_findings(phishing.MessageView.from_headers(res.headers, res.text, res.html, names))
+    except Exception as exc:  # errors become data: the rest of the scan goes on
+        log.warning("message-level phishing analysis failed: %s", exc)
+        return [Finding("analyzer_error", 0, f"phishing: {type(exc).__name__}: {exc}", "triage:message")]
+
 
 def _kind_of(verdict: Verdict, default: str) -> str:
     for entry in verdict.log[:3]:

@@ -59,7 +59,7 @@ MAX_HTML = 1024 * 1024
 MAX_HTML_FOR_TEXT = 512 * 1024
 MAX_HEADER = 998
 FEED_CHUNK = 8 * 1024
-HEADERS = ("Subject", "From", "To", "Cc", "Date", "Message-ID")
+HEADERS = ("Subject", "From", "To", "Cc", "Date", "Message-ID", "Reply-To")
 #: headers always present in ``headers`` (empty when absent)
 REQUIRED_HEADERS = ("Subject", "From", "To", "Message-ID")
 TEXT_BODY_TYPES = ("text/plain", "text/html")

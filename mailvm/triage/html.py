@@ -55,6 +55,22 @@ _OBFUSCATED = re.compile(
     r"eval\s*\(\s*(?:unescape|atob|decodeURIComponent|window\.atob|String\.fromCharCode)\s*\(", I)
 _MS_PROTOCOL_STRONG = re.compile(r"ms-msdt\s*:|search-ms\s*:|ms-officecmd\s*:|ms-appinstaller\s*:|ms-(?:excel|word|powerpoint)\s*:\s*of[eu]\|", I)
 
+#: "paste and run" lures (ClickFix): the page tells the reader to open a command prompt and paste into it
+_RUN_PROMPT = re.compile(
+    r"\bwin(?:dows)?(?:\s*(?:key|logo\s*key))?\s*\+\s*(?:r|x)\b|\brun\s+(?:dialog|box|window)|"
+    r"open\s+(?:windows\s+)?(?:powershell|terminal|command\s+prompt|cmd)|type\s+[\"'\u201c]?(?:powershell|cmd|terminal)\b|"
+    r"(?:cmd|command|\u2318)\s*\+\s*space", re.I)
+_PASTE = re.compile(r"\bctrl\s*\+\s*v\b|(?:\u2318|cmd|command)\s*\+\s*v\b|\bpaste\b", re.I)
+_CLIPBOARD_WRITE = re.compile(r"clipboard\s*\.\s*write(?:Text)?\s*\(|execCommand\s*\(\s*[\"']copy|"
+                              r"clipboardData\s*\.\s*setData\s*\(", re.I)
+_FAKE_CHECK = re.compile(r"\b(?:verify|verification|human|robot|captcha|ray\s+id|fix|error|blocked|update)\b", re.I)
+
+#: a North American toll-free number (the support-scam pages' "call us")
+_TOLL_FREE = re.compile(r"(?<!\d)(?:\+?1[\s.\-]?)?\(?8(?:00|33|44|55|66|77|88)\)?[\s.\-]?\d{3}[\s.\-]?\d{4}(?!\d)")
+_DEAD_HREF = re.compile(r"^\s*(?:#|javascript:\s*(?:void\s*\(\s*0?\s*\)|;)?\s*;?)?\s*$", re.I)
+_PAGE_TITLE = re.compile(r"<title[^>]{0,200}>([^<]{1,300})", re.I)
+MIN_DEAD_LINKS = 8
+
 PAYLOAD_MAGICS: tuple[tuple[bytes, str], ...] = (
     (b"MZ", "PE executable"),
     (b"PK\x03\x04", "zip archive"),
@@ -105,8 +121,55 @@ def _data_download_anchor(text: str) -> bool:
     return False
 
 
+def paste_command_lure(text: str) -> Finding | None:
+    """A page that tells its reader to open a Run box or a shell and paste into it (ClickFix), most of all
+    one whose script puts the command on the clipboard, under a fake check or error."""
+    from mailvm.triage.body import _visible  # the bounded visible-text reader of the body analyzer
+
+    visible = _visible(text[:MAX_CHARS])
+    run, paste = _RUN_PROMPT.search(visible), _PASTE.search(visible)
+    if not run or not paste:
+        return None
+    clipboard = bool(_CLIPBOARD_WRITE.search(text))
+    check = _FAKE_CHECK.search(visible)
+    sev = 3 + (2 if clipboard else 0) + (2 if check and clipboard else 0)
+    what = f"tells to {clip(run.group(0), 30)!r} and {clip(paste.group(0), 20)!r}"
+    if clipboard:
+        what += "; its script writes to the clipboard"
+    if check:
+        what += f"; framed as {clip(check.group(0), 20)!r}"
+    return Finding("html_paste_command_lure", sev, what, SOURCE)
+
+
+def brand_shell_page(text: str) -> Finding | None:
+    """A page titled as a well-known brand's whose links all go nowhere (``#``): a copy of the brand's site
+    kept only for its look, as support-scam and phishing pages are; worse with a toll-free number to call."""
+    from mailvm.triage.body import _visible, anchors
+    from mailvm.triage.phishing import brand_claim
+
+    title = _PAGE_TITLE.search(text[:MAX_CHARS])
+    claim = brand_claim(title.group(1), "") if title else None  # the title is the brand (and service words)
+    if claim is None or claim.where != "display name":
+        return None
+    links = anchors(text[:MAX_CHARS])
+    dead = sum(1 for h, _ in links if _DEAD_HREF.match(h))
+    if dead < MIN_DEAD_LINKS or dead < 0.8 * len(links):
+        return None
+    phone = _TOLL_FREE.search(_visible(text[:MAX_CHARS]))
+    detail = f"page titled {clip(title.group(1), 60)!r} ({claim.brand}) with {dead} of {len(links)} links going nowhere"
+    if phone:
+        detail += f"; asks to call {clip(phone.group(0), 20)}"
+    return Finding("html_brand_shell_page", 5 if phone else 3, detail, SOURCE)
+
+
 def html_findings(text: str) -> list[Finding]:
     out: list[Finding] = []
+    paste = paste_command_lure(text)
+    if paste is not None:
+        out.append(paste)
+    shell = brand_shell_page(text)
+    if shell is not None:
+        out.append(shell)
     blob, save, dl, dec = (bool(p.search(text)) for p in (_BLOB, _SAVE, _DOWNLOAD, _DECODE))
     payloads = embedded_payloads(_DATA_URI_IMG.sub("data:", text))
     if blob and save and dl:
