@@ -107,8 +107,11 @@ def plan_workers(cfg: Any) -> tuple[WorkerIdentity | None, str]:
     gids = {pw.pw_gid}
     # the interpreter's standard library and the installed code too: a worker imports lazily
     code = [Path(os.__file__).parent / "x", Path(sys.prefix) / "x", Path(__file__).parent / "x"]
+    work = Path(cfg.pool.work_dir)
     for path in shared_paths(cfg) + [Path(cfg.triage.yara_rules_dir)] + code:
-        stop = _reachable(path, pw.pw_uid, gids)
+        # share_dirs makes the pool's work directory traversable for the group and repairs the
+        # shared directories in it: only what lies above it must be open already
+        stop = _reachable(work if work in path.parents else path, pw.pw_uid, gids)
         if stop:
             what = path.parent if path.name == "x" else path
             return None, f"user {user} cannot reach {what}: {stop} is closed to it"

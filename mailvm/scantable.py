@@ -54,6 +54,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import diskcache
@@ -61,14 +62,17 @@ import diskcache
 from mailvm.config import ScanTableConfig
 from mailvm.procfs import is_gone
 from mailvm.verdict import DONE, ENGINE_VERSION, ERROR, PENDING, VERDICTS, Verdict
+from mailvm.wakebus import WakeBus
 
 log = logging.getLogger(__name__)
 
 #: SQLite busy timeout: how long an operation waits for another writer
 DB_TIMEOUT_S = 5.0
-#: wait() polling backoff, cross-process
+#: wait() polling backoff, cross-process, where the wake bus cannot be used
 POLL_MIN_S = 0.005
 POLL_MAX_S = 0.1
+#: with the wake bus (mailvm.wakebus) a waiter re-reads on this timer only as a safety net
+BUS_FALLBACK_S = 1.0
 #: shared counters are written at most this often per process
 COUNTER_FLUSH_S = 1.0
 #: the one non-sha256 key of the table
@@ -202,6 +206,8 @@ class ScanTable:
         self._watches: dict[str, _Watch] = {}
         self._counts: collections.Counter[str] = collections.Counter()
         self._last_flush = time.monotonic()
+        #: wake-ups between the processes sharing this table (publish in the pool, wait in a worker)
+        self._bus = WakeBus(Path(self.path) / "wake")
         try:
             self._cache = diskcache.Cache(
                 self.path,
@@ -315,6 +321,11 @@ class ScanTable:
             return {}
         return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)}
 
+    def _changed(self, key: str) -> None:
+        """``key`` changed: wake its waiters here and in every other process sharing the table."""
+        self._notify(key)
+        self._bus.notify(key)
+
     def _notify(self, key: str) -> None:
         """Wake this process's waiters of ``key`` so they look again at once."""
         with self._lock:
@@ -408,7 +419,7 @@ class ScanTable:
         with self._db("publish"):
             self._cache.set(key, blob, expire=expire)
         self._count("published")
-        self._notify(key)
+        self._changed(key)
 
     def _bounded_json(self, key: str, record: dict[str, Any]) -> str:
         blob = json.dumps(record)
@@ -434,7 +445,7 @@ class ScanTable:
                 self._cache.delete(key)
         if mine:
             self._count("released")
-            self._notify(key)
+            self._changed(key)
         else:
             log.debug("scanned table: release of %s by %r ignored (status %s)", key, owner, entry.status)
 
@@ -488,7 +499,9 @@ class ScanTable:
         expired): the caller may then claim the file itself.
         """
         key = check_key(sha256)
-        delay = POLL_MIN_S
+        # listening before the first read: a publish after it wakes this waiter at once
+        bus = self._bus.listen(self._notify)
+        delay = BUS_FALLBACK_S if bus else POLL_MIN_S
         with self._lock:
             watch = self._watches.get(key)
             if watch is None:
@@ -523,7 +536,8 @@ class ScanTable:
                     if watch.generation == gen:
                         watch.cond.wait(min(delay, remaining))
                     woken = watch.generation != gen
-                delay = POLL_MIN_S if woken else min(delay * 2, POLL_MAX_S)
+                if not bus:
+                    delay = POLL_MIN_S if woken else min(delay * 2, POLL_MAX_S)
         finally:
             with self._lock:
                 watch.waiters -= 1
@@ -537,7 +551,7 @@ class ScanTable:
             removed = bool(self._cache.delete(key))
         if removed:
             self._count("forgotten")
-            self._notify(key)
+            self._changed(key)
         return removed
 
     # ------------------------------------------------------------------ maintenance
@@ -570,7 +584,7 @@ class ScanTable:
                         if self._read(key, time.time()).status not in (_MISSING, _DONE, _LIVE):
                             self._cache.delete(key)
                             removed += 1
-                            self._notify(key)
+                            self._changed(key)
         if removed:
             self._count("expired_removed", removed)
             log.info("scanned table %s: expired %d entries", self.path, removed)
@@ -617,6 +631,7 @@ class ScanTable:
         try:
             self._flush_counters(quiet=True)
         finally:
+            self._bus.close()
             self._cache.close()
 
     def __enter__(self) -> "ScanTable":

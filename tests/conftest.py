@@ -43,3 +43,18 @@ def make_spool(tmp_path: Path):
         return Spool(tmp_path / f"spool{counter}", cfg, deadline=deadline)
 
     return make
+
+
+# -- process state a test must not leak into the next ----------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _restore_umask():
+    """MilterService.prepare() sets umask 007 in its process: in-process tests would leave it to the
+    tests after them (a lab directory made then is closed to the mailvm user, and serve keeps root)."""
+    import os
+
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import sqlite3
 import threading
 import time
@@ -216,6 +217,52 @@ def test_wait_wakes_on_publish_from_other_process(table):
     assert child.exitcode == 0
     assert v is not None and v.state == DONE and v.score == 8 and v.findings[0].id == "child_published"
     assert elapsed < 15
+
+
+def test_wait_is_woken_by_the_wake_bus_not_by_a_timer(table, monkeypatch):
+    """The publisher's process tells the waiter's (mailvm.wakebus): with the safety-net timer set
+    to 60 s, a verdict published in another process half a second later still ends the wait long
+    before the timer could have."""
+    import mailvm.scantable as st
+
+    monkeypatch.setattr(st, "BUS_FALLBACK_S", 60.0)
+    key = sha("bus")
+    assert table.claim(key, "owner").won
+    child = MP.Process(target=_publish_later, args=(table.path, key, 0.5, 8))
+    child.start()
+    start = time.monotonic()
+    v = table.wait(key, start + 120)
+    elapsed = time.monotonic() - start
+    child.join(timeout=30)
+    assert v is not None and v.state == DONE and v.score == 8
+    assert elapsed < 30, f"woken after {elapsed:.1f} s: by the 60 s timer, not by the bus"
+    # one socket per listening process, in the table's own directory, removed on close
+    socks = list((Path(table.path) / "wake").glob("*.sock"))
+    assert [p.name.split("-")[0] for p in socks] == [str(os.getpid())]
+    table.close()
+    assert list((Path(table.path) / "wake").glob("*.sock")) == []
+
+
+def test_a_dead_listeners_socket_is_removed_by_the_next_sender(tmp_path):
+    import socket as _socket
+
+    from mailvm.wakebus import WakeBus
+
+    bus_dir = tmp_path / "wake"
+    bus_dir.mkdir()
+    dead = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+    dead.bind(str(bus_dir / "999999-dead.sock"))
+    dead.close()  # its file stays: as after a kill -9
+    got = []
+    bus = WakeBus(bus_dir)
+    assert bus.listen(got.append)
+    assert bus.notify("k1") == 1  # to itself; the dead one refused and was removed
+    assert not (bus_dir / "999999-dead.sock").exists()
+    end = time.monotonic() + 10
+    while not got and time.monotonic() < end:
+        time.sleep(0.01)
+    assert got == ["k1"]
+    bus.close()
 
 
 def test_wait_returns_none_at_deadline(table):

@@ -116,6 +116,8 @@ class RedisJobQueue:
                 entries = got[0][1] if got else []
         except self._errors as exc:
             log.warning("job queue %s: %s", self.url, exc)
+            if block_s > 0:
+                time.sleep(min(block_s, 1.0))  # Redis is down: a blocking caller must not spin
             return None
         if not entries:
             return None

@@ -22,18 +22,22 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
 from mailvm.verdict import Finding
+from mailvm.wakebus import WakeBus
 
 log = logging.getLogger(__name__)
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 #: a file copy no waiting record names is removed once it is this old (a push copies, then appends)
 ORPHAN_FILE_AGE_S = 600.0
+#: a blocking pop looks at the queue at least this often (the safety net under the wake-up)
+BLOCK_RECHECK_S = 1.0
 
 
 class JobQueue:
@@ -47,6 +51,9 @@ class JobQueue:
         # 0770 & ~umask: private (umask 077) or shared with the scan workers' group (mailvm.privilege)
         self.files.mkdir(parents=True, exist_ok=True, mode=0o770)
         self._deque = diskcache.Deque(directory=str(self.root / "queue"))
+        # a push wakes the pool service's blocking pop at once (mailvm.wakebus), no sleep loop
+        self._bus = WakeBus(self.root / "wake")
+        self._pushed = threading.Event()
 
     @property
     def lock_path(self) -> Path:
@@ -72,13 +79,27 @@ class JobQueue:
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
+        self._bus.notify("job")
 
-    def pop(self) -> dict[str, Any] | None:
-        """The oldest record, or ``None`` when the queue is empty."""
-        try:
-            return self._deque.popleft()
-        except IndexError:
-            return None
+    def pop(self, block_s: float = 0.0) -> dict[str, Any] | None:
+        """The oldest record, or ``None`` when the queue is empty (after waiting up to ``block_s``
+        for a push: woken by the pusher's notification, or by a re-check every BLOCK_RECHECK_S)."""
+        if block_s > 0 and not self._bus.listen(lambda _topic: self._pushed.set()):
+            block_s = min(block_s, BLOCK_RECHECK_S)  # no bus here: a short sleep instead
+        deadline = time.monotonic() + block_s
+        while True:
+            self._pushed.clear()
+            try:
+                return self._deque.popleft()
+            except IndexError:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._pushed.wait(min(left, BLOCK_RECHECK_S))
+
+    def close(self) -> None:
+        self._bus.close()
 
     def waiting(self) -> Iterator[dict[str, Any]]:
         """The records waiting now, oldest first (a snapshot that tolerates concurrent pops)."""

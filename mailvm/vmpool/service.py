@@ -65,6 +65,8 @@ def job_from_record(record: dict[str, Any]):
 REFRESH_FRACTION = 3.0
 #: how often file copies that no waiting record names are swept
 SWEEP_EVERY_S = 3600.0
+#: an idle pool service blocks this long in one pop (then looks at stop, heartbeats, refreshes)
+POP_BLOCK_S = 0.5
 #: a running job of a shared queue (Redis) is marked alive this often (RedisJobQueue.heartbeat)
 JOB_HEARTBEAT_S = 5.0
 #: ... and a job silent this long belongs to a dead pool worker: another one takes it over
@@ -186,10 +188,9 @@ def _serve(cfg: Config, stop: threading.Event, queue: Any, table: Any, pool_cls:
                 stop.wait(delay)
                 delay = min(IDLE_POLL_MAX_S, delay * 2)
                 continue
-            record = queue.pop()
+            # a blocking pop: woken by the push itself (local: mailvm.wakebus; Redis: XREADGROUP BLOCK)
+            record = queue.pop(block_s=POP_BLOCK_S)
             if record is None:
-                stop.wait(delay)
-                delay = min(IDLE_POLL_MAX_S, delay * 2)
                 continue
             delay = IDLE_POLL_MIN_S
             try:
@@ -217,3 +218,6 @@ def _serve(cfg: Config, stop: threading.Event, queue: Any, table: Any, pool_cls:
     finally:
         pool.close()
         table.close()
+        close = getattr(queue, "close", None)
+        if close is not None:
+            close()
