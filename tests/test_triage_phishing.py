@@ -285,3 +285,30 @@ def test_pipeline_keeps_brand_receipt_and_list_post_clean(scanner) -> None:
         decision, d = _decide(scanner, raw)
         assert decision.verdict == "clean", d["findings"]
         assert not [f for f in d["findings"] if f["id"].startswith("msg_")]
+
+
+def test_card_form_and_script_action() -> None:
+    page = ('<html><body><form action="https://collect.example.net/p.php" method="post">'
+            '<input name="cardnumber"><input name="cvv"><input name="exp"></form></body></html>')
+    assert _ids(html_findings(page))["html_card_form"] >= 5
+    page = '<form action="javascript:send()"><input type="text" name="user"></form>'
+    assert _ids(html_findings(page))["html_form_script_action"] == 5
+    # a search box posting to the site's own search is no payment form
+    page = '<form action="https://docs.example.org/search"><input name="q" placeholder="Search"></form>'
+    f = _ids(html_findings(page))
+    assert "html_card_form" not in f and "html_form_script_action" not in f
+
+
+@pytest.mark.parametrize("text,url,cta", [
+    ("You received a new voicemail. Listen to the message with your email password.",
+     "https://voicemail-box.ddns.net/play?id=8", "Play voicemail"),
+    ("Your parcel is on hold because of unpaid customs fees.", "https://dhl-release.example.top/pay", "Pay now"),
+])
+def test_body_lures_password_and_parcel(text: str, url: str, cta: str) -> None:
+    from mailvm.triage.body import body_findings
+
+    f = _ids(body_findings(f'<p>{text}</p><a href="{url}">{cta}</a>', True))
+    assert f.get("body_credential_lure", 0) >= SUSPICIOUS_THRESHOLD or f.get("body_risky_link", 0) >= 4, f
+    # the same words beside an ordinary link stay informational
+    f = _ids(body_findings(f'<p>{text}</p><a href="https://www.example.com/help">Help</a>', True))
+    assert max(f.values(), default=0) < SUSPICIOUS_THRESHOLD

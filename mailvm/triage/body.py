@@ -51,7 +51,10 @@ LURE_PHRASES = re.compile(
     r"|(?:pending|undelivered|held|blocked)\s+(?:incoming\s+)?(?:messages?|e-?mails?)"
     r"|(?:failed|declined|unsuccessful)\s+(?:payment|transaction)"
     r"|(?:sign|log)\s*-?\s*in\s+(?:to\s+)?(?:view|access|review|download|continue|confirm|verify)"
-    r"|within\s+(?:24|48|72)\s+hours|immediate(?:ly)?\s+action|action\s+required",
+    r"|within\s+(?:24|48|72)\s+hours|immediate(?:ly)?\s+action|action\s+required"
+    r"|(?:enter|with|using|confirm|provide)\s+your\s+(?:e-?mail\s+|account\s+|mailbox\s+)?password"
+    r"|(?:parcel|package|shipment)\s+(?:is\s+|has\s+been\s+)?(?:on\s+hold|held|awaiting\s+payment)"
+    r"|(?:unpaid|outstanding)\s+(?:customs|shipping|delivery|import)\s+(?:fees?|charges?|duties|duty)",
     re.I,
 )
 _TEXT_URL = re.compile(r"\b(?:https?://|www\.)[^\s<>\"'()]{1,500}", re.I)

@@ -70,6 +70,12 @@ _TOLL_FREE = re.compile(r"(?<!\d)(?:\+?1[\s.\-]?)?\(?8(?:00|33|44|55|66|77|88)\)
 _DEAD_HREF = re.compile(r"^\s*(?:#|javascript:\s*(?:void\s*\(\s*0?\s*\)|;)?\s*;?)?\s*$", re.I)
 _PAGE_TITLE = re.compile(r"<title[^>]{0,200}>([^<]{1,300})", re.I)
 MIN_DEAD_LINKS = 8
+#: an input field for payment-card data (name, id, autocomplete or placeholder)
+_CARD_INPUT = re.compile(
+    r"<input\b[^>]{0,500}?(?:name|id|autocomplete|placeholder)\s*=\s*[\"']?[^\"'>]{0,40}?"
+    r"(?:cc-?(?:number|csc|exp)|card[\s_-]?(?:number|num|no)\b|\bcvv2?\b|\bcvc\b|security[\s_-]?code|"
+    r"expir(?:y|ation)[\s_-]?date)", I)
+_FORM_ACTION = re.compile(r"<form\b[^>]{0,500}?\baction\s*=\s*[\"']?\s*(data:|javascript:|https?://)", I)
 
 PAYLOAD_MAGICS: tuple[tuple[bytes, str], ...] = (
     (b"MZ", "PE executable"),
@@ -167,6 +173,17 @@ def html_findings(text: str) -> list[Finding]:
     paste = paste_command_lure(text)
     if paste is not None:
         out.append(paste)
+    card = _CARD_INPUT.search(text)
+    action = _FORM_ACTION.search(text)
+    if card:
+        remote = bool(action) or bool(_REMOTE_POST.search(text))
+        out.append(Finding("html_card_form", 5 if remote else 4,
+                           f"page asks for payment-card data ({clip(card.group(0)[-40:], 40)})"
+                           + (" and sends it to a remote server" if remote else ""), SOURCE))
+    if action and action.group(1).lower() in ("data:", "javascript:"):
+        out.append(Finding("html_form_script_action", 5,
+                           f"a form submits to a {action.group(1).lower()} URL (its data never leaves by a "
+                           "normal post)", SOURCE))
     shell = brand_shell_page(text)
     if shell is not None:
         out.append(shell)
