@@ -312,3 +312,17 @@ def test_body_lures_password_and_parcel(text: str, url: str, cta: str) -> None:
     # the same words beside an ordinary link stay informational
     f = _ids(body_findings(f'<p>{text}</p><a href="https://www.example.com/help">Help</a>', True))
     assert max(f.values(), default=0) < SUSPICIOUS_THRESHOLD
+
+
+def test_brand_security_alert_from_its_mail_domain_stays_clean() -> None:
+    view = MessageView(sender="Facebook <security@facebookmail.com>", subject="Unusual login activity",
+                       text="We noticed unusual login activity on your account. https://www.facebook.com/checkpoint")
+    assert message_findings(view) == []
+
+
+def test_brand_written_as_web_address_claims_it() -> None:
+    view = MessageView(sender="Amazon.com <order-update@amazon-orders.example.net>",
+                       subject="Your account has been locked",
+                       text="Your account has been locked. Verify your information: https://amazon-orders.example.net/v")
+    assert _ids(message_findings(view))["msg_brand_impersonation"] >= SUSPICIOUS_THRESHOLD
+    assert brand_claim("Chase de la Cruz", "") is None

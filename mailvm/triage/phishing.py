@@ -71,6 +71,8 @@ SERVICE_WORDS = frozenset({
     "payment", "store", "express", "bank", "banking", "secure", "admin", "administrator", "system", "server",
     "mailbox", "webmail", "storage", "drive", "cloud", "login", "signin", "identity", "privacy", "fraud", "claims",
     "delivery", "shipping", "parcel", "tracking", "and", "contact",
+    # a brand written as its web address ("Amazon.com", "PayPal.de")
+    "com", "net", "org", "co", "uk", "de", "fr", "es", "it", "nl", "ca", "au",
     # the same in a few other languages
     "kundenservice", "kundendienst", "sicherheit", "konto", "kundenkonto", "client", "clients", "clientele",
     "compte", "securite", "servicio", "cliente", "clientes", "soporte", "seguridad", "cuenta", "assistenza",
