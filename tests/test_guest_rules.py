@@ -94,6 +94,8 @@ POSITIVE = [
     ("drop_execute", [w("/tmp/.x", create=True, t=1), ex("/tmp/.x", t=2)], CTX),
     ("drop_execute", [w("/tmp/p", t=1), ex("/bin/sh", ["sh", "/tmp/p"], t=2)], CTX),
     ("drop_execute", [w("/work/y", op="chmod", exec_bit=True, mode="0o755"), ex("/work/y")], CTX),
+    ("build_execute", [ex("/usr/bin/ld", ["ld", "-o", "/tmp/test.file.x"], pid=30, t=1),
+                       w("/tmp/test.file.x", pid=30, t=1.5), ex("/tmp/test.file.x", t=2)], CTX),
     ("download_execute", [{"t": 1, "type": "http", "served": "payload", "url": "http://x/p"},
                           w("/tmp/p", t=2), ex("/tmp/p", t=3)], CTX),
     ("download_execute", [ex("/bin/true", ["/bin/true", PAYLOAD_MARKER])], CTX),
@@ -411,6 +413,11 @@ NEGATIVE = [
         wex("taskkill /f /im notepad.exe", r"C:\windows\system32\taskkill.exe"),
         {"type": "reg_set", "src": "reg_diff", "value": "DisableAntiSpyware", "data": "dword:00000000",
          "key": r"HKLM\Software\Policies\Microsoft\Windows Defender"}], WINDOWS),
+    ("a build script compiles a program and runs it (perf's pipe_test.sh)", [
+        ex("/usr/bin/cc", ["cc", "-o", "/tmp/test.file.x", "-x", "c", "-"], pid=30, t=1),
+        ex("/usr/bin/ld", ["ld", "-o", "/tmp/test.file.x"], pid=31, t=1.2),
+        w("/tmp/test.file.x", pid=31, t=1.5), w("/tmp/test.file.x", op="chmod", exec_bit=True, pid=31, t=1.6),
+        ex("/tmp/test.file.x", t=2)], CTX, {"drop_execute"}),
     ("a process lister reading /proc is not probing for a VM", [
         ex("/usr/bin/pgrep", ["pgrep", "x"], pid=20), w("/proc/1/cgroup", op="read", pid=20)], CTX),
     ("Wine's own registry", [{"type": "reg_open", "key": r"HKLM\System\CurrentControlSet\Services\Tcpip",

