@@ -111,7 +111,11 @@ def _prepare_socket_dir(sock_path: str, ident, group: str) -> None:
     """Before the drop: the socket's directory belongs to the milter user, with Postfix's group and
     set-group-id (2750), so the socket libmilter creates there later is Postfix's to connect to."""
     parent = os.path.dirname(sock_path)
-    gid = grp.getgrnam(group).gr_gid if group else ident.gid
+    try:
+        gid = grp.getgrnam(group).gr_gid if group else ident.gid
+    except KeyError:
+        log.error("milter.socket_group %r does not exist: the MTA may get 'Permission denied' on %s", group, sock_path)
+        gid = ident.gid
     os.chown(parent, ident.uid, gid)
     os.chmod(parent, 0o2750)
 
@@ -316,8 +320,8 @@ def _drop_serve(cfg, path: str | None, service, sock_path: str | None) -> None:
     except (KeyError, OSError) as exc:
         log.critical("mailvm serve could not drop root to %s (%s): stopping", ident.user, exc)
         raise SystemExit(EXIT_ERROR) from None
-    log.info("mailvm serve (the milter) now runs as %s (uid %d); the pool service keeps root in its "
-             "supervisor", ident.user, ident.uid)
+    log.info("mailvm serve (the milter) now runs as %s (uid %d); only the pool supervisor and the pool "
+             "service, where they run, keep root", ident.user, ident.uid)
 
 
 def _sweep_leftovers(cfg) -> None:

@@ -339,6 +339,8 @@ class MilterService:
                 policies, f"message larger than {self.max_message_bytes} bytes (or its header over the cap)")
             self._count(f"action_{decision.action}")
             log.warning("%s: from=<%s> rcpts=%d %s -> %s", tag, sender, len(recipients), decision.reason, decision.action)
+            if decision.action == "hold":  # `mvctl hold list` says why, as for any other hold
+                self._record_hold(queue_id, decision, decision.policy, recipients, tag)
             return Outcome(decision, None, raw, sender, list(recipients))
         skip, why = bypass_for(policies, client)
         if skip == "scan":
@@ -413,7 +415,15 @@ class MilterService:
     def _send_notices(self, event: str, ident: str, queue_id: str, domain: str, sender: str,
                       recipients: Sequence[str], record: dict[str, Any]) -> None:
         """Tell each domain's ``[notify]`` admins (and its recipients where asked) about a quarantined
-        or held message, in a thread: never on the SMTP transaction's critical path."""
+        or held message, in a thread: never on the SMTP transaction's critical path, and a failure
+        here never changes what happens to the message."""
+        try:
+            self._start_notices(event, ident, queue_id, domain, sender, recipients, record)
+        except Exception:
+            log.exception("%s %s: notices not sent", event, ident)
+
+    def _start_notices(self, event: str, ident: str, queue_id: str, domain: str, sender: str,
+                       recipients: Sequence[str], record: dict[str, Any]) -> None:
         import socket
 
         from mailvm.notify import DomainNotify, facts_from_record, plan_notices, send_notices

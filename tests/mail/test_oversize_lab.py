@@ -83,6 +83,12 @@ def test_oversize_is_held_whole_by_postfix_and_released_intact(small_lab):
     assert len(held) == 1, small_lab.postfix.queue()
     # nothing of it in mailvm's quarantine: mailvm only ever had part of it
     assert not any((small_lab.root / "quarantine").rglob("*.eml"))
+    # ... but `mvctl hold list` says why it is held
+    import json
+
+    listed = small_lab.mvctl("hold", "list", "--json", "--postfix-config", str(small_lab.postfix.config_dir))
+    [entry] = [h for h in json.loads(listed.stdout) if h["queue_id"] == held[0]]
+    assert entry["held_by"] == "mailvm" and "larger than" in entry["reason"], entry
     assert subprocess.run(["postsuper", "-c", str(small_lab.postfix.config_dir), "-H", held[0]],
                           capture_output=True, timeout=30).returncode == 0
     end = time.monotonic() + 60
