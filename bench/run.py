@@ -1,11 +1,13 @@
 """``make bench``: the evaluation suite in one command (``--quick``: a smoke run under 3 minutes).
 
-Four measurements (issue 6), each written as ``OUT/<name>.json`` and ``OUT/<name>.png``:
+Five measurements (issue 6; the fifth from issue 14), each written as ``OUT/<name>.json`` and ``OUT/<name>.png``:
 
 1. ``components``        overhead of each pipeline component (bench/components.py)
 2. ``flash_vs_classic``  flash clone vs classic full revert, same image (bench/flash_vs_classic.py)
 3. ``postfix``           emails per second through Postfix with smtp-source (bench/bench_postfix.py)
 4. ``scaling``           files/min and emails/s with 1, 2, 4, 8 slots (bench/scaling.py)
+5. ``redis_scaling``     1 and 2 pool workers on one Redis: files/min, CPU/file, lookup round trip
+                         (bench/redis_scaling.py; skipped without redis-server)
 
 then ``OUT/results.json`` (all of them plus the machine record and what ran
 for how long) and ``OUT/performance.md`` (bench/report.py).  A full run also
@@ -32,7 +34,7 @@ from bench.common import REPO, RESULTS, find_image_dir, machine, write_json
 
 log = logging.getLogger(__name__)
 
-STAGES = ("components", "flash_vs_classic", "postfix", "scaling")
+STAGES = ("components", "flash_vs_classic", "postfix", "scaling", "redis_scaling")
 
 #: the counts of a full run and of --quick (the quick run must stay under 3 minutes)
 PARAMS: dict[str, dict[str, dict[str, Any]]] = {
@@ -42,12 +44,14 @@ PARAMS: dict[str, dict[str, dict[str, Any]]] = {
         "postfix": {"messages": 400, "repeats": 3, "sessions": 20},
         "scaling": {"slot_counts": (1, 2, 4, 8), "jobs": {"process": 24, "qemu": 16},
                     "messages": {"process": 200, "qemu": 80}},
+        "redis_scaling": {"workers": (1, 2), "files": 24},
     },
     "quick": {
         "components": {"reps": 2, "qemu_reps": 1},
         "flash_vs_classic": {"reps": 2, "boots": 1, "idle_s": 1.0, "clones": (1,)},
         "postfix": {"messages": 100, "repeats": 1, "sessions": 20},
         "scaling": {"slot_counts": (1, 2), "jobs": {"process": 4, "qemu": 2}, "messages": {"process": 60, "qemu": 30}},
+        "redis_scaling": {"workers": (1, 2), "files": 3},
     },
 }
 
@@ -89,11 +93,24 @@ def stage_scaling(p: dict[str, Any], image_dir: str | None, qemu: bool, out: Pat
     return r
 
 
+def stage_redis_scaling(p: dict[str, Any], image_dir: str | None, qemu: bool, out: Path) -> dict[str, Any]:
+    from bench import redis_scaling
+    from mailvm.lab.redis import REDIS_SERVER
+
+    if REDIS_SERVER is None:
+        return {"benchmark": "redis_scaling", "backend": "process", "machine": machine(image_dir), "runs": [],
+                "skipped": "redis-server is not installed (make setup installs it)"}
+    r = redis_scaling.bench(tuple(p["workers"]), p["files"])
+    redis_scaling.plot(r, out / "redis_scaling.png")
+    return r
+
+
 RUNNERS: dict[str, Callable[[dict[str, Any], str | None, bool, Path], dict[str, Any]]] = {
     "components": stage_components,
     "flash_vs_classic": stage_flash,
     "postfix": stage_postfix,
     "scaling": stage_scaling,
+    "redis_scaling": stage_redis_scaling,
 }
 
 
@@ -146,6 +163,7 @@ PLOTTERS = {
     "flash_vs_classic": ("bench.flash_vs_classic", "plot"),
     "postfix": ("bench.bench_postfix", "plot"),
     "scaling": ("bench.scaling", "plot"),
+    "redis_scaling": ("bench.redis_scaling", "plot"),
 }
 
 

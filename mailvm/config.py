@@ -132,6 +132,9 @@ class PoolConfig:
     qemu_image_poll_s: float = _bounded(5.0, 0, 3600, "how often a running pool looks for a rebuilt image (0: never)")
     # "" = the local job queue under work_dir; "redis://HOST:PORT/DB" = a stream shared by several pool hosts
     queue_url: str = ""
+    #: a shared queue's job silent this long (its pool worker died) is taken over by another worker;
+    #: running jobs are marked alive every sixth of it
+    job_takeover_s: float = _bounded(30.0, 3.0, 3600, "seconds of silence before another pool worker takes a job")
     detonate_kinds: list[str] = _bounded(list(DETONATE_KINDS), doc="triage kinds that are detonated (mailvm.kinds)")
 
 

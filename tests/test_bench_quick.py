@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("components", "flash_vs_classic", "postfix", "scaling")
+STAGES = ("components", "flash_vs_classic", "postfix", "scaling", "redis_scaling")
 
 
 @pytest.mark.slow
@@ -48,6 +48,9 @@ def test_quick_suite_writes_results(tmp_path: Path) -> None:
         if name == "flash_vs_classic" and "skipped" in res:
             assert "image" in res["skipped"] or "qemu" in res["skipped"]
             continue
+        if name == "redis_scaling" and "skipped" in res:
+            assert "redis-server" in res["skipped"]
+            continue
         png = out / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
@@ -65,9 +68,16 @@ def test_quick_suite_writes_results(tmp_path: Path) -> None:
     assert [r["slots"] for r in sc["files"]["process"]] == [1, 2]
     assert all("files_per_min" in r for r in sc["files"]["process"]), sc["files"]
 
+    rs = json.loads((out / "redis_scaling.json").read_text())
+    if "skipped" not in rs:  # every file got a real verdict, once, with 1 and then 2 pool workers
+        assert [r["workers"] for r in rs["runs"]] == [1, 2]
+        assert all(r["verdicts"] == r["files"] and r["files_per_min"] > 0 for r in rs["runs"]), rs["runs"]
+        assert all(sum(r["detonations_per_worker"]) == r["files"] for r in rs["runs"]), rs["runs"]
+        assert rs["runs"][0]["redis_get"]["median_us"] > 0
+
     md = (out / "performance.md").read_text()
     for heading in ("## Headline figures", "## 1. Overhead of each component", "## 2. Flash clone vs classic",
-                    "## 3. Emails per second", "## 4. Scaling", "## 5. Analysis"):
+                    "## 3. Emails per second", "## 4. Scaling", "## 5. Past one host", "## 6. Analysis"):
         assert heading in md
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert links and all((out / link).is_file() for link in links), links

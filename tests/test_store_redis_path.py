@@ -62,7 +62,7 @@ def test_unseen_script_detonated_once_through_redis(tmp_path):
         srv.stop()
 
 
-def test_a_running_job_is_kept_alive_and_no_other_pool_worker_takes_it(tmp_path, monkeypatch):
+def test_a_running_job_is_kept_alive_and_no_other_pool_worker_takes_it(tmp_path):
     """The pool service marks the jobs it runs alive (RedisJobQueue.heartbeat): a job that runs
     longer than the reclaim time is not taken over by another consumer while its worker lives."""
     import hashlib
@@ -75,16 +75,16 @@ def test_a_running_job_is_kept_alive_and_no_other_pool_worker_takes_it(tmp_path,
     from mailvm.vmpool.pool import Pool
     from mailvm.vmpool.select import make_backend
 
-    monkeypatch.setattr(service, "JOB_HEARTBEAT_S", 0.2)
     srv = RedisServer(tmp_path / "redis").start()
     cfg_path = tmp_path / "mailvm.toml"
     cfg_path.write_text(
         f'[scantable]\npath = "{tmp_path}/t"\nurl = "{srv.url}"\n'
         f'[pool]\nbackend = "process"\nslots = 1\nwork_dir = "{tmp_path}/pool"\nqueue_url = "{srv.url}"\n'
-        f'job_timeout_s = 30\nidle_s = 1\n')
+        f'job_timeout_s = 30\nidle_s = 1\njob_takeover_s = 3\n')
     cfg = load_config(cfg_path)
+    assert service.heartbeat_interval(cfg) == 0.5
     sample = tmp_path / "slow.sh"
-    sample.write_bytes(b"#!/bin/sh\n# " + str(time.time_ns()).encode() + b"\nsleep 4\necho done\n")
+    sample.write_bytes(b"#!/bin/sh\n# " + str(time.time_ns()).encode() + b"\nsleep 8\necho done\n")
     digest = hashlib.sha256(sample.read_bytes()).hexdigest()
     table = open_table(cfg)
     owner = "mx1:1:worker"  # as a scan worker does: claim the file, then queue it under that claim
@@ -92,9 +92,9 @@ def test_a_running_job_is_kept_alive_and_no_other_pool_worker_takes_it(tmp_path,
     producer = RedisJobQueue(srv.url, tmp_path / "p", consumer="mx1")
     producer.push({"sha256": digest, "path": str(sample), "name": "slow.sh", "kind": "script",
                    "static_findings": [Finding("x", 1)], "owner": owner})
-    # the pool under test reclaims after 1 s of silence; so does the other consumer
-    worker = RedisJobQueue(srv.url, tmp_path / "w", consumer="pool-a", reclaim_idle_s=1)
-    other = RedisJobQueue(srv.url, tmp_path / "o", consumer="pool-b", reclaim_idle_s=1)
+    # the other consumer takes over a job silent for 1.5 s; the job runs 8 s; the pool beats every 0.5 s
+    worker = RedisJobQueue(srv.url, tmp_path / "w", consumer="pool-a", reclaim_idle_s=3)
+    other = RedisJobQueue(srv.url, tmp_path / "o", consumer="pool-b", reclaim_idle_s=1.5)
     stop = threading.Event()
     t = threading.Thread(target=service._serve, args=(cfg, stop, worker, table, Pool, make_backend), daemon=True)
     t.start()

@@ -27,12 +27,10 @@ def open_queue(cfg: Any, consumer: str | None = None) -> Any:
     if cfg.pool.queue_url:
         from mailvm.store.redis_queue import RedisJobQueue
 
-        from mailvm.vmpool.service import JOB_RECLAIM_IDLE_S
-
-        # a running job is marked alive every JOB_HEARTBEAT_S by its pool worker: one silent for
-        # six heartbeats belongs to a dead worker, and another one takes it over
+        # a running job is marked alive by its pool worker (mailvm.vmpool.service.heartbeat_interval): one
+        # silent for [pool] job_takeover_s belongs to a dead worker, and another one takes it over
         return RedisJobQueue(cfg.pool.queue_url, Path(cfg.pool.work_dir) / "redis-jobs", consumer=consumer,
-                             max_file_bytes=cfg.extract.max_file_bytes, reclaim_idle_s=JOB_RECLAIM_IDLE_S)
+                             max_file_bytes=cfg.extract.max_file_bytes, reclaim_idle_s=cfg.pool.job_takeover_s)
     from mailvm.vmpool.jobqueue import JobQueue
 
     return JobQueue(Path(cfg.pool.work_dir) / "jobs")

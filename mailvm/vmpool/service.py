@@ -67,10 +67,13 @@ REFRESH_FRACTION = 3.0
 SWEEP_EVERY_S = 3600.0
 #: an idle pool service blocks this long in one pop (then looks at stop, heartbeats, refreshes)
 POP_BLOCK_S = 0.5
-#: a running job of a shared queue (Redis) is marked alive this often (RedisJobQueue.heartbeat)
-JOB_HEARTBEAT_S = 5.0
-#: ... and a job silent this long belongs to a dead pool worker: another one takes it over
-JOB_RECLAIM_IDLE_S = 6 * JOB_HEARTBEAT_S
+#: a running job of a shared queue (Redis) is marked alive this often (RedisJobQueue.heartbeat); a job
+#: silent for [pool] job_takeover_s (six heartbeats) belongs to a dead pool worker and is taken over
+HEARTBEATS_PER_TAKEOVER = 6
+
+
+def heartbeat_interval(cfg: Config) -> float:
+    return cfg.pool.job_takeover_s / HEARTBEATS_PER_TAKEOVER
 
 
 def pool_owner() -> str:
@@ -160,6 +163,7 @@ def _serve(cfg: Config, stop: threading.Event, queue: Any, table: Any, pool_cls:
         # jobs running here; a shared queue (Redis) is told they are alive, so that no other pool
         # worker takes them over (it takes a job silent for JOB_RECLAIM_IDLE_S: this worker died)
         beat = getattr(queue, "heartbeat", None)
+        heartbeat_s = heartbeat_interval(cfg)
         running: dict[int, dict[str, Any]] = {}
         running_lock = threading.Lock()
 
@@ -170,7 +174,7 @@ def _serve(cfg: Config, stop: threading.Event, queue: Any, table: Any, pool_cls:
 
         while not stop.is_set():
             now = time.monotonic()
-            if beat is not None and now - last_beat >= JOB_HEARTBEAT_S:
+            if beat is not None and now - last_beat >= heartbeat_s:
                 last_beat = now
                 with running_lock:
                     alive = list(running.values())

@@ -7,7 +7,8 @@ job stream.
 * A burst of 20 messages carrying 5 distinct unseen files, through both, gives exactly 5
   detonations.
 * A pool worker killed with SIGKILL mid-job has its job redelivered to the other one (the stream's
-  consumer group, ``XAUTOCLAIM`` after three job timeouts), and the message is answered.
+  consumer group, ``XAUTOCLAIM`` once it is silent for ``[pool] job_takeover_s``), and the message is
+  answered.
 
 Every mailvm process is real (``python -m mailvm.cli.mailvm_main``); detonation uses the
 process backend (bubblewrap), so the test needs Postfix, redis-server and the sandbox.
@@ -41,8 +42,9 @@ pytestmark = [
     pytest.mark.skipif(SANDBOX_REASON is not None, reason=f"sandbox unavailable: {SANDBOX_REASON}"),
 ]
 
-#: a job's timeout; the stream gives a job idle for max(60 s, 3 timeouts) to another consumer
 JOB_TIMEOUT_S = 15
+#: a job silent this long ([pool] job_takeover_s; 30 s by default) goes to another pool worker
+TAKEOVER_S = 6
 DETONATED = re.compile(r" detonated ([0-9a-f]{12}) ")
 
 
@@ -62,7 +64,8 @@ class Farm:
         (root / "policy.d").mkdir(exist_ok=True)
         text = lab_config(root, milter_port, smtp_port=smtp_port, backend="process", slots=1, workers=2,
                           job_timeout_s=JOB_TIMEOUT_S, idle_s=1, max_wait_s=170, malicious="reject",
-                          pool_work=pool_work, pool_extra=f'queue_url = "{self.redis.url}"')
+                          pool_work=pool_work,
+                          pool_extra=f'queue_url = "{self.redis.url}"\njob_takeover_s = {TAKEOVER_S}')
         text = text.replace("[scantable]\n", f'[scantable]\nurl = "{self.redis.url}"\n', 1)
         text = text.replace("[milter]\n", "[milter]\npool_service = false\n", 1)
         path = root / "mailvm.toml"
