@@ -102,7 +102,7 @@ class HoldIndex:
         n = 0
         try:
             entries = list(os.scandir(self.dir))
-        except FileNotFoundError:
+        except OSError:  # none yet, or not ours to read (mvctl run by another user)
             return 0
         for e in entries:
             qid = e.name.removesuffix(".json")
