@@ -26,9 +26,11 @@ EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!
 
 
 def _zip(name: str, data: bytes) -> bytes:
+    """The same bytes every time (a fixed member date): the tests compare the zip part's SHA-256 with
+    one computed again later, which failed when the clock's 2-second zip resolution ticked between."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        z.writestr(name, data)
+        z.writestr(zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0)), data)
     return buf.getvalue()
 
 
