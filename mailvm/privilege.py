@@ -30,7 +30,7 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +163,9 @@ def _traversable(path: Path, gid: int) -> None:
     os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IXGRP)
 
 
-def _repair(root: Path, ident: WorkerIdentity) -> None:
-    os.chown(root, ident.uid, ident.gid)
-    os.chmod(root, SHARED_MODE)
+def _entries(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry under ``root`` that is not a symbolic link, with its lstat, at most
+    MAX_REPAIR_ENTRIES of them (a warning says when the rest are left as they are)."""
     seen = 0
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -176,17 +176,26 @@ def _repair(root: Path, ident: WorkerIdentity) -> None:
             full = os.path.join(dirpath, name)
             try:
                 st = os.lstat(full)
-                if stat.S_ISLNK(st.st_mode):
-                    continue
-                if st.st_gid != ident.gid:
-                    os.chown(full, -1, ident.gid)
-                want = stat.S_IMODE(st.st_mode) | stat.S_IRGRP | stat.S_IWGRP
-                if stat.S_ISDIR(st.st_mode):
-                    want |= stat.S_IXGRP | stat.S_ISGID
-                if want != stat.S_IMODE(st.st_mode):
-                    os.chmod(full, want)
             except FileNotFoundError:
                 continue
+            if not stat.S_ISLNK(st.st_mode):
+                yield full, st
+
+
+def _repair(root: Path, ident: WorkerIdentity) -> None:
+    os.chown(root, ident.uid, ident.gid)
+    os.chmod(root, SHARED_MODE)
+    for full, st in _entries(root):
+        try:
+            if st.st_gid != ident.gid:
+                os.chown(full, -1, ident.gid)
+            want = stat.S_IMODE(st.st_mode) | stat.S_IRGRP | stat.S_IWGRP
+            if stat.S_ISDIR(st.st_mode):
+                want |= stat.S_IXGRP | stat.S_ISGID
+            if want != stat.S_IMODE(st.st_mode):
+                os.chmod(full, want)
+        except FileNotFoundError:
+            continue
 
 
 def drop_privileges(ident: WorkerIdentity) -> None:
@@ -262,19 +271,12 @@ def plan_service(cfg: Any, config_path: str | None) -> tuple[WorkerIdentity | No
 def _own_tree(root: Path, uid: int, gid: int) -> None:
     """``root`` and everything in it (bounded) owned by uid:gid; modes unchanged (private stays private)."""
     os.chown(root, uid, gid)
-    seen = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            seen += 1
-            if seen > MAX_REPAIR_ENTRIES:
-                log.warning("%s: more than %d entries, the rest keep their owner", root, MAX_REPAIR_ENTRIES)
-                return
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-                if not stat.S_ISLNK(st.st_mode) and (st.st_uid, st.st_gid) != (uid, gid):
-                    os.chown(os.path.join(dirpath, name), uid, gid)
-            except FileNotFoundError:
-                continue
+    for full, st in _entries(root):
+        try:
+            if (st.st_uid, st.st_gid) != (uid, gid):
+                os.chown(full, uid, gid)
+        except FileNotFoundError:
+            continue
 
 
 def own_service_paths(cfg: Any, ident: WorkerIdentity) -> list[str]:
