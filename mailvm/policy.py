@@ -36,9 +36,11 @@ from typing import Any, Callable, Iterable, Sequence
 import ipaddress
 
 from mailvm.config import ConfigError, build_section
+from mailvm.job import AnalysisSettings  # the contract lives in mailvm.job (re-exported here)
 from mailvm.kinds import DETONATE_KINDS, KINDS, kinds_problem
 from mailvm.release import RELEASE_HEADER
 from mailvm.verdict import CLEAN, ERROR, MALICIOUS, PENDING, SUSPICIOUS, Finding, score_findings
+
 
 log = logging.getLogger(__name__)
 
@@ -727,24 +729,6 @@ def check_policy_dir(global_path: str | os.PathLike[str] | None, policy_dir: str
 # --------------------------------------------------------------------------------------
 # Combining policies for the analysis (what to detonate, how long to wait)
 # --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AnalysisSettings:
-    """What the pipeline does for one message whose recipients have these policies.
-
-    The most thorough wins: detonate if any policy detonates (union of kinds), wait
-    as long as the longest ``max_wait_s``, follow links if any policy does (largest
-    limits), try every policy's archive passwords.
-    """
-
-    max_wait_s: float
-    detonate: bool
-    detonate_kinds: tuple[str, ...]
-    links_enabled: bool
-    max_links: int
-    max_link_bytes: int
-    archive_passwords: tuple[str, ...]
 
 
 def analysis_settings(policies: Sequence[Policy]) -> AnalysisSettings:

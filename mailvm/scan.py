@@ -268,7 +268,7 @@ class Scanner:
             self._settle(rep, static, SOURCE_TRIAGE)
             rep.findings.append(Finding("not_detonated", 0, "no detonation backend in this run", "scan"))
             return rep, None, None
-        from mailvm.vmpool.pool import Job  # the pool is optional for the pipeline
+        from mailvm.job import Job
 
         job = Job(
             sha256=art.sha256,

@@ -13,7 +13,7 @@ from mailvm.config import parse_config
 from mailvm.milter.service import MilterService
 
 
-def _always_crash(path, options):  # the worker dies under this message, on every attempt
+def _always_crash(job):  # the worker dies under this message, on every attempt
     os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from mailvm.config import parse_config
 from mailvm.milter.service import MilterService
 
@@ -49,11 +51,12 @@ def test_authenticated_sender_bypass_skips_detonation(tmp_path, monkeypatch):
                                       "scanall.test": "[bypass]\nauthenticated = true\nskip = \"scan\"\n"})
     seen = {}
 
-    def fake_pipeline(raw, options, progress, hard_deadline, tag):
-        seen["detonate"] = options.detonate
+    def fake_worker(job, progress, hard_deadline, tag):  # stands in for the worker: records the job it got
+        seen["detonate"] = job.detonate
         return {"verdict": "clean", "score": 0, "findings": [], "artifacts": []}
 
-    monkeypatch.setattr(svc, "_run_pipeline", fake_pipeline)
+    monkeypatch.setattr(svc, "_scan_in_worker", fake_worker)
+    os.makedirs(svc.spool_dir, exist_ok=True)  # svc.prepare() makes it in `mailvm serve`
     out = svc.handle(b"Subject: x\r\n\r\nhi\r\n", "a@inside.example", ["u@auth.test"], "Q5",
                      client=ClientInfo(ip="198.51.100.9", auth_user="alice", sender="a@inside.example"))
     assert seen["detonate"] is False and out.bypass == "authenticated user alice"

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from job_helpers import scan_job
 from mailvm.milter import pipeline
 
 
@@ -65,19 +66,16 @@ def _message(tmp_path, text="hello", attach=True):
 
 
 def test_empty_detonate_kinds_detonates_nothing(worker):
-    opts = pipeline.ScanOptions(deadline=time.monotonic() + 3, detonate=True, detonate_kinds=[], links=False)
-    report = pipeline.scan_path(_message(worker), opts)
+    report = pipeline.scan_path(scan_job(_message(worker), time.monotonic() + 3, kinds=[]))
     script = [a for a in report["artifacts"] if a["name"] == "run.sh"][0]
     assert script["source"] == "triage"  # not queued for a VM (it would be "pending" at the deadline)
-    opts = pipeline.ScanOptions(deadline=time.monotonic() + 1, detonate=True, detonate_kinds=["script"], links=False)
-    report = pipeline.scan_path(_message(worker), opts)
+    report = pipeline.scan_path(scan_job(_message(worker), time.monotonic() + 1, kinds=["script"]))
     script = [a for a in report["artifacts"] if a["name"] == "run.sh"][0]
     assert script["source"] == "pending"  # the control: with the kind listed it waits for a VM
 
 
 def test_domain_links_max_bytes_applies(worker, web):
-    opts = pipeline.ScanOptions(deadline=time.monotonic() + 20, detonate=False, links=True, max_links=5,
-                                max_link_bytes=1000)
-    report = pipeline.scan_path(_message(worker, f"get it at {web}", attach=False), opts)
+    report = pipeline.scan_path(scan_job(_message(worker, f"get it at {web}", attach=False), time.monotonic() + 20,
+                                         detonate=False, links=True, max_links=5, max_link_bytes=1000))
     downloads = [a for a in report["artifacts"] if a["size"] > 0 and "tool" in a["name"]]
     assert downloads and downloads[0]["size"] <= 1000

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from job_helpers import settings
 from mailvm.config import parse_config
 from mailvm.milter import pipeline
 from mailvm.milter.service import MilterService
@@ -24,12 +25,12 @@ def _service(tmp_path, workers=1):
     return svc
 
 
-def _stuck(path, options):  # stands in for an analyzer that never returns on a hostile file
+def _stuck(job):  # stands in for an analyzer that never returns on a hostile file
     time.sleep(3600)
 
 
-def _crash_once(path, options):
-    flag = path + ".crashed"
+def _crash_once(job):
+    flag = job.path + ".crashed"
     if not os.path.exists(flag):
         open(flag, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
@@ -42,13 +43,13 @@ def test_a_stuck_scan_is_killed_at_the_hard_limit_and_the_worker_replaced(tmp_pa
     try:
         monkeypatch.setattr("mailvm.milter.service.scan_path", _stuck)
         t0 = time.monotonic()
-        assert svc._run_pipeline(b"Subject: x\r\n\r\nhi\r\n", pipeline.ScanOptions(deadline=0), None,
+        assert svc._run_pipeline(b"Subject: x\r\n\r\nhi\r\n", settings(), 0, False, None,
                                  time.monotonic() + 3, "t") is None
         assert time.monotonic() - t0 < 30
         # the pool still answers: the stuck worker was replaced, not leaked
         monkeypatch.setattr("mailvm.milter.service.scan_path", pipeline.scan_path)
-        opts = pipeline.ScanOptions(deadline=time.monotonic() + 20, detonate=False, links=False)
-        report = svc._run_pipeline(b"Subject: x\r\n\r\nhello\r\n", opts, None, time.monotonic() + 60, "t")
+        report = svc._run_pipeline(b"Subject: x\r\n\r\nhello\r\n", settings(detonate=False),
+                                   time.monotonic() + 20, False, None, time.monotonic() + 60, "t")
         assert report is not None and report["verdict"] == "clean"
     finally:
         svc.close()
@@ -59,7 +60,7 @@ def test_a_worker_crash_is_retried_once_on_a_fresh_worker(tmp_path, monkeypatch)
     svc = _service(tmp_path)
     try:
         monkeypatch.setattr("mailvm.milter.service.scan_path", _crash_once)
-        report = svc._run_pipeline(b"Subject: x\r\n\r\nhi\r\n", pipeline.ScanOptions(deadline=0), None,
+        report = svc._run_pipeline(b"Subject: x\r\n\r\nhi\r\n", settings(), 0, False, None,
                                    time.monotonic() + 60, "t")
         assert report is not None and report["verdict"] == "clean"
     finally:
@@ -85,12 +86,12 @@ def test_an_idle_worker_killed_does_not_fail_the_next_message(tmp_path):
 
     svc = _service(tmp_path, workers=2)
     try:
-        opts = lambda: pipeline.ScanOptions(deadline=time.monotonic() + 30, detonate=False, links=False)  # noqa: E731
-        assert svc._run_pipeline(b"Subject: x\r\n\r\nhi\r\n", opts(), None, time.monotonic() + 60, "t") is not None
+        args = lambda: (settings(detonate=False), time.monotonic() + 30, False, None, time.monotonic() + 60, "t")  # noqa: E731
+        assert svc._run_pipeline(b"Subject: x\r\n\r\nhi\r\n", *args()) is not None
         old = svc._executor
         victims = [w.pid for w in old._pool_manager.worker_manager.workers.values()]
         os.kill(victims[0], signal.SIGKILL)
-        report = svc._run_pipeline(b"Subject: y\r\n\r\nhello\r\n", opts(), None, time.monotonic() + 60, "t")
+        report = svc._run_pipeline(b"Subject: y\r\n\r\nhello\r\n", *args())
         assert report is not None and report["verdict"] == "clean"
         end = time.monotonic() + 30
         while time.monotonic() < end and not all(is_gone(p) for p in victims):

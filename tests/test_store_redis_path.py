@@ -11,6 +11,7 @@ import time
 import pytest
 
 from mailvm.milter import pipeline
+from job_helpers import scan_job
 from redis_helpers import REDIS_SERVER, RedisServer
 from test_windows_launchers import SANDBOX as SANDBOX_REASON
 
@@ -43,13 +44,12 @@ def test_unseen_script_detonated_once_through_redis(tmp_path):
         m.add_attachment(script, maintype="application", subtype="x-sh", filename="run.sh")
         msg = tmp_path / "m.eml"
         msg.write_bytes(m.as_bytes())
-        opts = pipeline.ScanOptions(deadline=time.monotonic() + 120, detonate=True, detonate_kinds=["script"],
-                                    links=False)
-        report = pipeline.scan_path(str(msg), opts)
+        job = scan_job(msg, time.monotonic() + 120, kinds=["script"])
+        report = pipeline.scan_path(job)
         art = [a for a in report["artifacts"] if a["name"] == "run.sh"][0]
         assert art["source"] == "detonation", art
         # the verdict is in the shared table: a second message is answered from it
-        again = pipeline.scan_path(str(msg), opts)
+        again = pipeline.scan_path(job)
         assert [a for a in again["artifacts"] if a["name"] == "run.sh"][0]["source"] == "cache"
         table = open_table(cfg)
         stored = table.get(art["sha256"])

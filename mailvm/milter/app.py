@@ -13,13 +13,13 @@ carry it out.
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import Milter
 
 from mailvm.milter import actions
+from mailvm.milter.spoolfile import MessageSpool
 from mailvm.milter.service import MilterService
 from mailvm.policy import REPLY_INTERNAL
 
@@ -39,7 +39,7 @@ class MessageState:
     recipients: list[str] = field(default_factory=list)
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     header_bytes: int = 0
-    body: Any = None  # a temporary file
+    body: Any = None  # the message's spool file (MessageSpool), written once
     body_bytes: int = 0
     truncated: bool = False
     own_headers: dict[str, int] = field(default_factory=dict)  # lower-case name -> occurrences seen
@@ -99,7 +99,7 @@ class MailvmMilter(Milter.Base):
         self._reset()
         self.msg = MessageState(sender=_addr(mailfrom))
         self.msg.auth_user = _addr(self.getsymval("{auth_authen}") or "")[:256]
-        self.msg.body = tempfile.TemporaryFile(dir=self.service.spool_dir, prefix="body-")
+        self.msg.body = MessageSpool(self.service.spool_dir)
         return Milter.CONTINUE
 
     def envrcpt(self, to, *params):
@@ -148,6 +148,8 @@ class MailvmMilter(Milter.Base):
         if len(chunk) > room:
             chunk = chunk[:room]
             msg.truncated = True
+        if not msg.body.head_written:
+            msg.body.write_head(self._head(msg))
         msg.body.write(chunk)
         msg.body_bytes += len(chunk)
         return Milter.CONTINUE
@@ -159,7 +161,9 @@ class MailvmMilter(Milter.Base):
             return Milter.TEMPFAIL
         queue_id = self.getsymval("i") or ""
         try:
-            raw = self._assemble(msg)
+            if not msg.body.head_written:  # a message without a body
+                msg.body.write_head(self._head(msg))
+            raw = msg.body.finish()
             from mailvm.policy import ClientInfo
 
             outcome = self.service.handle(
@@ -174,6 +178,7 @@ class MailvmMilter(Milter.Base):
                                   auth_user=msg.auth_user, sender=msg.sender),
                 message_id=msg.message_id,
                 size=msg.header_bytes + msg.body_bytes,
+                spooled=msg.body.path,
             )
             return actions.apply(self, outcome, msg.own_headers)
         except Exception:  # never lose a message: tempfail and log the reason
@@ -190,13 +195,11 @@ class MailvmMilter(Milter.Base):
         except Exception as exc:  # the MTA went away: eom will fail to reply anyway
             log.debug("progress() failed: %s", exc)
 
-    def _assemble(self, msg: MessageState) -> bytes:
-        """The message as received: the MTA hands a folded value over with bare LF between its lines
-        (restored to CRLF) and, without SMFIP_HDR_LEADSPC, with one leading space taken off."""
+    def _head(self, msg: MessageState) -> bytes:
+        """The header block as received: the MTA hands a folded value over with bare LF between its
+        lines (restored to CRLF) and, without SMFIP_HDR_LEADSPC, with one leading space taken off."""
         sep = b":" if self.leadspc else b": "
-        head = b"".join(n.encode("ascii", "replace") + sep + _crlf(v) + b"\r\n" for n, v in msg.headers)
-        msg.body.seek(0)
-        return head + b"\r\n" + msg.body.read()
+        return b"".join(n.encode("ascii", "replace") + sep + _crlf(v) + b"\r\n" for n, v in msg.headers) + b"\r\n"
 
     def abort(self):
         self._reset()

@@ -12,26 +12,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mailvm.config import Config, load_config
+from mailvm.job import ScanJob
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ScanOptions:
-    """What the recipients' policies ask of this message's analysis."""
-
-    deadline: float  # time.monotonic() based (CLOCK_MONOTONIC is system-wide)
-    detonate: bool = True
-    detonate_kinds: list[str] = field(default_factory=list)
-    links: bool = True
-    max_links: int | None = None
-    max_link_bytes: int | None = None
-    passwords: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -129,29 +117,24 @@ def worker_ready() -> bool:
     return _worker is not None
 
 
-def scan_path(path: str, options: ScanOptions) -> dict[str, Any]:
-    """Scan the raw message stored at ``path``; returns ``ScanReport.to_dict()``."""
+def scanner_for(w: _Worker, job: ScanJob) -> Any:
+    """The :class:`mailvm.scan.Scanner` for one message: the worker's parts with the job's
+    :class:`~mailvm.job.AnalysisSettings` read as they are -- the one place they meet the
+    host configuration (link limits only ever narrowed; an empty kind list detonates nothing)."""
     from mailvm.scan import Scanner
 
+    s = job.settings
+    cfg = dataclasses.replace(w.cfg, links=s.links_config(w.cfg.links))
+    return Scanner(cfg, w.triage, w.table, w.detonator if job.detonate else None,
+                   detonate_kinds=s.detonate_kinds)
+
+
+def scan_path(job: ScanJob) -> dict[str, Any]:
+    """Scan the raw message stored at ``job.path``; returns ``ScanReport.to_dict()``."""
     if _worker is None:
         raise RuntimeError("scan worker not initialised")
-    w = _worker
-    links = dataclasses.replace(
-        w.cfg.links,
-        enabled=w.cfg.links.enabled and options.links,
-        max_links=min(w.cfg.links.max_links, options.max_links) if options.max_links is not None else w.cfg.links.max_links,
-        max_bytes=min(w.cfg.links.max_bytes, options.max_link_bytes) if options.max_link_bytes else w.cfg.links.max_bytes,
-    )
-    cfg = dataclasses.replace(w.cfg, links=links)
-    scanner = Scanner(
-        cfg,
-        w.triage,
-        w.table,
-        w.detonator if options.detonate else None,
-        # the policy's kinds as they are: an empty list detonates nothing (never "all")
-        detonate_kinds=options.detonate_kinds,
-    )
-    with open(path, "rb") as fh:
-        raw = fh.read(cfg.extract.max_message_bytes + 1)
-    report = scanner.scan_message(raw, options.passwords, options.deadline)
+    scanner = scanner_for(_worker, job)
+    with open(job.path, "rb") as fh:
+        raw = fh.read(scanner.cfg.extract.max_message_bytes + 1)
+    report = scanner.scan_message(raw, job.settings.archive_passwords, job.deadline)
     return report.to_dict()

@@ -23,7 +23,8 @@ from typing import Any, Callable, Sequence
 from pebble import ProcessExpired
 
 from mailvm.config import Config, ConfigError
-from mailvm.milter.pipeline import ScanOptions, init_worker, scan_path, worker_ready
+from mailvm.job import ScanJob
+from mailvm.milter.pipeline import init_worker, scan_path, worker_ready
 from mailvm.obs.msglog import MessageRecord
 from mailvm.obs.msglog import emit as emit_message_line
 from mailvm.policy import (
@@ -278,14 +279,19 @@ class MilterService:
         client: ClientInfo | None = None,
         message_id: str = "",
         size: int = 0,
+        spooled: str | None = None,
     ) -> Outcome:
-        """Decide one message; then one log line (and the metrics) say what happened to it."""
+        """Decide one message; then one log line (and the metrics) say what happened to it.
+
+        ``spooled``: a file already holding exactly ``raw`` (the milter's :class:`MessageSpool`),
+        which the scan worker then reads; without it ``raw`` is spooled here."""
         started = time.monotonic()
         client = client or ClientInfo(sender=sender)
         if self.metrics is not None:
             self.metrics.inflight.inc()
         try:
-            outcome = self._handle(raw, sender, recipients, queue_id, truncated, release_header, progress, client)
+            outcome = self._handle(raw, sender, recipients, queue_id, truncated, release_header, progress, client,
+                                   spooled)
         except Exception:
             if self.metrics is not None:
                 self.metrics.error("milter")
@@ -320,6 +326,7 @@ class MilterService:
         release_header: str | None,
         progress: Callable[[], Any] | None,
         client: ClientInfo,
+        spooled: str | None = None,
     ) -> Outcome:
         policies = [p for _, p in self._policies.for_recipients(list(recipients))]
         tag = queue_id or "-"
@@ -349,18 +356,10 @@ class MilterService:
             return Outcome(decision, None, raw, sender, list(recipients), bypass=why)
         if skip:
             log.info("%s: bypass (%s): static analysis only, no detonation", tag, why)
-        settings = analysis_settings(policies)
+        settings = analysis_settings(policies)  # frozen: the worker reads it unchanged (mailvm.job)
         max_wait = settings.max_wait_s
-        options = ScanOptions(
-            deadline=started + max_wait,
-            detonate=settings.detonate and not skip,
-            detonate_kinds=list(settings.detonate_kinds),
-            links=settings.links_enabled,
-            max_links=settings.max_links,
-            max_link_bytes=settings.max_link_bytes,
-            passwords=list(settings.archive_passwords),
-        )
-        report = self._run_pipeline(raw, options, progress, started + max_wait + WORKER_GRACE_S, tag)
+        report = self._run_pipeline(raw, settings, started + max_wait, bool(skip), progress,
+                                    started + max_wait + WORKER_GRACE_S, tag, spooled)
         if report is None:
             # mailvm itself failed and has no verdict at all: each domain's fail_open decides (tempfail 451
             # 4.3.0, or deliver marked "failed-open"); the strictest wins
@@ -449,48 +448,56 @@ class MilterService:
                          name="mailvm-notices", daemon=True).start()
 
     def _run_pipeline(
-        self, raw: bytes, options: ScanOptions, progress: Callable[[], Any] | None, hard_deadline: float, tag: str
+        self, raw: bytes, settings: Any, deadline: float, static_only: bool, progress: Callable[[], Any] | None,
+        hard_deadline: float, tag: str, spooled: str | None = None,
     ) -> dict[str, Any] | None:
+        """The scan worker's report on the message, or None (no verdict: the caller's fail_open applies)."""
+        if spooled is not None:
+            return self._scan_in_worker(ScanJob(spooled, settings, deadline, static_only), progress, hard_deadline, tag)
         fd, path = tempfile.mkstemp(prefix="msg-", suffix=".eml", dir=self.spool_dir)
         try:
             os.fchmod(fd, 0o640)  # the scan worker reads it as the worker group (mailvm.privilege)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(raw)
-            for attempt in (1, 2):
-                left = hard_deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                # the hard limit is Pebble's: past it the worker is killed and replaced, so a stuck
-                # analyzer (pdfid, oletools, pefile on a hostile file) never keeps a worker for good
-                try:
-                    fut = self._pool().schedule(scan_path, args=(path, options), timeout=left)
-                except RuntimeError as exc:  # stopped between the check and the call, or restarting
-                    log.error("%s: no scan worker (%s)%s", tag, exc, "; trying again" if attempt == 1 else "")
-                    time.sleep(min(1.0, max(0.0, hard_deadline - time.monotonic())))
-                    continue
-                while not fut.done():
-                    cf.wait([fut], timeout=min(PROGRESS_EVERY_S, max(0.1, hard_deadline - time.monotonic())))
-                    if not fut.done() and progress is not None:
-                        progress()
-                try:
-                    return fut.result()
-                except TimeoutError:
-                    log.error("%s: the scan did not finish in %.0f s; its worker was killed and replaced", tag, left)
-                    return None
-                except (ProcessExpired, BrokenProcessPool) as exc:
-                    # the worker died under this message (others go on), or the pool stopped before the
-                    # task ran: try once more on a fresh worker
-                    log.error("%s: scan worker died (%s)%s", tag, exc, "; retrying once" if attempt == 1 else "")
-                    continue
-                except Exception:
-                    log.exception("%s: scan failed", tag)
-                    return None
-            return None
+            return self._scan_in_worker(ScanJob(path, settings, deadline, static_only), progress, hard_deadline, tag)
         finally:
             try:
                 os.unlink(path)
             except OSError:
                 pass
+
+    def _scan_in_worker(self, job: ScanJob, progress: Callable[[], Any] | None, hard_deadline: float,
+                        tag: str) -> dict[str, Any] | None:
+        for attempt in (1, 2):
+            left = hard_deadline - time.monotonic()
+            if left <= 0:
+                return None
+            # the hard limit is Pebble's: past it the worker is killed and replaced, so a stuck
+            # analyzer (pdfid, oletools, pefile on a hostile file) never keeps a worker for good
+            try:
+                fut = self._pool().schedule(scan_path, args=(job,), timeout=left)
+            except RuntimeError as exc:  # stopped between the check and the call, or restarting
+                log.error("%s: no scan worker (%s)%s", tag, exc, "; trying again" if attempt == 1 else "")
+                time.sleep(min(1.0, max(0.0, hard_deadline - time.monotonic())))
+                continue
+            while not fut.done():
+                cf.wait([fut], timeout=min(PROGRESS_EVERY_S, max(0.1, hard_deadline - time.monotonic())))
+                if not fut.done() and progress is not None:
+                    progress()
+            try:
+                return fut.result()
+            except TimeoutError:
+                log.error("%s: the scan did not finish in %.0f s; its worker was killed and replaced", tag, left)
+                return None
+            except (ProcessExpired, BrokenProcessPool) as exc:
+                # the worker died under this message (others go on), or the pool stopped before the
+                # task ran: try once more on a fresh worker
+                log.error("%s: scan worker died (%s)%s", tag, exc, "; retrying once" if attempt == 1 else "")
+                continue
+            except Exception:
+                log.exception("%s: scan failed", tag)
+                return None
+        return None
 
     # -- release -------------------------------------------------------------------
     def _check_release(self, raw: bytes, header: str) -> str | None:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mailvm.store.redis_table import connect
-from mailvm.verdict import Finding
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +72,14 @@ class RedisJobQueue:
 
     # -- producer side (scan workers) --------------------------------------------------
     def push(self, job: Any) -> None:
-        from dataclasses import asdict
+        from mailvm.job import job_record
 
-        record = asdict(job) if not isinstance(job, dict) else dict(job)
-        sha = record.get("sha256", "")
-        if not _SHA_RE.match(sha):
-            raise ValueError(f"job sha256 {sha!r} is not a sha256")
+        record = job_record(job)  # the one wire form (raises ValueError when malformed)
+        sha = record["sha256"]
         data = Path(record["path"]).read_bytes()
         if len(data) > self.max_file_bytes:
             raise ValueError(f"job file of {len(data)} bytes is larger than {self.max_file_bytes}")
         record.pop("path", None)
-        record["static_findings"] = [f.to_dict() if isinstance(f, Finding) else f
-                                     for f in record.get("static_findings", [])]
-        record["queued_at"] = time.time()
         blob = json.dumps(record, default=str)
         if len(blob) > MAX_RECORD_BYTES:
             raise ValueError("job record too large")

@@ -24,11 +24,10 @@ import secrets
 import shutil
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
-from mailvm.verdict import Finding
+from mailvm.job import job_record
 from mailvm.wakebus import WakeBus
 
 log = logging.getLogger(__name__)
@@ -62,18 +61,14 @@ class JobQueue:
 
     def push(self, job: Any) -> None:
         """Copy the job's file next to the queue and enqueue the record (``Job`` or dict)."""
-        record = asdict(job) if not isinstance(job, dict) else dict(job)
-        sha = record.get("sha256", "")
-        if not _SHA_RE.match(sha):
-            raise ValueError(f"job sha256 {sha!r} is not a sha256")
+        record = job_record(job)  # mailvm.job: the one wire form (raises ValueError when malformed)
+        sha = record["sha256"]
         # a copy of its own per record: two records of one file never share (or delete) one copy
         dest = self.files / f"{sha}.{secrets.token_hex(6)}"
         tmp = self.files / f".{dest.name}.tmp"
         shutil.copyfile(record["path"], tmp)
         os.replace(tmp, dest)
         record["path"] = str(dest)
-        record["static_findings"] = [f.to_dict() if isinstance(f, Finding) else f for f in record.get("static_findings", [])]
-        record["queued_at"] = time.time()
         try:
             self._deque.append(record)
         except BaseException:

@@ -77,6 +77,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailvm.config import PoolConfig
 from mailvm.guest import protocol
+from mailvm.job import Job  # noqa: F401 (defined with its wire form in mailvm.job; re-exported)
 from mailvm.verdict import CLEAN, ERROR, MALICIOUS, SUSPICIOUS, Finding, Verdict
 from mailvm.vmpool.backends.base import Backend, Slot
 from mailvm.vmpool.evidence import evidence_dir, store_screenshots
@@ -85,6 +86,7 @@ from mailvm.vmpool.shmpage import PageError, RequestTooLarge
 
 if TYPE_CHECKING:
     from mailvm.scantable import ScanTable
+
 
 log = logging.getLogger(__name__)
 
@@ -117,21 +119,6 @@ JOIN_SLACK_S = 5.0
 
 #: text options are cut to this many characters (the options JSON must stay far below 64 KiB)
 MAX_OPTION_TEXT = 1024
-
-
-@dataclass
-class Job:
-    """One file to detonate."""
-
-    sha256: str
-    path: str  # file on the host (spool)
-    name: str
-    type: str  # mime
-    kind: str  # triage kind
-    static_findings: list[Finding] = field(default_factory=list)
-    timeout_s: float | None = None  # guest run time (default cfg.job_timeout_s)
-    deadline: float | None = None  # monotonic: give up (verdict error / timed_out) if not done by then
-    owner: str = ""  # scan-table claim owner; the pool publishes when a table is given
 
 
 @dataclass

@@ -31,34 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from mailvm.config import Config
-from mailvm.verdict import Finding
+from mailvm.job import job_from_record
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_MIN_S = 0.005
 IDLE_POLL_MAX_S = 0.1
-
-
-def job_from_record(record: dict[str, Any]):
-    from mailvm.vmpool.pool import Job
-
-    findings = []
-    for f in record.get("static_findings", []):
-        try:
-            findings.append(Finding.from_dict(f))
-        except ValueError:
-            continue
-    return Job(
-        sha256=record["sha256"],
-        path=record["path"],
-        name=str(record.get("name", "")),
-        type=str(record.get("type", "")),
-        kind=str(record.get("kind", "unknown")),
-        static_findings=findings,
-        timeout_s=record.get("timeout_s"),
-        deadline=None,  # a queued job runs to completion: the verdict serves the sender's retry
-        owner=str(record.get("owner", "")),
-    )
 
 
 #: the claims of records waiting in the durable queue are refreshed this often (a third of pending_ttl_s)
@@ -211,7 +189,7 @@ def _serve(cfg: Config, stop: threading.Event, queue: Any, table: Any, pool_cls:
                 continue
             try:
                 job = job_from_record(record)
-            except (KeyError, TypeError) as exc:
+            except (KeyError, TypeError, ValueError) as exc:
                 log.error("dropping malformed job record: %s", exc)
                 queue.done(record)
                 continue
