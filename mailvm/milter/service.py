@@ -425,9 +425,24 @@ class MilterService:
                        recipients: Sequence[str], record: dict[str, Any]) -> None:
         import socket
 
-        from mailvm.notify import DomainNotify, facts_from_record, plan_notices, send_notices
-        from mailvm.policy import recipient_domain
+        from mailvm.notify import facts_from_record, send_notices
         from mailvm.quarantine import smtp_deliver
+
+        notices = self.notice_plan(event, recipients)
+        if not notices:
+            return
+        host = socket.gethostname()
+        facts = facts_from_record(event, ident, queue_id, domain, sender, recipients, record, time.time(), host)
+        from_addr = self.cfg.notify.from_address or f"mailvm@{host if '.' in host else host + '.localdomain'}"
+        deliver = smtp_deliver(self.cfg.quarantine.reinject_host, self.cfg.quarantine.reinject_port)
+        threading.Thread(target=send_notices, args=(self.templates, facts, notices, deliver, from_addr),
+                         name="mailvm-notices", daemon=True).start()
+
+    def notice_plan(self, event: str, recipients: Sequence[str]) -> list[Any]:
+        """Who is told about a message of ``recipients`` that was quarantined or held (``event``): each
+        recipient domain's ``[notify]`` (and the older ``quarantine.notify``), by :func:`mailvm.notify.plan_notices`."""
+        from mailvm.notify import DomainNotify, plan_notices
+        from mailvm.policy import recipient_domain
 
         domains = []
         for name, pol in self._policies.for_recipients(list(recipients)):
@@ -437,15 +452,7 @@ class MilterService:
             domains.append(DomainNotify(
                 domain=name, admin=tuple(admins), recipients=pol.notify.recipients, events=tuple(pol.notify.events),
                 domain_recipients=tuple(r for r in recipients if (recipient_domain(r) or "") == name)))
-        notices = plan_notices(event, domains)
-        if not notices:
-            return
-        host = socket.gethostname()
-        facts = facts_from_record(event, ident, queue_id, domain, sender, recipients, record, time.time(), host)
-        from_addr = self.cfg.notify.from_address or f"mailvm@{host if '.' in host else host + '.localdomain'}"
-        deliver = smtp_deliver(self.cfg.quarantine.reinject_host, self.cfg.quarantine.reinject_port)
-        threading.Thread(target=send_notices, args=(self.templates, facts, notices, deliver, from_addr),
-                         name="mailvm-notices", daemon=True).start()
+        return plan_notices(event, domains)
 
     def _run_pipeline(
         self, raw: bytes, settings: Any, deadline: float, static_only: bool, progress: Callable[[], Any] | None,
