@@ -28,6 +28,8 @@ class _Worker:
     triage: Any
     table: Any
     detonator: Any
+    #: the administrator pins (mailvm.pins), opened once per worker, not once per message
+    pins: Any = None
 
 
 _worker: _Worker | None = None  # set by init_worker() in each worker process only
@@ -108,7 +110,9 @@ def init_worker(config_path: str | None, supervisor: int | None = None, supervis
     from mailvm.store import open_queue, open_table
 
     queue = open_queue(cfg)  # local, or the Redis stream of [pool] queue_url
-    _worker = _Worker(cfg, triage, open_table(cfg), QueueDetonator(queue))
+    from mailvm.pins import PinStore, pins_path
+
+    _worker = _Worker(cfg, triage, open_table(cfg), QueueDetonator(queue), PinStore(pins_path(cfg.scantable.path)))
     log.debug("scan worker %d ready", os.getpid())
 
 
@@ -126,7 +130,7 @@ def scanner_for(w: _Worker, job: ScanJob) -> Any:
     s = job.settings
     cfg = dataclasses.replace(w.cfg, links=s.links_config(w.cfg.links))
     return Scanner(cfg, w.triage, w.table, w.detonator if job.detonate else None,
-                   detonate_kinds=s.detonate_kinds)
+                   detonate_kinds=s.detonate_kinds, pins=w.pins)
 
 
 def scan_path(job: ScanJob) -> dict[str, Any]:

@@ -38,7 +38,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from email.utils import getaddresses
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from mailvm.triage import body, urlrisk
 from mailvm.triage.base import clip, extension
@@ -156,10 +156,17 @@ def skeleton(text: str) -> str:
     return text.translate(_CONFUSABLE_TABLE)
 
 
+#: any look-alike letter at all (the fast first test of mixed_script_words)
+_CONFUSABLE_ANY = re.compile("[" + re.escape("".join(CONFUSABLES)) + "]")
+
+
 def mixed_script_words(text: str, limit: int = MAX_WORDS) -> list[str]:
     """Words that mix Latin letters with Cyrillic/Greek look-alikes ("Yοur", "аccount"); bounded."""
-    out = []
-    for i, m in enumerate(_WORD.finditer(text[:MAX_TEXT])):
+    out: list[str] = []
+    text = text[:MAX_TEXT]
+    if not _CONFUSABLE_ANY.search(text):
+        return out  # one C-speed scan answers for nearly all mail: no look-alike letter at all
+    for i, m in enumerate(_WORD.finditer(text)):
         if i >= limit:
             break
         w = m.group(0)
@@ -265,6 +272,28 @@ def impersonation_severity(claim: Claim, lure: bool, signs: int) -> int:
     return max(0, min(7, sev + signs))
 
 
+def lure_phrases(text: str) -> list[str]:
+    """The lure phrases of ``text`` read through its look-alike letters, normalised and sorted."""
+    readable = skeleton(text)
+    return sorted({" ".join(m.group(0).lower().split())
+                   for pat in (LURE_PHRASES, body.LURE_PHRASES) for m in pat.finditer(readable)})
+
+
+class _Lazy:
+    """A value computed on first use (the lure-phrase scan costs about as much as the rest of the
+    message checks together, and only a look-alike or brand-claim message needs it)."""
+
+    def __init__(self, compute: Callable[[], Any]) -> None:
+        self._compute: Callable[[], Any] | None = compute
+        self._value: Any = None
+
+    @property
+    def value(self) -> Any:
+        if self._compute is not None:
+            self._value, self._compute = self._compute(), None
+        return self._value
+
+
 def message_findings(view: MessageView) -> list[Finding]:
     """The message-level phishing findings of one message (see the module docstring)."""
     out: list[Finding] = []
@@ -274,20 +303,18 @@ def message_findings(view: MessageView) -> list[Finding]:
     reply_domain = _domain(reply_addr)
     text = view.text[:MAX_TEXT] or (body._visible(view.html[:MAX_TEXT]) if view.html else "")
     title = _TITLE.search(view.html[:MAX_TEXT]) if view.html else None
-    readable = skeleton(f"{view.subject} {text}")
 
     mixed = mixed_script_words(f"{view.subject} {text}")
-    phrases = sorted({" ".join(m.group(0).lower().split())
-                      for pat in (LURE_PHRASES, body.LURE_PHRASES) for m in pat.finditer(readable)})
+    phrases = _Lazy(lambda: lure_phrases(f"{view.subject} {text}"))
     scripts = _scripts(view.html) if view.html else 0
     if len(mixed) >= 3:
         sev = 3 if len(mixed) >= 5 else 2
-        if phrases and len(mixed) >= 5:
+        if phrases.value and len(mixed) >= 5:
             sev = 5
         out.append(Finding("msg_lookalike_letters", sev,
                            f"{len(mixed)} words mix Latin with Cyrillic/Greek look-alike letters: "
                            f"{', '.join(clip(w, 20) for w in mixed[:4])}"
-                           + (f"; reads {phrases[0]!r}" if phrases else ""), SOURCE))
+                           + (f"; reads {phrases.value[0]!r}" if phrases.value else ""), SOURCE))
     if scripts:
         out.append(Finding("msg_body_script", 2, f"the HTML body carries {scripts} script(s); mail readers never "
                                                  "run them", SOURCE))
@@ -300,7 +327,7 @@ def message_findings(view: MessageView) -> list[Finding]:
     if claim is None or not sender_domain or owns(claim.brand, sender_domain):
         return out  # no claim, or the brand's own domain (a forged one is SPF/DKIM/DMARC's to judge)
     display_claim = claim.where == "display name"
-    if not display_claim and not phrases:
+    if not display_claim and not phrases.value:
         return out  # a brand named in a subject or a title: only with a lure is it a claim
     urls, anchors = _links(view.html, view.text)
     link_domains = {d for d in (_link_domain(u) for u in urls) if d}
@@ -321,10 +348,10 @@ def message_findings(view: MessageView) -> list[Finding]:
         signs.append(f"attached page {clip(pages[0], 40)}")
     if scripts:
         signs.append("script in the HTML body")
-    sev = impersonation_severity(claim, bool(phrases), len(signs))
+    sev = impersonation_severity(claim, bool(phrases.value), len(signs))
     detail = f"{claim.where} {claim.shown!r} claims {claim.brand}, sent from {sender_domain}"
-    if phrases:
-        detail += f"; asks to {phrases[0]!r}"
+    if phrases.value:
+        detail += f"; asks to {phrases.value[0]!r}"
     if signs:
         detail += "; " + "; ".join(signs)
     out.append(Finding("msg_brand_impersonation", sev, detail, SOURCE))
