@@ -80,6 +80,8 @@ from bench.common import (
     save_figure,
     summary,
     tree_cpu_seconds,
+    CPU_PARTS,
+    tree_cpu_by_part,
     wait_port,
     write_json,
 )
@@ -380,6 +382,9 @@ class MailLab:
     def mailvm_cpu(self) -> float:
         return tree_cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
 
+    def mailvm_cpu_parts(self) -> dict[str, float]:
+        return tree_cpu_by_part(self.proc.pid) if self.proc is not None else dict.fromkeys(CPU_PARTS, 0.0)
+
     def log_offset(self) -> int:
         try:
             return self.log_path.stat().st_size
@@ -503,6 +508,8 @@ def run_once(lab: MailLab, target: str, plan: Plan | None, sessions: int,
         messages, rejected = plan.messages, plan.rejected
     expected = messages - (rejected if target == "milter" else 0)
     cpu0 = lab.mailvm_cpu()
+    parts0 = lab.mailvm_cpu_parts()
+    pf0 = _postfix_cpu(postfix)
     log0 = lab.log_offset()
     meter = CpuMeter()
     t0 = time.monotonic()
@@ -525,6 +532,8 @@ def run_once(lab: MailLab, target: str, plan: Plan | None, sessions: int,
     t_end = max(t_end, t_smtp)
     elapsed = t_end - t0
     cpu = lab.mailvm_cpu() - cpu0
+    parts = {k: v - parts0.get(k, 0.0) for k, v in lab.mailvm_cpu_parts().items()}
+    pf_cpu = _postfix_cpu(postfix) - pf0
     mailvm_log = lab.log_since(log0) if target == "milter" else {}
     return {
         "target": "postfix" if target == "plain" else "postfix+mailvm",
@@ -537,6 +546,10 @@ def run_once(lab: MailLab, target: str, plan: Plan | None, sessions: int,
         "msg_per_s": round(messages / elapsed, 2) if elapsed > 0 else None,
         "mailvm_cpu_s": round(cpu, 3),
         "mailvm_cpu_ms_per_msg": round(cpu / messages * 1000, 2) if messages else None,
+        # by part of mailvm serve's tree (bench.common.tree_cpu_by_part)
+        "mailvm_cpu_ms_per_msg_by_part": {k: round(v / messages * 1000, 2) for k, v in parts.items()} if messages else {},
+        # the Postfix instance's own processes (master's tree: smtpd, cleanup, qmgr, local...)
+        "postfix_cpu_ms_per_msg": round(pf_cpu / messages * 1000, 2) if messages else None,
         "busy_cores": round(meter.busy_cores(), 2),
         "smtp_source_complaints": errors[:5],
         "mailvm_log": mailvm_log,
@@ -556,6 +569,15 @@ def warm_cache(lab: MailLab, corpus: Corpus, timeout: float = 300.0) -> dict[str
     return {"seconds": round(time.monotonic() - t0, 2), "verdicts": verdicts}
 
 
+def _postfix_cpu(postfix: Any) -> float:
+    """CPU seconds of one lab Postfix (its master's process tree, reaped children included)."""
+    try:
+        pid = int((Path(postfix.queue_dir) / "pid" / "master.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return tree_cpu_seconds(pid)
+
+
 def _header(raw: bytes, name: bytes) -> str:
     for line in raw.split(b"\n\n", 1)[0].splitlines():
         if line.lower().startswith(name + b":"):
@@ -568,10 +590,15 @@ def summarize_pairs(runs: list[tuple[dict, dict]]) -> dict[str, Any]:
     mv = [m for _, m in runs]
     ratios = [m["msg_per_s"] / p["msg_per_s"] for p, m in runs if p.get("msg_per_s") and m.get("msg_per_s")]
     return {
-        "postfix": {"msg_per_s": summary([r["msg_per_s"] for r in plain], 2), "runs": plain},
+        "postfix": {"msg_per_s": summary([r["msg_per_s"] for r in plain], 2),
+                    "postfix_cpu_ms_per_msg": summary([r["postfix_cpu_ms_per_msg"] for r in plain], 2),
+                    "runs": plain},
         "mailvm": {
             "msg_per_s": summary([r["msg_per_s"] for r in mv], 2),
             "cpu_ms_per_msg": summary([r["mailvm_cpu_ms_per_msg"] for r in mv], 2),
+            "cpu_ms_per_msg_by_part": {k: summary([r["mailvm_cpu_ms_per_msg_by_part"].get(k, 0.0) for r in mv], 2)
+                                       for k in CPU_PARTS},
+            "postfix_cpu_ms_per_msg": summary([r["postfix_cpu_ms_per_msg"] for r in mv], 2),
             "runs": mv,
         },
         "ratio": round(median(ratios), 3) if ratios else None,
@@ -676,14 +703,18 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"\n{'mix':<40}{'postfix msg/s':>14}{'mailvm msg/s':>14}{'ratio':>8}{'CPU ms/msg':>12}")
+    print(f"\n{'mix':<40}{'postfix msg/s':>14}{'mailvm msg/s':>14}{'ratio':>8}{'CPU ms/msg':>12}"
+          f"{'milter':>8}{'workers':>8}{'pool':>8}{'Postfix':>9}")
     rows = ([("canonical (smtp-source -m N -s S)", result["canonical"])] if "canonical" in result else [])
     rows += [(r["title"], r) for r in result["mixes"].values()]
     for title, r in rows:
         ratio = f"{r['ratio'] * 100:.0f} %" if r.get("ratio") else "-"
         print(f"{title[:39]:<40}{r['postfix']['msg_per_s'].get('median', 0):>14.1f}"
               f"{r['mailvm']['msg_per_s'].get('median', 0):>14.1f}{ratio:>8}"
-              f"{r['mailvm']['cpu_ms_per_msg'].get('median', 0):>12.1f}")
+              f"{r['mailvm']['cpu_ms_per_msg'].get('median', 0):>12.1f}"
+              + "".join(f"{r['mailvm'].get('cpu_ms_per_msg_by_part', {}).get(k, {}).get('median', 0):>8.2f}"
+                        for k in CPU_PARTS)
+              + f"{r['postfix'].get('postfix_cpu_ms_per_msg', {}).get('median', 0):>9.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -220,6 +220,45 @@ def tree_cpu_seconds(root: int) -> float:
     return total / tck
 
 
+#: the parts of ``mailvm serve``'s process tree that tree_cpu_by_part tells apart
+CPU_PARTS = ("milter", "scan workers", "pool and slots")
+
+
+def tree_cpu_by_part(root: int) -> dict[str, float]:
+    """:func:`tree_cpu_seconds` of ``mailvm serve`` split by part: the milter process itself (its
+    libmilter threads, eom orchestration and Pebble's threads), the scan workers (the forkserver's
+    subtree) and the pool (the pool supervisor's subtree: pool service, slots, sandboxes)."""
+    tck = os.sysconf("SC_CLK_TCK")
+    parts = dict.fromkeys(CPU_PARTS, 0.0)
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            f = _stat_fields(int(entry.name))
+            if f is not None:
+                stats[int(entry.name)] = f
+                children.setdefault(int(f[1]), []).append(int(entry.name))
+    if root not in stats:
+        return parts
+    f = stats[root]
+    parts["milter"] += (int(f[11]) + int(f[12])) / tck
+    parts["pool and slots"] += (int(f[13]) + int(f[14])) / tck  # reaped direct children (rare)
+    for top in children.get(root, ()):
+        try:
+            cmd = Path(f"/proc/{top}/cmdline").read_bytes()
+        except OSError:
+            cmd = b""
+        part = "scan workers" if b"forkserver" in cmd else "pool and slots"
+        todo = [top]
+        while todo:
+            pid = todo.pop()
+            g = stats.get(pid)
+            if g is not None:
+                parts[part] += (int(g[11]) + int(g[12]) + int(g[13]) + int(g[14])) / tck
+            todo.extend(children.get(pid, ()))
+    return parts
+
+
 def system_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot (all cores)."""
     tck = os.sysconf("SC_CLK_TCK")

@@ -340,3 +340,17 @@ def test_html_visible_text_bounded(pieces, repeat):
     assert time.monotonic() - t0 < 2.0
     assert len(text) <= len(html) + 1
     assert "<script>" not in text
+
+
+_B64_PIECES = st.sampled_from([b"QUJD", b"RA==", b"x", b"/+9", b"\r\n", b"\n", b" ", b"=", b"word ", b"QUJDRA" * 11, b"QUJDRA" * 22 + b"\r\n"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_B64_PIECES, max_size=400))
+def test_base64_runs_are_found_as_the_plain_pattern_finds_them(pieces):
+    """carve_text searches base64 runs only inside long stretches of base64 letters (the fast
+    path for ordinary text): it must find exactly the runs the pattern finds on the whole text."""
+    from mailvm.extract.embedded import _B64_RUN, _b64_runs
+
+    data = b"".join(pieces)
+    assert [m.span() for m in _b64_runs(data)] == [m.span() for m in _B64_RUN.finditer(data)]

@@ -58,6 +58,15 @@ _BOUNDARY_LINE = re.compile(rb"^--[!-~][ -~]{0,199}\r?$", re.M)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 # a base64 run: groups of 4 with optional line breaks between them (no nested ambiguity: linear)
 _B64_RUN = re.compile(rb"(?:[A-Za-z0-9+/]{4}(?:\r?\n)?){32,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+#: a stretch of base64 letters and line ends long enough to hold a run: every _B64_RUN match lies in
+#: one (its padding just after), and ordinary text has none, so the costly pattern runs only there
+_B64_STRETCH = re.compile(rb"[A-Za-z0-9+/\r\n]{%d,}" % MIN_B64)
+
+
+def _b64_runs(data: bytes) -> Iterator[re.Match[bytes]]:
+    """The matches of :data:`_B64_RUN` in ``data``, in order (searched only inside stretches)."""
+    for stretch in _B64_STRETCH.finditer(data):
+        yield from _B64_RUN.finditer(data, stretch.start(), min(len(data), stretch.end() + 2))
 
 
 def file_signature(data: bytes, whole: bool = False) -> str | None:
@@ -138,7 +147,7 @@ def salvage_parts(raw: bytes, max_bytes: int) -> Iterator[Salvaged]:
 def carve_text(data: bytes, max_bytes: int, limit: int = MAX_BLOBS) -> Iterator[tuple[str, bytes]]:
     """``(extension, bytes)`` of base64 blobs inside ``data`` that decode to a known file type."""
     found = 0
-    for m in _B64_RUN.finditer(data):
+    for m in _b64_runs(data):
         run = m.group(0)
         if len(run) < MIN_B64:
             continue
