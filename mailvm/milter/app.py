@@ -95,11 +95,15 @@ class MailvmMilter(Milter.Base):
         self.helo_name = _addr(heloname)[:255]
         return Milter.CONTINUE
 
+    @Milter.noreply  # never refuses a sender: no reply round trip (a spool failure tempfails at eom)
     def envfrom(self, mailfrom, *params):
         self._reset()
         self.msg = MessageState(sender=_addr(mailfrom))
         self.msg.auth_user = _addr(self.getsymval("{auth_authen}") or "")[:256]
-        self.msg.body = MessageSpool(self.service.spool_dir)
+        try:
+            self.msg.body = MessageSpool(self.service.spool_dir)
+        except OSError as exc:
+            log.error("cannot spool the message in %s: %s; it will be deferred", self.service.spool_dir, exc)
         return Milter.CONTINUE
 
     def envrcpt(self, to, *params):
@@ -161,6 +165,8 @@ class MailvmMilter(Milter.Base):
             return Milter.TEMPFAIL
         queue_id = self.getsymval("i") or ""
         try:
+            if msg.body is None:
+                raise OSError("the message could not be spooled")
             if not msg.body.head_written:  # a message without a body
                 msg.body.write_head(self._head(msg))
             raw = msg.body.finish()
