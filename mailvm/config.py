@@ -153,6 +153,10 @@ class MilterConfig:
     #: the user the scan workers (every parser of hostile bytes) drop to when mailvm serve runs as root;
     #: "" (or "root") keeps them root. See mailvm.privilege.
     worker_user: str = "mailvm"
+    #: the same message again (a retry, one campaign in several transactions) is answered from
+    #: memory without the worker round trip (mailvm.milter.msgcache); 0 turns it off
+    message_cache_entries: int = _bounded(2000, 0, 1_000_000, "messages whose report the milter keeps in memory")
+    message_cache_ttl_s: float = _bounded(900.0, 1, 86400, "seconds a kept message report may be reused")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import Milter
 
 from mailvm.milter import actions
+from mailvm.milter.msgcache import MessageDigest
 from mailvm.milter.spoolfile import MessageSpool
 from mailvm.milter.service import MilterService
 from mailvm.policy import REPLY_INTERNAL
@@ -44,6 +45,8 @@ class MessageState:
     truncated: bool = False
     own_headers: dict[str, int] = field(default_factory=dict)  # lower-case name -> occurrences seen
     release_header: str | None = None
+    #: the message as the analysis sees it, hashed while it streams in (mailvm.milter.msgcache)
+    digest: MessageDigest = field(default_factory=MessageDigest)
     auth_user: str = ""
     message_id: str = ""
 
@@ -136,6 +139,7 @@ class MailvmMilter(Milter.Base):
         msg.header_bytes += len(name) + len(raw) + 4
         if msg.header_bytes <= MAX_HEADER_BYTES:
             msg.headers.append((name, raw))
+            msg.digest.header(name, raw)
         else:
             msg.truncated = True
         return Milter.CONTINUE
@@ -154,7 +158,9 @@ class MailvmMilter(Milter.Base):
             msg.truncated = True
         if not msg.body.head_written:
             msg.body.write_head(self._head(msg))
+            msg.digest.end_of_headers()
         msg.body.write(chunk)
+        msg.digest.body(chunk)
         msg.body_bytes += len(chunk)
         return Milter.CONTINUE
 
@@ -169,6 +175,7 @@ class MailvmMilter(Milter.Base):
                 raise OSError("the message could not be spooled")
             if not msg.body.head_written:  # a message without a body
                 msg.body.write_head(self._head(msg))
+                msg.digest.end_of_headers()
             raw = msg.body.finish()
             from mailvm.policy import ClientInfo
 
@@ -185,6 +192,7 @@ class MailvmMilter(Milter.Base):
                 message_id=msg.message_id,
                 size=msg.header_bytes + msg.body_bytes,
                 spooled=msg.body.path,
+                digest=msg.digest.hexdigest(),
             )
             return actions.apply(self, outcome, msg.own_headers)
         except Exception:  # never lose a message: tempfail and log the reason

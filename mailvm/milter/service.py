@@ -115,6 +115,10 @@ class MilterService:
         #: notice templates (validated when the config was loaded; mailvm.notify)
         self.templates = load_templates(cfg.notify.template_dir)
         self.hold_index = HoldIndex(cfg.quarantine.dir)
+        from mailvm.milter.msgcache import MessageCache
+
+        #: reports of messages seen lately (mailvm.milter.msgcache); its table is opened by start_workers
+        self.msgcache = MessageCache(cfg.milter.message_cache_entries, cfg.milter.message_cache_ttl_s)
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -144,7 +148,23 @@ class MilterService:
         listens on a socket in a directory private to the user that started it: one started as root
         could not be asked for a new worker once serve is not root any more)."""
         self._executor = self._new_executor()
+        self._open_message_cache()
         threading.Thread(target=self._watch, name="mailvm-workers-watch", daemon=True).start()
+
+    def _open_message_cache(self) -> None:
+        """The message cache checks files against the scanned table and the pins as this process
+        (after ``mailvm serve`` dropped root); without them it stays off and says why."""
+        if self.msgcache.max_entries <= 0:
+            return
+        try:
+            from mailvm.pins import PinStore, pins_path
+            from mailvm.store import open_table
+
+            self.msgcache.table = open_table(self.cfg)
+            self.msgcache.pins = PinStore(pins_path(self.cfg.scantable.path))
+        except Exception as exc:
+            self.msgcache.table = None
+            log.warning("message cache off: cannot open the scanned table (%s)", exc)
 
     def _new_executor(self):
         """The scan workers: a Pebble process pool, the one owner of the worker processes.
@@ -175,6 +195,12 @@ class MilterService:
             ex, self._executor = self._executor, None
         if ex is not None:
             _stop_pool(ex)
+        table, self.msgcache.table = self.msgcache.table, None
+        if table is not None and hasattr(table, "close"):
+            try:
+                table.close()
+            except Exception as exc:  # closing is best effort
+                log.debug("closing the message cache's table: %s", exc)
 
     def _watch(self) -> None:
         """Start the worker pool again soon after it stopped, not only when the next message comes."""
@@ -241,6 +267,7 @@ class MilterService:
             log.error("policy reload failed, keeping the last good policy: %s", exc)
             return False
         self._policies = new
+        self.msgcache.clear()  # reports were made under the old policies' settings
         log.info("policies reloaded")
         return True
 
@@ -280,18 +307,20 @@ class MilterService:
         message_id: str = "",
         size: int = 0,
         spooled: str | None = None,
+        digest: str | None = None,
     ) -> Outcome:
         """Decide one message; then one log line (and the metrics) say what happened to it.
 
         ``spooled``: a file already holding exactly ``raw`` (the milter's :class:`MessageSpool`),
-        which the scan worker then reads; without it ``raw`` is spooled here."""
+        which the scan worker then reads; without it ``raw`` is spooled here.  ``digest``: the
+        milter's :class:`~mailvm.milter.msgcache.MessageDigest` of it (the message cache's key)."""
         started = time.monotonic()
         client = client or ClientInfo(sender=sender)
         if self.metrics is not None:
             self.metrics.inflight.inc()
         try:
             outcome = self._handle(raw, sender, recipients, queue_id, truncated, release_header, progress, client,
-                                   spooled)
+                                   spooled, digest)
         except Exception:
             if self.metrics is not None:
                 self.metrics.error("milter")
@@ -308,7 +337,7 @@ class MilterService:
             auth_user=client.auth_user, sender=sender, recipients=list(recipients), size=size or len(raw),
             message_id=message_id, verdict=d.verdict, score=d.score, action=d.action, domain=d.policy,
             rule=d.rule, reason=d.reason, bypass=outcome.bypass, quarantine_id=outcome.quarantine_id or "",
-            timings=timings)
+            answered="message-cache" if (outcome.report or {}).get("message_cache") else "", timings=timings)
         emit_message_line(rec, self.cfg.log.format)
         if self.metrics is not None:
             self.metrics.observe_message(d.verdict, d.action, elapsed, timings, (outcome.report or {}).get("artifacts", ()))
@@ -327,6 +356,7 @@ class MilterService:
         progress: Callable[[], Any] | None,
         client: ClientInfo,
         spooled: str | None = None,
+        digest: str | None = None,
     ) -> Outcome:
         policies = [p for _, p in self._policies.for_recipients(list(recipients))]
         tag = queue_id or "-"
@@ -358,8 +388,17 @@ class MilterService:
             log.info("%s: bypass (%s): static analysis only, no detonation", tag, why)
         settings = analysis_settings(policies)  # frozen: the worker reads it unchanged (mailvm.job)
         max_wait = settings.max_wait_s
-        report = self._run_pipeline(raw, settings, started + max_wait, bool(skip), progress,
-                                    started + max_wait + WORKER_GRACE_S, tag, spooled)
+        key = self.msgcache.key(digest, settings, bool(skip)) if digest and self.msgcache.enabled else None
+        report = self.msgcache.get(key) if key else None
+        if report is not None:
+            report["message_cache"] = True  # the same message's report, every file's verdict re-checked
+            self._count("message_cache_hits")
+            log.debug("%s: answered from the message cache", tag)
+        else:
+            report = self._run_pipeline(raw, settings, started + max_wait, bool(skip), progress,
+                                        started + max_wait + WORKER_GRACE_S, tag, spooled)
+            if key and report is not None:
+                self.msgcache.put(key, report)
         if report is None:
             # mailvm itself failed and has no verdict at all: each domain's fail_open decides (tempfail 451
             # 4.3.0, or deliver marked "failed-open"); the strictest wins

@@ -51,6 +51,8 @@ class MessageRecord:
     reason: str = ""
     bypass: str = ""
     quarantine_id: str = ""
+    #: "message-cache" when the report was reused for the same message (mailvm.milter.msgcache)
+    answered: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -96,6 +98,7 @@ def render(rec: MessageRecord, fmt: str = "text") -> str:
         ("rule", rec.rule),
         ("bypass", rec.bypass),
         ("quarantine", rec.quarantine_id),
+        ("answered", rec.answered),
         ("time", ",".join(f"{k}:{v:.3f}" for k, v in rec.timings.items())),
         ("reason", rec.reason),
     ]

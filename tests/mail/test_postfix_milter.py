@@ -529,3 +529,30 @@ def test_quarantine_keeps_the_message_byte_exact_headers_included(mail_lab):
     # byte for byte, line ends included (a folded value comes from the MTA with bare LF inside), and
     # the space after each colon as sent (SMFIP_HDR_LEADSPC: "X-No-Space:value" stays so)
     assert stored == raw
+
+
+def test_the_same_message_twice_is_answered_from_the_message_cache(mail_lab):
+    """Two SMTP transactions carrying the same message (a retry, one campaign sent twice): Postfix adds
+    its own Received field to each; the milter's digest leaves trace fields out, so the second is
+    answered without the worker round trip, with the same verdict, and its log line says so."""
+    subject = f"same message twice {time.time_ns()}"
+    notes = b"meeting notes, nothing to run " + str(time.time_ns()).encode() + b"\n"
+    msg = make_message(subject, attachments=[("notes.txt", notes * 20)])
+    for _ in range(2):
+        assert mail_lab.send(msg, ["user@example.com"]) == {}
+    deadline = time.monotonic() + 30
+    got = []
+    while time.monotonic() < deadline and len(got) < 2:
+        got = [m for m in (_parsed(r) for r in mail_lab.postfix.delivered("user@example.com"))
+               if m.get("Subject") == subject]
+        time.sleep(0.1)
+    assert len(got) == 2
+    assert got[0]["X-Mailvm-Verdict"] == got[1]["X-Mailvm-Verdict"]
+    mid = msg["Message-ID"]
+    deadline = time.monotonic() + 10
+    lines: list[str] = []
+    while time.monotonic() < deadline and len(lines) < 2:
+        lines = [ln for ln in mail_lab.log_text().splitlines() if mid in ln]
+        time.sleep(0.2)
+    assert len(lines) == 2, lines
+    assert "answered=" not in lines[0] and "answered=message-cache" in lines[1], lines
