@@ -402,15 +402,18 @@ class MailLab:
         actions: dict[str, int] = {}
         problems: list[str] = []
         n_problems = 0
+        from_message_cache = 0
         for line in text.splitlines():
             m = _ACTION_RE.search(line)
             if m:
                 actions[m.group(1)] = actions.get(m.group(1), 0) + 1
+                from_message_cache += "answered=message-cache" in line
             if " WARNING " in line or " ERROR " in line:
                 n_problems += 1
                 if len(problems) < 5:
                     problems.append(line[:300])
-        return {"actions": actions, "warnings_errors": n_problems, "first_warnings_errors": problems}
+        return {"actions": actions, "answered_from_message_cache": from_message_cache, "warnings_errors": n_problems,
+                "first_warnings_errors": problems}
 
     def log_tail(self, n: int = 30) -> str:
         try:
@@ -599,6 +602,9 @@ def summarize_pairs(runs: list[tuple[dict, dict]]) -> dict[str, Any]:
             "cpu_ms_per_msg_by_part": {k: summary([r["mailvm_cpu_ms_per_msg_by_part"].get(k, 0.0) for r in mv], 2)
                                        for k in CPU_PARTS},
             "postfix_cpu_ms_per_msg": summary([r["postfix_cpu_ms_per_msg"] for r in mv], 2),
+            "answered_from_message_cache": sum(r.get("mailvm_log", {}).get("answered_from_message_cache", 0)
+                                               for r in mv),
+            "messages": sum(r["messages"] for r in mv),
             "runs": mv,
         },
         "ratio": round(median(ratios), 3) if ratios else None,

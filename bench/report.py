@@ -127,7 +127,8 @@ def headline(c: dict[str, Any]) -> str:
     can = get(pf, "canonical", "ratio")
     rows.append(["Cache-hit mix through Postfix >= 80 % of Postfix without milter",
                  f"{num(cr * 100 if cr else None, 0, ' %')} (mix), {num(can * 100 if can else None, 0, ' %')} "
-                 "(canonical smtp-source)", verdict_of(cr >= 0.8 if cr else None)])
+                 "(canonical smtp-source)",
+                 verdict_of(cr >= 0.8 if cr else None)])
     ex = [med(get(comp, "per_file_ms", case, "execution")) for case in ("unseen", "unseen_qemu")]
     txt = ", ".join(f"{num(e / 1000, 2, ' s')} ({b})" for e, b in zip(ex, ("process", "qemu")) if e)
     rows.append(["Unseen benign file: verdict median < 10 s (idle detection)", txt or "not measured",
@@ -246,9 +247,15 @@ def section_postfix(pf: dict[str, Any], img: str) -> str:
     items += [(f"`{n}`: {r['title']}", r) for n, r in pf["mixes"].items()]
     for title, r in items:
         mv = r["mailvm"]
+        parts = mv.get("cpu_ms_per_msg_by_part") or {}
+        split = " / ".join(num(med(parts[k]), 2) for k in ("milter", "scan workers", "pool and slots") if k in parts)
+        hits = mv.get("answered_from_message_cache")
         rows.append([title, num(med(r["postfix"]["msg_per_s"]), 1), num(med(mv["msg_per_s"]), 1),
                      num(r["ratio"] * 100 if r.get("ratio") else None, 0, " %"),
-                     num(med(mv["cpu_ms_per_msg"]), 2),
+                     num(med(mv["cpu_ms_per_msg"]), 2), split or "-",
+                     num(med(r["postfix"].get("postfix_cpu_ms_per_msg", {})), 2)
+                     if r["postfix"].get("postfix_cpu_ms_per_msg") else "-",
+                     f"{hits} of {mv.get('messages')}" if hits is not None and mv.get("messages") else "-",
                      num(mid(x["busy_cores"] for x in r["postfix"]["runs"]), 2),
                      num(mid(x["busy_cores"] for x in mv["runs"]), 2),
                      "yes" if r.get("complete") else "**no**"])
@@ -271,9 +278,15 @@ def section_postfix(pf: dict[str, Any], img: str) -> str:
         "batch) is the same on both; that is why the mix with a unique file in every message shows a lower "
         "reference rate. The *canonical* row is plain `smtp-source -m N -s S` with one cached-mix message file.\n\n"
         + table(["mix", "Postfix msg/s", "Postfix + mailvm msg/s", "ratio", "mailvm CPU ms/msg",
+                 "… milter / scan workers / pool", "Postfix's own CPU ms/msg (ref.)", "answered from the message cache",
                  "busy cores (ref.)", "busy cores (mailvm)", "all delivered"], rows)
         + "\nmsg/s: median over the repeats; ratio: median of the per-repeat ratios; mailvm CPU: utime+stime of the "
-        "whole `mailvm serve` process tree (milter, scan workers, pool service, slots) per message, from /proc; "
+        "whole `mailvm serve` process tree (milter, scan workers, pool service, slots) per message, from /proc, "
+        "and split by part (the milter process; the scan workers under the forkserver; the pool supervisor's tree); "
+        "Postfix's own CPU: its master's process tree in the reference run; message cache: messages whose report "
+        "the milter reused for the same message (`answered=message-cache`, mailvm.milter.msgcache): none here, "
+        "since the bench's files carry no Message-ID or Date and Postfix adds unique ones, so every message is a "
+        "new one whose files are known; "
         f"busy cores: the whole machine during the run (of {pf['machine']['cores']}, other work included).\n\n"
         + (problems + "\n" if problems else "")
         + f"![postfix]({img}postfix.png)\n"
