@@ -391,6 +391,13 @@ class Pool:
         with self._cond:
             return len(self._queue)
 
+    def wait_for_room(self, limit: int, timeout: float) -> bool:
+        """Block until fewer than ``limit`` jobs wait for a slot (woken by the dispatcher when it
+        takes one, not by a timer), the pool closes, or ``timeout`` passes; returns whether there is room."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self._queue) < limit or self._closing, timeout) and \
+                len(self._queue) < limit
+
     def status(self) -> dict[str, Any]:
         """Backend, slots, queue, counters and timings (also in status.json)."""
         if self._started:

@@ -35,8 +35,6 @@ from mailvm.job import job_from_record
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL_MIN_S = 0.005
-IDLE_POLL_MAX_S = 0.1
 
 
 #: the claims of records waiting in the durable queue are refreshed this often (a third of pending_ttl_s)
@@ -137,7 +135,6 @@ def _serve(cfg: Config, stop: threading.Event, queue: Any, table: Any, pool_cls:
         if sweep is not None:
             sweep()
         last_refresh = last_sweep = last_beat = time.monotonic()
-        delay = IDLE_POLL_MIN_S
         # jobs running here; a shared queue (Redis) is told they are alive, so that no other pool
         # worker takes them over (it takes a job silent for JOB_RECLAIM_IDLE_S: this worker died)
         beat = getattr(queue, "heartbeat", None)
@@ -166,15 +163,12 @@ def _serve(cfg: Config, stop: threading.Event, queue: Any, table: Any, pool_cls:
                 sweep()
             # back-pressure: leave jobs in the durable queue while the pool is busy,
             # so a crash loses nothing and `mvctl pool status` shows the real backlog
-            if pool.queued() >= cfg.pool.slots:
-                stop.wait(delay)
-                delay = min(IDLE_POLL_MAX_S, delay * 2)
-                continue
+            if not pool.wait_for_room(cfg.pool.slots, POP_BLOCK_S):
+                continue  # woken by the dispatcher taking a job, or at POP_BLOCK_S to look at stop
             # a blocking pop: woken by the push itself (local: mailvm.wakebus; Redis: XREADGROUP BLOCK)
             record = queue.pop(block_s=POP_BLOCK_S)
             if record is None:
                 continue
-            delay = IDLE_POLL_MIN_S
             try:
                 verdict_state = admit(table, record)
             except Exception as exc:  # table unusable: run it anyway (a detonation too many, never one lost)
