@@ -30,7 +30,7 @@ REFILL_PARTS = {
     "warm": "warm-up rings",
 }
 FIGURES = {"components": "components.png", "flash_vs_classic": "flash_vs_classic.png", "postfix": "postfix.png",
-           "scaling": "scaling.png", "redis_scaling": "redis_scaling.png"}
+           "scaling": "scaling.png", "redis_scaling": "redis_scaling.png", "hops": "hops.png"}
 
 
 # ----------------------------------------------------------------------------- small formatting helpers
@@ -361,6 +361,28 @@ def section_scaling(sc: dict[str, Any], img: str) -> str:
     )
 
 
+def section_hops(h: dict[str, Any], img: str) -> str:
+    head = "## 6. The data path hop by hop, and the idle service\n\n"
+    if not h or not h.get("hops"):
+        return head + "Not measured in this run.\n"
+    rows = [[x["what"], num(x["median_ms"], 3, " ms")] for x in h["hops"]]
+    idle = h.get("idle", {})
+    parts = idle.get("by_part_pct", {})
+    return (
+        head
+        + "`bench/bench_hops.py`: each hand-over an unseen file makes, timed on the real parts in this run "
+        f"({h.get('rounds')} rounds, medians). Between them the file is analysed: extraction and static triage in "
+        "the scan worker, the run in the slot.\n\n"
+        + table(["hop", "median"], rows)
+        + f"\nIdle: a warm `mailvm serve` (2 scan workers, pool service with 2 ready process-backend slots) left "
+        f"alone for {num(idle.get('seconds'), 0)} s used **{num(idle.get('cpu_pct_of_core'), 2, ' %')} of a core** "
+        f"(milter {num(parts.get('milter'), 2, ' %')}, scan workers {num(parts.get('scan workers'), 2, ' %')}, "
+        f"pool and slots {num(parts.get('pool and slots'), 2, ' %')}); a pre-warmed qemu clone adds its own idle "
+        "cost (section 2).\n"
+        + f"\n![hops]({img}hops.png)\n"
+    )
+
+
 def section_redis_scaling(rs: dict[str, Any], img: str) -> str:
     head = "## 5. Past one host: pool workers on one Redis\n\n"
     if not rs or not rs.get("runs"):
@@ -390,7 +412,7 @@ def analysis(c: dict[str, Any]) -> str:
     r = c["results"]
     comp, fvc, pf, sc = r.get("components", {}), r.get("flash_vs_classic", {}), r.get("postfix", {}), r.get("scaling", {})
     cores = c["machine"].get("cores") or 1
-    parts = ["## 6. Analysis\n"]
+    parts = ["## 7. Analysis\n"]
 
     # what dominates
     host_hit = sum((med(v) or 0) for v in get(comp, "per_message_ms", "cache_hit").values()) if comp else None
@@ -510,7 +532,8 @@ def render(c: dict[str, Any], img: str) -> str:
         "run: `bench/report.py` writes this file, do not edit it by hand. The four measurements reproduce the "
         "original study's evaluation: the overhead of each component, flash clones against a classic snapshot "
         "revert, emails per second through Postfix, and scaling with the number of VMs; the fifth measures pool "
-        "workers sharing one Redis, the arrangement for more than one host.\n\n"
+        "workers sharing one Redis, the arrangement for more than one host; the sixth times each hop of an unseen "
+        "file and the idle service.\n\n"
         + (f"{fail_txt}\n" if fail_txt else "")
         + section_machine(c) + "\n"
         + headline(c) + "\n"
@@ -519,6 +542,7 @@ def render(c: dict[str, Any], img: str) -> str:
         + section_postfix(r.get("postfix", {}), img) + "\n"
         + section_scaling(r.get("scaling", {}), img) + "\n"
         + section_redis_scaling(r.get("redis_scaling", {}), img) + "\n"
+        + section_hops(r.get("hops", {}), img) + "\n"
         + analysis(c)
     )
 

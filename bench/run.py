@@ -1,6 +1,6 @@
 """``make bench``: the evaluation suite in one command (``--quick``: a smoke run under 3 minutes).
 
-Five measurements (issue 6; the fifth from issue 14), each written as ``OUT/<name>.json`` and ``OUT/<name>.png``:
+Six measurements (issue 6; the fifth and sixth from issue 14), each written as ``OUT/<name>.json`` and ``OUT/<name>.png``:
 
 1. ``components``        overhead of each pipeline component (bench/components.py)
 2. ``flash_vs_classic``  flash clone vs classic full revert, same image (bench/flash_vs_classic.py)
@@ -8,6 +8,7 @@ Five measurements (issue 6; the fifth from issue 14), each written as ``OUT/<nam
 4. ``scaling``           files/min and emails/s with 1, 2, 4, 8 slots (bench/scaling.py)
 5. ``redis_scaling``     1 and 2 pool workers on one Redis: files/min, CPU/file, lookup round trip
                          (bench/redis_scaling.py; skipped without redis-server)
+6. ``hops``              each hop of an unseen file, and the idle service's CPU (bench/bench_hops.py)
 
 then ``OUT/results.json`` (all of them plus the machine record and what ran
 for how long) and ``OUT/performance.md`` (bench/report.py).  A full run also
@@ -34,7 +35,7 @@ from bench.common import REPO, RESULTS, find_image_dir, machine, write_json
 
 log = logging.getLogger(__name__)
 
-STAGES = ("components", "flash_vs_classic", "postfix", "scaling", "redis_scaling")
+STAGES = ("components", "flash_vs_classic", "postfix", "scaling", "redis_scaling", "hops")
 
 #: the counts of a full run and of --quick (the quick run must stay under 3 minutes)
 PARAMS: dict[str, dict[str, dict[str, Any]]] = {
@@ -45,6 +46,7 @@ PARAMS: dict[str, dict[str, dict[str, Any]]] = {
         "scaling": {"slot_counts": (1, 2, 4, 8), "jobs": {"process": 24, "qemu": 16},
                     "messages": {"process": 200, "qemu": 80}},
         "redis_scaling": {"workers": (1, 2), "files": 24},
+        "hops": {"rounds": 30, "idle_s": 30.0},
     },
     "quick": {
         "components": {"reps": 2, "qemu_reps": 1},
@@ -52,6 +54,7 @@ PARAMS: dict[str, dict[str, dict[str, Any]]] = {
         "postfix": {"messages": 100, "repeats": 1, "sessions": 20},
         "scaling": {"slot_counts": (1, 2), "jobs": {"process": 4, "qemu": 2}, "messages": {"process": 60, "qemu": 30}},
         "redis_scaling": {"workers": (1, 2), "files": 3},
+        "hops": {"rounds": 5, "idle_s": 5.0},
     },
 }
 
@@ -105,12 +108,21 @@ def stage_redis_scaling(p: dict[str, Any], image_dir: str | None, qemu: bool, ou
     return r
 
 
+def stage_hops(p: dict[str, Any], image_dir: str | None, qemu: bool, out: Path) -> dict[str, Any]:
+    from bench import bench_hops
+
+    r = bench_hops.bench(p["rounds"], p["idle_s"])
+    bench_hops.plot(r, out / "hops.png")
+    return r
+
+
 RUNNERS: dict[str, Callable[[dict[str, Any], str | None, bool, Path], dict[str, Any]]] = {
     "components": stage_components,
     "flash_vs_classic": stage_flash,
     "postfix": stage_postfix,
     "scaling": stage_scaling,
     "redis_scaling": stage_redis_scaling,
+    "hops": stage_hops,
 }
 
 
@@ -164,6 +176,7 @@ PLOTTERS = {
     "postfix": ("bench.bench_postfix", "plot"),
     "scaling": ("bench.scaling", "plot"),
     "redis_scaling": ("bench.redis_scaling", "plot"),
+    "hops": ("bench.bench_hops", "plot"),
 }
 
 

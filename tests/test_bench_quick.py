@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("components", "flash_vs_classic", "postfix", "scaling", "redis_scaling")
+STAGES = ("components", "flash_vs_classic", "postfix", "scaling", "redis_scaling", "hops")
 
 
 @pytest.mark.slow
@@ -75,9 +75,14 @@ def test_quick_suite_writes_results(tmp_path: Path) -> None:
         assert all(sum(r["detonations_per_worker"]) == r["files"] for r in rs["runs"]), rs["runs"]
         assert rs["runs"][0]["redis_get"]["median_us"] > 0
 
+    hops = json.loads((out / "hops.json").read_text())
+    assert all(h["median_ms"] > 0 for h in hops["hops"]), hops["hops"]  # every hop measured on the real parts
+    assert hops["idle"]["seconds"] > 0 and hops["idle"]["cpu_pct_of_core"] >= 0
+
     md = (out / "performance.md").read_text()
     for heading in ("## Headline figures", "## 1. Overhead of each component", "## 2. Flash clone vs classic",
-                    "## 3. Emails per second", "## 4. Scaling", "## 5. Past one host", "## 6. Analysis"):
+                    "## 3. Emails per second", "## 4. Scaling", "## 5. Past one host", "## 6. The data path",
+                    "## 7. Analysis"):
         assert heading in md
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert links and all((out / link).is_file() for link in links), links
