@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 import textwrap
 import time
 
@@ -130,6 +131,43 @@ def test_killed_agent_is_detected_quickly(backend):
     with pytest.raises(PageError, match="died"):
         slot.page.wait_state({P.DONE, P.FAILED}, soon(), alive=slot.alive)
     assert time.monotonic() - t0 < 1.0
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return b""
+
+
+def test_the_agent_rings_back_and_a_killed_one_is_still_seen(backend):
+    """The slot's doorbell back (answer_fd): the host blocks on it through the hand-over and the run;
+    an agent killed mid-job closes it, and the slot's death is seen as quickly as without it."""
+    slot = backend.create_slot("a1")
+    try:
+        fd = slot.answer_fd()
+        assert fd is not None
+        slot.page.submit(b"#!/bin/sh\necho rung back\n", "t.sh", {"timeout_s": 5})
+        slot.ring()
+        assert slot.page.wait_state({P.DONE, P.FAILED}, soon(30), alive=slot.alive, wake_fd=fd) == P.DONE
+    finally:
+        slot.destroy()
+    slot = backend.create_slot("a2")
+    try:
+        slot.page.submit(b"#!/bin/sh\nsleep 30\n", "t.sh", {"timeout_s": 30})
+        slot.ring()
+        assert slot.page.wait_state({P.RUNNING, P.DONE, P.FAILED}, soon(), alive=slot.alive,
+                                    wake_fd=slot.answer_fd()) == P.RUNNING
+        agents = [p for p in process_tree(slot.proc.pid)
+                  if _cmdline(p).startswith(sys.executable.encode()) and b"mailvm.guest.agent" in _cmdline(p)]
+        assert len(agents) == 1, [_cmdline(p) for p in process_tree(slot.proc.pid)]
+        os.kill(agents[0], signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(PageError, match="died"):
+            slot.page.wait_state({P.DONE, P.FAILED}, soon(), alive=slot.alive, wake_fd=slot.answer_fd())
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        slot.destroy()
 
 
 def test_agent_exits_when_the_host_closes_the_doorbell(backend):

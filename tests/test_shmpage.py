@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from mailvm.guest import agent as A
 from mailvm.guest import protocol as P
-from mailvm.guest.doorbell import FdDoorbell, PollDoorbell, open_doorbell
+from mailvm.guest.doorbell import AnswerBell, FdDoorbell, PollDoorbell, open_doorbell
 from mailvm.guest.page import GuestPage
 from mailvm.vmpool.shmpage import HostPage, PageError, RequestTooLarge, check_result
 
@@ -72,8 +72,14 @@ class Runner:
 
 class AgentThread:
     def __init__(self, path: str, workdir: str, runner, once: bool = True, poll: float | None = None,
-                 heartbeat_s: float = 0.1):
+                 heartbeat_s: float = 0.1, answer: bool = False):
         self.page = GuestPage.open(path, SIZE)
+        self.answer_fd = None
+        bell_back = None
+        if answer:  # the doorbell back: the host blocks on answer_fd
+            self.answer_fd, w = os.pipe()
+            os.set_blocking(self.answer_fd, False)
+            bell_back = AnswerBell(w)
         if poll is None:
             r, self.wfd = os.pipe()
             self.bell = FdDoorbell(r)
@@ -84,7 +90,7 @@ class AgentThread:
         self.jobs: list[int] = []
         self.thread = threading.Thread(
             target=lambda: self.jobs.append(A.serve(self.page, self.bell, runner, workdir, once=once,
-                                                     heartbeat_s=heartbeat_s, stop=self.stop)),
+                                                     heartbeat_s=heartbeat_s, stop=self.stop, answer=bell_back)),
             daemon=True,
         )
         self.thread.start()
@@ -159,6 +165,37 @@ def test_round_trip(host, agents, tmp_path):
     assert agent.jobs == [1]
     assert os.listdir(tmp_path / "work") == []  # the job directory is removed after the job
     assert host.boot_id != 0
+
+
+def test_the_host_blocks_on_the_doorbell_back_instead_of_looking_in_a_loop(host, agents, monkeypatch):
+    """With the agent's doorbell back, waiting for READY, RUNNING and DONE never sleeps in a loop:
+    the page is read again only when the agent rang (or at the WAKE_CHECK_S safety look)."""
+    import types
+
+    from mailvm.vmpool import shmpage
+
+    def no_sleep(_s):
+        raise AssertionError("wait_state slept in a loop although the agent rings back")
+
+    monkeypatch.setattr(shmpage, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=no_sleep))
+    reads = {"n": 0}
+    real_read = HostPage._read
+
+    def counting_read(self):
+        reads["n"] += 1
+        return real_read(self)
+
+    monkeypatch.setattr(HostPage, "_read", counting_read)
+    agent = agents(Runner(sleep=0.6), answer=True)
+    host.wait_ready(soon(), wake_fd=agent.answer_fd)
+    host.submit(b"#!/bin/sh\necho hi\n", "a.sh", {})
+    agent.ring()
+    assert host.wait_state({P.RUNNING, P.DONE, P.FAILED}, soon(), wake_fd=agent.answer_fd) in (P.RUNNING, P.DONE)
+    reads["n"] = 0
+    assert host.wait_state({P.DONE, P.FAILED}, soon(), wake_fd=agent.answer_fd) == P.DONE
+    # 0.6 s of running: a sleep loop looks hundreds of times; blocking looks a handful (spin + rings)
+    assert reads["n"] < 100, reads
+    assert host.read_result(1 << 20)["verdict"] == "clean"
 
 
 def test_heartbeat_advances_while_idle_and_while_running(host, agents):

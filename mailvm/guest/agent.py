@@ -4,7 +4,7 @@ Runs inside every slot (a VM clone, or a sandboxed process for the process
 backend)::
 
     python3 -m mailvm.guest.agent --page PATH [--offset N] --size N \\
-        --doorbell fd:N|dev:PATH|poll:MIN[:MAX] [--once] [--workdir DIR]
+        --doorbell fd:N|dev:PATH|poll:MIN[:MAX] [--answer fd:N|dev:PATH] [--once] [--workdir DIR]
 
 :func:`serve` is the whole protocol loop and takes the runner as an argument
 (the CLI passes ``mailvm.guest.detonate.detonate``); tests pass their own.
@@ -38,7 +38,7 @@ import unicodedata
 from typing import Any, Callable
 
 from mailvm.guest import protocol as P
-from mailvm.guest.doorbell import Doorbell, open_doorbell
+from mailvm.guest.doorbell import AnswerBell, Doorbell, open_answer, open_doorbell
 from mailvm.guest.page import GuestPage
 
 log = logging.getLogger(__name__)
@@ -270,11 +270,14 @@ def _finish(page: GuestPage, seq: int, off: int, cap: int, result: dict, state: 
 
 # -- the loop --------------------------------------------------------------
 def serve(page: GuestPage, doorbell: Doorbell, runner: Runner, workdir: str, *, once: bool = True,
-          heartbeat_s: float = HEARTBEAT_S, stop: threading.Event | None = None) -> int:
+          heartbeat_s: float = HEARTBEAT_S, stop: threading.Event | None = None,
+          answer: AnswerBell | None = None) -> int:
     """Serve jobs on ``page`` until ``once`` job is done, the doorbell hangs up or ``stop`` is set.
 
-    Returns the number of jobs served.  Blocks in the doorbell while idle.
+    Returns the number of jobs served.  Blocks in the doorbell while idle.  ``answer`` rings the
+    host back after READY, RUNNING and DONE/FAILED are on the page.
     """
+    ring_back = answer.ring if answer is not None else (lambda: None)
     stop = stop or threading.Event()
     boot_id = secrets.randbits(64) or 1
     hb = Heartbeat(page, heartbeat_s)
@@ -285,6 +288,7 @@ def serve(page: GuestPage, doorbell: Doorbell, runner: Runner, workdir: str, *, 
         # taken for an old one and never run (seen under load: "page still REQUEST")
         seen = page.header().seq
         page.publish_ready(boot_id, os.getpid(), hb.value)
+        ring_back()
         return seen
 
     def should_stop() -> bool:
@@ -297,8 +301,10 @@ def serve(page: GuestPage, doorbell: Doorbell, runner: Runner, workdir: str, *, 
     while not stop.is_set():
         seq = page.take(last_seq)  # first thing after every wake-up: the hand-over ends here
         if seq is not None:
+            ring_back()  # RUNNING is on the page
             last_seq = seq
             run_job(page, seq, runner, workdir, hb, should_stop)
+            ring_back()  # DONE or FAILED is on the page
             jobs += 1
             if once:
                 break
@@ -348,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--offset", type=lambda s: int(s, 0), default=0, help="byte offset of the region in --page")
     ap.add_argument("--size", type=_size, required=True, help="region size in bytes")
     ap.add_argument("--doorbell", required=True, help="fd:N | dev:PATH | poll:MIN[:MAX]")
+    ap.add_argument("--answer", default=None,
+                    help="fd:N | dev:PATH: rung after each page change the host waits for (default: none)")
     ap.add_argument("--once", action="store_true", help="exit after one job (slots are single-use)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mailvm-agent"))
     ap.add_argument("--heartbeat", type=float, default=HEARTBEAT_S, help="heartbeat interval, seconds")
@@ -360,10 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     runner = _load_detonate()  # imported before READY: its cost stays off the hand-over path
     page = GuestPage.open(args.page, args.size, args.offset)
     doorbell = open_doorbell(args.doorbell)
+    answer = open_answer(args.answer)
     try:
-        serve(page, doorbell, runner, args.workdir, once=args.once, heartbeat_s=args.heartbeat)
+        serve(page, doorbell, runner, args.workdir, once=args.once, heartbeat_s=args.heartbeat, answer=answer)
     finally:
         doorbell.close()
+        if answer is not None:
+            answer.close()
         page.close()
     return 0
 

@@ -226,3 +226,53 @@ def open_doorbell(spec: str) -> Doorbell:
     if not sep or kind not in DOORBELLS:
         raise ValueError(f"doorbell {spec!r}: expected one of {', '.join(k + ':...' for k in DOORBELLS)}")
     return DOORBELLS[kind](arg)
+
+
+class AnswerBell:
+    """The doorbell back (guest -> host): one byte after each page change the host waits for
+    (READY, RUNNING, DONE/FAILED), so the host blocks instead of looking at the page in a loop.
+
+    ``fd:N``: an inherited pipe's write end (the process backend); ``dev:PATH``: a character
+    device whose writes reach the host (a virtio-serial port).  Never blocks and never fails
+    the job: a full pipe or a gone host only means the host looks at the page on its own timer.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+        try:
+            os.set_inheritable(fd, False)  # a sample the agent starts never gets the host's bell
+            os.set_blocking(fd, False)
+        except OSError:
+            pass
+
+    def ring(self) -> None:
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            os.write(fd, b"\x01")
+        except BlockingIOError:
+            pass  # unread rings pile up: the host will look anyway
+        except OSError as exc:
+            log.debug("answer bell: %s; the host looks at the page on its own", exc)
+            self.close()
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def open_answer(spec: str | None) -> AnswerBell | None:
+    """``fd:N`` | ``dev:PATH`` | None -> an AnswerBell (None: no doorbell back)."""
+    if not spec:
+        return None
+    kind, sep, arg = spec.partition(":")
+    if kind == "fd" and sep and arg.isdigit():
+        return AnswerBell(int(arg))
+    if kind == "dev" and sep and arg:
+        return AnswerBell(os.open(arg, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC))
+    raise ValueError(f"answer bell {spec!r}: expected fd:N or dev:PATH")

@@ -692,9 +692,10 @@ class Pool:
                 return _Done(work, v, final=True, slot=slot.id)
             slot.ring()
             limit = t0 + hb
+            wake = slot.answer_fd()  # the agent's doorbell back, where the backend has one
             state = page.wait_state(
                 {protocol.RUNNING, protocol.DONE, protocol.FAILED},
-                self._cap_deadline(job, limit), alive=slot.alive, heartbeat_timeout=hb,
+                self._cap_deadline(job, limit), alive=slot.alive, heartbeat_timeout=hb, wake_fd=wake,
             )
             handover_ms = (time.monotonic() - t0) * 1000.0
             stage = work.stage = "running"
@@ -702,7 +703,7 @@ class Pool:
             if state == protocol.RUNNING:
                 state = page.wait_state(
                     {protocol.DONE, protocol.FAILED},
-                    self._cap_deadline(job, limit), alive=slot.alive, heartbeat_timeout=hb,
+                    self._cap_deadline(job, limit), alive=slot.alive, heartbeat_timeout=hb, wake_fd=wake,
                 )
             run_s = time.monotonic() - t0
             stage = "result"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import select
 import stat
 import threading
 import time
@@ -46,6 +47,9 @@ SLEEP_MIN = 0.00005
 SLEEP_FAST = 0.001
 SLEEP_SLOW = 0.005
 FAST_PHASE_S = 0.25
+#: with an answer descriptor, wait_state() blocks on it at most this long between looks at the
+#: heartbeat, the deadline and whether the slot is alive
+WAKE_CHECK_S = 0.5
 
 _BOOT, _IDLE, _SUBMITTED, _RUNNING, _FINISHED = "boot", "idle", "submitted", "running", "finished"
 
@@ -326,9 +330,10 @@ class HostPage:
         """The largest file that always fits with any options (<= MAX_OPTIONS_BYTES)."""
         return self.size - P.HEADER_SIZE - P.MAX_OPTIONS_BYTES - P.MIN_RESULT_AREA - 2 * P.DATA_ALIGN
 
-    def wait_ready(self, deadline: float, alive: Callable[[], bool] | None = None) -> None:
+    def wait_ready(self, deadline: float, alive: Callable[[], bool] | None = None,
+                   wake_fd: int | None = None) -> None:
         """Wait until the agent published READY; TimeoutError at ``deadline`` (monotonic), PageError otherwise."""
-        st = self.wait_state({P.READY}, deadline, alive)
+        st = self.wait_state({P.READY}, deadline, alive, wake_fd=wake_fd)
         if st != P.READY:  # pragma: no cover - a terminal state before READY is already a PageError
             raise PageError(f"agent reached {P.state_name(st)} instead of READY")
 
@@ -382,14 +387,16 @@ class HostPage:
         deadline: float,
         alive: Callable[[], bool] | None = None,
         heartbeat_timeout: float | None = None,
+        wake_fd: int | None = None,
     ) -> int:
         """Wait until the state is in ``wanted`` (DONE and FAILED always end the wait); returns it.
 
-        Spins ~0.2 ms, then sleeps from 50 us growing to 1 ms (5 ms after
-        0.25 s).  TimeoutError at ``deadline`` (monotonic).  PageError on an
-        illegal page, when the heartbeat has not changed for
-        ``heartbeat_timeout`` s, or when ``alive()`` turns False before the
-        wanted state.
+        Spins ~0.2 ms; then, with ``wake_fd`` (the slot's answer descriptor: readable when the
+        agent changed the page, :meth:`mailvm.vmpool.backends.base.Slot.answer_fd`), blocks on it,
+        looking at the heartbeat, the deadline and ``alive()`` every :data:`WAKE_CHECK_S`; without
+        one, sleeps from 50 us growing to 1 ms (5 ms after 0.25 s).  TimeoutError at ``deadline``
+        (monotonic).  PageError on an illegal page, when the heartbeat has not changed for
+        ``heartbeat_timeout`` s, or when ``alive()`` turns False before the wanted state.
         """
         wanted = frozenset(wanted)
         start = time.monotonic()
@@ -414,6 +421,10 @@ class HostPage:
             if now >= deadline:
                 raise TimeoutError(f"page still {P.state_name(h.state)} at the deadline")
             if elapsed < SPIN_S:
+                continue
+            if wake_fd is not None:
+                if not _wait_answer(wake_fd, min(WAKE_CHECK_S, max(0.0, deadline - now))):
+                    wake_fd = None  # the agent's end is closed (it exited): alive() says the rest
                 continue
             cap = SLEEP_FAST if elapsed < FAST_PHASE_S else SLEEP_SLOW
             time.sleep(min(delay, max(0.0, deadline - now)))
@@ -444,3 +455,18 @@ class HostPage:
 
 
 __all__ = ["HostPage", "PageError", "RequestTooLarge", "check_result"]
+
+
+def _wait_answer(fd: int, timeout: float) -> bool:
+    """Block until the agent rings back on ``fd`` (the bytes are drained) or ``timeout`` passes.
+    False when the other end is closed (or the descriptor is unusable): stop waiting on it."""
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout)
+        if not readable:
+            return True
+        data = os.read(fd, 4096)
+    except BlockingIOError:
+        return True  # another waiter drained it first
+    except (OSError, ValueError):
+        return False
+    return bool(data)

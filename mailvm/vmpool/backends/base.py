@@ -63,6 +63,11 @@ class Slot(abc.ABC):
     def alive(self) -> bool:
         """False once the slot's process/VM is gone."""
 
+    def answer_fd(self) -> int | None:
+        """A descriptor that turns readable when the agent changed the page (its doorbell back),
+        so the host blocks instead of looking at the page in a loop; None: the host looks."""
+        return None
+
     @abc.abstractmethod
     def destroy(self) -> None:
         """Kill everything the slot owns and remove its files; idempotent, never raises."""

@@ -47,6 +47,7 @@ import signal
 import subprocess
 import sys
 import threading
+import weakref
 import time
 from pathlib import Path
 from typing import Any
@@ -142,11 +143,18 @@ def sweep_orphans(work_dir: str, page_dir: str, min_age_s: float = ORPHAN_MIN_AG
     return removed
 
 
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 class ProcessSlot(Slot):
     """One agent process (in its own PID namespace when available) and its page."""
 
     def __init__(self, slot_id: str, page: HostPage, proc: subprocess.Popen, wfd: int | None,
-                 slot_dir: str, pid_namespace: bool) -> None:
+                 slot_dir: str, pid_namespace: bool, afd: int | None = None) -> None:
         self.id = slot_id
         self.page = page
         self.proc = proc
@@ -156,6 +164,11 @@ class ProcessSlot(Slot):
         self.created_at = time.time()
         self.ready_s = 0.0
         self._wfd = wfd
+        self._afd = afd  # read end of the agent's doorbell back (non-blocking)
+        if afd is not None:
+            # closed when the slot object goes, not in destroy(): a runner thread may be blocked on it
+            # then, and a closed number reused by another open would be read from
+            weakref.finalize(self, _close_quietly, afd)
         self._lock = threading.Lock()
         self._destroyed = False
 
@@ -172,6 +185,9 @@ class ProcessSlot(Slot):
 
     def alive(self) -> bool:
         return not self._destroyed and self.proc.poll() is None
+
+    def answer_fd(self) -> int | None:
+        return self._afd
 
     def agent_log(self, limit: int = LOG_TAIL_BYTES) -> str:
         """The tail of the agent's stderr (kept in the slot directory until destroy)."""
@@ -339,28 +355,33 @@ class ProcessBackend(Backend):
         except OSError as exc:
             shutil.rmtree(slot_dir, ignore_errors=True)
             raise BackendError(f"slot {slot_id}: cannot create page/work dir: {exc}") from None
-        rfd = wfd = None
+        rfd = wfd = afd = agent_afd = None
         try:
+            answer: list[str] = []
             if self.doorbell == "pipe":
                 rfd, wfd = os.pipe2(os.O_CLOEXEC)
                 os.set_blocking(wfd, False)
                 bell = f"fd:{rfd}"
+                # and the doorbell back: the agent rings it after READY, RUNNING and DONE/FAILED
+                afd, agent_afd = os.pipe2(os.O_CLOEXEC)
+                os.set_blocking(afd, False)
+                answer = ["--answer", f"fd:{agent_afd}"]
             else:
                 bell = self.doorbell
             cmd = [
                 *(UNSHARE if self.pid_namespace else ()),
                 sys.executable, "-m", AGENT_MODULE,
                 "--page", page_path, "--size", str(self.cfg.page_bytes),
-                "--doorbell", bell, "--once", "--workdir", os.path.join(slot_dir, "work"),
+                "--doorbell", bell, *answer, "--once", "--workdir", os.path.join(slot_dir, "work"),
             ]
             with open(os.path.join(slot_dir, "agent.log"), "ab") as logf:
                 proc = subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                    pass_fds=(rfd,) if rfd is not None else (), start_new_session=True,
+                    pass_fds=tuple(fd for fd in (rfd, agent_afd) if fd is not None), start_new_session=True,
                     cwd=slot_dir, env=self._agent_env(),
                 )
         except BaseException as exc:
-            for fd in (rfd, wfd):
+            for fd in (rfd, wfd, afd, agent_afd):
                 if fd is not None:
                     os.close(fd)
             page.close()
@@ -369,11 +390,12 @@ class ProcessBackend(Backend):
             if isinstance(exc, OSError):
                 raise BackendError(f"slot {slot_id}: cannot start the agent: {exc}") from None
             raise
-        if rfd is not None:
-            os.close(rfd)
-        slot = ProcessSlot(slot_id, page, proc, wfd, slot_dir, bool(self.pid_namespace))
+        for fd in (rfd, agent_afd):  # the agent's ends
+            if fd is not None:
+                os.close(fd)
+        slot = ProcessSlot(slot_id, page, proc, wfd, slot_dir, bool(self.pid_namespace), afd)
         try:
-            page.wait_ready(t0 + self.cfg.ready_timeout_s, alive=slot.alive)
+            page.wait_ready(t0 + self.cfg.ready_timeout_s, alive=slot.alive, wake_fd=afd)
         except (PageError, TimeoutError) as exc:
             tail = slot.agent_log(1000)
             slot.destroy()
