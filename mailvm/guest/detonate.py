@@ -35,7 +35,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from mailvm.guest import browser, docrules, execproof, monoreg, office, winearch, wine, winewarm
+from mailvm.guest import browser, docrules, execproof, monoreg, office, warmclient, winearch, wine
 from mailvm.guest.execproof import Execution, ProofWatcher
 from mailvm.guest.launcher import BROWSER_DIR_IN, HOME_IN, HOSTNAME, WORK_IN, Launch, SampleInfo, choose, find_tool
 from mailvm.guest.monitor import JsonLinesMonitor, StraceMonitor
@@ -238,18 +238,18 @@ def not_executed_finding(execution: Execution) -> Finding:
 
 
 def detonate(sample_path: str, options: dict, workdir: str,
-             should_stop: Callable[[], bool] | None = None, warm: winewarm.WarmWine | None = None) -> dict:
+             should_stop: Callable[[], bool] | None = None, warm: warmclient.WarmSandbox | None = None) -> dict:
     """Run ``sample_path`` in the sandbox and return the result dict (never raises).
 
     A Wine job goes to the warm Wine sandbox when ``warm`` is given (the warm
-    daemon itself) or when :data:`~mailvm.guest.winewarm.SOCKET_ENV` names the
+    daemon itself) or when :data:`~mailvm.guest.warmclient.SOCKET_ENV` names the
     socket of one (set by the VM's ``mailvm-init`` only); otherwise, or when
     that daemon cannot take it, it runs cold in a fresh sandbox.
     """
     t_start = time.monotonic()
     try:
         opts = parse_options(options)
-        if warm is None and os.environ.get(winewarm.SOCKET_ENV):
+        if warm is None and os.environ.get(warmclient.SOCKET_ENV):
             remote = _run_warm(sample_path, options, opts, workdir, should_stop)
             if remote is not None:
                 return remote
@@ -271,8 +271,8 @@ def _run_warm(sample_path: str, raw_options: dict, opts: Options, workdir: str,
     if launch is None or launch.prepare != "wine":
         return None
     try:
-        return winewarm.run_remote(os.environ[winewarm.SOCKET_ENV], sample_path, raw_options, workdir, should_stop)
-    except winewarm.WarmError as exc:
+        return warmclient.run_remote(os.environ[warmclient.SOCKET_ENV], sample_path, raw_options, workdir, should_stop)
+    except warmclient.WarmError as exc:
         log.error("%s; running it cold", exc)
         return None
 
@@ -282,7 +282,7 @@ class Detonation:
 
     def __init__(self, sample_path: str, opts: Options, workdir: str,
                  should_stop: Callable[[], bool] | None, limits: Limits = Limits(),
-                 warm: winewarm.WarmWine | None = None) -> None:
+                 warm: warmclient.WarmSandbox | None = None) -> None:
         self.warm = warm
         self.sample_path = sample_path
         self.opts = opts

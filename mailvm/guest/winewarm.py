@@ -24,10 +24,14 @@ thrown away, so that work can be done once, in the template:
   and the registry diff, fakenet's log and the final kill work as in a cold run.
 * :func:`serve` is the daemon PID 1 of the guest starts before the agent
   (``mailvm-init`` waits for its socket, so the template is saved warm); it
-  serves one job, then tears the sandbox down.  :func:`run_remote` is the
-  agent's side: :func:`mailvm.guest.detonate.detonate` hands a Wine job to the
-  socket named by :data:`SOCKET_ENV` (set only by ``mailvm-init``: the process
-  backend never sees one) and falls back to a cold run when it cannot.
+  serves one job, then tears the sandbox down.
+  :func:`~mailvm.guest.warmclient.run_remote` is the agent's side:
+  :func:`mailvm.guest.detonate.detonate` hands a Wine job to the socket named
+  by :data:`~mailvm.guest.warmclient.SOCKET_ENV` (set only by ``mailvm-init``:
+  the process backend never sees one) and falls back to a cold run when it cannot.
+
+Imports go one way: this daemon runs :func:`mailvm.guest.detonate.detonate`,
+which knows the daemon only through :mod:`mailvm.guest.warmclient`.
 """
 
 from __future__ import annotations
@@ -38,26 +42,30 @@ import logging
 import os
 import shutil
 import socket
-import stat
 import sys
 import threading
 import time
 from typing import Any, Callable
 
 from mailvm.guest import execproof, winearch, wine
+from mailvm.guest.detonate import detonate
 from mailvm.guest.launcher import WINEPREFIX_IN, WORK_IN, find_tool
 from mailvm.guest.monitor import StraceMonitor
 from mailvm.guest.sandbox import INIT_CODE, INIT_MARKER, Limits, Sandbox, SandboxError, _cmdline, _state
+from mailvm.guest.warmclient import (  # noqa: F401 (re-exported: the client side lives there)
+    DEFAULT_SOCKET,
+    MAX_REPLY,
+    MAX_REQUEST,
+    SOCKET_ENV,
+    WarmError,
+    run_remote,
+)
 
 log = logging.getLogger(__name__)
 
-SOCKET_ENV = "MAILVM_WINE_WARM"
-DEFAULT_SOCKET = "/run/mailvm-wine/warm.sock"
 WARM_MARKER = "mailvm-sandbox-warm-init"
 CTL_DIR = ".mailvm-warm"
 STEP_TIMEOUT_S = 300.0
-MAX_REQUEST = 1 << 20
-MAX_REPLY = 256 << 20
 #: Debian's 32-bit Wine loader (package wine32:i386)
 WINE32_LOADER = winearch.WINE32_LOADER
 WARM_CPU_S = 3600  # RLIMIT_CPU of the warm sandbox's processes: warm-up and the job's timeout together
@@ -100,10 +108,6 @@ for line in cmd:
         time.sleep(0.02)
     reply.write(json.dumps({"rc": rc, "s": round(time.monotonic() - t0, 3)}).encode() + b"\n")
 """
-
-
-class WarmError(Exception):
-    """The warm sandbox could not be made or used."""
 
 
 def _pid_age_s(pid: int) -> float | None:
@@ -369,8 +373,6 @@ def _recv_line(conn: socket.socket, limit: int, deadline: float | None = None) -
 
 def serve(sock_path: str, workdir: str, runner: Callable[..., dict] | None = None) -> int:
     """Warm a Wine sandbox, then serve one detonation on ``sock_path``; exit status."""
-    from mailvm.guest import detonate as D
-
     warm = WarmWine(workdir)
     try:
         warm.open()
@@ -418,7 +420,7 @@ def serve(sock_path: str, workdir: str, runner: Callable[..., dict] | None = Non
             stop.set()
         threading.Thread(target=watch, daemon=True, name="winewarm-abort").start()
         try:
-            result = (runner or D.detonate)(sample, options, job_dir, stop.is_set, warm=warm)
+            result = (runner or detonate)(sample, options, job_dir, stop.is_set, warm=warm)
         finally:
             warm.close()
         try:
@@ -427,52 +429,6 @@ def serve(sock_path: str, workdir: str, runner: Callable[..., dict] | None = Non
             log.error("could not return the result: %s", exc)
             return 1
     return 0
-
-
-def run_remote(sock_path: str, sample_path: str, options: dict, workdir: str,
-               should_stop: Callable[[], bool] | None) -> dict | None:
-    """Hand one detonation to the warm daemon; its result, or None when it cannot take the job."""
-    try:
-        st = os.stat(sock_path)
-        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
-            return None
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.settimeout(5)
-        conn.connect(sock_path)
-        conn.sendall(json.dumps({"sample": os.path.abspath(sample_path), "options": options,
-                                 "workdir": os.path.abspath(workdir)}).encode() + b"\n")
-    except OSError as exc:
-        log.warning("warm Wine sandbox unavailable (%s): cold run", exc)
-        return None
-    with conn:
-        buf = b""
-        conn.settimeout(0.2)
-        while b"\n" not in buf:
-            try:
-                chunk: bytes | None = conn.recv(1 << 20)
-            except socket.timeout:
-                chunk = None
-            except OSError as exc:
-                raise WarmError(f"the warm Wine sandbox failed: {exc}") from exc
-            if chunk == b"":
-                raise WarmError("the warm Wine sandbox closed the connection without a result")
-            if chunk:
-                buf += chunk
-                if len(buf) > MAX_REPLY:
-                    raise WarmError("the warm Wine sandbox's result is too large")
-            if should_stop is not None and should_stop():
-                try:
-                    conn.sendall(b"x")  # the daemon aborts the detonation and still answers
-                except OSError:
-                    pass
-                should_stop = None
-        try:
-            result = json.loads(buf.split(b"\n", 1)[0])
-        except ValueError as exc:
-            raise WarmError(f"unreadable result from the warm Wine sandbox: {exc}") from exc
-        if not isinstance(result, dict):
-            raise WarmError("the warm Wine sandbox's result is not an object")
-        return result
 
 
 def main(argv: list[str] | None = None) -> int:
