@@ -115,8 +115,8 @@ def bench_variants(variants: dict[str, QemuBackend], reps: int, bar: tqdm) -> di
                 add(name, "refill_ready_ms", slot.timings["total"] * 1000)
                 time.sleep(0.4)
                 add(name, "anon_idle_mib", anon_mib(slot.vm.pid))
-                with b._spare_lock:
-                    spare = b._spares[0] if b._spares else None
+                with b.clones.lock:
+                    spare = b.clones.waiting[0] if b.clones.waiting else None
                 if spare is not None:
                     add(name, "spare_anon_mib", anon_mib(spare.vm.pid))
                 t0 = time.perf_counter()

@@ -146,11 +146,11 @@ def test_a_template_in_use_by_another_pool_is_not_removed(tmp_path):
     user, other = QemuBackend(cfg), QemuBackend(cfg)
     tag = "a" * 16
     (tmp_path / f"qemu-template-{tag}").mkdir()
-    held = user._flock(tag, fcntl.LOCK_SH, time.monotonic() + 5)
-    other._remove_old_templates(keep="b" * 64)
+    held = user.templates.flock(tag, fcntl.LOCK_SH, time.monotonic() + 5)
+    other.templates.remove_old(keep="b" * 64)
     assert (tmp_path / f"qemu-template-{tag}").is_dir()
     os.close(held)
-    other._remove_old_templates(keep="b" * 64)
+    other.templates.remove_old(keep="b" * 64)
     assert not (tmp_path / f"qemu-template-{tag}").exists()
     assert not (tmp_path / f"qemu-template-{tag}.lock").exists()
 

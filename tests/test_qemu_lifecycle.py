@@ -246,7 +246,7 @@ b = QemuBackend(cfg, image_dir=images, qemu_user=user, image_poll_s=0, watchdog=
 b.prepare()
 slots = [b.create_slot(f"orphan{i}") for i in range(2)]
 end = time.monotonic() + 60
-while len(b._spares) < b.spares and time.monotonic() < end:  # the spare QEMU too
+while len(b.clones.waiting) < b.spares and time.monotonic() < end:  # the spare QEMU too
     time.sleep(0.05)
 print(json.dumps({"instance": b.instance, "pids": [s.vm.pid for s in slots],
                   "paths": [s.slot_dir for s in slots] + [s.page.path for s in slots]}), flush=True)
@@ -387,14 +387,14 @@ def test_a_new_image_is_noticed_built_in_the_background_and_switched(backend, im
         end = soon(RETIRE_WAIT_S)
         # (the switch thread kills QEMU first, then removes the slot directory and the old template:
         # wait for the whole retirement, not its first step)
-        while (idle.vm.alive() or os.path.exists(idle.slot_dir) or b._old or os.path.exists(old.dir)) \
+        while (idle.vm.alive() or os.path.exists(idle.slot_dir) or b.generations.old or os.path.exists(old.dir)) \
                 and time.monotonic() < end:
             time.sleep(0.05)
         assert not idle.alive() and not os.path.exists(idle.slot_dir)
         assert busy.vm.alive() and os.path.exists(busy.slot_dir)
         # no pool holds the old template any more: removed (the busy clone maps its unlinked RAM file)
-        assert b._old == [] and not os.path.exists(old.dir) and not os.path.exists(old.ram)
-        assert not os.path.exists(b._lock_path(old.key[:16]))
+        assert b.generations.old == [] and not os.path.exists(old.dir) and not os.path.exists(old.ram)
+        assert not os.path.exists(b.templates.lock_path(old.key[:16]))
         assert busy.page.wait_state({P.DONE, P.FAILED}, soon(120), alive=busy.alive) == P.DONE
         assert busy.page.read_result(1 << 20)["verdict"] in ("clean", "suspicious", "malicious")
         busy.destroy()
