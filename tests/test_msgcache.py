@@ -60,6 +60,9 @@ def test_only_final_reports_that_asked_no_network_are_reusable():
     r["findings"] = [{"id": "link_download_failed", "severity": 0, "detail": ""}]
     assert not reusable(r)
     assert not reusable(None)
+    many = _report()
+    many["artifacts"] = many["artifacts"] * 101  # more files than one entry may hold
+    assert not reusable(many)
 
 
 @pytest.fixture

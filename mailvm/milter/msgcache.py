@@ -18,7 +18,8 @@ the milter process, keyed by a digest the milter computes while the message stre
 * at each reuse, every file's entry in the scanned table (and the administrator pins) must
   still be what it was when the report was made (:meth:`MessageCache.get`): a verdict that
   changed, expired or was pinned since sends the message to the worker again;
-* entries are bounded in number and age, kept in memory only, and dropped on a policy reload.
+* entries are bounded in number, size (:data:`MAX_FILES`) and age, kept in memory only, and
+  dropped on a policy reload.
 
 Why not in the scanned table (shared, on disk): a message is one sender's content, unlike a
 file; it is kept only as long as a retry or a burst lasts, and only in the process that saw it.
@@ -45,6 +46,9 @@ MAX_TRACE_VALUE = 2048
 NETWORK_PREFIXES = ("link_", "doc_link")
 #: the verdicts a reusable report may hold
 FINAL_VERDICTS = frozenset({"clean", "suspicious", "malicious"})
+#: a report with more files than this is not kept (memory: entries are bounded in number, so each
+#: one is bounded in size)
+MAX_FILES = 100
 
 
 def _plain(value: bytes) -> bool:
@@ -85,7 +89,7 @@ class _Entry:
 
 def reusable(report: dict[str, Any] | None) -> bool:
     """Whether a worker's report may answer the same message again (pure)."""
-    if not report or report.get("verdict") not in FINAL_VERDICTS:
+    if not report or report.get("verdict") not in FINAL_VERDICTS or len(report.get("artifacts", [])) > MAX_FILES:
         return False
     for f in report.get("findings", []):
         fid = str(f.get("id", ""))
