@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import secrets
 import shutil
 import threading
@@ -32,7 +31,6 @@ from mailvm.wakebus import WakeBus
 
 log = logging.getLogger(__name__)
 
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 #: a file copy no waiting record names is removed once it is this old (a push copies, then appends)
 ORPHAN_FILE_AGE_S = 600.0
 #: a blocking pop looks at the queue at least this often (the safety net under the wake-up)
