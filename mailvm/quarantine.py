@@ -44,12 +44,10 @@ import smtplib
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from mailvm.policy import normalize_domain, safe_name
+from mailvm.policy import normalize_domain
 from mailvm.release import add_release_header, make_token, message_body_sha256, valid_item_id
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from mailvm.config import Config, load_config

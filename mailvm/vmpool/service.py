@@ -27,7 +27,6 @@ import os
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from mailvm.config import Config
