@@ -244,6 +244,37 @@ def test_job_round_trip_and_handover(backend):
     assert statistics.median(figures) < 250
 
 
+def test_the_clone_agent_rings_back_and_the_host_blocks_on_it(backend, monkeypatch):
+    """The image's agent answers on its virtio-serial doorbell (manifest agent_answers): the host
+    waits for RUNNING and DONE on that socket, with sleep-polling forbidden in the page wait."""
+    import types
+
+    from mailvm.vmpool import shmpage
+
+    assert backend.image.manifest.get("agent_answers") is True
+    slot = backend.create_slot("ans")
+    try:
+        fd = slot.answer_fd()
+        assert fd is not None and slot.answer_fd() == fd
+
+        def no_sleep(_s):
+            raise AssertionError("the page wait slept in a loop although the agent rings back")
+
+        monkeypatch.setattr(shmpage, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=no_sleep))
+        slot.page.submit(b"#!/bin/sh\necho rung back\n", "t.sh", {"timeout_s": 20, "idle_s": 2})
+        slot.ring()
+        try:
+            assert slot.page.wait_state({P.RUNNING, P.DONE, P.FAILED}, soon(), alive=slot.alive,
+                                        wake_fd=fd) in (P.RUNNING, P.DONE)
+            assert slot.page.wait_state({P.DONE, P.FAILED}, soon(80), alive=slot.alive, heartbeat_timeout=20,
+                                        wake_fd=fd) == P.DONE
+        except (PageError, TimeoutError) as exc:
+            raise AssertionError(f"{exc}; {slot.vm.log_tail()}") from None
+        assert slot.page.read_result(1 << 20)["verdict"] in ("clean", "suspicious", "malicious")
+    finally:
+        slot.destroy()
+
+
 def test_four_slots_in_parallel(backend):
     slots, errors = [], []
 

@@ -198,6 +198,30 @@ def test_the_host_blocks_on_the_doorbell_back_instead_of_looking_in_a_loop(host,
     assert host.read_result(1 << 20)["verdict"] == "clean"
 
 
+def test_the_answer_bell_can_be_the_doorbells_own_device(tmp_path):
+    """``--answer bell``: a device doorbell opened read-write rings the host back through the same
+    device (a virtio-serial port cannot be opened twice); a doorbell that cannot write gives none."""
+    from mailvm.guest.doorbell import open_answer
+
+    port = tmp_path / "port"
+    os.mkfifo(port)
+    host_end = os.open(port, os.O_RDONLY | os.O_NONBLOCK)
+    bell = open_doorbell(f"dev:{port}")
+    try:
+        assert bell.writable
+        answer = open_answer("bell", bell)
+        answer.ring()
+        assert os.read(host_end, 16) == b"\x01"
+        answer.close()
+    finally:
+        bell.close()
+        os.close(host_end)
+    assert open_answer("bell", PollDoorbell(0.01)) is None
+    assert open_answer(None) is None
+    with pytest.raises(ValueError):
+        open_answer("nonsense")
+
+
 def test_heartbeat_advances_while_idle_and_while_running(host, agents):
     agent = agents(Runner(sleep=0.6), heartbeat_s=0.1)
     host.wait_ready(soon())

@@ -4,7 +4,7 @@ Runs inside every slot (a VM clone, or a sandboxed process for the process
 backend)::
 
     python3 -m mailvm.guest.agent --page PATH [--offset N] --size N \\
-        --doorbell fd:N|dev:PATH|poll:MIN[:MAX] [--answer fd:N|dev:PATH] [--once] [--workdir DIR]
+        --doorbell fd:N|dev:PATH|poll:MIN[:MAX] [--answer fd:N|dev:PATH|bell] [--once] [--workdir DIR]
 
 :func:`serve` is the whole protocol loop and takes the runner as an argument
 (the CLI passes ``mailvm.guest.detonate.detonate``); tests pass their own.
@@ -355,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=_size, required=True, help="region size in bytes")
     ap.add_argument("--doorbell", required=True, help="fd:N | dev:PATH | poll:MIN[:MAX]")
     ap.add_argument("--answer", default=None,
-                    help="fd:N | dev:PATH: rung after each page change the host waits for (default: none)")
+                    help="fd:N | dev:PATH | bell (the doorbell's device): rung after each page change the "
+                         "host waits for (default: none)")
     ap.add_argument("--once", action="store_true", help="exit after one job (slots are single-use)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mailvm-agent"))
     ap.add_argument("--heartbeat", type=float, default=HEARTBEAT_S, help="heartbeat interval, seconds")
@@ -368,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = _load_detonate()  # imported before READY: its cost stays off the hand-over path
     page = GuestPage.open(args.page, args.size, args.offset)
     doorbell = open_doorbell(args.doorbell)
-    answer = open_answer(args.answer)
+    answer = open_answer(args.answer, doorbell)
     try:
         serve(page, doorbell, runner, args.workdir, once=args.once, heartbeat_s=args.heartbeat, answer=answer)
     finally:

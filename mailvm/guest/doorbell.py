@@ -59,9 +59,11 @@ class Doorbell(abc.ABC):
 class FdDoorbell(Doorbell):
     """A readable file descriptor: a pipe (``fd:N``) or a character device (``dev:PATH``)."""
 
-    def __init__(self, fd: int, eof_is_hangup: bool = True, label: str = "") -> None:
+    def __init__(self, fd: int, eof_is_hangup: bool = True, label: str = "", writable: bool = False) -> None:
         self.fd = fd
         self.label = label or f"fd:{fd}"
+        #: opened for writing too: the same device can ring the host back (``--answer bell``)
+        self.writable = writable
         self._eof_is_hangup = eof_is_hangup
         self._hung_up = False
         self._degraded = False
@@ -194,13 +196,17 @@ def _open_fd(arg: str) -> Doorbell:
 def _open_dev(arg: str) -> Doorbell:
     if not arg.startswith("/"):
         raise ValueError("dev: needs an absolute device path")
-    fd = os.open(arg, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    flags = os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:  # read-write: a virtio-serial port is opened once, and its writes reach the host (the answer bell)
+        fd, writable = os.open(arg, os.O_RDWR | flags), True
+    except OSError:
+        fd, writable = os.open(arg, os.O_RDONLY | flags), False
     if os.isatty(fd):
         import termios
         import tty
 
         tty.setraw(fd, termios.TCSANOW)  # bytes as they come, no line discipline, no echo
-    return FdDoorbell(fd, eof_is_hangup=False, label=f"dev:{arg}")
+    return FdDoorbell(fd, eof_is_hangup=False, label=f"dev:{arg}", writable=writable)
 
 
 def _open_poll(arg: str) -> Doorbell:
@@ -253,9 +259,8 @@ class AnswerBell:
             os.write(fd, b"\x01")
         except BlockingIOError:
             pass  # unread rings pile up: the host will look anyway
-        except OSError as exc:
+        except OSError as exc:  # no host side yet (a port not connected) or gone: it looks on its own timer
             log.debug("answer bell: %s; the host looks at the page on its own", exc)
-            self.close()
 
     def close(self) -> None:
         fd, self._fd = self._fd, None
@@ -266,8 +271,9 @@ class AnswerBell:
                 pass
 
 
-def open_answer(spec: str | None) -> AnswerBell | None:
-    """``fd:N`` | ``dev:PATH`` | None -> an AnswerBell (None: no doorbell back)."""
+def open_answer(spec: str | None, doorbell: Doorbell | None = None) -> AnswerBell | None:
+    """``fd:N`` | ``dev:PATH`` | ``bell`` (the doorbell's own device, opened read-write: a
+    virtio-serial port cannot be opened twice) | None -> an AnswerBell (None: no doorbell back)."""
     if not spec:
         return None
     kind, sep, arg = spec.partition(":")
@@ -275,4 +281,10 @@ def open_answer(spec: str | None) -> AnswerBell | None:
         return AnswerBell(int(arg))
     if kind == "dev" and sep and arg:
         return AnswerBell(os.open(arg, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC))
-    raise ValueError(f"answer bell {spec!r}: expected fd:N or dev:PATH")
+    if spec == "bell":
+        if isinstance(doorbell, FdDoorbell) and doorbell.writable:
+            return AnswerBell(os.dup(doorbell.fd))
+        log.info("answer bell: the doorbell %s cannot be written; the host looks at the page itself",
+                 getattr(doorbell, "label", doorbell))
+        return None
+    raise ValueError(f"answer bell {spec!r}: expected fd:N, dev:PATH or bell")

@@ -21,6 +21,7 @@ import secrets
 import shutil
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -42,6 +43,13 @@ WARM_RING_GAP_S = 0.004
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 class QemuSlot(Slot):
     """A flash clone: its QEMU, its page file and its slot directory."""
 
@@ -57,10 +65,30 @@ class QemuSlot(Slot):
         self.from_spare = False  # its QEMU was started before the slot was asked for
         self._lock = threading.Lock()
         self._destroyed = False
+        self._afd: int | None = None  # see answer_fd()
 
     def ring(self) -> None:
         if not self._destroyed:
             self.vm.ring()
+
+    def answer_fd(self) -> int | None:
+        """The doorbell socket, when the image's agent rings back on it (manifest ``agent_answers``;
+        an older image's agent does not, and the host then looks at the page itself).  A duplicate
+        the slot owns, closed when the slot object goes: a runner may be blocked on it while the
+        QEMU is killed, and a number closed under it could be reused by another open."""
+        if self._afd is not None:
+            return self._afd
+        bell = getattr(self.vm, "bell", None)
+        image = getattr(self.gen, "image", None)
+        if self._destroyed or bell is None or image is None or not image.manifest.get("agent_answers"):
+            return None
+        try:
+            fd = os.dup(bell.fileno())
+        except (OSError, ValueError):
+            return None
+        self._afd = fd
+        weakref.finalize(self, _close_quietly, fd)
+        return fd
 
     def alive(self) -> bool:
         """False once QEMU is gone, and also for a clone of a retired template that was never given

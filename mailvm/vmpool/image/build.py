@@ -744,6 +744,8 @@ def build(opts: BuildOptions, progress: Callable[[str], None] | None = None) -> 
             "rootfs_recipe": rstamp["recipe"],
             "with_wine": opts.with_wine,
             "with_docs": opts.with_docs,
+            # the guest's agent rings the host back on its device doorbell (guestinit: --answer bell)
+            "agent_answers": True,
             "docs": rstamp.get("docs"),
             "wine": None if wstamp is None else {
                 "version": wstamp["wine_version"], "prefix": wstamp["prefix"],

@@ -142,10 +142,14 @@ if [ -x /usr/lib/wine/wine64 ] && [ -f /var/lib/mailvm/wine-prefix/system.reg ] 
     fi
   fi
 fi
-echo "mailvm-init: agent on page $PAGE_ADDR+$PAGE_SIZE, doorbell $BELL" > /dev/console
+# a device doorbell also rings the host back (its writes reach QEMU's socket): the host then
+# blocks until the agent's answer instead of looking at the page (image manifest: agent_answers)
+ANSWER=""
+case "$BELL" in dev:*) ANSWER="--answer bell" ;; esac
+echo "mailvm-init: agent on page $PAGE_ADDR+$PAGE_SIZE, doorbell $BELL $ANSWER" > /dev/console
 cd /
 PYTHONPATH=/opt/mailvm python3 -m mailvm.guest.agent --page /dev/mem --offset "$PAGE_ADDR" \
-    --size "$PAGE_SIZE" --doorbell "$BELL" --once --workdir /tmp/mailvm-agent
+    --size "$PAGE_SIZE" --doorbell "$BELL" $ANSWER --once --workdir /tmp/mailvm-agent
 echo "mailvm-init: agent exited with status $?" > /dev/console
 while :; do sleep 3600; done
 """
