@@ -54,7 +54,7 @@ PARAMS: dict[str, dict[str, dict[str, Any]]] = {
         "postfix": {"messages": 100, "repeats": 1, "sessions": 20},
         "scaling": {"slot_counts": (1, 2), "jobs": {"process": 4, "qemu": 2}, "messages": {"process": 60, "qemu": 30}},
         "redis_scaling": {"workers": (1, 2), "files": 3},
-        "hops": {"rounds": 5, "idle_s": 5.0},
+        "hops": {"rounds": 3, "idle_s": 3.0},
     },
 }
 
