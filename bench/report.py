@@ -496,8 +496,8 @@ def analysis(c: dict[str, Any]) -> str:
               if q_ex and p_ex else "")
            + "; with it shrinks the time a message waits for an unseen file. The cache-hit path is CPU per message in "
            "Python: more cores raise both Postfix's and mailvm's rates, but the ratio stays set by the two CPU costs "
-           "until mailvm's per-message cost falls (fewer milter callbacks, no spool copy, a cheaper hand-off to the "
-           "workers). Past one host, the scanned "
+           "until mailvm's per-message cost falls (a compiled milter front instead of one Python call per callback, a "
+           "faster MIME parse: docs/architecture.md). Past one host, the scanned "
            "table and the job queue move to Redis and hypervisor hosts scale apart from the MX hosts.\n")
     parts.append(txt + "\n")
 
