@@ -186,8 +186,9 @@ def _stat_fields(pid: int) -> list[str] | None:
     return raw[raw.rfind(")") + 2:].split()
 
 
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants (by ppid), from one scan of /proc."""
+def _proc_scan() -> tuple[dict[int, list[str]], dict[int, list[int]]]:
+    """One scan of /proc: each process's stat fields, and each parent's children."""
+    stats: dict[int, list[str]] = {}
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -195,7 +196,14 @@ def process_tree(root: int) -> list[int]:
         f = _stat_fields(int(entry.name))
         if f is None:
             continue
+        stats[int(entry.name)] = f
         children.setdefault(int(f[1]), []).append(int(entry.name))
+    return stats, children
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants (by ppid), from one scan of /proc."""
+    _, children = _proc_scan()
     out, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -230,14 +238,7 @@ def tree_cpu_by_part(root: int) -> dict[str, float]:
     subtree) and the pool (the pool supervisor's subtree: pool service, slots, sandboxes)."""
     tck = os.sysconf("SC_CLK_TCK")
     parts = dict.fromkeys(CPU_PARTS, 0.0)
-    children: dict[int, list[int]] = {}
-    stats: dict[int, list[str]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            f = _stat_fields(int(entry.name))
-            if f is not None:
-                stats[int(entry.name)] = f
-                children.setdefault(int(f[1]), []).append(int(entry.name))
+    stats, children = _proc_scan()
     if root not in stats:
         return parts
     f = stats[root]

@@ -15,14 +15,13 @@ and a message's report as :meth:`mailvm.scan.ScanReport.to_dict`.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailvm.scantable import check_key
 from mailvm.verdict import Finding
 
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 #: characters kept of a job record's text fields (a name or type is attacker data)
 MAX_RECORD_TEXT = 1024
 
@@ -91,9 +90,7 @@ def job_record(job: Job | dict[str, Any]) -> dict[str, Any]:
     ``ValueError`` when it could not be read back.  ``deadline`` (a monotonic time of this
     host) does not travel: a queued job runs to completion, its verdict serves the sender's retry."""
     record = dataclasses.asdict(job) if not isinstance(job, dict) else dict(job)
-    sha = record.get("sha256", "")
-    if not isinstance(sha, str) or not _SHA_RE.match(sha):
-        raise ValueError(f"job sha256 {sha!r} is not a sha256")
+    check_key(record.get("sha256"))  # ValueError: not a lower-case hex sha256
     record["static_findings"] = [f.to_dict() if isinstance(f, Finding) else f
                                  for f in record.get("static_findings", [])]
     record.pop("deadline", None)
@@ -104,9 +101,7 @@ def job_record(job: Job | dict[str, Any]) -> dict[str, Any]:
 def job_from_record(record: dict[str, Any]) -> Job:
     """A :class:`Job` from a queue record (hostile until checked: a malformed finding is
     dropped, text is bounded; a bad sha256 or path raises ``ValueError``/``KeyError``)."""
-    sha = record["sha256"]
-    if not isinstance(sha, str) or not _SHA_RE.match(sha):
-        raise ValueError(f"job sha256 {sha!r} is not a sha256")
+    sha = check_key(record["sha256"])
     findings = []
     for f in record.get("static_findings", []) or []:
         try:

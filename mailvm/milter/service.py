@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import os
-import tempfile
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
@@ -500,17 +499,16 @@ class MilterService:
         """The scan worker's report on the message, or None (no verdict: the caller's fail_open applies)."""
         if spooled is not None:
             return self._scan_in_worker(ScanJob(spooled, settings, deadline, static_only), progress, hard_deadline, tag)
-        fd, path = tempfile.mkstemp(prefix="msg-", suffix=".eml", dir=self.spool_dir)
+        from mailvm.milter.spoolfile import MessageSpool
+
+        spool = MessageSpool(self.spool_dir)  # a caller that did not spool the message (tests, tools)
         try:
-            os.fchmod(fd, 0o640)  # the scan worker reads it as the worker group (mailvm.privilege)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(raw)
-            return self._scan_in_worker(ScanJob(path, settings, deadline, static_only), progress, hard_deadline, tag)
+            spool.write(raw)
+            spool.finish()
+            return self._scan_in_worker(ScanJob(spool.path, settings, deadline, static_only), progress,
+                                        hard_deadline, tag)
         finally:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+            spool.close()
 
     def _scan_in_worker(self, job: ScanJob, progress: Callable[[], Any] | None, hard_deadline: float,
                         tag: str) -> dict[str, Any] | None:

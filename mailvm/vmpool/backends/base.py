@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -45,6 +46,14 @@ class BackendInfo:
     isolation: str  # e.g. "hardware VM (KVM)", "VM (TCG emulation)", "namespaces only (weak)"
     accel: str = "none"  # kvm | tcg | xen | none
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def close_quietly(fd: int) -> None:
+    """Close a descriptor a slot owns (its doorbell back), ignoring one already gone."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 class Slot(abc.ABC):

@@ -47,14 +47,14 @@ import signal
 import subprocess
 import sys
 import threading
-import weakref
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 from mailvm.config import PoolConfig
 from mailvm.procfs import cpu_seconds, group_members, process_tree
-from mailvm.vmpool.backends.base import Backend, BackendError, BackendInfo, Slot
+from mailvm.vmpool.backends.base import Backend, BackendError, BackendInfo, Slot, close_quietly
 from mailvm.vmpool.shmpage import HostPage, PageError
 
 log = logging.getLogger(__name__)
@@ -143,13 +143,6 @@ def sweep_orphans(work_dir: str, page_dir: str, min_age_s: float = ORPHAN_MIN_AG
     return removed
 
 
-def _close_quietly(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-
-
 class ProcessSlot(Slot):
     """One agent process (in its own PID namespace when available) and its page."""
 
@@ -168,7 +161,7 @@ class ProcessSlot(Slot):
         if afd is not None:
             # closed when the slot object goes, not in destroy(): a runner thread may be blocked on it
             # then, and a closed number reused by another open would be read from
-            weakref.finalize(self, _close_quietly, afd)
+            weakref.finalize(self, close_quietly, afd)
         self._lock = threading.Lock()
         self._destroyed = False
 

@@ -28,7 +28,7 @@ from typing import Any, Callable
 from mailvm.guest.protocol import READY
 from mailvm.procfs import cpu_seconds, pss_kib
 from mailvm.vmpool import reaper
-from mailvm.vmpool.backends.base import BackendError, Slot
+from mailvm.vmpool.backends.base import BackendError, Slot, close_quietly
 from mailvm.vmpool.backends.qemu_generation import Generation, GenerationWatcher
 from mailvm.vmpool.backends.qemu_templates import StartVM
 from mailvm.vmpool.backends.qemu_vm import VM, VMPaths, _tail
@@ -41,13 +41,6 @@ log = logging.getLogger(__name__)
 WARM_RINGS = 0  # measured: empty rings before the job did not shorten the hand-over
 WARM_RING_GAP_S = 0.004
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def _close_quietly(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
 
 
 class QemuSlot(Slot):
@@ -87,7 +80,7 @@ class QemuSlot(Slot):
         except (OSError, ValueError):
             return None
         self._afd = fd
-        weakref.finalize(self, _close_quietly, fd)
+        weakref.finalize(self, close_quietly, fd)
         return fd
 
     def alive(self) -> bool:
